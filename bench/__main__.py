@@ -1,0 +1,26 @@
+"""``make bench``: every benchmark, each printing its ratio against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bench import kafka, metrics, workers
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    print(f"headrace benchmarks ({time.strftime('%Y-%m-%d %H:%M')})")
+    for fn in [*workers.ALL, kafka.kafka_benches, metrics.scrape_under_load]:
+        if only and fn.__name__ not in only:
+            continue
+        try:
+            for text in fn():
+                print(text, flush=True)
+        except Exception as exc:  # one broken bench must not hide the others
+            print(f"{fn.__name__}: FAILED: {exc}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

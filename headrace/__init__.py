@@ -1,0 +1,8 @@
+"""headrace: a declarative stream-processing daemon for Python."""
+
+from __future__ import annotations
+
+from headrace._emit import emit
+
+__all__ = ["__version__", "emit"]
+__version__ = "0.1.0"

@@ -1,0 +1,393 @@
+"""YAML file -> validated model -> resolved ``Graph``, collecting every error with its position."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from headrace.config.errors import ConfigError, ConfigIssue, Position
+from headrace.config.expr import ExpressionError
+from headrace.config.graph import ComponentSpec, Edge, Graph, ProcessorSpec
+from headrace.config.model import Config, OfframpConfig, OnrampConfig, ProcessorRef
+from headrace.config.validate import validate_model
+from headrace.config.yamlpos import SourceMap, load_yaml
+from headrace.plugins import registry
+from headrace.plugins.base import PluginContext
+
+PIPELINE_PORTS = ("in", "out", "err")
+
+
+def _find(value: Any, text: str, sub: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """The path of the string ``text`` inside ``value`` (nested dicts and lists), or None."""
+    if isinstance(value, str):
+        return sub if value == text else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _find(v, text, (*sub, k))
+        if found is not None:
+            return found
+    return None
+
+
+class _Builder:
+    def __init__(self, file: Path, smap: SourceMap, cfg: Config, data: dict[str, Any]) -> None:
+        self.file = file
+        self.base_dir = file.parent
+        self.smap = smap
+        self.cfg = cfg
+        self.data = data
+        self.issues: list[ConfigIssue] = []
+        self.codecs: dict[str, ProcessorSpec] = {}
+        self.components: dict[str, ComponentSpec] = {}
+        self.pipeline_ports: dict[str, set[str]] = {}
+        # internal links per pipeline: (src node or "in", port) -> [targets: node id or ("<pipe>", port)]
+        self.internal: dict[str, dict[tuple[str, str], list[tuple[str, Any]]]] = {}
+        self.top: dict[tuple[str, str], list[tuple[str, tuple[str | int, ...]]]] = {}
+
+    def err(self, pos: Position, msg: str) -> None:
+        self.issues.append(ConfigIssue(pos, msg))
+
+    def context(self, cid: str) -> PluginContext:
+        return PluginContext(cid, self.base_dir)
+
+    # -- plugins -----------------------------------------------------------------------------
+    def plugin(self, kind: registry.Kind, name: str, pos: Position) -> Any:
+        try:
+            return registry.load(kind, name)
+        except registry.UnknownPlugin as exc:
+            self.err(pos, str(exc.__cause__ or exc))
+            return None
+        except Exception as exc:  # a broken (third-party) plugin is a config issue, not a crash of `check`
+            self.err(pos, f"{kind[:-1]} '{name}' cannot be loaded: {type(exc).__name__}: {exc}")
+            return None
+
+    def plugin_config(self, cls: Any, data: Any, path: tuple[str | int, ...], what: str) -> Any:
+        obj, issues = validate_model(cls.Config, data if data is not None else {}, path, self.smap, what)
+        self.issues.extend(issues)
+        return obj
+
+    def processors(self, kind: registry.Kind, refs: list[str | ProcessorRef], path: tuple[str | int, ...]) -> list[ProcessorSpec]:
+        out = []
+        for i, ref in enumerate(refs):
+            name = ref if isinstance(ref, str) else ref.name
+            options = {} if isinstance(ref, str) else dict(ref.model_extra or {})
+            cls = self.plugin(kind, name, self.smap.at((*path, i)))
+            if cls is not None:
+                cfg = self.plugin_config(cls, options, (*path, i), f"{kind[:-1]} '{name}'")
+                if cfg is not None:
+                    out.append(ProcessorSpec(name, cfg))
+        return out
+
+    def connector(self, kind: str, cid: str, spec: OnrampConfig | OfframpConfig) -> None:
+        section = f"{kind}s"
+        path: tuple[str | int, ...] = (section, cid)
+        pos = self.smap.at(path, key=True)
+        cls = self.plugin(section, spec.type, self.smap.at((*path, "type")))  # type: ignore[arg-type]
+        codec_name = spec.codec if isinstance(spec.codec, str) else spec.codec.name
+        codec_cls = self.plugin("codecs", codec_name, self.smap.at((*path, "codec")))
+        if codec_cls is None or cls is None:
+            return
+        codec_key = codec_name
+        if not isinstance(spec.codec, str):  # options: a codec instance of this component's own
+            options = dict(spec.codec.model_extra or {})
+            codec_cfg = self.plugin_config(codec_cls, options, (*path, "codec"), f"codec '{codec_name}' of {kind} '{cid}'")
+            if codec_cfg is None:
+                return
+            codec_key = f"{codec_name}@{cid}"
+            self.codecs[codec_key] = ProcessorSpec(codec_name, codec_cfg)
+        cfg = self.plugin_config(cls, spec.config, (*path, "config"), f"{kind} '{cid}' ({spec.type}) config")
+        if isinstance(spec, OnrampConfig):
+            refs = spec.preprocessors if spec.preprocessors is not None else list(cls.default_preprocessors)
+            procs = self.processors("preprocessors", refs, (*path, "preprocessors"))
+        else:
+            refs = spec.postprocessors if spec.postprocessors is not None else list(cls.default_postprocessors)
+            procs = self.processors("postprocessors", refs, (*path, "postprocessors"))
+        if cfg is None:
+            return
+        try:
+            cls(cfg, self.context(cid)).check()
+        except (ValueError, OSError, ImportError) as exc:
+            self.err(pos, f"{kind} '{cid}': {exc}")
+        ports = ("out", "err") if kind == "onramp" else ("err",)
+        self.components[cid] = ComponentSpec(
+            cid, kind, spec.type, cfg, self.data[section][cid], pos, ports, None, codec_key, procs,  # type: ignore[arg-type]
+            getattr(spec, "ordered", True),
+        )
+
+    # -- pipelines ---------------------------------------------------------------------------
+    def node(self, pipe: str, nid: str, raw: Any, path: tuple[str | int, ...]) -> ComponentSpec | None:
+        pos = self.smap.at(path)
+        if not isinstance(raw, dict):
+            self.err(pos, f"node '{nid}' in pipeline '{pipe}' must be a mapping with an 'op' key")
+            return None
+        if "op" not in raw:
+            self.err(pos, f"node '{nid}' in pipeline '{pipe}' has no 'op' (known: {', '.join(registry.names('operators'))})")
+            return None
+        op = raw["op"]
+        cls = self.plugin("operators", str(op), self.smap.at((*path, "op")))
+        if cls is None:
+            return None
+        options = {k: v for k, v in raw.items() if k not in ("op", "id")}
+        cfg = self.plugin_config(cls, options, path, f"operator '{op}' of node '{pipe}.{nid}'")
+        if cfg is None:
+            return None
+        cid = f"{pipe}.{nid}"
+        fn_pos = self.smap.at((*path, "fn")) if "fn" in raw else pos  # import errors point at the module:callable
+        try:
+            cls(cid, cfg, self.context(cid)).check()
+        except ExpressionError as exc:  # point at the offending expression and name its key
+            sub = _find(options, exc.text) if exc.text else None
+            if sub is None:
+                self.err(pos, f"node '{cid}': {exc}")
+            else:
+                self.err(self.smap.at(path + sub), f"node '{cid}': {'.'.join(map(str, sub))}: {exc}")
+        except (ImportError, TypeError, ValueError, SyntaxError) as exc:
+            self.err(fn_pos, f"node '{cid}': cannot load {getattr(cfg, 'fn', op)}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # user module raised at import
+            self.err(fn_pos, f"node '{cid}': loading failed: {type(exc).__name__}: {exc}")
+        ports = ("out", "err", *cls.ports_for(cfg))
+        return ComponentSpec(cid, "node", str(op), cfg, raw, self.smap.at(path, key=True), ports, pipe)
+
+    def pipeline(self, pipe: str, raw: Any) -> None:
+        path: tuple[str | int, ...] = ("pipelines", pipe)
+        links: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+        self.internal[pipe] = links
+        exposed = {"out", "err"}
+        if isinstance(raw, list):
+            nodes: list[ComponentSpec] = []
+            seen: set[str] = set()
+            for i, item in enumerate(raw):
+                nid = str(item.get("id")) if isinstance(item, dict) and "id" in item else f"{item.get('op', 'node') if isinstance(item, dict) else 'node'}_{i}"
+                if nid in seen or nid in PIPELINE_PORTS:
+                    self.err(self.smap.at((*path, i)), f"duplicate node id '{nid}' in pipeline '{pipe}'")
+                    continue
+                seen.add(nid)
+                spec = self.node(pipe, nid, item, (*path, i))
+                if spec is not None:
+                    nodes.append(spec)
+            prev = ("in", "out")
+            for spec in nodes:
+                links.setdefault(prev, []).append(("node", spec.id))
+                links.setdefault((spec.id, "err"), []).append(("pipe", "err"))
+                for port in spec.ports[2:]:  # extra ports become pipeline ports of the same name
+                    links.setdefault((spec.id, port), []).append(("pipe", port))
+                    exposed.add(port)
+                prev = (spec.id, "out")
+                self.components[spec.id] = spec
+            links.setdefault(prev, []).append(("pipe", "out"))
+        elif isinstance(raw, dict):
+            unknown = set(raw) - {"nodes", "links"}
+            for key in sorted(unknown):
+                self.err(self.smap.at((*path, key), key=True), f"unknown key '{key}' in pipeline '{pipe}' (expected: nodes, links, or a list of stages)")
+            nodes_raw = raw.get("nodes") or {}
+            if not isinstance(nodes_raw, dict):
+                self.err(self.smap.at((*path, "nodes")), f"pipeline '{pipe}': nodes must be a mapping of id -> stage")
+                nodes_raw = {}
+            for nid, item in nodes_raw.items():
+                if nid in PIPELINE_PORTS or "." in nid or "/" in nid:
+                    self.err(self.smap.at((*path, "nodes", nid), key=True), f"node id '{nid}' is reserved or contains '.' or '/'")
+                    continue
+                spec = self.node(pipe, nid, item, (*path, "nodes", nid))
+                if spec is not None:
+                    self.components[spec.id] = spec
+            link_raw = raw.get("links") or {}
+            if not isinstance(link_raw, dict):
+                self.err(self.smap.at((*path, "links")), f"pipeline '{pipe}': links must be a mapping")
+                link_raw = {}
+            for key, targets in link_raw.items():
+                kpath = (*path, "links", key)
+                src, _, port = str(key).partition("/")
+                port = port or "out"
+                if src == "in":
+                    if port != "out":
+                        self.err(self.smap.at(kpath, key=True), f"pipeline '{pipe}': 'in' has no port '{port}'")
+                        continue
+                    skey = ("in", "out")
+                else:
+                    comp = self.components.get(f"{pipe}.{src}")
+                    if comp is None:
+                        if src not in nodes_raw:
+                            self.err(self.smap.at(kpath, key=True), f"link from unknown node '{src}' in pipeline '{pipe}'")
+                        continue
+                    if port not in comp.ports:
+                        self.err(self.smap.at(kpath, key=True), f"node '{comp.id}' ({comp.plugin}) has no port '{port}' (ports: {', '.join(comp.ports)})")
+                        continue
+                    skey = (comp.id, port)
+                for j, tgt in enumerate([targets] if isinstance(targets, str) else list(targets)):
+                    tpath = kpath + ((j,) if not isinstance(targets, str) else ())
+                    tgt = str(tgt)
+                    if tgt in ("out", "err"):
+                        links.setdefault(skey, []).append(("pipe", tgt))
+                    elif f"{pipe}.{tgt}" in self.components:
+                        links.setdefault(skey, []).append(("node", f"{pipe}.{tgt}"))
+                    elif tgt not in nodes_raw:
+                        self.err(self.smap.at(tpath), f"link to unknown node '{tgt}' in pipeline '{pipe}'")
+            for comp in [c for c in self.components.values() if c.pipeline == pipe]:
+                if (comp.id, "err") not in links:
+                    links[(comp.id, "err")] = [("pipe", "err")]
+        else:
+            self.err(self.smap.at(path), f"pipeline '{pipe}' must be a list of stages or a mapping with nodes and links")
+        self.pipeline_ports[pipe] = exposed
+
+    # -- top-level links -----------------------------------------------------------------------
+    def top_links(self) -> None:
+        for key, targets in self.cfg.links.items():
+            kpath: tuple[str | int, ...] = ("links", key)
+            src, _, port = key.partition("/")
+            port = port or "out"
+            if src in self.cfg.onramps:
+                if port not in ("out", "err"):
+                    self.err(self.smap.at(kpath, key=True), f"onramp '{src}' has no port '{port}' (ports: out, err)")
+                    continue
+            elif src in self.pipeline_ports:
+                if port not in self.pipeline_ports[src]:
+                    self.err(self.smap.at(kpath, key=True), f"pipeline '{src}' has no port '{port}' (ports: {', '.join(sorted(self.pipeline_ports[src]))})")
+                    continue
+            elif src in self.cfg.offramps:
+                if port != "err":
+                    self.err(self.smap.at(kpath, key=True), f"offramp '{src}' has only an 'err' port (for records it rejects)")
+                    continue
+            else:
+                self.err(self.smap.at(kpath, key=True), f"link from unknown component '{src}'")
+                continue
+            tlist = [targets] if isinstance(targets, str) else list(targets)
+            for j, tgt in enumerate(tlist):
+                tpath = kpath + ((j,) if not isinstance(targets, str) else ())
+                tname, _, tport = tgt.partition("/")
+                if tport and tport != "in":
+                    self.err(self.smap.at(tpath), f"link target '{tgt}': only the 'in' port can receive")
+                elif tname in self.cfg.onramps:
+                    self.err(self.smap.at(tpath), f"onramp '{tname}' cannot be the target of a link")
+                elif tname not in self.pipeline_ports and tname not in self.cfg.offramps:
+                    self.err(self.smap.at(tpath), f"link to unknown component '{tgt}'")
+                else:
+                    self.top.setdefault((src, port), []).append((tname, tpath))
+
+    # -- flattening ------------------------------------------------------------------------------
+    def resolve(self, pipe_or_onramp: str, port: str, stack: tuple[tuple[str, str], ...] = ()) -> list[str]:
+        """Runtime targets of a top-level (component, port)."""
+        if (pipe_or_onramp, port) in stack:
+            first = self.top.get((pipe_or_onramp, port), [("", ())])[0][1]
+            self.err(self.smap.at(first), f"cycle through pipeline ports: {' -> '.join(f'{a}/{b}' for a, b in (*stack, (pipe_or_onramp, port)))}")
+            return []
+        out: list[str] = []
+        for tname, _ in self.top.get((pipe_or_onramp, port), []):
+            if tname in self.cfg.offramps:
+                if tname in self.components:
+                    out.append(tname)
+            else:
+                out.extend(self.resolve_internal(tname, "in", "out", (*stack, (pipe_or_onramp, port))))
+        return list(dict.fromkeys(out))
+
+    def resolve_internal(self, pipe: str, src: str, port: str, stack: tuple[tuple[str, str], ...]) -> list[str]:
+        out: list[str] = []
+        for kind, target in self.internal.get(pipe, {}).get((src, port), []):
+            if kind == "node":
+                out.append(target)
+            else:
+                out.extend(self.resolve(pipe, target, stack))
+        return out
+
+    def build(self) -> Graph:
+        for cid, on in self.cfg.onramps.items():
+            self.connector("onramp", cid, on)
+        for cid, off in self.cfg.offramps.items():
+            self.connector("offramp", cid, off)
+        for kind_a, kind_b in (("onramps", "offramps"), ("onramps", "pipelines"), ("pipelines", "offramps")):
+            for dup in sorted(set(self.data.get(kind_a) or {}) & set(self.data.get(kind_b) or {})):
+                self.err(self.smap.at((kind_b, dup), key=True), f"duplicate id '{dup}': already used in {kind_a}")
+        for pipe, raw in self.cfg.pipelines.items():
+            if "." in pipe or "/" in pipe:
+                self.err(self.smap.at(("pipelines", pipe), key=True), f"pipeline id '{pipe}' may not contain '.' or '/'")
+                continue
+            self.pipeline(pipe, raw)
+        self.top_links()
+        edges: dict[Edge, list[str]] = {}
+        for cid in self.cfg.onramps:
+            if cid in self.components:
+                for port in ("out", "err"):
+                    edges[(cid, port)] = self.resolve(cid, port)
+        for cid in self.cfg.offramps:
+            if cid in self.components:
+                edges[(cid, "err")] = self.resolve(cid, "err")
+        for pipe, links in self.internal.items():
+            for (src, port), _ in links.items():
+                if src != "in":
+                    edges[(src, port)] = self.resolve_internal(pipe, src, port, ())
+        for comp in self.components.values():
+            if comp.kind == "node":
+                for port in comp.ports:
+                    edges.setdefault((comp.id, port), [])
+        if self.issues:
+            raise ConfigError(self.issues)
+        order = self.toposort(edges)
+        self.reachability(edges)
+        if self.issues:
+            raise ConfigError(self.issues)
+        unlinked = [e for e, t in edges.items() if not t]
+        comps = {cid: self.components[cid] for cid in order}
+        return Graph(self.file, self.base_dir, self.cfg.daemon, comps, {e: t for e, t in edges.items() if t}, unlinked, self.cfg.tests, self.data, self.codecs)
+
+    def toposort(self, edges: dict[Edge, list[str]]) -> list[str]:
+        succ: dict[str, list[str]] = {cid: [] for cid in self.components}
+        for (src, _), targets in edges.items():
+            succ[src].extend(targets)
+        state: dict[str, int] = {}
+        order: list[str] = []
+
+        def visit(cid: str, path: list[str]) -> None:
+            if state.get(cid) == 2:
+                return
+            if state.get(cid) == 1:
+                cycle = [*path[path.index(cid):], cid]
+                self.err(self.components[cid].position, f"cycle: {' -> '.join(cycle)}")
+                return
+            state[cid] = 1
+            for nxt in succ[cid]:
+                visit(nxt, [*path, cid])
+            state[cid] = 2
+            order.append(cid)
+
+        for cid in self.components:
+            visit(cid, [])
+        return list(reversed(order))
+
+    def reachability(self, edges: dict[Edge, list[str]]) -> None:
+        seen: set[str] = set()
+        stack = [c.id for c in self.components.values() if c.kind == "onramp"]
+        for cid in stack:
+            if not any(edges.get((cid, p)) for p in ("out", "err")):
+                self.err(self.components[cid].position, f"onramp '{cid}' is not linked to anything")
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            for port in self.components[cid].ports:
+                stack.extend(edges.get((cid, port), []))
+        for comp in self.components.values():
+            if comp.id not in seen:
+                what = f"node '{comp.id}'" if comp.kind == "node" else f"{comp.kind} '{comp.id}'"
+                self.err(comp.position, f"{what} is not reachable from any onramp")
+
+
+def load_text(text: str, file: Path, env: dict[str, str] | None = None) -> Graph:
+    data, smap = load_yaml(text, str(file), env)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(Position(str(file), 1, 1), "the config must be a mapping with onramps, pipelines, offramps and links")])
+    cfg, issues = validate_model(Config, data, (), smap)
+    if cfg is None:
+        raise ConfigError(issues)
+    if not cfg.onramps:
+        raise ConfigError([ConfigIssue(smap.at(()), "no onramps: nothing would ever flow")])
+    return _Builder(file, smap, cfg, data).build()
+
+
+def load_file(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Graph:
+    file = Path(path).resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(Position(str(path), 1, 1), f"cannot read config: {exc}")]) from None
+    return load_text(text, file, env)

@@ -1,0 +1,82 @@
+"""The typed config model: the single source of truth for validation, schema and docs.
+
+The top level is validated here; each plugin's own ``config:`` block (and each
+operator's options) is validated by the plugin's model in ``headrace.config.load``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from headrace.config.units import Duration, Size
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricsConfig(Strict):
+    """Prometheus exposition and admin endpoints."""
+
+    listen: str | None = Field("127.0.0.1:9898", description="host:port for /metrics, /health, /ready, /status, /reload; null disables")
+
+
+class DaemonConfig(Strict):
+    """Process-wide settings."""
+
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(), description="metrics and admin endpoint")
+    workers: Literal["auto"] | int = Field("auto", description="CPU worker processes; auto = usable cores; 0 runs CPU stages on the loop")
+    shutdown_timeout: Duration = Field(20.0, description="drain deadline on SIGTERM before a forced exit")
+    batch_size: int = Field(256, ge=1, le=65536, description="events per batch read from onramps")
+    queue_events: int = Field(8192, ge=1, description="bound of every edge queue, in events")
+    queue_bytes: Size = Field(16 * 2**20, ge=1, description="bound of every edge queue, in bytes")
+    loop_block_threshold: Duration = Field(0.05, description="a loop stage holding the loop longer than this is reported")
+    stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        # before the union, so that a wrong value gets one message rather than one per member
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v.strip().isdigit()):
+            return v
+        raise ValueError("expected auto or a number >= 0")
+
+
+class ProcessorRef(Strict):
+    """A pre- or postprocessor with options, e.g. ``{name: lines, max_line_bytes: 65536}``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+
+class OnrampConfig(Strict):
+    type: str = Field(description="onramp plugin name (see `headrace plugins`)")
+    codec: str | ProcessorRef = Field("json", description="how records are decoded: a name, or {name: csv, delimiter: ';', ...}")
+    preprocessors: list[str | ProcessorRef] | None = Field(None, description="framing/decompression; default depends on the onramp")
+    config: dict[str, Any] = Field(default_factory=dict, description="plugin-specific settings")
+    ordered: bool = Field(True, description="keep order per partition/key across workers")
+
+
+class OfframpConfig(Strict):
+    type: str = Field(description="offramp plugin name (see `headrace plugins`)")
+    codec: str | ProcessorRef = Field("json", description="how events are encoded: a name, or {name: csv, header: [...], ...}")
+    postprocessors: list[str | ProcessorRef] | None = Field(None, description="framing/compression; default depends on the offramp")
+    config: dict[str, Any] = Field(default_factory=dict, description="plugin-specific settings")
+    with_meta: bool = Field(False, description="write each event as {event, meta} (meta holds the error of err-port events)")
+
+
+class GraphPipeline(Strict):
+    nodes: dict[str, dict[str, Any]]
+    links: dict[str, list[str] | str]
+
+
+class Config(Strict):
+    version: Literal[1] = 1
+    daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig())
+    onramps: dict[str, OnrampConfig] = Field(default_factory=dict)
+    pipelines: dict[str, Any] = Field(default_factory=dict)
+    offramps: dict[str, OfframpConfig] = Field(default_factory=dict)
+    links: dict[str, list[str] | str] = Field(default_factory=dict)
+    tests: list[dict[str, Any]] = Field(default_factory=list, description="unit tests run by `headrace test`")

@@ -1,0 +1,194 @@
+"""``type: file``: write records to files, flushed per batch; optional path template and rotation.
+
+``path`` may hold placeholders: ``{meta.KEY}`` (a metadata value) and strftime codes such
+as ``%Y-%m-%d`` (the write time, UTC). Every file is confined to ``root`` (default: the
+folder of the first placeholder-free part of the path): a value with ``/``, ``..``, a NUL
+byte, an absolute path, or a path that resolves outside ``root`` through a symlink is
+refused, and that record goes to the offramp's ``err`` port with the reason.
+
+Rotation: when a file reaches ``rotate_bytes`` or is older than ``rotate_interval``, it is
+renamed ``NAME.1`` (older ones shift to ``.2`` ...; ``keep`` are kept) and a new one starts.
+A write error (disk full) raises: the batch is retried with backoff and nothing is acked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import Field
+
+from headrace.config.units import Duration, Size
+from headrace.plugins.base import Offramp, PluginConfig, PluginContext, Rejections
+
+_PLACEHOLDER = re.compile(r"\{meta\.([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class FileOfframpConfig(PluginConfig):
+    path: str = Field(description="file to write, relative to the config file's folder; may hold {meta.KEY} and %Y-%m-%d")
+    mode: Literal["append", "truncate"] = Field("append", description="append to an existing file, or start it empty")
+    fsync: bool = Field(False, description="fsync after each batch (slow; survives power loss)")
+    root: str | None = Field(None, description="every file written must be inside this folder (default: the path's fixed leading folder)")
+    rotate_bytes: Size | None = Field(None, ge=1, description="rotate a file when it reaches this size")
+    rotate_interval: Duration | None = Field(None, gt=0, description="rotate a file when it is older than this")
+    keep: int = Field(5, ge=0, le=10_000, description="rotated files kept per path (NAME.1 ... NAME.keep)")
+    max_open: int = Field(64, ge=1, description="files kept open at once (least recently used closed first)")
+
+
+class PathRefused(ValueError):
+    pass
+
+
+class OpenFile:
+    __slots__ = ("f", "opened", "path", "size")
+
+    def __init__(self, path: Path, f: IO[bytes]) -> None:
+        self.path = path
+        self.f = f
+        self.size = f.tell()
+        self.opened = time.monotonic()
+
+
+class FileOfframp(Offramp):
+    name = "file"
+    Config = FileOfframpConfig
+    summary = "write records to files (lines by default): path templates confined to a root, rotation by size or age"
+    default_postprocessors = ("lines",)
+    example = '{type: file, codec: json, config: {path: "out/{meta.kafka_topic}/%Y-%m-%d.ndjson", rotate_bytes: 64MiB, keep: 10}}'
+    frames_itself = True
+
+    def __init__(self, config: FileOfframpConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.cfg = config
+        self.path = context.resolve(config.path)  # for a template: the unexpanded template, resolved
+        self.templated = bool(_PLACEHOLDER.search(config.path)) or "%" in config.path
+        fixed = _PLACEHOLDER.split(config.path)[0].split("%")[0]
+        # the fixed leading folder: "out/{meta.x}/f" -> out, "out/x-{meta.y}" -> out, "{meta.x}.log" -> the config's folder
+        default_root = context.resolve(fixed[: fixed.rfind("/") + 1]) if self.templated else context.resolve(config.path).parent
+        self.root = (context.resolve(config.root) if config.root else default_root).resolve()
+        self.files: dict[Path, OpenFile] = {}
+        self.truncated: set[Path] = set()
+
+    def check(self) -> None:
+        if "\0" in self.cfg.path:
+            raise ValueError("path contains a NUL byte")
+        if not self.templated:
+            self._confine(self.path)
+
+    def _confine(self, path: Path) -> Path:
+        """``path`` made absolute and checked to lie inside ``root`` (symlinks resolved)."""
+        resolved = Path(os.path.realpath(path))
+        if resolved != self.root and self.root not in resolved.parents:
+            raise PathRefused(f"path {path} is outside the root {self.root}")
+        return resolved
+
+    def path_for(self, meta: dict[str, Any]) -> Path:
+        if not self.templated:
+            return self.path
+
+        def value(m: re.Match[str]) -> str:
+            v = meta.get(m.group(1))
+            if v is None:
+                raise PathRefused(f"meta key '{m.group(1)}' of the path template is missing")
+            text = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            if not text or "/" in text or "\\\\" in text or "\0" in text or text in (".", "..") or text.startswith("~"):
+                raise PathRefused(f"meta key '{m.group(1)}' = {text!r} cannot be a path part")
+            return text
+
+        text = time.strftime(_PLACEHOLDER.sub(lambda m: value(m).replace("%", "%%"), self.cfg.path), time.gmtime())
+        if "\0" in text or os.path.isabs(text):
+            raise PathRefused(f"path {text!r} is absolute or holds a NUL byte")
+        return self.context.resolve(text)
+
+    def _open(self, path: Path) -> OpenFile:
+        of = self.files.get(path)
+        if of is not None:
+            return of
+        real = self._confine(path)
+        real.parent.mkdir(parents=True, exist_ok=True)
+        real = self._confine(real)  # a symlink planted in between is caught here
+        truncate = self.cfg.mode == "truncate" and real not in self.truncated
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if truncate else os.O_APPEND)
+        fd = os.open(real, flags, 0o644)
+        self.truncated.add(real)
+        of = OpenFile(real, os.fdopen(fd, "ab" if not truncate else "wb"))
+        if len(self.files) >= self.cfg.max_open:
+            oldest = next(iter(self.files))
+            self.files.pop(oldest).f.close()
+        self.files[path] = of
+        return of
+
+    def _rotate_if_due(self, path: Path, of: OpenFile) -> OpenFile:
+        cfg = self.cfg
+        due = (cfg.rotate_bytes is not None and of.size >= cfg.rotate_bytes) or (
+            cfg.rotate_interval is not None and time.monotonic() - of.opened >= cfg.rotate_interval)  # fmt: skip
+        if not due:
+            return of
+        of.f.close()
+        del self.files[path]
+        real = of.path
+        if cfg.keep == 0:
+            real.unlink(missing_ok=True)
+        else:
+            for i in range(cfg.keep - 1, 0, -1):
+                older = real.with_name(f"{real.name}.{i}")
+                if older.exists():
+                    os.replace(older, real.with_name(f"{real.name}.{i + 1}"))
+            os.replace(real, real.with_name(f"{real.name}.1"))
+        self.truncated.add(real)  # the new file starts empty anyway
+        return self._open(path)
+
+    async def start(self) -> None:
+        if not self.templated:
+            self._open(self.path)
+
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+        rejected: list[tuple[int, str]] = []
+        groups: dict[Path, list[int]] = {}
+        for i in range(len(chunks)):
+            try:
+                path = self.path_for(metas[i] if metas is not None else {})
+            except PathRefused as exc:
+                rejected.append((i, str(exc)))
+                continue
+            groups.setdefault(path, []).append(i)
+        for path, idx in groups.items():
+            try:
+                of = self._open(path)
+            except (PathRefused, OSError) as exc:
+                if isinstance(exc, PathRefused) or getattr(exc, "errno", None) == errno.ELOOP:  # O_NOFOLLOW met a symlink
+                    rejected.extend((i, f"refused: {exc}") for i in idx)
+                    continue
+                raise
+            of = self._rotate_if_due(path, of)
+            data = b"".join(self.postprocess([chunks[i] for i in idx]))
+            try:
+                of.f.write(data)
+                of.f.flush()
+                if self.cfg.fsync:
+                    os.fsync(of.f.fileno())
+            except OSError:
+                self._undo(path, of)  # no torn record is left behind; the retry writes it whole
+                raise
+            of.size += len(data)
+        return rejected or None
+
+    def _undo(self, path: Path, of: OpenFile) -> None:
+        self.files.pop(path, None)
+        try:
+            of.f.close()
+        except OSError:
+            pass  # the buffered tail could not be written either: it is cut off below
+        try:
+            os.truncate(of.path, of.size)
+        except OSError:
+            pass
+
+    async def stop(self) -> None:
+        for of in self.files.values():
+            of.f.close()
+        self.files.clear()

@@ -1,0 +1,265 @@
+"""``type: kafka``: consume a topic as a member of a consumer group, at least once.
+
+Records are read in batches (``getmany``); each batch of one partition is one ack
+token. Offsets are committed per partition as the low watermark of contiguous done
+batches (on an interval, on revoke, and on stop) and never past an undelivered
+record. When the graph is full the partitions are paused; on revoke the onramp stops
+dispatching them, waits a bounded time for their in-flight events, commits what is
+done, and forgets them (late acks of partitions no longer owned are dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from headrace.config.units import Duration, Size
+from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
+from headrace.runtime.backoff import Backoff
+
+log = logging.getLogger("headrace.kafka")
+
+
+class KafkaOnrampConfig(PluginConfig):
+    brokers: list[str] | str = Field(description="bootstrap servers, host:port (a list or a comma-separated string)")
+    topics: list[str] = Field(min_length=1, description="topics to consume")
+    group_id: str = Field(min_length=1, description="consumer group; instances with the same group share the partitions")
+    offset_reset: Literal["earliest", "latest"] = Field("earliest", description="where to start without a committed offset")
+    batch: int = Field(500, ge=1, le=100_000, description="records per getmany call")
+    max_record_bytes: Size = Field(
+        8 * 2**20, ge=1, description="larger records go to err with a 4 KiB sample (the client still fetched them: Kafka sends a record whole)"
+    )
+    commit_interval: Duration = Field(1.0, gt=0, description="how often done offsets are committed")
+    revoke_timeout: Duration = Field(10.0, ge=0, description="on rebalance: how long to wait for in-flight events of revoked partitions")
+    session_timeout: Duration = Field(10.0, gt=0, description="group session timeout (failover time of a dead instance)")
+    heartbeat_interval: Duration = Field(3.0, gt=0, description="group heartbeat interval")
+    client: dict[str, Any] = Field(default_factory=dict, description="extra AIOKafkaConsumer options (TLS/SASL: security_protocol, sasl_mechanism, ...)")
+
+
+@dataclass
+class PartitionTrack:
+    """Dispatched offset ranges of one partition, in order; the committable watermark."""
+
+    epoch: int
+    pending: deque[list[Any]] = field(default_factory=deque)  # [first, last, done]
+    watermark: int | None = None  # next offset to commit (all before it are done)
+    committed: int | None = None
+
+    def dispatched(self, first: int, last: int) -> list[Any]:
+        entry = [first, last, False]
+        if self.watermark is None:
+            self.watermark = first
+        self.pending.append(entry)
+        return entry
+
+    def advance(self) -> None:
+        while self.pending and self.pending[0][2]:
+            self.watermark = self.pending.popleft()[1] + 1
+
+    def settled_pending(self) -> int:
+        """Ranges not done yet (advances first: acks of a revoked partition no longer advance its track)."""
+        self.advance()
+        return len(self.pending)
+
+
+class KafkaOnramp(Onramp):
+    name = "kafka"
+    Config = KafkaOnrampConfig
+    summary = "consume Kafka topics in a consumer group; commits the low watermark of delivered offsets"
+    example = "{type: kafka, codec: json, config: {brokers: [127.0.0.1:9092], topics: [logs], group_id: headrace}}"
+
+    def __init__(self, config: KafkaOnrampConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.cfg = config
+        self.consumer: Any = None
+        self.tracks: dict[Any, PartitionTrack] = {}
+        self.epoch = 0
+        self.paused = False
+        self._commit_task: asyncio.Task[None] | None = None
+        self.metrics = context.extra.get("metrics")
+
+    def check(self) -> None:
+        import aiokafka  # noqa: F401 - a missing dependency is a config error, found by check
+
+    @property
+    def brokers(self) -> list[str]:
+        b = self.cfg.brokers
+        return [x.strip() for x in b.split(",")] if isinstance(b, str) else list(b)
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        onramp = self
+
+        from aiokafka.abc import ConsumerRebalanceListener
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                await onramp._revoked(set(revoked))
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                onramp._assigned(set(assigned))
+
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            self.consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.brokers,
+                group_id=self.cfg.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=self.cfg.offset_reset,
+                session_timeout_ms=int(self.cfg.session_timeout * 1000),
+                heartbeat_interval_ms=int(self.cfg.heartbeat_interval * 1000),
+                **self.cfg.client,
+            )
+            self.consumer.subscribe(self.cfg.topics, listener=Listener())
+            try:
+                await self.consumer.start()
+                break
+            except Exception as exc:  # broker absent: wait, not ready, try again
+                delay = backoff.next()
+                log.warning("kafka onramp %s: cannot connect to %s (%s); retrying in %.1fs", self.context.component_id, self.brokers, exc, delay)
+                await self.consumer.stop()
+                await asyncio.sleep(delay)
+        self._commit_task = asyncio.create_task(self._commit_loop())
+        self.ready = True
+
+    # -- group membership ------------------------------------------------------------------------
+    def _assigned(self, assigned: set[Any]) -> None:
+        for tp in assigned:
+            if tp not in self.tracks:
+                self.epoch += 1
+                self.tracks[tp] = PartitionTrack(self.epoch)
+        log.info("kafka onramp %s: assigned %s", self.context.component_id, sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    async def _revoked(self, revoked: set[Any]) -> None:
+        tracks = {tp: self.tracks[tp] for tp in revoked if tp in self.tracks}
+        for tp in revoked:  # stop dispatching them; late acks find no track and are dropped
+            self.tracks.pop(tp, None)
+        deadline = asyncio.get_running_loop().time() + self.cfg.revoke_timeout
+        while any(t.settled_pending() for t in tracks.values()) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        await self._commit(tracks)
+        self._forget_series(revoked)
+        if revoked:
+            log.info("kafka onramp %s: revoked %s", self.context.component_id, sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+    def _forget_series(self, partitions: set[Any]) -> None:
+        """Lag and committed offset of partitions this instance no longer owns leave /metrics."""
+        if self.metrics is None:
+            return
+        for tp in partitions:
+            for name in ("headrace_kafka_consumer_lag", "headrace_kafka_committed_offset"):
+                try:
+                    self.metrics[name].remove(tp.topic, str(tp.partition))
+                except KeyError:
+                    pass
+
+    # -- intake --------------------------------------------------------------------------------
+    async def run(self, sink: OnrampSink) -> None:
+        consumer = self.consumer
+        while True:
+            data = await consumer.getmany(timeout_ms=200, max_records=self.cfg.batch)
+            for tp, msgs in data.items():
+                track = self.tracks.get(tp)
+                if track is None or not msgs:
+                    continue
+                entry = track.dispatched(msgs[0].offset, msgs[-1].offset)
+                metas = [
+                    {"kafka_topic": m.topic, "kafka_partition": m.partition, "kafka_offset": m.offset, "kafka_key": m.key,
+                     "kafka_headers": {k: v for k, v in (m.headers or ())}, "kafka_timestamp": m.timestamp}
+                    for m in msgs
+                ]  # fmt: skip
+                payloads = [m.value if m.value is not None else b"" for m in msgs]
+                limit = self.cfg.max_record_bytes
+                refused = {i: f"record of {len(p)} bytes exceeds max_record_bytes {limit}" for i, p in enumerate(payloads) if len(p) > limit}
+                await self._hand_over(sink, payloads, metas, (tp, track.epoch, entry), (tp.topic, tp.partition), refused)
+
+    async def _hand_over(self, sink: OnrampSink, payloads: list[bytes], metas: list[dict[str, Any]], token: Any, group: Any,
+                         refused: dict[int, str] | None = None) -> None:  # fmt: skip
+        """Give records to the graph; while it is full, the partitions are paused."""
+        put = asyncio.ensure_future(sink.records(payloads, metas, ack=token, group=group, refused=refused or None))
+        done, _ = await asyncio.wait({put}, timeout=0.05)
+        if not done:
+            parts = list(self.consumer.assignment())
+            self.consumer.pause(*parts)
+            self.paused = True
+            try:
+                await put
+            finally:
+                self.consumer.resume(*[tp for tp in parts if tp in self.consumer.assignment()])
+                self.paused = False
+        else:
+            put.result()
+
+    def ack(self, token: Any) -> None:
+        tp, epoch, entry = token
+        track = self.tracks.get(tp)
+        entry[2] = True
+        if track is not None and track.epoch == epoch:
+            track.advance()
+
+    def fail(self, token: Any) -> None:
+        tp, _epoch, entry = token
+        log.error("kafka onramp %s: records %s/%d offsets %d..%d were not delivered; they will not be committed (redelivered after a restart or rebalance)",
+                  self.context.component_id, tp.topic, tp.partition, entry[0], entry[1])  # fmt: skip
+
+    # -- commits -------------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.commit_interval)
+            await self._commit(dict(self.tracks))
+            await self._lag()
+
+    async def _commit(self, tracks: dict[Any, PartitionTrack]) -> None:
+        from aiokafka.errors import CommitFailedError, KafkaError
+        from aiokafka.structs import OffsetAndMetadata
+
+        offsets = {}
+        for tp, t in tracks.items():
+            t.advance()
+            if t.watermark is not None and t.watermark != t.committed:
+                offsets[tp] = OffsetAndMetadata(t.watermark, "")
+        if not offsets or self.consumer is None:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            log.warning("kafka onramp %s: commit failed during a rebalance (%s); the records will be redelivered", self.context.component_id, exc)
+            return
+        except KafkaError as exc:
+            log.warning("kafka onramp %s: commit failed: %s", self.context.component_id, exc)
+            return
+        for tp, om in offsets.items():
+            tracks[tp].committed = om.offset
+            if self.metrics is not None:
+                self.metrics["headrace_kafka_committed_offset"].labels(tp.topic, str(tp.partition)).set(om.offset)
+
+    async def _lag(self) -> None:
+        """Lag per partition from the fetch high watermark (tansu's end offsets are unreliable)."""
+        if self.metrics is None or self.consumer is None:
+            return
+        gauge = self.metrics["headrace_kafka_consumer_lag"]
+        for tp in list(self.tracks):
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = await asyncio.wait_for(self.consumer.position(tp), 1.0)
+            except Exception:  # partition revoked meanwhile, or no position yet
+                continue
+            if tp not in self.tracks:  # revoked while we asked
+                continue
+            gauge.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
+
+    async def stop(self) -> None:
+        if self._commit_task is not None:
+            self._commit_task.cancel()
+        if self.consumer is not None:
+            await self._commit(dict(self.tracks))
+            await self.consumer.stop()
+            self.consumer = None

@@ -1,0 +1,193 @@
+"""``op: python``: a user function or class as a stage (DESIGN.md section 3).
+
+``def f(event, meta)`` is a CPU stage (runs on workers); ``async def`` is an I/O stage
+(runs on the loop with ``concurrency`` in flight). A class with ``setup()`` /
+``teardown()`` and ``process(event, meta)`` (or ``__call__``) is instantiated once per
+process. Return the event (-> out), None (dropped, counted), a list (several
+events), or raise (-> err with the cause). ``headrace.emit(port, event)`` targets a
+named port declared in ``ports:``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from headrace import _emit
+from headrace.plugins.base import PluginConfig, PluginContext
+from headrace.runtime.stage import Emit, Ev, Operator, Placement
+
+
+class PythonConfig(PluginConfig):
+    fn: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:callable, imported with the config's folder first on sys.path")
+    concurrency: int = Field(16, ge=1, le=100_000, description="async stages: events in flight")
+    placement: Literal["workers", "loop"] | None = Field(None, description="override: def -> workers, async def -> loop")
+    readonly: bool = Field(False, description="the stage never modifies events: unmodified events leave as their original bytes")
+    lazy: bool = Field(True, description="readonly stages on workers read JSON through a lazy read-only view (a Mapping; lists are "
+                                         "Sequences); false: a dict")
+    ports: list[str] = Field(default_factory=list, description="extra ports reachable with headrace.emit(port, event)")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a class stage's constructor")
+
+
+_SOURCES: dict[str, bytes] = {}  # module name -> digest of the source it was imported from
+
+
+def _digest(mod: Any) -> bytes:
+    path = getattr(mod, "__file__", None)
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha1(f.read()).digest()
+    except OSError:
+        return b""
+
+
+def import_callable(spec: str, base_dir: Path) -> Any:
+    """Import ``module:attr`` with ``base_dir`` first on sys.path; a module whose source
+    changed since it was imported is re-imported (reload picks up edited stages)."""
+    module, _, attr = spec.partition(":")
+    base = str(base_dir)
+    if base not in sys.path:
+        sys.path.insert(0, base)
+    mod = importlib.import_module(module)
+    digest = _digest(mod)
+    if module in _SOURCES and _SOURCES[module] != digest:
+        mod = importlib.reload(mod)
+    _SOURCES[module] = digest
+    try:
+        return getattr(mod, attr)
+    except AttributeError:
+        raise ImportError(f"module '{module}' has no attribute '{attr}'") from None
+
+
+class PythonOperator(Operator):
+    name = "python"
+    Config = PythonConfig
+    summary = "run a Python function or class on each event"
+    example = '{op: python, fn: "classify:classify"}'
+
+    def __init__(self, node_id: str, config: PythonConfig, context: PluginContext) -> None:
+        super().__init__(node_id, config, context)
+        self.cfg = config
+        self.target: Any = None
+        self.fn: Callable[[Any, dict[str, Any]], Any] | None = None
+        self.instance: Any = None
+        self._resolve()
+
+    def _resolve(self) -> None:
+        self.target = import_callable(self.cfg.fn, self.context.base_dir)
+        if inspect.isclass(self.target):
+            call = getattr(self.target, "process", None) or self.target.__call__
+            self.is_async = inspect.iscoroutinefunction(call)
+        elif callable(self.target):
+            self.is_async = inspect.iscoroutinefunction(self.target)
+        else:
+            raise TypeError(f"{self.cfg.fn} is not callable")
+        self.concurrency = self.cfg.concurrency
+
+    @classmethod
+    def ports_for(cls, config: PythonConfig) -> tuple[str, ...]:
+        return tuple(config.ports)
+
+    @property
+    def placement(self) -> Placement:
+        if self.cfg.placement:
+            return self.cfg.placement
+        return "loop" if self.is_async else "workers"
+
+    def setup(self) -> None:
+        if inspect.isclass(self.target):
+            self.instance = self.target(**self.cfg.args)
+            if hasattr(self.instance, "setup"):
+                self.instance.setup()
+            self.fn = getattr(self.instance, "process", None) or self.instance
+        else:
+            self.fn = self.target
+
+    def teardown(self) -> None:
+        if self.instance is not None and hasattr(self.instance, "teardown"):
+            self.instance.teardown()
+        self.instance = None
+
+    def _collect(self, ev: Ev, result: Any, out: list[Ev], readonly: bool) -> None:
+        if result is None:
+            self.dropped = (self.dropped or 0) + 1
+            return
+        if isinstance(result, list):
+            for item in result:
+                out.append(Ev(item, dict(ev.meta), ev.src, None, ev.ingest))
+            return
+        if result is not ev.value or not readonly:
+            ev.raw = None
+        ev.value = result
+        out.append(ev)
+
+    def process(self, evs: list[Ev], emit: Emit) -> list[Ev]:
+        fn = self.fn
+        assert fn is not None, "setup() was not called"
+        if self.is_async:  # placement: workers on an async def: run it to completion here
+            return asyncio.run(self.process_async(evs, emit))
+        out: list[Ev] = []
+        append = out.append
+        readonly = self.cfg.readonly
+        self.dropped = 0
+        stage_id = self.id
+        token = _emit.bind(emit, stage_id)
+        sync = _emit.sync
+        try:
+            for ev in evs:
+                sync.ev = ev
+                value = ev.value
+                try:
+                    result = fn(value, ev.meta)
+                except Exception as exc:
+                    emit("err", ev.fail(stage_id, exc))
+                    continue
+                if result is value and readonly:
+                    append(ev)
+                else:
+                    self._collect(ev, result, out, readonly)
+        finally:
+            sync.ev = None
+            _emit.unbind(token)
+        return out
+
+    async def process_async(self, evs: list[Ev], emit: Emit) -> list[Ev]:
+        fn = self.fn
+        assert fn is not None, "setup() was not called"
+        sem = asyncio.Semaphore(self.concurrency)
+        results: list[Any] = [None] * len(evs)
+        failed: list[BaseException | None] = [None] * len(evs)
+        stage_id = self.id
+
+        async def one(i: int, ev: Ev) -> None:
+            async with sem:
+                token = _emit.bind(emit, stage_id)
+                _emit.current_event.set(ev)
+                try:
+                    coro = fn(ev.value, ev.meta)
+                    results[i] = await (self.guard.timed(stage_id, coro) if self.guard is not None else coro)
+                except Exception as exc:
+                    failed[i] = exc
+                finally:
+                    _emit.unbind(token)
+
+        await asyncio.gather(*(one(i, ev) for i, ev in enumerate(evs)))
+        out: list[Ev] = []
+        self.dropped = 0
+        for i, ev in enumerate(evs):
+            exc = failed[i]
+            if exc is not None:
+                emit("err", ev.fail(stage_id, exc))
+            else:
+                self._collect(ev, results[i], out, self.cfg.readonly)
+        return out

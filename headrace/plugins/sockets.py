@@ -1,0 +1,252 @@
+"""What the socket connectors share: per-connection framing, and the stream onramp
+(server or client) and stream offramp (a client that reconnects) of ``tcp`` and ``unix``.
+
+Backpressure: a connection's read loop awaits the sink, so while the graph is full the
+socket is not read, the kernel buffers fill and the peer is slowed down by TCP itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import Field
+
+from headrace.config.units import Duration, Size
+from headrace.plugins.base import Offramp, Onramp, OnrampSink, PluginConfig, PluginContext, Rejections
+from headrace.runtime.backoff import Backoff
+
+log = logging.getLogger("headrace.plugins.sockets")
+
+Meta = dict[str, Any]
+Rejected = list[tuple[bytes, str]]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+SAMPLE = 1024  # bytes of a rejected record kept for the err port
+CLOSE_GRACE = 5.0  # seconds a closed connection may take to hand over what it read
+
+
+@runtime_checkable
+class FramingSink(Protocol):
+    """The runtime's ``OnrampSink`` with per-stream framing (``OnrampRunner``)."""
+
+    async def chunk(self, data: bytes, meta: Meta | None = None) -> None: ...
+
+    async def end_of_stream(self, meta: Meta | None = None) -> None: ...
+
+    async def records(self, payloads: list[bytes], metas: list[Meta] | None = None, ack: Any = None, group: Any = None) -> None: ...
+
+    async def reject(self, rejected: Rejected, meta: Meta | None = None) -> None: ...
+
+    def stream(self) -> FramingSink:
+        """A sink with its own framing state, for one of several concurrent streams."""
+        ...
+
+    def frame(self, data: bytes) -> tuple[list[bytes], Rejected]:
+        """Frame one whole message with fresh framing state."""
+        ...
+
+
+def framing_sink(sink: OnrampSink) -> FramingSink:
+    if not isinstance(sink, FramingSink):
+        raise TypeError(f"{type(sink).__name__} offers no per-stream framing (stream/frame/reject); socket onramps need the runtime's sink")
+    return sink
+
+
+class StreamOnrampConfig(PluginConfig):
+    mode: Literal["server", "client"] = Field("server", description="server: listen and accept connections; client: connect to a server")
+    max_connections: int = Field(64, ge=1, description="server: connections beyond this many are closed at once")
+    read_size: Size = Field(64 * 1024, ge=1, description="bytes per socket read")
+    connect_timeout: Duration = Field(5.0, gt=0, description="client: time allowed for one connection attempt")
+    reconnect_max: Duration = Field(30.0, gt=0, description="client: longest wait between attempts (exponential backoff from 100ms)")
+
+
+class StreamOnramp(Onramp):
+    """A byte stream per connection, framed by the onramp's preprocessors (each connection its own)."""
+
+    default_preprocessors = ("lines",)
+
+    def __init__(self, config: StreamOnrampConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.stream_cfg = config
+        self.server: asyncio.AbstractServer | None = None
+        self.conns: set[asyncio.Task[Any]] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    # -- transport ----------------------------------------------------------------------------
+    def where(self) -> str:
+        raise NotImplementedError
+
+    async def listen(self, handler: Handler) -> asyncio.AbstractServer:
+        raise NotImplementedError
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise NotImplementedError
+
+    def peer_meta(self, writer: asyncio.StreamWriter) -> Meta:
+        raise NotImplementedError
+
+    # -- intake -------------------------------------------------------------------------------
+    async def run(self, sink: OnrampSink) -> None:
+        fsink = framing_sink(sink)
+        if self.stream_cfg.mode == "server":
+            await self._serve(fsink)
+        else:
+            await self._dial(fsink)
+
+    async def _pump(self, reader: asyncio.StreamReader, stream: FramingSink, meta: Meta) -> int:
+        """Read until the peer closes; the partial last record is flushed then. Returns bytes read."""
+        n = 0
+        try:
+            while data := await reader.read(self.stream_cfg.read_size):
+                n += len(data)
+                await stream.chunk(data, meta)
+        except OSError as exc:
+            log.info("%s: connection %s ended: %s", self.context.component_id, meta, exc)
+        await stream.end_of_stream(meta)
+        return n
+
+    async def _serve(self, sink: FramingSink) -> None:
+        cid = self.context.component_id
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if len(self.conns) >= self.stream_cfg.max_connections:
+                log.warning("%s: refusing a connection: %d already open (max_connections)", cid, len(self.conns))
+                writer.close()
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self.conns.add(task)
+            self.writers.add(writer)
+            try:
+                await self._pump(reader, sink.stream(), self.peer_meta(writer))
+            finally:
+                self.conns.discard(task)
+                self.writers.discard(writer)
+                writer.close()
+
+        self.server = await self.listen(accept)
+        log.info("%s: listening on %s", cid, self.where())
+        self.ready = True
+        try:
+            await asyncio.Event().wait()  # until the task is cancelled (stop)
+        finally:
+            await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for w in list(self.writers):
+            w.close()  # the reader sees EOF: each handler flushes its framing and returns
+        if self.conns:
+            _, pending = await asyncio.wait(list(self.conns), timeout=CLOSE_GRACE)
+            for t in pending:
+                t.cancel()
+
+    async def _dial(self, sink: FramingSink) -> None:
+        cid = self.context.component_id
+        backoff = Backoff(0.1, self.stream_cfg.reconnect_max)
+        self.ready = True  # the daemon does not wait for a remote peer to be up
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(self.connect(), self.stream_cfg.connect_timeout)
+            except OSError as exc:
+                delay = backoff.next()
+                log.warning("%s: cannot connect to %s (%s); retrying in %.1fs", cid, self.where(), exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            log.info("%s: connected to %s", cid, self.where())
+            self.writers.add(writer)
+            try:
+                got = await self._pump(reader, sink.stream(), self.peer_meta(writer))
+            finally:
+                self.writers.discard(writer)
+                writer.close()
+            if got:
+                backoff.reset()
+            delay = backoff.next()
+            log.info("%s: %s closed the connection; reconnecting in %.1fs", cid, self.where(), delay)
+            await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        await self._close_connections()
+
+
+class StreamOfframpConfig(PluginConfig):
+    connect_timeout: Duration = Field(5.0, gt=0, description="time allowed for one connection attempt")
+
+
+class StreamOfframp(Offramp):
+    """Writes chunks to one connection, opened on the first write and reopened after a failure.
+
+    A failed connect or write raises: the runtime retries the batch with its backoff, so a
+    restarted peer gets the batch again (at least once) and nothing is acked meanwhile.
+    """
+
+    default_postprocessors = ("lines",)
+
+    def __init__(self, config: StreamOfframpConfig, context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.stream_cfg = config
+        self.writer: asyncio.StreamWriter | None = None
+        self.watch: asyncio.Task[None] | None = None  # reads (and discards) what the peer sends; ends when it closes
+
+    def where(self) -> str:
+        raise NotImplementedError
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        raise NotImplementedError
+
+    @staticmethod
+    async def _watch(reader: asyncio.StreamReader) -> None:
+        try:
+            while await reader.read(64 * 1024):
+                pass
+        except OSError:
+            pass
+
+    def _alive(self) -> bool:
+        return self.writer is not None and not self.writer.is_closing() and self.watch is not None and not self.watch.done()
+
+    def _drop(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
+
+    async def _connected(self) -> asyncio.StreamWriter:
+        if self._alive():
+            assert self.writer is not None
+            return self.writer
+        self._drop()  # the peer closed (or never was): a fresh connection
+        try:
+            reader, writer = await asyncio.wait_for(self.connect(), self.stream_cfg.connect_timeout)
+        except OSError as exc:
+            raise ConnectionError(f"{self.name} offramp {self.context.component_id}: cannot connect to {self.where()}: {exc}") from exc
+        log.info("%s: connected to %s", self.context.component_id, self.where())
+        self.writer = writer
+        self.watch = asyncio.create_task(self._watch(reader))
+        return writer
+
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+        writer = await self._connected()
+        try:
+            writer.writelines(chunks)
+            await writer.drain()  # waits while the peer does not read: backpressure
+        except OSError as exc:
+            self._drop()
+            raise ConnectionError(f"{self.name} offramp {self.context.component_id}: write to {self.where()} failed: {exc}") from exc
+        return None
+
+    async def stop(self) -> None:
+        writer = self.writer
+        if writer is not None:
+            try:
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+            except (OSError, TimeoutError):
+                pass
+        self._drop()

@@ -1,0 +1,142 @@
+"""Conversions between batches and the per-event view stages work on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headrace.plugins.base import Codec, DecodeError
+from headrace.runtime.acks import AckRef
+from headrace.runtime.batch import Batch, unshare
+from headrace.runtime.stage import Ev
+
+
+def to_events(batch: Batch, codec: Codec | None) -> tuple[list[Ev], list[tuple[int, str]]]:
+    """Decode what is not decoded yet; returns the events and (index, reason) of failures."""
+    n = len(batch)
+    metas = unshare(batch.metas) if batch.metas is not None else None  # stages may write to them
+    ingest = batch.ingest
+    payloads = batch.payloads
+    values = batch.values
+    acks = batch.acks
+    evs: list[Ev] = []
+    failures: list[tuple[int, str]] = []
+    if values is not None:
+        for i in range(n):
+            evs.append(Ev(values[i], metas[i] if metas is not None else {}, i, payloads[i] if payloads is not None else None, ingest[i],
+                          acks[i] if acks is not None else None))  # fmt: skip
+        return evs, failures
+    assert payloads is not None
+    if codec is None:  # no stage needs the values: keep the bytes, decode nothing
+        return [Ev(None, metas[i] if metas is not None else {}, i, payloads[i], ingest[i], acks[i] if acks is not None else None)
+                for i in range(n)], failures  # fmt: skip
+    decode = codec.decode
+    for i in range(n):
+        raw = payloads[i]
+        assert raw is not None
+        try:
+            value = decode(raw)
+        except (DecodeError, RecursionError) as exc:
+            failures.append((i, str(exc) if not isinstance(exc, RecursionError) else "nesting too deep"))
+            continue
+        evs.append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i], acks[i] if acks is not None else None))
+    return evs, failures
+
+
+def from_events(evs: list[Ev], parent: Batch, refs: list[AckRef] | None, decoded: bool = True) -> Batch:
+    """A batch of stage outputs; original bytes are kept for events no stage modified.
+
+    ``decoded`` is False when the stages only read meta: the events are still just bytes.
+    An event's own ``ack`` wins over ``refs[ev.src]`` (an event made from held events
+    carries a ``MergedAck``).
+    """
+    acks = [ev.ack if ev.ack is not None else refs[ev.src] for ev in evs] if refs is not None else None
+    if acks is not None:
+        for r in acks:
+            r.pending += 1
+    return Batch(
+        payloads=[ev.raw for ev in evs],
+        values=[ev.value for ev in evs] if decoded else None,
+        metas=[ev.meta for ev in evs],
+        ingest=[ev.ingest for ev in evs],
+        acks=acks,
+        codec=parent.codec,
+        nbytes=None,
+        origin=parent.origin,
+        group=parent.group,
+    )
+
+
+def decode_failures(batch: Batch, failures: list[tuple[int, str]], component: str) -> Batch:
+    """The failed records as an err batch: original bytes, the text, and the reason in meta."""
+    payloads = batch.payloads or []
+    out_payloads: list[bytes | None] = []
+    values: list[Any] = []
+    metas: list[dict[str, Any]] = []
+    for i, reason in failures:
+        raw = payloads[i] or b""
+        out_payloads.append(raw)
+        values.append(raw.decode("utf-8", "backslashreplace"))
+        meta = dict(batch.meta(i))
+        meta["error"] = {"stage": component, "type": "DecodeError", "message": reason}
+        metas.append(meta)
+    acks = [batch.acks[i] for i, _ in failures] if batch.acks is not None else None
+    if acks is not None:
+        for r in acks:
+            r.pending += 1
+    return Batch(payloads=out_payloads, values=values, metas=metas, ingest=[batch.ingest[i] for i, _ in failures],
+                 acks=acks, codec="binary", origin=batch.origin, group=batch.group)  # fmt: skip
+
+
+def _complete(shares: list[tuple[AckRef, int]]) -> None:
+    for ref, n in shares:
+        ref.done(n)
+
+
+def _complete_failed(shares: list[tuple[AckRef, int]]) -> None:
+    for ref, n in shares:
+        ref.failed = True
+        ref.done(n)
+
+
+class MergedAck(AckRef):
+    """The ref of an event made from events a stage held (a batch, a window).
+
+    It carries the shares the stage kept for those events and completes them when it
+    completes itself: delivered, dropped, or failed (then they fail too). It starts
+    with one share, like the share an input batch holds for each of its events; the
+    chain runner releases it after routing the new event (``fresh`` until then).
+    """
+
+    __slots__ = ("fresh",)
+
+    def __init__(self, shares: list[tuple[AckRef, int]]) -> None:
+        super().__init__(1, shares, _complete, _complete_failed)
+        self.fresh = True
+
+
+class HeldAcks:
+    """The delivery shares a stage keeps for the events it holds past their batch.
+
+    Without them, the source would be acked as soon as the batch an event came in was
+    routed, while the event still waits in a window. ``hold(ev)`` for each event kept;
+    ``merge()`` for the event made of them.
+    """
+
+    __slots__ = ("_shares",)
+
+    def __init__(self) -> None:
+        self._shares: dict[int, tuple[AckRef, int]] = {}
+
+    def hold(self, ev: Ev) -> None:
+        ref = ev.ack
+        if ref is None:
+            return
+        ref.pending += 1
+        held = self._shares.get(id(ref))
+        self._shares[id(ref)] = (ref, held[1] + 1 if held is not None else 1)
+
+    def merge(self) -> MergedAck:
+        """The ack for the event made of the held events; this holder is empty afterwards."""
+        ack = MergedAck(list(self._shares.values()))
+        self._shares = {}
+        return ack

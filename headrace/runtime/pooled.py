@@ -1,0 +1,271 @@
+"""A chain of CPU stages run as a worker segment: chunking, ordering, acks and counts.
+
+Input batches are cut into chunks sized to a target CPU time per job (learned from the
+workers' reports), dispatched to the pool, and released per order group (onramp, or
+Kafka partition) in the order they were read; a slow chunk holds back only its own
+group. A chunk whose worker died is split in halves until the record that kills
+workers is alone; after ``POISON_ATTEMPTS`` deaths it goes to ``err`` with the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from array import array
+from collections import deque
+from collections.abc import Hashable
+from typing import Any
+
+from headrace.config.graph import Graph
+from headrace.metrics.defs import Metrics
+from headrace.plugins.base import Codec
+from headrace.runtime.acks import done_each
+from headrace.runtime.batch import Batch, join, joinable
+from headrace.runtime.events import decode_failures
+from headrace.runtime.inbox import Inbox
+from headrace.runtime.plan import Chain
+from headrace.runtime.pool import WorkerCrashed, WorkerPool
+from headrace.runtime.router import Router
+from headrace.runtime.segment import UNCHANGED, NodeDef, Request, Response, SegmentSpec
+from headrace.runtime.stage import Operator
+
+log = logging.getLogger("headrace.runtime")
+POISON_ATTEMPTS = 3
+TARGET_JOB_NS = 2000000  # CPU time per job the chunk size aims for
+MAX_JOB_EVENTS = 4096  # a job never holds more events than this (bounded memory per job)
+
+
+class Poisoned:
+    def __init__(self, cause: str) -> None:
+        self.cause = cause
+
+
+Result = list[tuple[Batch, "Response | Poisoned"]]
+
+
+def exit_codecs(chain: Chain, stages: list[Operator], graph: Graph) -> dict[tuple[str, str], str | None]:
+    """Per exit port: the codec to encode with in the worker when every target is an offramp using it."""
+    exits: dict[tuple[str, str], str | None] = {}
+    offramps = graph.raw.get("offramps") or {}
+    for k, st in enumerate(stages):
+        for port in graph.components[st.id].ports:
+            if port == "out" and k < len(stages) - 1:
+                continue
+            targets = [graph.components[t] for t in graph.edges.get((st.id, port), [])]
+            codecs = {t.codec for t in targets if t.kind == "offramp" and not (offramps.get(t.id) or {}).get("with_meta")}
+            all_off = targets and all(t.kind == "offramp" for t in targets)
+            exits[(st.id, port)] = codecs.pop() if all_off and len(codecs) == 1 else None
+    return exits
+
+
+def slice_batch(b: Batch, start: int, stop: int) -> Batch:
+    return Batch(
+        payloads=b.payloads[start:stop] if b.payloads is not None else None,
+        values=b.values[start:stop] if b.values is not None else None,
+        metas=b.metas[start:stop] if b.metas is not None else None,
+        ingest=b.ingest[start:stop], acks=b.acks[start:stop] if b.acks is not None else None,
+        ingest_wire=b.ingest_wire[start * 8 : stop * 8] if b.ingest_wire is not None else None,
+        codec=b.codec, origin=b.origin, group=b.group,
+    )  # fmt: skip
+
+
+class PooledChainRunner:
+    def __init__(self, chain: Chain, stages: list[Operator], inbox: Inbox, routers: dict[str, Router], codecs: dict[str, Codec],
+                 metrics: Metrics, pool: WorkerPool, graph: Graph, segment_id: str | None = None) -> None:  # fmt: skip
+        self.chain = chain
+        self.stages = stages
+        self.inbox = inbox
+        self.routers = routers
+        self.codecs = codecs
+        self.pool = pool
+        self.graph = graph
+        base = graph.base_dir
+        self.spec = SegmentSpec(segment_id or chain.id, [NodeDef(s.id, s.name, s.config, base) for s in stages], exit_codecs(chain, stages, graph),
+                                dict(graph.codecs))  # fmt: skip
+        self.ns_per_event: float | None = None
+        self.slots = asyncio.Semaphore(pool.size * pool.max_inflight * 2)
+        self.pending: dict[Hashable, deque[asyncio.Task[Result]]] = {}
+        self.wake = asyncio.Event()
+        self.closes: list[Inbox] = []
+        self.unordered = {c.id for c in graph.of_kind("onramp") if not c.ordered}
+        self._seq = 0
+
+    def chunk_size(self, n: int) -> int:
+        if self.ns_per_event is None:
+            return max(math.ceil(n / self.pool.size), 1)
+        return max(min(int(TARGET_JOB_NS / max(self.ns_per_event, 1.0)), n), 1)
+
+    async def run(self) -> None:
+        releaser = asyncio.create_task(self.release())
+        try:
+            while (batch := await self.inbox.get()) is not None:
+                batch = self.merge(batch)
+                n = len(batch)
+                size = self.chunk_size(n)
+                for start in range(0, n, size):
+                    chunk = batch if size >= n else slice_batch(batch, start, start + size)
+                    await self.slots.acquire()
+                    group = batch.group
+                    if batch.origin in self.unordered:
+                        self._seq += 1
+                        group = ("unordered", self._seq)
+                    task = asyncio.create_task(self.run_job(chunk, 0))
+                    task.add_done_callback(lambda _t: self.wake.set())
+                    self.pending.setdefault(group, deque()).append(task)
+            self.wake.set()
+            while self.pending:
+                await asyncio.sleep(0.005)
+                self.wake.set()
+        finally:
+            releaser.cancel()
+            for inbox in self.closes:
+                inbox.close()
+
+    def merge(self, batch: Batch) -> Batch:
+        """Cheap events: join queued batches of the same kind into one job, up to the target size."""
+        target = self.chunk_size(MAX_JOB_EVENTS)
+        parts = [batch]
+        total = len(batch)
+        while total < target:
+            nxt = self.inbox.peek()
+            if nxt is None or not _joinable(batch, nxt) or total + len(nxt) > target:
+                break
+            parts.append(self.inbox.take())
+            total += len(nxt)
+        return parts[0] if len(parts) == 1 else join(parts)
+
+    def request(self, chunk: Batch) -> list[Any]:
+        ingest = chunk.ingest_wire if chunk.ingest_wire is not None else array("q", chunk.ingest).tobytes()
+        if chunk.values is not None:
+            req = Request(0, self.spec.id, chunk.codec or "json", b"", b"", chunk.metas, ingest, chunk.values)
+            return [req, b""]
+        if chunk.wire is not None:  # the source had them joined already
+            lens, blobs = chunk.wire
+            return [Request(0, self.spec.id, chunk.codec or "json", lens, b"", chunk.metas, ingest), *blobs]
+        payloads: list[bytes] = chunk.payloads  # type: ignore[assignment]
+        lens = array("I", map(len, payloads)).tobytes()
+        return [Request(0, self.spec.id, chunk.codec or "json", lens, b"", chunk.metas, ingest), b"".join(payloads)]
+
+    async def run_job(self, chunk: Batch, attempts: int) -> Result:
+        try:
+            resp = await self.pool.execute(self.spec.id, self.request(chunk))
+        except WorkerCrashed as exc:
+            n = len(chunk)
+            if n > 1:
+                mid = n // 2
+                a, b = await asyncio.gather(self.run_job(slice_batch(chunk, 0, mid), 0), self.run_job(slice_batch(chunk, mid, n), 0))
+                return a + b
+            if attempts + 1 < POISON_ATTEMPTS:
+                return await self.run_job(chunk, attempts + 1)
+            log.error("a record killed a worker %d times; sending it to err: %s", POISON_ATTEMPTS, exc)
+            return [(chunk, Poisoned(f"record killed the worker {POISON_ATTEMPTS} times: {exc}"))]
+        if resp.fatal:
+            return [(chunk, Poisoned(f"segment failed: {resp.fatal}"))]
+        n = len(chunk)
+        if n and resp.cpu_ns:
+            per = resp.cpu_ns / n
+            self.ns_per_event = per if self.ns_per_event is None else 0.8 * self.ns_per_event + 0.2 * per
+        return [(chunk, resp)]
+
+    async def release(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            for group in list(self.pending):
+                dq = self.pending[group]
+                while dq and dq[0].done():
+                    task = dq.popleft()
+                    self.slots.release()
+                    try:
+                        for chunk, res in task.result():
+                            await self.emit(chunk, res)
+                    except Exception:
+                        log.exception("releasing results of %s failed", self.spec.id)
+                if not dq:
+                    del self.pending[group]
+
+    async def emit(self, chunk: Batch, res: Response | Poisoned) -> None:
+        first = self.stages[0].id
+        r0 = self.routers[first].stats
+        r0.received.inc(len(chunk))
+        r0.received_bytes.inc(chunk.nbytes)
+        refs = chunk.acks
+        sends: list[tuple[str, str, Batch]] = []
+        if isinstance(res, Poisoned):
+            metas = []
+            for i in range(len(chunk)):
+                m = dict(chunk.meta(i))
+                m["error"] = {"stage": self.chain.id, "type": "WorkerCrashed", "message": res.cause}
+                metas.append(m)
+            if refs is not None:
+                for r in refs:
+                    r.pending += 1
+            r0.error("worker_crash", len(chunk))
+            sends.append((first, "err", Batch(payloads=chunk.payloads, values=chunk.values, metas=metas, ingest=chunk.ingest,
+                                              acks=refs, codec=chunk.codec, origin=chunk.origin, group=chunk.group)))  # fmt: skip
+        else:
+            if res.failures:
+                self.routers[chunk.origin].stats.error("decode", len(res.failures))
+                sends.append((chunk.origin, "err", decode_failures(chunk, res.failures, chunk.origin)))
+            blob = res.blob
+            for out in res.outputs:
+                sends.append((out.node, out.port, self.rebuild(chunk, out, blob)))
+            for k, st in enumerate(self.stages):
+                c = res.counts.get(st.id)
+                if c is None:
+                    continue
+                received, sent, errors, dropped = c
+                stats = self.routers[st.id].stats
+                if k:
+                    stats.received.inc(received)
+                if k < len(self.stages) - 1 and sent.get("out"):
+                    stats.sent("out").inc(sent["out"])
+                if errors:
+                    stats.error("stage_exception", errors)
+                if dropped:
+                    stats.discard("dropped" if st.name == "python" else "filtered", dropped)
+        done_each(refs)
+        for node, port, b in sends:
+            await self.routers[node].send(port, b)
+
+    @staticmethod
+    def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes) -> Batch:
+        if out.identity and out.codec == chunk.codec and chunk.payloads is not None:
+            # every input, in order, untouched: the original bytes as they are
+            return Batch(payloads=chunk.payloads, metas=out.metas, ingest=chunk.ingest, acks=_count(chunk.acks), codec=out.codec,
+                         nbytes=chunk.nbytes, origin=chunk.origin, group=chunk.group, wire=chunk.wire, ingest_wire=chunk.ingest_wire)  # fmt: skip
+        src = array("I")
+        src.frombytes(out.src)
+        lens = array("i")
+        lens.frombytes(out.lens)
+        orig = chunk.payloads
+        n = len(src)
+        if orig is not None and n == len(chunk) and out.codec == chunk.codec and lens.count(UNCHANGED) == n and src == array("I", range(n)):
+            # untouched, in order: the original bytes as they are
+            return Batch(payloads=orig, metas=out.metas, ingest=chunk.ingest, acks=_count(chunk.acks), codec=out.codec,
+                         nbytes=chunk.nbytes, origin=chunk.origin, group=chunk.group)  # fmt: skip
+        payloads: list[bytes | None] = []
+        pos = out.start
+        mv = memoryview(blob)
+        for i, ln in zip(src, lens, strict=True):
+            if ln == UNCHANGED:
+                payloads.append(orig[i] if orig is not None else None)
+            else:
+                payloads.append(bytes(mv[pos : pos + ln]))
+                pos += ln
+        acks = _count([chunk.acks[i] for i in src]) if chunk.acks is not None else None
+        ingest = chunk.ingest
+        return Batch(payloads=payloads, metas=out.metas, ingest=[ingest[i] for i in src], acks=acks, codec=out.codec,
+                     origin=chunk.origin, group=chunk.group)  # fmt: skip
+
+
+def _count(acks: list[Any] | None) -> list[Any] | None:
+    if acks is not None:
+        for r in acks:
+            r.pending += 1
+    return acks
+
+
+def _joinable(a: Batch, b: Batch) -> bool:
+    return a.values is None and b.values is None and a.payloads is not None and a.group == b.group and joinable(a, b)

@@ -1,0 +1,151 @@
+"""Routing of a component's output ports to the inboxes of its targets, with counting."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+from headrace.metrics.defs import Metrics, Tally
+from headrace.runtime.acks import add_each, done_each
+from headrace.runtime.batch import Batch
+from headrace.runtime.inbox import Inbox
+
+log = logging.getLogger("headrace.router")
+
+
+class ComponentStats:
+    """Labelled metric children of one component, resolved once (not per batch)."""
+
+    def __init__(self, metrics: Metrics, cid: str, kind: str) -> None:
+        self.metrics = metrics
+        self.cid = cid
+        self.kind = kind
+        self.received = Tally(metrics["headrace_component_received_events_total"].labels(cid, kind))
+        self.received_bytes = Tally(metrics["headrace_component_received_bytes_total"].labels(cid, kind))
+        self.sent_bytes = Tally(metrics["headrace_component_sent_bytes_total"].labels(cid, kind))
+        self._sent: dict[str, Any] = {}
+        self._errors: dict[str, Any] = {}
+        self._discarded: dict[str, Any] = {}
+
+    def sent(self, port: str) -> Any:
+        c = self._sent.get(port)
+        if c is None:
+            c = self._sent[port] = Tally(self.metrics["headrace_component_sent_events_total"].labels(self.cid, self.kind, port))
+        return c
+
+    def error(self, error_type: str, n: int = 1) -> None:
+        c = self._errors.get(error_type)
+        if c is None:
+            c = self._errors[error_type] = self.metrics["headrace_component_errors_total"].labels(self.cid, self.kind, error_type)
+        c.inc(n)
+
+    def forget(self) -> None:
+        """Remove every series of this component (it was removed by a reload)."""
+        m = self.metrics
+        doomed: list[tuple[str, tuple[str, ...]]] = [
+            ("headrace_component_received_events_total", (self.cid, self.kind)),
+            ("headrace_component_received_bytes_total", (self.cid, self.kind)),
+            ("headrace_component_sent_bytes_total", (self.cid, self.kind)),
+            ("headrace_queue_events", (self.cid,)), ("headrace_queue_bytes", (self.cid,)),
+            ("headrace_event_latency_seconds", (self.cid,)), ("headrace_loop_blocked_seconds_total", (self.cid,)),
+        ]  # fmt: skip
+        doomed += [("headrace_component_sent_events_total", (self.cid, self.kind, p)) for p in self._sent]
+        doomed += [("headrace_component_errors_total", (self.cid, self.kind, e)) for e in self._errors]
+        doomed += [("headrace_component_discarded_events_total", (self.cid, r)) for r in self._discarded]
+        for name, labels in doomed:
+            try:
+                m[name].remove(*labels)
+            except KeyError:
+                pass
+
+    def discard(self, reason: str, n: int) -> None:
+        c = self._discarded.get(reason)
+        if c is None:
+            c = self._discarded[reason] = self.metrics["headrace_component_discarded_events_total"].labels(self.cid, reason)
+        c.inc(n)
+
+
+class Router:
+    def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]]) -> None:
+        self.stats = stats
+        self.targets = targets  # port -> [(inbox, target is a node)]; a reload replaces the dict
+        self._last_err_log = 0.0
+
+    def inboxes(self) -> list[Inbox]:
+        seen: dict[int, Inbox] = {}
+        for lst in self.targets.values():
+            for inbox, _ in lst:
+                seen[id(inbox)] = inbox
+        return list(seen.values())
+
+    async def send(self, port: str, batch: Batch) -> None:
+        n = len(batch)
+        if not n:
+            return
+        self.stats.sent(port).inc(n)
+        if port != "err":
+            self.stats.sent_bytes.inc(batch.nbytes)
+        targets = self.targets.get(port)
+        if not targets:
+            if port == "err":
+                self._log_unlinked_err(batch)
+                self.stats.error("unlinked_err", n)
+            else:
+                self.stats.discard(f"unlinked_port_{port}", n)
+            done_each(batch.acks)
+            return
+        if len(targets) > 1:
+            add_each(batch.acks, len(targets) - 1)
+        first = True
+        skipped = 0
+        for inbox, is_node in targets:
+            if inbox.retired:  # a reload replaced it while this send waited on an earlier target
+                skipped += 1
+                continue
+            await inbox.put(batch if first or not is_node else _copy(batch))
+            first = False
+        if skipped:
+            await self._redirect(port, batch, targets, skipped, first)
+
+    async def _redirect(self, port: str, batch: Batch, old: list[tuple[Inbox, bool]], shares: int, first: bool) -> None:
+        """Deliver what was meant for retired inboxes to the port's new targets.
+
+        A send captures its targets when it starts. If a reload retires one of them while
+        the send waits on another (full) target, the retired inbox's reader may already
+        have finished; the batch then goes to the targets the reload added for this port
+        (the replacements), which start after the old runners drained: order holds. With
+        no replacement (the link or component was removed), its share of the acks is done.
+        """
+        had = {id(i) for i, _ in old}
+        new = [(i, is_node) for i, is_node in self.targets.get(port, ()) if id(i) not in had and not i.retired]
+        if len(new) > shares:
+            add_each(batch.acks, len(new) - shares)
+        for _ in range(shares - len(new)):
+            done_each(batch.acks)
+        if shares > len(new):
+            self.stats.discard("removed_by_reload", (shares - len(new)) * len(batch))
+        for inbox, is_node in new:
+            await inbox.put(batch if first or not is_node else _copy(batch))
+            first = False
+
+    def _log_unlinked_err(self, batch: Batch) -> None:
+        now = time.monotonic()
+        if now - self._last_err_log < 1.0:
+            return
+        self._last_err_log = now
+        err = batch.meta(0).get("error", {})
+        log.error(
+            "%d event(s) on unlinked err port of %s; first: %s: %s (link '%s/err' to an offramp to keep them)",
+            len(batch), self.stats.cid, err.get("type", "?"), err.get("message", "?"), self.stats.cid,
+        )  # fmt: skip
+
+
+def _copy(batch: Batch) -> Batch:
+    """Fan-out to a second node: it may mutate decoded values and metas, so it gets its own."""
+    return Batch(
+        payloads=batch.payloads, values=copy.deepcopy(batch.values) if batch.values is not None else None,
+        metas=[dict(m) for m in batch.metas] if batch.metas is not None else None, ingest=batch.ingest,
+        acks=batch.acks, codec=batch.codec, nbytes=batch.nbytes, origin=batch.origin, group=batch.group,
+    )  # fmt: skip

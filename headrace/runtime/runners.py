@@ -1,0 +1,616 @@
+"""The three kinds of runtime component: onramp, stage chain, offramp.
+
+Each runner reads one inbox (onramps read their source), does its work, routes
+batches onward, and on its end closes the inboxes of its targets, so that an end of
+input drains the graph in topological order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from headrace.config.graph import ComponentSpec
+from headrace.metrics.defs import Metrics
+from headrace.plugins.base import Codec, DecodeError, Offramp, Onramp, Postprocessor, Preprocessor
+from headrace.runtime.acks import AckRef, done_each
+from headrace.runtime.backoff import Backoff
+from headrace.runtime.batch import Batch, join, joinable, take
+from headrace.runtime.events import MergedAck, decode_failures, from_events, to_events
+from headrace.runtime.inbox import Inbox
+from headrace.runtime.loopguard import LoopGuard
+from headrace.runtime.router import ComponentStats, Router
+from headrace.runtime.stage import Emit, Ev, Operator
+
+log = logging.getLogger("headrace.runtime")
+
+
+class OnrampRunner:
+    """Frames, batches and routes what an onramp reads; implements ``OnrampSink``."""
+
+    def __init__(self, spec: ComponentSpec, plugin: Onramp, pre: list[Preprocessor], router: Router, batch_size: int) -> None:
+        self.spec = spec
+        self.plugin = plugin
+        self.pre = pre
+        self.router = router
+        self.batch_size = batch_size
+        self.stats = router.stats
+        self.codec = spec.codec
+        self.group = spec.id
+        self.task: asyncio.Future[None] | None = None
+        self.stopped = False
+        self.closes: list[Inbox] = []
+
+    def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        chunks: list[bytes] = [data]
+        rejected: list[tuple[bytes, str]] = []
+        for p in self.pre:
+            out: list[bytes] = []
+            for c in chunks:
+                p.feed(c, out, rejected)
+            chunks = out
+        return chunks, rejected
+
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        self.stats.received_bytes.inc(len(data))
+        records, rejected = self._frame(data)
+        await self._emit(records, rejected, meta)
+
+    async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
+        records, rejected = self._finish()
+        await self._emit(records, rejected, meta)
+
+    def _finish(self) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        records: list[bytes] = []
+        rejected: list[tuple[bytes, str]] = []
+        for i, p in enumerate(self.pre):
+            tail: list[bytes] = []
+            p.finish(tail, rejected)
+            for later in self.pre[i + 1 :]:
+                nxt: list[bytes] = []
+                for c in tail:
+                    later.feed(c, nxt, rejected)
+                tail = nxt
+            records.extend(tail)
+        return records, rejected
+
+    def stream(self) -> OnrampRunner:
+        """A sink for one of several concurrent streams (a connection): its own framing state, the same routing."""
+        view = copy.copy(self)
+        view.pre = [type(p)(p.config) for p in self.pre]
+        return view
+
+    def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected)."""
+        view = self.stream()
+        records, rejected = view._frame(data)
+        tail, rejected_tail = view._finish()
+        return records + tail, rejected + rejected_tail
+
+    async def _emit(self, records: list[bytes], rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None) -> None:
+        if rejected:
+            await self.reject(rejected, meta)
+        bs = self.batch_size
+        for start in range(0, len(records), bs):
+            part = records[start : start + bs]
+            await self._send(part, [dict(meta) for _ in part] if meta else None, None, None)
+
+    async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None:
+        now = time.time_ns()
+        metas = []
+        for _, reason in rejected:
+            m = dict(meta or {})
+            m["error"] = {"stage": self.spec.id, "type": "FramingError", "message": reason}
+            metas.append(m)
+        self.stats.error("framing", len(rejected))
+        await self.router.send("err", Batch(
+            payloads=[r for r, _ in rejected], values=[r.decode("utf-8", "backslashreplace") for r, _ in rejected],
+            metas=metas, ingest=[now] * len(rejected), codec="binary", origin=self.spec.id, group=self.group,
+        ))  # fmt: skip
+
+    async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
+                      refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
+        """Whole records from the source (their bytes count as received; streams count in ``chunk``).
+
+        ``refused``: records the source will not pass on (index -> reason, e.g. over a size
+        limit); they go to the onramp's ``err`` port with a sample of their bytes and count
+        toward the same ack as the rest.
+        """
+        nbytes = sum(map(len, wire[1])) if wire is not None else sum(map(len, payloads))
+        self.stats.received_bytes.inc(nbytes)
+        if not refused:
+            await self._send(payloads, metas, ack, group, nbytes, wire)
+            return
+        n = len(payloads)
+        ref = AckRef(n, ack, self.plugin.ack, self.plugin.fail) if ack is not None else None
+        keep = [i for i in range(n) if i not in refused]
+        bad = sorted(refused)
+        err_metas = []
+        for i in bad:
+            m = dict(metas[i]) if metas is not None else {}
+            m["error"] = {"stage": self.spec.id, "type": "RecordTooLarge", "message": refused[i]}
+            err_metas.append(m)
+        self.stats.received.inc(n)
+        self.stats.error("framing", len(bad))
+        now = time.time_ns()
+        samples: list[bytes | None] = [payloads[i][:SAMPLE_BYTES] for i in bad]
+        await self.router.send("err", Batch(
+            payloads=samples, values=[payloads[i][:SAMPLE_BYTES].decode("utf-8", "backslashreplace") for i in bad], metas=err_metas, ingest=[now] * len(bad),
+            acks=[ref] * len(bad) if ref is not None else None, codec="binary", origin=self.spec.id, group=self.group,
+        ))  # fmt: skip
+        if keep:
+            await self.router.send("out", Batch(
+                payloads=[payloads[i] for i in keep], metas=[metas[i] for i in keep] if metas is not None else None,
+                ingest=[now] * len(keep), acks=[ref] * len(keep) if ref is not None else None, codec=self.codec, origin=self.spec.id,
+                group=(self.group, group) if group is not None else self.group, unchecked=True,
+            ))  # fmt: skip
+
+    async def _send(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
+                    wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
+        n = len(payloads)
+        if not n:
+            return
+        acks = None
+        if ack is not None:
+            ref = AckRef(n, ack, self.plugin.ack, self.plugin.fail)
+            acks = [ref] * n
+        now = time.time_ns()
+        batch = Batch(payloads=payloads, metas=metas, ingest=[now] * n, ingest_wire=_I64.pack(now) * n, acks=acks, codec=self.codec,  # type: ignore[arg-type]
+                      nbytes=nbytes,
+                      origin=self.spec.id, group=(self.group, group) if group is not None else self.group, unchecked=True,
+                      wire=wire)  # fmt: skip
+        self.stats.received.inc(n)
+        await self.router.send("out", batch)
+
+    async def _source(self) -> None:
+        await self.plugin.start()
+        await self.plugin.run(self)
+
+    async def run(self) -> None:
+        try:
+            if self.stopped:
+                return
+            # start (connecting, joining a group) and run are one cancellable task: a stop
+            # that arrives while a Kafka onramp still waits for its broker stops it too
+            self.task = asyncio.ensure_future(self._source())
+            try:
+                await asyncio.shield(self.task)
+            except asyncio.CancelledError:
+                if not self.task.cancelled():
+                    self.task.cancel()
+                    raise
+            await self.end_of_stream()
+        finally:
+            for inbox in self.closes:
+                inbox.close()
+
+    def stop(self) -> None:
+        """Stop intake: the source's task is cancelled, framing is flushed, targets close."""
+        self.stopped = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+Outputs = dict[tuple[str, str], list[Ev]]
+Produce = Callable[[Operator, Emit], list[Ev]]
+
+_I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
+SAMPLE_BYTES = 4096  # what the err port keeps of a record refused for its size
+COALESCE_BYTES = 4 << 20  # a joined offramp write holds at most about this much
+TICK_INTERVAL = 0.1  # seconds between ticks of stages that keep time (windows, batch timeouts)
+
+
+def _ignore(token: Any) -> None:
+    pass
+
+
+NO_ACK = AckRef(1, None, _ignore, _ignore)  # stands in for events of a source without acks next to ones that have them
+
+
+class _Refs:
+    """The ack refs of one pass through the chain, one share per index: the input batch's,
+    then those of events that stages made without an input (a tick, a flush, a batch or
+    window result), so that ``from_events`` and the final release treat them alike."""
+
+    __slots__ = ("n", "own", "refs")
+
+    def __init__(self, refs: list[AckRef] | None, n: int) -> None:
+        self.refs = refs
+        self.n = n
+        self.own = False
+
+    def adopt(self, evs: list[Ev], every: bool) -> None:
+        """Index new events: those with a fresh ``MergedAck`` (its first share is the index's),
+        and with ``every`` (what a tick or flush made) all others too, taking a share for each."""
+        for ev in evs:
+            ack = ev.ack
+            if isinstance(ack, MergedAck) and ack.fresh:
+                ack.fresh = False
+            elif not every:
+                continue
+            elif ack is None:
+                ack = ev.ack = NO_ACK
+            else:
+                ack.pending += 1
+            if not self.own:
+                self.refs = list(self.refs) if self.refs is not None else [NO_ACK] * self.n
+                self.own = True
+            assert self.refs is not None
+            ev.src = len(self.refs)
+            self.refs.append(ack)
+
+
+class ChainRunner:
+    """A chain of stages run in the parent: on the loop, timed by the loop guard.
+
+    Stages that keep time get ``tick`` about every ``TICK_INTERVAL`` and, at the end of
+    input, ``flush``; what they produce runs through the rest of the chain like a batch.
+    A tick never interleaves with a batch (the lock), so stage state and output order
+    stay as if single-threaded. ``context.extra["downstream_full"]`` tells a stage
+    whether the inbox after the chain is full (``backpressure``).
+    """
+
+    def __init__(self, cid: str, stages: list[Operator], inbox: Inbox, routers: dict[str, Router],
+                 codecs: dict[str, Codec], guard: LoopGuard, metrics: Metrics) -> None:  # fmt: skip
+        self.cid = cid
+        self.stages = stages
+        self.inbox = inbox
+        self.routers = routers  # stage id (and onramp ids for decode errors) -> router
+        self.codecs = codecs
+        self.guard = guard
+        self.stats = {s.id: routers[s.id].stats for s in stages}
+        for s in stages:
+            s.guard = guard
+            s.context.extra["downstream_full"] = self.downstream_full
+        self.closes: list[Inbox] = []  # inboxes this runner may send to; closed at its end
+        self.needs_values = any(s.needs_values for s in stages)
+        self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]
+        self.holding = {k for k, s in enumerate(stages) if type(s).flush is not Operator.flush}
+        self.lock = asyncio.Lock()
+        self.template = Batch(ingest=[], origin=cid, group=cid)  # parent of what ticks and flushes produce
+
+    def downstream_full(self) -> bool:
+        """Whether an inbox that the chain's ``out`` feeds is full (its next send would wait)."""
+        return any(inbox.full() for inbox, _ in self.routers[self.stages[-1].id].targets.get("out", ()))
+
+    async def process(self, batch: Batch) -> None:
+        async with self.lock:
+            first = self.stages[0].id
+            self.stats[first].received.inc(len(batch))
+            self.stats[first].received_bytes.inc(batch.nbytes)
+            if len(self.stages) == 1 and batch.metas is not None:
+                t0 = time.perf_counter()
+                routed = self.stages[0].route_metas(batch.metas)
+                if routed is not None:
+                    self.guard.report(first, time.perf_counter() - t0)
+                    await self.emit_routed(batch, routed)
+                    return
+            codec = self.codecs.get(batch.codec or "") if batch.values is None and self.needs_values else None
+            evs, failures = to_events(batch, codec)
+            if failures:
+                self.routers[batch.origin].stats.error("decode", len(failures))
+                await self.routers[batch.origin].send("err", decode_failures(batch, failures, batch.origin))
+            outputs: Outputs = {}
+            refs = _Refs(batch.acks, len(batch))
+            await self.run_stages(0, evs, outputs, refs)
+            await self.emit_outputs(batch, outputs, codec is not None or batch.values is not None, refs.refs)
+
+    async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: _Refs, produce: Produce | None = None) -> None:
+        """Stages ``start..`` on ``cur``; with ``produce`` (a tick or flush), stage ``start`` makes its input itself."""
+        last = len(self.stages) - 1
+        for k in range(start, last + 1):
+            st = self.stages[k]
+
+            def emit(port: str, ev: Ev, _id: str = st.id) -> None:
+                outputs.setdefault((_id, port), []).append(ev)
+
+            making = produce is not None and k == start
+            holding = k in self.holding
+            if holding and refs.refs is not None:  # events a python stage made carry no ack yet: the one of their source
+                for ev in cur:
+                    if ev.ack is None:
+                        ev.ack = refs.refs[ev.src]
+            n_in = len(cur)
+            if k and not making:
+                self.stats[st.id].received.inc(n_in)
+            try:
+                if making:
+                    assert produce is not None
+                    t0 = time.perf_counter()
+                    cur = produce(st, emit)
+                    self.guard.report(st.id, time.perf_counter() - t0)
+                elif st.is_async:
+                    cur = await st.process_async(cur, emit)
+                else:
+                    t0 = time.perf_counter()
+                    cur = st.process(cur, emit)
+                    self.guard.report(st.id, time.perf_counter() - t0)
+            except Exception as exc:
+                log.exception("stage %s failed on a whole batch", st.id)
+                for ev in [] if making else cur:
+                    emit("err", ev.fail(st.id, exc))
+                cur = []
+            errs = len(outputs.get((st.id, "err"), ()))
+            if errs:
+                self.stats[st.id].error("stage_exception", errs)
+            if holding or making:
+                refs.adopt(cur, making)
+                for (sid, _), evs in outputs.items():
+                    if sid == st.id:
+                        refs.adopt(evs, making)
+            if not holding and not making:  # a holding stage's input is not lost when less comes out: it waits in the stage
+                produced = len(cur) + sum(len(v) for (sid, _), v in outputs.items() if sid == st.id)
+                gone = st.dropped if st.dropped is not None else n_in - produced
+                if gone > 0:
+                    self.stats[st.id].discard("dropped" if st.name == "python" else "filtered", gone)
+            if k < last:
+                self.stats[st.id].sent("out").inc(len(cur))
+            else:
+                outputs.setdefault((st.id, "out"), []).extend(cur)
+
+    async def produce(self, k: int, fn: Produce) -> None:
+        """Run what stage ``k`` produces on its own (tick, flush) through the rest of the chain."""
+        outputs: Outputs = {}
+        refs = _Refs(None, 0)
+        await self.run_stages(k, [], outputs, refs, fn)
+        await self.emit_outputs(self.template, outputs, True, refs.refs)
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            async with self.lock:
+                now = time.time_ns()  # wall clock, like ingest times
+
+                def tick(st: Operator, emit: Emit, now: int = now) -> list[Ev]:
+                    return st.tick(now, emit)
+
+                for k in self.ticking:
+                    try:
+                        await self.produce(k, tick)
+                    except Exception:
+                        log.exception("tick of %s failed", self.stages[k].id)
+
+    async def flush(self) -> None:
+        """End of input: each holding stage, in chain order, gives up what it holds."""
+        async with self.lock:
+            for k in sorted(self.holding):
+                await self.produce(k, lambda st, emit: st.flush(emit))
+
+    async def emit_routed(self, batch: Batch, routed: dict[str, list[int]]) -> None:
+        """Column slices per port: no per-event objects (the meta-only fast path)."""
+        sid = self.stages[0].id
+        n = len(batch)
+        refs = batch.acks
+        sends = []
+        for port, idx in routed.items():
+            if not idx:
+                continue
+            if len(idx) == n:
+                part = batch
+                if refs is not None:
+                    for r in refs:
+                        r.pending += 1
+            else:
+                part = Batch(
+                    payloads=take(batch.payloads, idx) if batch.payloads is not None else None,
+                    values=take(batch.values, idx) if batch.values is not None else None,
+                    metas=take(batch.metas, idx) if batch.metas is not None else None,
+                    ingest=take(batch.ingest, idx), acks=take(refs, idx) if refs is not None else None,
+                    codec=batch.codec, origin=batch.origin, group=batch.group,
+                )  # fmt: skip
+                if part.acks is not None:
+                    for r in part.acks:
+                        r.pending += 1
+            sends.append((port, part))
+        done_each(refs)
+        for port, part in sends:
+            await self.routers[sid].send(port, part)
+
+    async def emit_outputs(self, batch: Batch, outputs: Outputs, decoded: bool, refs: list[AckRef] | None) -> None:
+        out_batches = [(sid, port, from_events(evs, batch, refs, decoded)) for (sid, port), evs in outputs.items() if evs]
+        done_each(refs)  # every output added its own pending count above
+        for sid, port, b in out_batches:
+            await self.routers[sid].send(port, b)
+
+    async def run(self) -> None:
+        ticker: asyncio.Task[None] | None = None
+        try:
+            for st in self.stages:
+                st.setup()
+            if self.ticking:
+                ticker = asyncio.create_task(self.tick_forever(), name=f"headrace:tick:{self.cid}")
+            while (batch := await self.inbox.get()) is not None:
+                await self.process(batch)
+            if ticker is not None:
+                async with self.lock:  # not in the middle of a tick: cancelling loses nothing
+                    ticker.cancel()
+            await self.flush()
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            for st in self.stages:
+                try:
+                    st.teardown()
+                except Exception:
+                    log.exception("teardown of %s failed", st.id)
+            for inbox in self.closes:
+                inbox.close()
+
+
+class OfframpRunner:
+    def __init__(self, spec: ComponentSpec, plugin: Offramp, codec: Codec, post: list[Postprocessor], inbox: Inbox,
+                 stats: ComponentStats, codecs: dict[str, Codec], routers: dict[str, Router], metrics: Metrics,
+                 with_meta: bool) -> None:  # fmt: skip
+        self.spec = spec
+        self.plugin = plugin
+        self.codec = codec
+        self.post = post
+        self.inbox = inbox
+        self.stats = stats
+        self.codecs = codecs
+        self.routers = routers
+        self.with_meta = with_meta
+        self.router: Router | None = None
+        self.closes: list[Inbox] = []
+        self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
+
+    def encode(self, batch: Batch) -> tuple[list[bytes], list[tuple[int, str]]]:
+        """Encoded records (b"" where encoding failed), and the failures with their reasons."""
+        name = self.spec.codec
+        encode = self.codec.encode
+        payloads, values = batch.payloads, batch.values
+        if not self.with_meta and payloads is not None and batch.codec == name and None not in payloads:
+            return payloads, []  # type: ignore[return-value]
+        out: list[bytes] = []
+        bad: list[tuple[int, str]] = []
+        src_codec = self.codecs.get(batch.codec or "")
+        for i in range(len(batch)):
+            raw = payloads[i] if payloads is not None else None
+            try:
+                if raw is not None and batch.codec == name and not self.with_meta:
+                    out.append(raw)
+                    continue
+                value = values[i] if values is not None else src_codec.decode(raw)  # type: ignore[union-attr,arg-type]
+                if self.with_meta:
+                    value = {"event": value, "meta": batch.meta(i)}
+                out.append(encode(value))
+            except Exception as exc:
+                out.append(repr(values[i] if values is not None else raw).encode())
+                bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {exc}"))
+        return out, bad
+
+    async def validate(self, batch: Batch) -> Batch:
+        """Records that reach an offramp straight from an onramp were never decoded: check them
+        with the source codec now, so malformed input goes to the onramp's err port here too."""
+        codec = self.codecs.get(batch.codec or "")
+        if codec is None or not codec.validates:
+            return batch
+        bad = []
+        for i, raw in enumerate(batch.payloads or []):
+            try:
+                codec.decode(raw)  # type: ignore[arg-type]
+            except (DecodeError, RecursionError) as exc:
+                bad.append((i, str(exc) if isinstance(exc, DecodeError) else "nesting too deep"))
+        if not bad:
+            return batch
+        self.routers[batch.origin].stats.error("decode", len(bad))
+        await self.routers[batch.origin].send("err", decode_failures(batch, bad, batch.origin))
+        if batch.acks is not None:
+            for i, _ in bad:
+                batch.acks[i].done()
+        keep = sorted(set(range(len(batch))) - {i for i, _ in bad})
+        payloads = batch.payloads or []
+        return Batch(
+            payloads=[payloads[i] for i in keep], metas=[batch.meta(i) for i in keep] if batch.metas else None,
+            ingest=[batch.ingest[i] for i in keep], acks=[batch.acks[i] for i in keep] if batch.acks is not None else None,
+            codec=batch.codec, origin=batch.origin, group=batch.group,
+        )  # fmt: skip
+
+    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], as_text: bool = False) -> tuple[Batch, list[bytes]]:
+        """Send records the offramp refused for good to its err port; the rest were delivered."""
+        bad = dict(rejected)
+        self.stats.error("rejected", len(bad))
+        idx = sorted(bad)  # payloads, metas and acks all in this one order
+        metas = []
+        for i in idx:
+            m = dict(batch.meta(i))
+            m["error"] = {"stage": self.spec.id, "type": "Rejected", "message": bad[i]}
+            metas.append(m)
+        # records refused by the peer are valid in this codec; ones that could not be encoded travel as text
+        err = Batch(payloads=[records[i] for i in idx], values=[records[i].decode("utf-8", "backslashreplace") for i in idx] if as_text else None,
+                    metas=metas, ingest=[batch.ingest[i] for i in idx], acks=[batch.acks[i] for i in idx] if batch.acks is not None else None,
+                    codec="binary" if as_text else self.spec.codec,
+                    origin=batch.origin, group=batch.group)  # fmt: skip
+        if err.acks is not None:
+            for r in err.acks:
+                r.pending += 1
+        keep = [i for i in range(len(batch)) if i not in bad]
+        if batch.acks is not None:
+            for i in idx:
+                batch.acks[i].done()
+        rest = Batch(payloads=[records[i] for i in keep], metas=[batch.meta(i) for i in keep], ingest=[batch.ingest[i] for i in keep],
+                     acks=[batch.acks[i] for i in keep] if batch.acks is not None else None, codec=self.spec.codec,
+                     origin=batch.origin, group=batch.group)  # fmt: skip
+        assert self.router is not None
+        await self.router.send("err", err)
+        return rest, [records[i] for i in keep]
+
+    async def run(self) -> None:
+        try:
+            limit = self.plugin.coalesce_events
+            while (batch := await self.inbox.get()) is not None:
+                if limit:
+                    batch = self.coalesce(batch, limit)
+                await self.deliver(batch)
+            await self.plugin.flush()
+        finally:
+            for inbox in self.closes:
+                inbox.close()
+
+    def coalesce(self, batch: Batch, limit: int) -> Batch:
+        """Join the batches queued behind ``batch`` (same codec and origin) into one write."""
+        parts = [batch]
+        total, nbytes = len(batch), batch.nbytes
+        while total < limit and nbytes < COALESCE_BYTES:
+            nxt = self.inbox.peek()
+            if nxt is None or len(nxt) + total > limit or not joinable(batch, nxt):
+                break
+            parts.append(self.inbox.take())
+            total += len(nxt)
+            nbytes += nxt.nbytes
+        return parts[0] if len(parts) == 1 else join(parts)
+
+    async def deliver(self, batch: Batch) -> None:
+        n = len(batch)
+        self.stats.received.inc(n)
+        self.stats.received_bytes.inc(batch.nbytes)
+        if batch.unchecked and batch.payloads is not None and batch.values is None:
+            batch = await self.validate(batch)
+            n = len(batch)
+            if not n:
+                return
+        records, bad = self.encode(batch)
+        if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
+            log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
+            batch, records = await self.reject(batch, records, bad, as_text=True)
+            n = len(batch)
+        chunks = records
+        if not self.plugin.frames_itself:
+            for p in self.post:
+                chunks = p.process(chunks)
+        backoff = Backoff()
+        while True:
+            try:
+                if self.plugin.takes_nbytes:
+                    known = batch.nbytes if chunks is batch.payloads else None
+                    rejected = await self.plugin.write(chunks, n, batch.ingest, batch.metas, nbytes=known)  # type: ignore[call-arg]
+                else:
+                    rejected = await self.plugin.write(chunks, n, batch.ingest, batch.metas)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.error(type(exc).__name__, n)
+                if not self.plugin.retryable(exc):
+                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, exc)
+                    rejected = [(i, f"{type(exc).__name__}: {exc}") for i in range(n)]
+                    break
+                delay = backoff.next()
+                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, exc)
+                await asyncio.sleep(delay)
+        if rejected:
+            batch, records = await self.reject(batch, records, rejected)
+            n = len(batch)
+        now = time.time_ns()
+        ing = batch.ingest
+        step = max(n // 4, 1)
+        for i in range(0, n, step):
+            self.latency.observe((now - ing[i]) / 1e9)
+        self.stats.sent("out").inc(n)
+        self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
+        done_each(batch.acks)

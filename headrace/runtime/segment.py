@@ -1,0 +1,493 @@
+"""A worker segment: decode -> chain of stages -> encode, executed inside a worker process.
+
+Everything crosses the process boundary as bytes: a request carries the records as one
+joined blob with their lengths (or pickled values when an upstream loop stage already
+decoded them), plus metas and ingest times; a response carries, per exit port, the
+input index of each output event and either its new encoding or -1 for "unchanged,
+use your original bytes", so untouched events are never re-encoded or copied back.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headrace.plugins import registry
+from headrace.plugins.base import Codec, PluginContext, ViewLoader
+from headrace.runtime.batch import share_equal, unshare
+from headrace.runtime.stage import Emit, Ev, Operator
+
+_LEN = struct.Struct("<I")
+UNCHANGED = -1
+
+
+@dataclass
+class NodeDef:
+    id: str
+    op: str
+    config: Any
+    base_dir: Path
+
+
+@dataclass
+class SegmentSpec:
+    id: str
+    nodes: list[NodeDef]
+    # exit (node, port) -> codec to encode with there; None = the input codec
+    exits: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    codecs: dict[str, Any] = field(default_factory=dict)  # codec key -> ProcessorSpec, for codecs with options
+
+
+@dataclass
+class Request:
+    job_id: int
+    segment: str
+    codec: str
+    lens: bytes  # array('I') of payload lengths
+    blob: bytes | memoryview
+    metas: list[dict[str, Any]] | None
+    ingest: bytes  # array('q')
+    values: list[Any] | None = None
+    start: int = 0  # the records begin at this offset of ``blob`` (a worker passes the whole message)
+
+
+@dataclass
+class Output:
+    node: str
+    port: str
+    src: bytes  # array('I') of input indices
+    lens: bytes  # array('i'); UNCHANGED = original bytes
+    metas: list[dict[str, Any]] | None
+    codec: str
+    start: int  # offset of this output's encodings in the response blob
+    identity: bool = False  # every input, in order, unchanged: src and lens are left empty
+
+
+@dataclass
+class Response:
+    job_id: int
+    cpu_ns: int
+    outputs: list[Output]
+    failures: list[tuple[int, str]]  # decode failures: input index, reason
+    counts: dict[str, tuple[int, dict[str, int], int, int]]  # node -> received, sent per port, errors, dropped
+    blob: bytes | memoryview = b""
+    fatal: str | None = None
+
+
+def pack(header: Any, *blobs: bytes | memoryview) -> list[bytes | memoryview]:
+    """A message: the pickled header, then the blobs (the reader sees them as one)."""
+    head = pickle.dumps(header, protocol=5)
+    return [_LEN.pack(len(head)), head, *blobs]
+
+
+def unpack(msg: bytes | memoryview) -> tuple[Any, memoryview]:
+    header, start = unpack_header(msg)
+    return header, memoryview(msg)[start:]
+
+
+def unpack_header(msg: bytes | memoryview) -> tuple[Any, int]:
+    """The header, and the offset in ``msg`` where the blobs begin."""
+    (n,) = _LEN.unpack_from(msg, 0)
+    return pickle.loads(memoryview(msg)[4 : 4 + n]), 4 + n
+
+
+class SegmentProgram:
+    """The instantiated stages of one segment inside one process."""
+
+    def __init__(self, spec: SegmentSpec) -> None:
+        self.spec = spec
+        self.stages: list[Operator] = []
+        for nd in spec.nodes:
+            cls = registry.load("operators", nd.op)
+            self.stages.append(cls(nd.id, nd.config, PluginContext(nd.id, nd.base_dir)))
+        self.codecs: dict[str, Codec] = {}
+        self.fused: FusedChain | None = None
+
+    def codec(self, name: str) -> Codec:
+        c = self.codecs.get(name)
+        if c is None:
+            c = self.codecs[name] = registry.make_codec(name, self.spec.codecs)
+        return c
+
+    def setup(self) -> None:
+        for st in self.stages:
+            st.setup()
+        self.fused = FusedChain.build(self)
+
+    def teardown(self) -> None:
+        for st in self.stages:
+            st.teardown()
+
+    def execute(self, req: Request) -> Response:
+        t0 = time.process_time_ns()
+        ingest = array("q")
+        ingest.frombytes(req.ingest)
+        if self.fused is not None and req.values is None and self.spec.exits.get((self.stages[-1].id, "out")) in (None, req.codec):
+            return self.fused.execute(req, ingest, t0)
+        metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
+        evs: list[Ev] = []
+        failures: list[tuple[int, str]] = []
+        if req.values is not None:
+            for i, v in enumerate(req.values):
+                evs.append(Ev(v, metas[i] if metas is not None else {}, i, None, ingest[i]))
+        else:
+            lens = array("I")
+            lens.frombytes(req.lens)
+            codec = self.codec(req.codec)
+            # the codec's raw loader when it has one (no Python frame per record), else decode()
+            decode, errors = codec.loader()
+            caught: tuple[type[BaseException], ...] = (*errors, RecursionError)
+            view = memoryview(req.blob)[req.start :]  # a view avoids a copy per record
+            mv: bytes | memoryview = view if codec.takes_buffer else bytes(view)
+            pos = 0
+            append = evs.append
+            for i, n in enumerate(lens):
+                end = pos + n
+                raw = mv[pos:end]
+                pos = end
+                try:
+                    value = decode(raw)
+                except caught as exc:
+                    failures.append((i, codec.reason(exc)))
+                    continue
+                append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i]))  # type: ignore[arg-type]
+        outputs, counts = run_chain(self.stages, evs)
+        return self.encode(req, outputs, counts, failures, t0)
+
+    def encode(self, req: Request, outputs: dict[tuple[str, str], list[Ev]], counts: Any, failures: list[tuple[int, str]], t0: int) -> Response:
+        parts: list[bytes] = []
+        outs: list[Output] = []
+        unencodable: dict[str, list[Ev]] = {}
+        pos = 0
+
+        def add(node: str, port: str, evs: list[Ev]) -> None:
+            nonlocal pos
+            target = self.spec.exits.get((node, port)) or req.codec
+            same = target == req.codec and req.values is None
+            encode = self.codec(target).encode
+            start = pos
+            metas = [ev.meta for ev in evs]
+            any_meta = any(metas)
+            if same and all(ev.raw is not None for ev in evs):  # nothing to encode: indices only
+                src = array("I", [ev.src for ev in evs])
+                outs.append(Output(node, port, src.tobytes(), array("i", [UNCHANGED]).tobytes() * len(evs), share_equal(metas) if any_meta else None,
+                                   target, start))  # fmt: skip
+                return
+            src, lens = array("I"), array("i")
+            metas = []
+            for ev in evs:
+                if same and ev.raw is not None:
+                    lens.append(UNCHANGED)
+                else:
+                    try:
+                        data = encode(ev.value)
+                    except Exception as exc:
+                        unencodable.setdefault(node, []).append(ev.fail(node, exc))
+                        continue
+                    parts.append(data)
+                    lens.append(len(data))
+                    pos += len(data)
+                src.append(ev.src)
+                metas.append(ev.meta)
+            if len(src):
+                outs.append(Output(node, port, src.tobytes(), lens.tobytes(), share_equal(metas) if any_meta else None, target, start))
+
+        for (node, port), evs in outputs.items():
+            if evs:
+                add(node, port, evs)
+        for node, evs in list(unencodable.items()):
+            del unencodable[node]
+            for ev in evs:
+                ev.value, ev.raw = repr(ev.value), None  # every codec can carry a string
+            add(node, "err", evs)
+        return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
+
+
+class ChainRun:
+    """Collects what a chain of stages emits, and counts per node (shared by loop and worker)."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[tuple[str, str], list[Ev]] = {}
+        self.counts: dict[str, tuple[int, dict[str, int], int, int]] = {}
+        self._before: dict[tuple[str, str], int] = {}
+
+    def emitter(self, st: Operator) -> Emit:
+        outputs = self.outputs
+        sid = st.id
+        self._before = {key: len(v) for key, v in outputs.items() if key[0] == sid}
+
+        def emit(port: str, ev: Ev) -> None:
+            outputs.setdefault((sid, port), []).append(ev)
+
+        return emit
+
+    def fail_all(self, st: Operator, evs: list[Ev], exc: BaseException) -> list[Ev]:
+        err = self.outputs.setdefault((st.id, "err"), [])
+        err.extend(ev.fail(st.id, exc) for ev in evs)
+        return []
+
+    def done(self, st: Operator, n_in: int, cur: list[Ev], last: bool) -> None:
+        sid = st.id
+        sent = {port: len(v) - self._before.get((s, port), 0) for (s, port), v in self.outputs.items() if s == sid}
+        sent["out"] = sent.get("out", 0) + len(cur)
+        dropped = st.dropped if st.dropped is not None else max(n_in - sum(sent.values()), 0)
+        self.counts[sid] = (n_in, sent, sent.get("err", 0), dropped)
+        if last:
+            self.outputs.setdefault((sid, "out"), []).extend(cur)
+
+
+def run_chain(stages: list[Operator], evs: list[Ev]) -> tuple[dict[tuple[str, str], list[Ev]], dict[str, tuple[int, dict[str, int], int, int]]]:
+    """Run ``evs`` through a chain of synchronous stages; events per exit (node, port) and counts."""
+    run = ChainRun()
+    cur = evs
+    last = len(stages) - 1
+    for k, st in enumerate(stages):
+        emit = run.emitter(st)
+        n_in = len(cur)
+        try:
+            cur = st.process(cur, emit)
+        except Exception as exc:
+            cur = run.fail_all(st, cur, exc)
+        run.done(st, n_in, cur, k == last)
+    return run.outputs, run.counts
+
+
+class FusedChain:
+    """A chain of plain synchronous python stages, run one event at a time through all of them.
+
+    The common segment (decode -> ``def`` stages -> encode) needs no ``Ev`` per event and no
+    list per stage: each record is decoded, passed through every function, and either
+    noted as unchanged (its input index only: the parent sends its original bytes) or
+    encoded, before the next record is decoded. Its objects die while still in cache.
+    Results other than "the event" (None, a list, an exception, ``headrace.emit``) take
+    the same routes as in the batch-wise path, with the same counts.
+    """
+
+    __slots__ = ("fns", "ids", "ingest", "meta", "outputs", "prog", "src", "stage", "viewers", "views")
+
+    def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool]], views: bool = False) -> None:
+        self.prog = prog
+        self.fns = fns
+        self.views = views  # every stage is readonly and accepts a lazy view of the record
+        self.viewers: dict[str, ViewLoader | None] = {}  # codec name -> its view loader (None: it has none)
+        self.ids = [st.id for st in prog.stages]
+        self.outputs: dict[tuple[str, str], list[Ev]] = {}
+        self.meta: dict[str, Any] = {}
+        self.src = 0
+        self.stage = 0
+        self.ingest: array[int] = array("q")
+
+    @classmethod
+    def build(cls, prog: SegmentProgram) -> FusedChain | None:
+        from headrace.plugins.operators.python import PythonOperator
+
+        fns = []
+        for st in prog.stages:
+            if type(st) is not PythonOperator or st.is_async or st.fn is None:
+                return None
+            fns.append((st.fn, st.cfg.readonly))
+        views = all(st.cfg.readonly and st.cfg.lazy for st in prog.stages)  # type: ignore[attr-defined]
+        return cls(prog, fns, views)
+
+    def emit(self, port: str, event: Any, meta: dict[str, Any] | None) -> None:
+        """``headrace.emit()`` from inside one of the functions."""
+        base = dict(self.meta)
+        if meta:
+            base.update(meta)
+        sid = self.ids[self.stage]
+        self.outputs.setdefault((sid, port), []).append(Ev(event, base, self.src, None, self.ingest[self.src]))
+
+    def execute(self, req: Request, ingest: array[int], t0: int) -> Response:
+        from headrace import _emit
+
+        prog = self.prog
+        codec = prog.codec(req.codec)
+        decode, errors = codec.loader()
+        viewer = None
+        if self.views:
+            if req.codec not in self.viewers:
+                self.viewers[req.codec] = codec.view_loader()
+            viewer = self.viewers[req.codec]
+        plain: tuple[type[BaseException], ...] = (*errors, RecursionError)
+        caught = plain
+        if viewer is not None:  # its parser straight, its recovery only for what that refuses
+            decode, caught = viewer.parse, (*viewer.errors, RecursionError)
+        encode = codec.encode
+        lens = array("I")
+        lens.frombytes(req.lens)
+        # simdjson parses a bytes slice with ~3k fewer instructions than a memoryview slice (it pads
+        # a copy of the view); orjson takes views about as fast, and then the blob needs no copy
+        mv: bytes | memoryview = req.blob
+        pos = req.start
+        if not codec.takes_buffer or viewer is not None:
+            if not isinstance(mv, bytes):  # a view: bytes once (the worker hands over the message itself)
+                mv, pos = bytes(memoryview(mv)[pos:]), 0
+        elif pos:
+            mv, pos = memoryview(mv)[pos:], 0
+        metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
+        fns = self.fns
+        ids = self.ids
+        nst = len(fns)
+        single = nst == 1
+        fn0, ro0 = fns[0]
+        outputs: dict[tuple[str, str], list[Ev]] = {}
+        self.outputs = outputs
+        self.ingest = ingest
+        entered = [0] * nst  # events each stage received
+        errs = [0] * nst
+        dropped = [0] * nst
+        failures: list[tuple[int, str]] = []
+        out_src: array[int] = array("I")
+        out_metas: list[dict[str, Any]] = []
+        changed_at: list[tuple[int, int]] = []  # (position in out, length of its new encoding); the rest are unchanged
+        parts: list[bytes] = []
+        unencodable: list[Ev] = []
+        nbytes = 0
+        sync = _emit.sync
+        sync.fused = self
+        value = result = None
+        try:
+            for i, n in enumerate(lens):
+                end = pos + n
+                raw = mv[pos:end]
+                pos = end
+                value = result = None  # the previous record's view dies first: its parser is reused
+                try:
+                    value = decode(raw)
+                except caught as exc:
+                    if viewer is None:
+                        failures.append((i, codec.reason(exc)))
+                        continue
+                    try:
+                        value = viewer.recover(raw, exc)  # type: ignore[arg-type]
+                    except plain as exc2:
+                        failures.append((i, codec.reason(exc2)))
+                        continue
+                    finally:
+                        decode = viewer.parse  # recovery may have taken a fresh parser
+                meta = {} if metas is None else metas[i]
+                self.meta = meta
+                self.src = i
+                if single:  # one function: the loop below, unrolled (its received count is taken at the end)
+                    try:
+                        result = fn0(value, meta)
+                    except Exception as exc:
+                        errs[0] += 1
+                        outputs.setdefault((ids[0], "err"), []).append(Ev(value, meta, i, raw, ingest[i]).fail(ids[0], exc))  # type: ignore[arg-type]
+                        continue
+                    if result is value and ro0:
+                        out_src.append(i)
+                        out_metas.append(meta)
+                        continue
+                    changed = True
+                    k = 0
+                else:
+                    changed = False
+                    k = -1
+                    result = value
+                    for k in range(nst):
+                        fn, ro = fns[k]
+                        self.stage = k
+                        entered[k] += 1
+                        try:
+                            result = fn(value, meta)
+                        except Exception as exc:
+                            errs[k] += 1
+                            ev = Ev(value, meta, i, None if changed else raw, ingest[i]).fail(ids[k], exc)  # type: ignore[arg-type]
+                            outputs.setdefault((ids[k], "err"), []).append(ev)
+                            result = _FAILED
+                            break
+                        if result is value and ro:
+                            continue
+                        changed = True
+                        if result is None or isinstance(result, list):
+                            break
+                        value = result
+                    if result is _FAILED:
+                        continue
+                if result is None:
+                    dropped[k] += 1
+                    continue
+                if isinstance(result, list):  # fan-out: the items continue through the rest, batch-wise
+                    evs = [Ev(item, dict(meta), i, None, ingest[i]) for item in result]
+                    rest_out, rest_counts = run_chain(prog.stages[k + 1 :], evs) if k + 1 < nst else ({}, {})
+                    last = ids[-1]
+                    finals = rest_out.pop((last, "out"), []) if k + 1 < nst else evs
+                    for key, extra in rest_out.items():
+                        outputs.setdefault(key, []).extend(extra)
+                    for sid, (rcv, _sent, e, d) in rest_counts.items():
+                        j = ids.index(sid)
+                        entered[j] += rcv
+                        errs[j] += e
+                        dropped[j] += d
+                    for ev in finals:
+                        try:
+                            data = encode(ev.value)
+                        except Exception as exc:
+                            unencodable.append(ev.fail(last, exc))
+                            continue
+                        parts.append(data)
+                        out_src.append(i)
+                        changed_at.append((len(out_src) - 1, len(data)))
+                        out_metas.append(ev.meta)
+                        nbytes += len(data)
+                    continue
+                if changed:
+                    try:
+                        data = encode(result)
+                    except Exception as exc:
+                        unencodable.append(Ev(result, meta, i, None, ingest[i]).fail(ids[-1], exc))
+                        continue
+                    parts.append(data)
+                    changed_at.append((len(out_src), len(data)))
+                    nbytes += len(data)
+                out_src.append(i)
+                out_metas.append(meta)
+        finally:
+            sync.fused = None
+        if single:
+            entered[0] += len(lens) - len(failures)
+        out_lens: array[int] | None = None
+        if changed_at or len(out_src) != len(lens):  # else each input came out once, in order, unchanged
+            out_lens = array("i", [UNCHANGED]) * len(out_src)
+            for at, ln in changed_at:
+                out_lens[at] = ln
+        return self._respond(req, t0, outputs, entered, errs, dropped, failures, (out_src, out_lens, share_equal(out_metas) if any(out_metas) else None),
+                             parts, nbytes, unencodable)  # fmt: skip
+
+    def _respond(self, req: Request, t0: int, outputs: dict[tuple[str, str], list[Ev]], entered: list[int], errs: list[int],
+                 dropped: list[int], failures: list[tuple[int, str]], out: tuple[array[int], array[int] | None, list[dict[str, Any]] | None],
+                 parts: list[bytes], nbytes: int, unencodable: list[Ev]) -> Response:  # fmt: skip
+        ids = self.ids
+        last = ids[-1]
+        out_src, out_lens, out_metas = out
+        counts: dict[str, tuple[int, dict[str, int], int, int]] = {}
+        for k, sid in enumerate(ids):
+            sent = {port: len(evs) for (s, port), evs in outputs.items() if s == sid}
+            # the last node sent to out what reached the encoder (an unencodable event goes on to err from there)
+            sent["out"] = sent.get("out", 0) + (entered[k + 1] if k + 1 < len(ids) else len(out_src) + len(unencodable))
+            counts[sid] = (entered[k], sent, errs[k], dropped[k])
+        outs: list[Output] = []
+        if out_lens is None:  # the whole job passed through untouched
+            outs.append(Output(last, "out", b"", b"", out_metas, req.codec, 0, identity=True))
+        elif len(out_src):
+            outs.append(Output(last, "out", out_src.tobytes(), out_lens.tobytes(), out_metas, req.codec, 0))
+        blob = b"".join(parts)
+        if outputs or unencodable:  # err and emitted ports: the batch-wise encoder, after the out blob
+            for ev in unencodable:
+                ev.value, ev.raw = repr(ev.value), None
+                outputs.setdefault((ev.meta["error"]["stage"], "err"), []).append(ev)
+            more = self.prog.encode(req, outputs, counts, [], t0)
+            for o in more.outputs:
+                o.start += nbytes
+            outs.extend(more.outputs)
+            blob += more.blob
+        return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, blob)
+
+
+_FAILED = object()

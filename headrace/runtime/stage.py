@@ -1,0 +1,111 @@
+"""The stage contract: one small interface for everything a pipeline can contain.
+
+A stage receives a list of ``Ev`` and returns the events for its ``out`` port; events
+for any other port (``err``, ``overflow``, a route name) go through ``emit``. Stages
+are plain, synchronous and batch-wise so a chain of them runs in one worker without
+an asyncio hop per event. Async stages implement ``process_async`` instead and run
+on the event loop with ``concurrency`` events in flight.
+
+Methods:
+- ``setup()``: once per process that runs the stage (each worker); may block.
+- ``process(evs, emit)``: must not block on I/O; CPU only. Exceptions per event are
+  the stage's job to route to ``err`` (see ``Ev.fail``); an exception escaping
+  ``process`` fails the whole batch to ``err``.
+- ``teardown()``: once per process at stop or reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+from headrace.plugins.base import PluginConfig, PluginContext
+from headrace.runtime.acks import AckRef
+
+Placement = Literal["workers", "loop", "any"]
+
+
+class Ev:
+    """One event inside the runtime: value, metadata, input index, original bytes (if unmodified).
+
+    ``ack`` is the delivery ref of the event (None when its source does not ack). It
+    lets a stage that holds events past their batch (batch, window) keep their
+    deliveries owed: see ``headrace.runtime.events.HeldAcks``.
+    """
+
+    __slots__ = ("ack", "ingest", "meta", "raw", "src", "value")
+
+    def __init__(self, value: Any, meta: dict[str, Any], src: int, raw: bytes | None, ingest: int, ack: AckRef | None = None) -> None:
+        self.value = value
+        self.meta = meta
+        self.src = src
+        self.raw = raw
+        self.ingest = ingest
+        self.ack = ack
+
+    def fail(self, stage_id: str, exc: BaseException) -> Ev:
+        """Attach error metadata (stage, exception type and message) for the err port."""
+        self.meta = dict(self.meta)
+        self.meta["error"] = {"stage": stage_id, "type": type(exc).__name__, "message": str(exc)}
+        return self
+
+
+Emit = Callable[[str, Ev], None]
+
+
+class Operator:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+    summary: ClassVar[str] = ""
+    example: ClassVar[str] = ""
+    default_placement: ClassVar[Placement] = "any"
+    modifies: ClassVar[bool] = False  # True when out events are new values (raw bytes dropped)
+    needs_values: ClassVar[bool] = True  # False: the stage reads only meta, so events need not be decoded
+
+    def __init__(self, node_id: str, config: Any, context: PluginContext) -> None:
+        self.id = node_id
+        self.config = config
+        self.context = context
+        self.is_async = False
+        self.concurrency = 1
+        self.guard: Any = None  # LoopGuard when the stage runs on the loop
+        # events the last process() call dropped, for stages that know (a fan-out or an emit then
+        # does not hide a drop); None: the runner counts received minus sent
+        self.dropped: int | None = None
+
+    @classmethod
+    def ports_for(cls, config: Any) -> tuple[str, ...]:
+        """Ports besides ``out`` and ``err`` that this configuration has."""
+        return ()
+
+    @property
+    def placement(self) -> Placement:
+        return self.default_placement
+
+    def check(self) -> None:
+        """Validate what the model cannot (import a module, compile expressions) without I/O."""
+
+    def setup(self) -> None:
+        pass
+
+    def process(self, evs: list[Ev], emit: Emit) -> list[Ev]:
+        raise NotImplementedError
+
+    def route_metas(self, metas: list[dict[str, Any]]) -> dict[str, list[int]] | None:
+        """Optional fast path for stages that read only meta and never change events:
+        return, per port, the indices of the events that go there (or None to use ``process``)."""
+        return None
+
+    async def process_async(self, evs: list[Ev], emit: Emit) -> list[Ev]:
+        return self.process(evs, emit)
+
+    def teardown(self) -> None:
+        pass
+
+    def tick(self, now_ns: int, emit: Emit) -> list[Ev]:
+        """Time passing (windows, batch timeouts); called on the loop about every 100 ms."""
+        return []
+
+    def flush(self, emit: Emit) -> list[Ev]:
+        """End of input: emit what is held back."""
+        return []

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real Kafka broker fixtures and helpers to run the real daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import LIVE, kill_leftovers
+from tests.support.fixtures import *  # noqa: F403
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data" / "tremor-json-throughput" / "data.json.xz"
+
+
+@pytest.fixture
+def write(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """write(name, text) -> path inside the test's folder."""
+
+    def _write(name: str, text: str | bytes) -> Path:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            p.write_bytes(text)
+        else:
+            p.write_text(text)
+        return p
+
+    return _write
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test() -> Iterator[None]:
+    """A test that fails before stopping its daemons must not leave them loading the machine."""
+    owned = frozenset(id(d) for d in LIVE)  # started by module or session fixtures: theirs to stop
+    yield
+    kill_leftovers(keep=owned)

@@ -1,0 +1,163 @@
+"""HTTP onramp: through the real daemon (the response waits for delivery; 413, 503), and
+in-process with a scripted sink for the outcomes the runtime rarely produces (500, 504)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from headrace.plugins.base import PluginContext
+from headrace.plugins.onramps.http import HttpOnramp, HttpOnrampConfig
+from tests.plugins.peers import json_lines, wait_connectable
+from tests.support.daemon import Daemon, free_port
+
+
+def post(url: str, body: bytes | Iterable[bytes], headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")  # type: ignore[arg-type]
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, dict(exc.headers), json.loads(raw) if exc.headers.get_content_type() == "application/json" else raw
+
+
+def test_http_post_one_and_many_answered_after_delivery(tmp_path: Path, write: Any) -> None:
+    port = free_port()
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps:
+  web: {{type: http, codec: json, config: {{port: {port}, path: /ingest, max_body_bytes: 1024}}}}
+pipelines:
+  main: [{{op: set, set: {{seen: "True"}}}}]
+offramps:
+  out: {{type: file, codec: json, with_meta: true, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{web: [main], web/err: [dlq], main: [out]}}
+""")
+    url = f"http://127.0.0.1:{port}/ingest"
+    out = tmp_path / "out.ndjson"
+    d = Daemon(cfg)
+    try:
+        wait_connectable(port)
+        status, _, body = post(url, b'{"id": 1}', {"X-Trace": "abc", "Authorization": "Bearer secret"})
+        assert (status, body) == (200, {"events": 1, "rejected": 0})
+        got = json_lines(out)  # read right when the response arrived: already written
+        assert [e["event"] for e in got] == [{"id": 1, "seen": True}]
+        meta = got[0]["meta"]
+        assert meta["http_path"] == "/ingest" and meta["http_method"] == "POST"
+        assert meta["http_headers"]["x-trace"] == "abc" and "authorization" not in meta["http_headers"]
+
+        status, _, body = post(url, b'{"id": 2}\n{"id": 3}\r\n{oops}\n{"id": 4}')
+        assert (status, body) == (200, {"events": 4, "rejected": 0})
+        assert [e["event"]["id"] for e in json_lines(out)] == [1, 2, 3, 4]
+        assert [e["meta"]["error"]["type"] for e in json_lines(tmp_path / "dlq.ndjson")] == ["DecodeError"]
+
+        status, _, body = post(url, b"x" * 5000)  # Content-Length over the limit: refused unread
+        assert status == 413 and "max_body_bytes" in body["error"]
+        status, _, body = post(url, iter([b'{"id": 5}\n'] * 200))  # chunked, no length: cut off at the limit
+        assert status == 413
+        status, _, _ = post(f"http://127.0.0.1:{port}/elsewhere", b"{}")
+        assert status == 404
+        assert len(json_lines(out)) == 4
+    finally:
+        assert d.stop() == 0, d.stderr()
+
+
+def test_http_503_while_too_many_events_are_in_flight(tmp_path: Path, write: Any) -> None:
+    port = free_port()
+    write("stages.py", "import asyncio\n\nasync def slow(event, meta):\n    await asyncio.sleep(0.6)\n    return event\n")
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{web: {{type: http, codec: json, config: {{port: {port}, max_pending_events: 2, retry_after: 3}}}}}}
+pipelines:
+  main: [{{op: python, fn: "stages:slow"}}]
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{web: [main], main: [out]}}
+""")
+    url = f"http://127.0.0.1:{port}/"
+    d = Daemon(cfg)
+    try:
+        wait_connectable(port)
+        first: list[Any] = []
+        t = threading.Thread(target=lambda: first.append(post(url, b'{"id": 1}\n{"id": 2}\n')))
+        t.start()
+        time.sleep(0.25)  # the first request's two events are in the slow stage
+        status, headers, _ = post(url, b'{"id": 3}\n')
+        assert status == 503 and headers["Retry-After"] == "3"
+        t.join(10)
+        assert first[0][0] == 200 and first[0][2]["events"] == 2
+        assert post(url, b'{"id": 3}\n')[0] == 200  # room again
+        assert [e["id"] for e in json_lines(tmp_path / "out.ndjson")] == [1, 2, 3]
+    finally:
+        assert d.stop() == 0, d.stderr()
+
+
+class ScriptedSink:
+    """Stands in for the runtime: frames lines, and acks, fails or never answers each request."""
+
+    def __init__(self, plugin: HttpOnramp) -> None:
+        self.plugin = plugin
+        self.outcome = "ack"
+        self.payloads: list[bytes] = []
+
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None: ...
+
+    async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None: ...
+
+    async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None: ...
+
+    def stream(self) -> ScriptedSink:
+        return self
+
+    def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        return [x for x in data.splitlines() if x], []
+
+    async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None) -> None:
+        self.payloads.extend(payloads)
+        if self.outcome != "never":
+            done = self.plugin.ack if self.outcome == "ack" else self.plugin.fail
+            asyncio.get_running_loop().call_later(0.01, done, ack)
+
+
+def test_http_500_when_delivery_fails_and_504_when_not_done_in_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        port = free_port()
+        plugin = HttpOnramp(HttpOnrampConfig(port=port, ack_timeout=0.3, batch_size=2), PluginContext("web", tmp_path))
+        sink = ScriptedSink(plugin)
+        task = asyncio.create_task(plugin.run(sink))
+        while not plugin.ready:
+            await asyncio.sleep(0.01)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            async with aiohttp.ClientSession() as client:
+                sink.outcome = "fail"
+                async with client.post(url, data=b"a\nb\nc\n") as r:  # two batches of one request
+                    assert r.status == 500 and (await r.json())["error"] == "delivery failed"
+                sink.outcome = "never"
+                async with client.post(url, data=b"d\n") as r:
+                    assert r.status == 504
+                assert plugin.pending == 1  # still in flight: it counts against max_pending_events
+                sink.outcome = "ack"
+                async with client.post(url, data=b"e\nf\n") as r:
+                    assert r.status == 200 and await r.json() == {"events": 2, "rejected": 0}
+                async with client.get(url) as r:
+                    assert r.status == 405
+            assert sink.payloads == [b"a", b"b", b"c", b"d", b"e", b"f"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await plugin.stop()
+
+    asyncio.run(scenario())

@@ -1,0 +1,160 @@
+"""Length-prefixed framing, base64, zstd and lz4: round trips, bad input, and any bytes."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headrace.plugins.base import Postprocessor, Preprocessor
+from headrace.plugins.processors.base64 import Base64Config, Base64Postprocessor, Base64Preprocessor
+from headrace.plugins.processors.compress import Lz4Postprocessor, Lz4Preprocessor, MissingExtra, ZstdPostprocessor, ZstdPreprocessor
+from headrace.plugins.processors.framing import LengthPrefixedConfig, LengthPrefixedPostprocessor, LengthPrefixedPreprocessor
+
+Rejected = list[tuple[bytes, str]]
+
+
+def run(pre: Preprocessor, pieces: list[bytes]) -> tuple[list[bytes], Rejected]:
+    out: list[bytes] = []
+    rejected: Rejected = []
+    for p in pieces:
+        pre.feed(p, out, rejected)
+    pre.finish(out, rejected)
+    return out, rejected
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def frame(record: bytes) -> bytes:
+    return struct.pack(">I", len(record)) + record
+
+
+# -- length-prefixed ---------------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=300), max_size=10), st.lists(st.integers(0, 5000), max_size=8))
+def test_length_prefixed_round_trip_whatever_the_chunking(records: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(LengthPrefixedPostprocessor().process(records))
+    out, rejected = run(LengthPrefixedPreprocessor(), split(stream, cuts))
+    assert out == records and rejected == []
+
+
+def test_length_prefixed_oversized_declared_length_breaks_the_stream_without_buffering() -> None:
+    pre = LengthPrefixedPreprocessor(LengthPrefixedConfig(max_frame_bytes=100))
+    out: list[bytes] = []
+    rejected: Rejected = []
+    pre.feed(frame(b"ok") + struct.pack(">I", 10**9) + b"x" * 50, out, rejected)
+    pre.feed(b"y" * 10_000, out, rejected)  # the rest of the stream is dropped, not kept
+    assert out == [b"ok"]
+    assert len(rejected) == 1 and "frame length 1000000000 over max_frame_bytes (100)" in rejected[0][1]
+    assert len(pre.buf) == 0
+    pre.finish(out, rejected)
+    assert len(rejected) == 1
+    # a new stream after the end (a rotated file) is read again
+    pre.feed(frame(b"again"), out, rejected)
+    assert out == [b"ok", b"again"]
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [(frame(b"0123456789")[:-3], "truncated frame: 7 of 10 bytes"), (b"\x00\x00", "truncated frame header (2 of 4 bytes)")],
+)
+def test_length_prefixed_truncated_at_end_of_stream(tail: bytes, reason: str) -> None:
+    out, rejected = run(LengthPrefixedPreprocessor(), [frame(b"whole"), tail])
+    assert out == [b"whole"]
+    assert [r for _, r in rejected] == [reason]
+
+
+def test_length_prefixed_empty_frame_is_an_empty_record() -> None:
+    assert run(LengthPrefixedPreprocessor(), [frame(b"") + frame(b"a")]) == ([b"", b"a"], [])
+
+
+# -- base64 ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("urlsafe", [False, True])
+@given(records=st.lists(st.binary(max_size=100), max_size=10))
+def test_base64_round_trip(urlsafe: bool, records: list[bytes]) -> None:
+    cfg = Base64Config(urlsafe=urlsafe)
+    encoded = Base64Postprocessor(cfg).process(records)
+    out, rejected = run(Base64Preprocessor(cfg), [e + b"\r\n" for e in encoded])
+    assert out == records and rejected == []
+
+
+@pytest.mark.parametrize(
+    ("record", "urlsafe"), [(b"not base64!", False), (b"YWJj=", False), (b"YWJjZA", False), (b"a-_b", False), (b"ab+/", True), (b"YQ==YQ==", False)]
+)
+def test_base64_invalid_is_rejected_with_a_reason(record: bytes, urlsafe: bool) -> None:
+    out, rejected = run(Base64Preprocessor(Base64Config(urlsafe=urlsafe)), [record])
+    assert out == []
+    assert len(rejected) == 1 and rejected[0][0] == record and rejected[0][1].startswith("invalid base64")
+
+
+# -- zstd / lz4 --------------------------------------------------------------------------------
+
+CODECS = [(ZstdPreprocessor, ZstdPostprocessor), (Lz4Preprocessor, Lz4Postprocessor)]
+IDS = ["zstd", "lz4"]
+
+
+@pytest.mark.parametrize(("pre", "post"), CODECS, ids=IDS)
+@settings(max_examples=50)
+@given(batches=st.lists(st.lists(st.binary(max_size=2000), max_size=5), max_size=4), cuts=st.lists(st.integers(0, 100_000), max_size=10))
+def test_compressed_frames_round_trip_streaming(pre: type[Preprocessor], post: type[Postprocessor], batches: list[list[bytes]], cuts: list[int]) -> None:
+    p = post()
+    stream = b"".join(c for batch in batches for c in p.process(batch))  # one frame per written chunk
+    out, rejected = run(pre(), split(stream, cuts))
+    assert b"".join(out) == b"".join(r for batch in batches for r in batch)
+    assert rejected == []
+
+
+@pytest.mark.parametrize(("pre", "post"), CODECS, ids=IDS)
+def test_compressed_corrupt_and_truncated(pre: type[Preprocessor], post: type[Postprocessor]) -> None:
+    out, rejected = run(pre(), [b"definitely not compressed"])
+    assert out == [] and len(rejected) == 1 and "corrupt" in rejected[0][1]
+    whole = post().process([b"x" * 10_000])[0]
+    out, rejected = run(pre(), [whole[: len(whole) // 2]])
+    assert len(rejected) == 1 and "truncated" in rejected[0][1]
+
+
+@pytest.mark.parametrize(("pre", "post", "module"), [(*CODECS[0], "zstandard"), (*CODECS[1], "lz4.frame")], ids=IDS)
+def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch, pre: type[Preprocessor], post: type[Postprocessor], module: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    for cls in (pre, post):
+        with pytest.raises(ImportError, match=r"pip install headrace\[compression\]") as info:
+            cls()
+        assert isinstance(info.value, MissingExtra)
+
+
+# -- any bytes: records or rejections, never an exception ----------------------------------------
+
+
+def _pre(name: str) -> Preprocessor:
+    return {
+        "length-prefixed": lambda: LengthPrefixedPreprocessor(LengthPrefixedConfig(max_frame_bytes=64)),
+        "base64": Base64Preprocessor,
+        "zstd": ZstdPreprocessor,
+        "lz4": Lz4Preprocessor,
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["length-prefixed", "base64", "zstd", "lz4"])
+@settings(max_examples=200)
+@given(pieces=st.lists(st.binary(max_size=100), max_size=5))
+def test_any_bytes_give_records_or_rejections(name: str, pieces: list[bytes]) -> None:
+    out, rejected = run(_pre(name), pieces)
+    assert all(isinstance(r, bytes) for r in out)
+    assert all(isinstance(s, bytes) and isinstance(reason, str) and reason for s, reason in rejected)
+    assert all(len(s) <= 1024 for s, _ in rejected)
+
+
+def test_postprocessors_emit_one_chunk_per_batch() -> None:
+    records: Any = [b"a", b"bc"]
+    assert LengthPrefixedPostprocessor().process(records) == [b"\x00\x00\x00\x01a\x00\x00\x00\x02bc"]
+    assert LengthPrefixedPostprocessor().process([]) == []

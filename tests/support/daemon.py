@@ -1,0 +1,160 @@
+"""Run the real ``headrace`` command as a subprocess, as a user or systemd would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+HEADRACE = [sys.executable, "-m", "headrace"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def headrace(*args: str, cwd: Path | None = None, input: bytes | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+    """Run ``headrace ARGS`` to completion."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*HEADRACE, *args], cwd=cwd, input=input, capture_output=True, timeout=timeout, env=full_env, check=False)
+
+
+LIVE: list[Daemon] = []  # every daemon a test started; the conftest kills what a failed test left running
+
+
+def kill_leftovers(keep: frozenset[int] = frozenset()) -> list[int]:
+    """SIGKILL daemons still running (a test failed before stopping them), except those in
+    ``keep`` (ids of daemons that broader fixtures own); their PIDs."""
+    killed = []
+    for d in list(LIVE):
+        if id(d) in keep:
+            continue
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(10)
+            killed.append(d.pid)
+        LIVE.remove(d)
+    return killed
+
+
+class Daemon:
+    """A running ``headrace run`` subprocess; stopped by PID."""
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None, stdin: Any = subprocess.DEVNULL) -> None:
+        self.config = config
+        self.stdout_path = config.parent / f"{config.stem}.stdout"
+        self.stderr_path = config.parent / f"{config.stem}.stderr"
+        self._out: IO[bytes] = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in wait()
+        self._err: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([*HEADRACE, *extra, "run", str(config)], cwd=config.parent, stdout=self._out, stderr=self._err,
+                                     stdin=stdin, env={**os.environ, **(env or {})})  # fmt: skip
+        LIVE.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._out.flush()
+            self._err.flush()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait(5)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        """PIDs of processes whose parent is this daemon, or its fork server."""
+        kids = []
+        for pid in _all_pids():
+            if _ppid(pid) == self.pid:
+                kids.append(pid)
+                kids.extend(p for p in _all_pids() if _ppid(p) == pid)
+        return kids
+
+    def wait_for(self, predicate: Any, timeout: float = 20, interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.stderr()}")
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting; stderr:\n{self.stderr()}")
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@contextmanager
+def running(config: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    d = Daemon(config, *extra, env=env)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text from the daemon's /metrics as {series: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def metric(port: int, series: str, default: float = 0.0) -> float:
+    """One series from /metrics, or ``default`` while the daemon is not listening yet."""
+    try:
+        return scrape(port).get(series, default)
+    except OSError:
+        return default
