@@ -1,11 +1,16 @@
 """HTTP endpoints on ``daemon.metrics.listen``: /metrics, /health, /ready, /status, /reload.
 
-The Prometheus exposition is rendered in a thread, so a scrape does not hold the loop.
+A small Prometheus exposition (the last one rendered in under ``INLINE_RENDER_S``) is rendered
+on the loop: a thread would hold the GIL against the loop for its whole render and, under load,
+each of the loop's syscalls would hand the GIL to it (the convoy effect), which costs more than
+the render. A large one (many components or workers) is rendered in a thread so a scrape never
+holds the loop for long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,6 +18,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from headrace.metrics.defs import Metrics
+
+INLINE_RENDER_S = 0.002
 
 
 class AdminServer:
@@ -26,6 +33,7 @@ class AdminServer:
         self.status = status
         self.reload = reload
         self.runner: web.AppRunner | None = None
+        self.last_render_s = 0.0  # the first render is inline; its duration picks the next one's place
 
     async def start(self) -> None:
         app = web.Application()
@@ -43,8 +51,17 @@ class AdminServer:
         if self.runner is not None:
             await self.runner.cleanup()
 
+    def _render(self) -> bytes:
+        t0 = time.thread_time()  # CPU, not wall: a render preempted by a busy machine stays inline
+        body: bytes = generate_latest(self.metrics.registry)
+        self.last_render_s = time.thread_time() - t0
+        return body
+
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.metrics.registry)
+        if self.last_render_s < INLINE_RENDER_S:
+            body = self._render()
+        else:
+            body = await asyncio.get_running_loop().run_in_executor(None, self._render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health(self, request: web.Request) -> web.Response:
