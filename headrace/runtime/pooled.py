@@ -32,7 +32,7 @@ from headrace.runtime.stage import Operator
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3
-TARGET_JOB_NS = 2000000  # CPU time per job the chunk size aims for
+TARGET_JOB_NS = 5_000_000  # CPU time per job the chunk size aims for (per-job parent cost ~150 us)
 MAX_JOB_EVENTS = 4096  # a job never holds more events than this (bounded memory per job)
 
 
