@@ -158,11 +158,14 @@ links: {{tick: [main], main: [out]}}
     try:
         d.wait_for(lambda: len(events()) > 20)
         pids_before = {e["pid"] for e in events()}
+        kids_before = set(d.children())  # the fork server and both workers (an idle pool may have used only one so far)
+        assert pids_before <= kids_before
         write("stages.py", 'import os\n\ndef work(event, meta):\n    event["v"] = 2\n    event["pid"] = os.getpid()\n    return event\n')
         body = json.loads(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST"), timeout=20).read())
         assert body["diff"]["changed"] == ["main.python_0"], body
         assert body["diff"]["unchanged"] == ["tick", "out"], body
         d.wait_for(lambda: sum(e["v"] == 2 for e in events()) > 20)
+        assert set(d.children()) == kids_before, "no process restarted"
     finally:
         assert d.stop() == 0, d.stderr()
     evs = events()
@@ -170,4 +173,4 @@ links: {{tick: [main], main: [out]}}
     k = versions.index(2)
     assert set(versions[:k]) == {1} and set(versions[k:]) == {2}, "one switch point"
     assert [e["id"] for e in evs] == list(range(len(evs))), "the metronome kept running: nothing lost, in order"
-    assert {e["pid"] for e in evs[k:]} == pids_before, "the same two workers run the new code (re-imported, not restarted)"
+    assert {e["pid"] for e in evs[k:]} <= kids_before, "the same workers run the new code (re-imported, not restarted)"
