@@ -93,8 +93,9 @@ class Tally:
     """A hot-path handle on one counter or gauge child: ``inc``/``set`` without the client's
     per-call lock and checks (about 0.6 us each, tens of times per job).
 
-    Safe because only the event-loop thread writes these values; the exposition thread only
-    reads them, and a read of a float attribute is atomic under the GIL.
+    Safe because only the event-loop thread writes these values; the exposition (on the loop,
+    or in a thread when it is large) only reads them, and a read of a float attribute is
+    atomic under the GIL.
     """
 
     __slots__ = ("_value",)
