@@ -113,6 +113,13 @@ class Preprocessor:
     def finish(self, out: list[bytes], rejected: list[tuple[bytes, str]]) -> None:
         """End of stream: flush what is left."""
 
+    def has_pending(self) -> bool:
+        """Input was kept back to bound the output of one call (a decompressor); ``resume`` gives more."""
+        return False
+
+    def resume(self, out: list[bytes], rejected: list[tuple[bytes, str]]) -> None:
+        """Continue on input kept back by ``feed`` (called while ``has_pending``)."""
+
 
 class Postprocessor:
     name: ClassVar[str] = ""

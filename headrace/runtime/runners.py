@@ -47,19 +47,37 @@ class OnrampRunner:
         self.closes: list[Inbox] = []
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        chunks: list[bytes] = [data]
         rejected: list[tuple[bytes, str]] = []
-        for p in self.pre:
+        return self._through(0, [data], rejected), rejected
+
+    def _through(self, first: int, chunks: list[bytes], rejected: list[tuple[bytes, str]]) -> list[bytes]:
+        for p in self.pre[first:]:
             out: list[bytes] = []
             for c in chunks:
                 p.feed(c, out, rejected)
             chunks = out
-        return chunks, rejected
+        return chunks
+
+    def _pending(self) -> int:
+        """The last preprocessor that kept input back (its output comes before that of earlier ones), or -1."""
+        for i in range(len(self.pre) - 1, -1, -1):
+            if self.pre[i].has_pending():
+                return i
+        return -1
+
+    def _resume(self, i: int) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        rejected: list[tuple[bytes, str]] = []
+        out: list[bytes] = []
+        self.pre[i].resume(out, rejected)
+        return self._through(i + 1, out, rejected), rejected
 
     async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         self.stats.received_bytes.inc(len(data))
         records, rejected = self._frame(data)
         await self._emit(records, rejected, meta)
+        while (i := self._pending()) >= 0:  # a decompressor's next step, once the graph took the last one
+            records, rejected = self._resume(i)
+            await self._emit(records, rejected, meta)
 
     async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
         records, rejected = self._finish()
@@ -71,12 +89,7 @@ class OnrampRunner:
         for i, p in enumerate(self.pre):
             tail: list[bytes] = []
             p.finish(tail, rejected)
-            for later in self.pre[i + 1 :]:
-                nxt: list[bytes] = []
-                for c in tail:
-                    later.feed(c, nxt, rejected)
-                tail = nxt
-            records.extend(tail)
+            records.extend(self._through(i + 1, tail, rejected))
         return records, rejected
 
     def stream(self) -> OnrampRunner:
@@ -86,9 +99,20 @@ class OnrampRunner:
         return view
 
     def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected)."""
+        """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected).
+
+        A decompressor in the chain is bounded by its ``max_message_bytes``: the message is in
+        memory whole anyway, so its expansion is what must be bounded."""
         view = self.stream()
+        for p in view.pre:
+            limit = getattr(p.config, "max_message_bytes", None)
+            if limit is not None and hasattr(p, "max_total"):
+                p.max_total = limit
         records, rejected = view._frame(data)
+        while (i := view._pending()) >= 0:
+            more, more_rejected = view._resume(i)
+            records += more
+            rejected += more_rejected
         tail, rejected_tail = view._finish()
         return records + tail, rejected + rejected_tail
 

@@ -219,6 +219,79 @@ links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], kafka: [mai
             http="413", kafka_8mb="err (RecordTooLarge), offset committed", lost=len(report.lost))  # fmt: skip
 
 
+@pytest.mark.slow
+def test_row16c_compression_bombs_are_decompressed_a_step_at_a_time(tmp_path: Path, figures: Figures) -> None:
+    import gzip
+
+    import zstandard
+
+    stages(tmp_path)
+    bomb_mb = 512
+    # a zstd stream over TCP: 50 records, a 512 MiB line of zeros (16 KiB compressed: 32 000:1), 50 records
+    head = b"".join(json.dumps({"id": i}).encode() + b"\n" for i in range(50))
+    tail = b"".join(json.dumps({"id": i}).encode() + b"\n" for i in range(50, 100))
+    z = zstandard.ZstdCompressor(level=3).compressobj()
+    parts = [z.compress(head)]
+    zeros = bytes(1 << 20)
+    for _ in range(bomb_mb):
+        parts.append(z.compress(zeros))
+    parts += [z.compress(b"\n" + tail), z.flush()]
+    stream = b"".join(parts)
+    compressed_kb = sum(map(len, parts)) / 1024
+    # an HTTP body: 128 MiB of zeros as gzip (about 128 KiB), under max_body_bytes, over max_message_bytes
+    body = gzip.compress(bytes(128 << 20), compresslevel=9)
+    tport, hport, port = free_port(), free_port(), free_port()
+    cfg = write_config(tmp_path, f"""
+onramps:
+  tcp: {{type: tcp, preprocessors: [zstd, lines], config: {{port: {tport}}}}}
+  http: {{type: http, preprocessors: [{{name: gzip, max_message_bytes: 8MiB}}, lines], config: {{port: {hport}, path: /in, max_body_bytes: 1MiB}}}}
+pipelines:
+  main: [{{op: python, fn: "stages:work"}}]
+offramps:
+  out: {{type: file, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], main: [out], main/err: [dlq]}}
+""", port=port)  # fmt: skip
+    d = Daemon(cfg)
+    rss: list[float] = []
+    stop = threading.Event()
+    try:
+        wait_until(lambda: status(port).get("ready"), 30, "ready", daemon=d)
+        base = rss_mb(d.pid)
+        sampler = threading.Thread(target=_sample_rss, args=(d.pid, stop, rss), daemon=True)
+        sampler.start()
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", tport)) as sock:
+            sock.sendall(stream)
+        wait_until(lambda: count_lines(tmp_path / "out.ndjson") >= 100, 120, "the records around the 512 MiB line", daemon=d)
+        tcp_s = time.monotonic() - t0
+        req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=body, method="POST")
+        answer = json.loads(urllib.request.urlopen(req, timeout=60).read())
+        assert answer == {"events": 0, "rejected": 2}, answer  # the bomb, and the 8 MiB it let through: a line too long
+        req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=gzip.compress(b'{"id": 100}\n'), method="POST")
+        assert json.loads(urllib.request.urlopen(req, timeout=30).read()) == {"events": 1, "rejected": 0}
+        wait_until(lambda: count_lines(tmp_path / "dlq.ndjson") >= 3, 30, "both bombs in the dead letter", daemon=d)
+        stop.set()
+        sampler.join()
+        assert alive(d.pid)
+    finally:
+        stop.set()
+        rc = d.stop()
+    assert rc == 0, d.stderr()
+    peak = max(rss) - base
+    assert peak < 80, f"RSS grew by {peak:.0f} MB while {bomb_mb} MiB and 128 MiB decompressed"
+    dead = dead_letters(tmp_path / "dlq.ndjson")
+    reasons = sorted(e["meta"]["error"]["message"] for e in dead)
+    assert len(dead) == 3 and all(e["meta"]["error"]["type"] == "FramingError" for e in dead), reasons
+    assert "gzip message decompresses to more than max_message_bytes (8388608)" in reasons[0], reasons
+    assert all("line longer than" in r for r in reasons[1:]), reasons
+    assert all(len(e["event"]) <= 4096 for e in dead), "samples, not the bombs"
+    report = conserve(list(range(101)), Lines(tmp_path / "out.ndjson").ids, guarantee=EXACTLY_ONCE)
+    assert report.ok, report.summary()
+    figures(row=16, case="compression bombs", zstd_line_mb=bomb_mb, zstd_compressed_kb=round(compressed_kb), tcp_s=round(tcp_s, 2),
+            gzip_body_kb=len(body) // 1024, rss_growth_peak_mb=round(peak), dead_lettered=len(dead), lost=len(report.lost))  # fmt: skip
+
+
 def _post_chunked(port: int, total: int) -> bytes:
     """POST ``total`` bytes in 1 MiB chunks without a Content-Length; returns what the server answered."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
