@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from headrace.plugins.base import Postprocessor, Preprocessor
 from headrace.plugins.processors.base64 import Base64Config, Base64Postprocessor, Base64Preprocessor
-from headrace.plugins.processors.compress import Lz4Postprocessor, Lz4Preprocessor, MissingExtra, ZstdPostprocessor, ZstdPreprocessor
+from headrace.plugins.processors.compress import (
+    STEP,
+    GzipPostprocessor,
+    GzipPreprocessor,
+    Lz4Postprocessor,
+    Lz4Preprocessor,
+    MissingExtra,
+    ZstdPostprocessor,
+    ZstdPreprocessor,
+)
 from headrace.plugins.processors.framing import LengthPrefixedConfig, LengthPrefixedPostprocessor, LengthPrefixedPreprocessor
 
 Rejected = list[tuple[bytes, str]]
@@ -121,6 +130,61 @@ def test_compressed_corrupt_and_truncated(pre: type[Preprocessor], post: type[Po
     whole = post().process([b"x" * 10_000])[0]
     out, rejected = run(pre(), [whole[: len(whole) // 2]])
     assert len(rejected) == 1 and "truncated" in rejected[0][1]
+
+
+ALL_CODECS = [(GzipPreprocessor, GzipPostprocessor), *CODECS]
+ALL_IDS = ["gzip", *IDS]
+
+
+@pytest.mark.parametrize(("pre", "post"), ALL_CODECS, ids=ALL_IDS)
+def test_a_compression_bomb_comes_out_a_bounded_step_at_a_time(pre: type[Preprocessor], post: type[Postprocessor]) -> None:
+    bomb = post().process([bytes(64 << 20)])[0]
+    assert len(bomb) < 400_000  # zeros: 64 MiB in a few hundred KiB at most
+    p = pre()
+    out: list[bytes] = []
+    rejected: Rejected = []
+    p.feed(bomb, out, rejected)
+    steps = [sum(map(len, out))]
+    while p.has_pending():
+        out = []
+        p.resume(out, rejected)
+        steps.append(sum(map(len, out)))
+    assert max(steps) <= STEP + (8 << 20), "one call makes a step (zstd: plus one input slice's worth), not the whole bomb"
+    assert sum(steps) == 64 << 20 and len(steps) >= 8
+    out = []
+    p.finish(out, rejected)
+    assert out == [] and rejected == []
+
+
+@pytest.mark.parametrize(("pre", "post"), ALL_CODECS, ids=ALL_IDS)
+@settings(max_examples=10, deadline=None)
+@given(cuts=st.lists(st.integers(0, 10**7), max_size=6), seed=st.integers(0, 1000))
+def test_streams_larger_than_a_step_round_trip_whatever_the_chunking(pre: type[Preprocessor], post: type[Postprocessor], cuts: list[int],
+                                                                    seed: int) -> None:  # fmt: skip
+    import random
+
+    rnd = random.Random(seed)
+    batches = [[b"%d %s\n" % (rnd.randrange(10**9), b"x" * rnd.randrange(200)) for _ in range(20_000)] for _ in range(3)]
+    p = post()
+    stream = b"".join(c for batch in batches for c in p.process(batch))
+    out, rejected = run(pre(), split(stream, cuts))
+    assert b"".join(out) == b"".join(r for batch in batches for r in batch)
+    assert rejected == []
+
+
+@pytest.mark.parametrize(("pre", "post"), ALL_CODECS, ids=ALL_IDS)
+def test_a_whole_message_over_max_message_bytes_is_refused(pre: type[Preprocessor], post: type[Postprocessor]) -> None:
+    p = pre(pre.Config(max_message_bytes=3 << 20))  # type: ignore[call-arg]
+    p.max_total = p.config.max_message_bytes  # type: ignore[attr-defined]
+    out, rejected = run(p, [post().process([bytes(10 << 20)])[0]])
+    assert sum(map(len, out)) <= (3 << 20) + STEP + (8 << 20)
+    assert len(rejected) == 1 and "decompresses to more than max_message_bytes (3145728)" in rejected[0][1], rejected
+
+
+def test_a_truncated_gzip_stream_is_reported() -> None:
+    whole = GzipPostprocessor().process([b"y" * 10_000])[0]
+    _out, rejected = run(GzipPreprocessor(), [whole[: len(whole) // 2]])
+    assert len(rejected) == 1 and rejected[0][1] == "truncated gzip stream: the last member is incomplete"
 
 
 @pytest.mark.parametrize(("pre", "post", "module"), [(*CODECS[0], "zstandard"), (*CODECS[1], "lz4.frame")], ids=IDS)

@@ -110,7 +110,8 @@ class GzipPreprocessor(_Decompressor):
 
     def step(self, limit: int) -> bytes:
         data: bytes = self.d.decompress(self.pending, limit)
-        self.pending = self.d.unconsumed_tail
+        # at the end of a member the leftover input is in unused_data, and (CPython) in unconsumed_tail too
+        self.pending = b"" if self.d.eof else self.d.unconsumed_tail
         self.more = len(data) == limit and not self.d.eof  # zlib may hold more output for no more input
         return data
 
