@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, metric, scrape
+from tests.support.daemon import Daemon, free_port, json_lines, metric, scrape
 
 STAGES = '''
 def work(event, meta):
@@ -37,7 +37,7 @@ links: {{src: [keep, change], keep: [out1], change: [out2]}}
 
 
 def ids(path: Path) -> list[int]:
-    return [json.loads(x)["id"] for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return [e["id"] for e in json_lines(path)]
 
 
 def fds(pid: int) -> int:
@@ -152,7 +152,7 @@ links: {{tick: [main], main: [out]}}
     out = tmp_path / "out.ndjson"
 
     def events() -> list[Any]:
-        return [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+        return json_lines(out)
 
     d = Daemon(cfg)
     try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, scrape
+from tests.support.daemon import Daemon, free_port, json_lines, scrape
 from tests.support.kafka_broker import KafkaBroker
 
 STAGES = '''
@@ -262,7 +262,7 @@ links: {{in: [main], main: [out]}}
     out = tmp_path / "out.ndjson"
 
     def delivered() -> list[int]:
-        return [json.loads(x)["id"] for x in out.read_text().splitlines()] if out.exists() else []
+        return [e["id"] for e in json_lines(out)]
 
     d = Daemon(cfg)
     d.wait_for(lambda: len(delivered()) > 5_000, timeout=60, interval=0.05)

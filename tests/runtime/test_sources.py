@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, json_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def lines(path: Path) -> list[Any]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return json_lines(path)
 
 
 @pytest.mark.parametrize("compress", ["plain", "gzip", "xz"])

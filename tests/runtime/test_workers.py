@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, alive, free_port
+from tests.support.daemon import Daemon, alive, free_port, json_lines
 
 STAGES = '''
 import os, random, time, hashlib
@@ -60,7 +60,7 @@ class Counter:
 
 
 def lines(path: Path) -> list[Any]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return json_lines(path)
 
 
 def status(port: int) -> dict[str, Any]:

@@ -158,3 +158,13 @@ def metric(port: int, series: str, default: float = 0.0) -> float:
         return scrape(port).get(series, default)
     except OSError:
         return default
+
+
+def json_lines(path: Path) -> list[Any]:
+    """The complete JSON lines of a file a daemon may still be writing (it can end in half a line)."""
+    import json
+
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
