@@ -120,6 +120,9 @@ class Preprocessor:
     def resume(self, out: list[bytes], rejected: list[tuple[bytes, str]]) -> None:
         """Continue on input kept back by ``feed`` (called while ``has_pending``)."""
 
+    def whole_message(self) -> None:
+        """This instance frames one whole message (an HTTP body, a datagram), not a stream."""
+
 
 class Postprocessor:
     name: ClassVar[str] = ""

@@ -12,7 +12,7 @@ import copy
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
@@ -71,12 +71,16 @@ class OnrampRunner:
         self.pre[i].resume(out, rejected)
         return self._through(i + 1, out, rejected), rejected
 
+    def _steps(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        """(records, rejected) of ``data``: first what framing it gives, then each further step of
+        a decompressor that kept input back (taken by the caller before the next is made)."""
+        yield self._frame(data)
+        while (i := self._pending()) >= 0:
+            yield self._resume(i)
+
     async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         self.stats.received_bytes.inc(len(data))
-        records, rejected = self._frame(data)
-        await self._emit(records, rejected, meta)
-        while (i := self._pending()) >= 0:  # a decompressor's next step, once the graph took the last one
-            records, rejected = self._resume(i)
+        for records, rejected in self._steps(data):  # the next step once the graph took the last one
             await self._emit(records, rejected, meta)
 
     async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
@@ -101,16 +105,14 @@ class OnrampRunner:
     def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected).
 
-        A decompressor in the chain is bounded by its ``max_message_bytes``: the message is in
-        memory whole anyway, so its expansion is what must be bounded."""
+        The message is in memory whole, so each preprocessor is told (``whole_message``): a
+        decompressor then bounds its expansion by its ``max_message_bytes``."""
         view = self.stream()
         for p in view.pre:
-            limit = getattr(p.config, "max_message_bytes", None)
-            if limit is not None and hasattr(p, "max_total"):
-                p.max_total = limit
-        records, rejected = view._frame(data)
-        while (i := view._pending()) >= 0:
-            more, more_rejected = view._resume(i)
+            p.whole_message()
+        records: list[bytes] = []
+        rejected: list[tuple[bytes, str]] = []
+        for more, more_rejected in view._steps(data):
             records += more
             rejected += more_rejected
         tail, rejected_tail = view._finish()

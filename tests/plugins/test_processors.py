@@ -175,7 +175,7 @@ def test_streams_larger_than_a_step_round_trip_whatever_the_chunking(pre: type[P
 @pytest.mark.parametrize(("pre", "post"), ALL_CODECS, ids=ALL_IDS)
 def test_a_whole_message_over_max_message_bytes_is_refused(pre: type[Preprocessor], post: type[Postprocessor]) -> None:
     p = pre(pre.Config(max_message_bytes=3 << 20))  # type: ignore[call-arg]
-    p.max_total = p.config.max_message_bytes  # type: ignore[attr-defined]
+    p.whole_message()
     out, rejected = run(p, [post().process([bytes(10 << 20)])[0]])
     assert sum(map(len, out)) <= (3 << 20) + STEP + (8 << 20)
     assert len(rejected) == 1 and "decompresses to more than max_message_bytes (3145728)" in rejected[0][1], rejected

@@ -142,10 +142,33 @@ links: {{{links}, main: [out], main/err: [dlq], out/err: [dlq]}}
             duplicates=report.duplicates)  # fmt: skip
 
 
-def _sample_rss(pid: int, stop: threading.Event, out: list[float]) -> None:
-    while not stop.is_set():
-        out.append(rss_mb(pid))
-        time.sleep(0.02)
+class RssSampler:
+    """A daemon's RSS, sampled every 20 ms by a thread from ``start()`` to ``stop()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = 0.0
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(rss_mb(self.pid))
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        self.base = rss_mb(self.pid)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def growth(self) -> float:
+        """MB above the RSS at ``start()``: the highest sample so far."""
+        return max(self.samples, default=self.base) - self.base
 
 
 @pytest.mark.slow
@@ -168,13 +191,10 @@ links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], kafka: [mai
 """, port=port)  # fmt: skip
     total = 200 << 20
     d = Daemon(cfg)
-    rss: list[float] = []
-    stop = threading.Event()
+    rss = RssSampler(d.pid)
     try:
         wait_until(lambda: status(port).get("ready"), 30, "ready", daemon=d)
-        base = rss_mb(d.pid)
-        sampler = threading.Thread(target=_sample_rss, args=(d.pid, stop, rss), daemon=True)
-        sampler.start()
+        rss.start()
         # 1. a TCP line of 200 MB without a newline, then good records
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", tport)) as s:
@@ -184,7 +204,7 @@ links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], kafka: [mai
             s.sendall(b"\n" + b"".join(json.dumps({"id": i}).encode() + b"\n" for i in range(100)))
         tcp_s = time.monotonic() - t0
         wait_until(lambda: count_lines(tmp_path / "out.ndjson") >= 100, 60, "the records after the long line", daemon=d)
-        tcp_rss = max(rss) - base
+        tcp_rss = rss.growth()
         # 2. an HTTP body of 200 MB, chunked (no Content-Length), and one announced as 200 MB
         answer = _post_chunked(hport, total)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -197,14 +217,13 @@ links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], kafka: [mai
         produce_raw(kafka_broker, topic, [b'{"id": 101}', json.dumps({"id": 102, "pad": "x" * (8 << 20)}).encode(), b'{"id": 103}'])
         wait_until(lambda: count_lines(tmp_path / "out.ndjson") >= 103, 60, "the Kafka records (ids 101 and 103)", daemon=d)
         wait_until(lambda: watcher.total("g-oversized", topic, (0,)) == 3, 30, "the Kafka offsets committed past the refused record", daemon=d)
-        stop.set()
-        sampler.join()
+        rss.stop()
         assert alive(d.pid) and status(port)["worker_restarts"] == 0
     finally:
-        stop.set()
+        rss.stop()
         rc = d.stop()
     assert rc == 0, d.stderr()
-    peak = max(rss) - base
+    peak = rss.growth()
     assert tcp_rss < 50, f"RSS grew by {tcp_rss:.0f} MB while a 200 MB line arrived"
     dead = dead_letters(tmp_path / "dlq.ndjson")
     errors = sorted((e["meta"]["error"]["type"], e["meta"]["error"]["message"]) for e in dead)
@@ -253,13 +272,10 @@ offramps:
 links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], main: [out], main/err: [dlq]}}
 """, port=port)  # fmt: skip
     d = Daemon(cfg)
-    rss: list[float] = []
-    stop = threading.Event()
+    rss = RssSampler(d.pid)
     try:
         wait_until(lambda: status(port).get("ready"), 30, "ready", daemon=d)
-        base = rss_mb(d.pid)
-        sampler = threading.Thread(target=_sample_rss, args=(d.pid, stop, rss), daemon=True)
-        sampler.start()
+        rss.start()
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", tport)) as sock:
             sock.sendall(stream)
@@ -271,14 +287,13 @@ links: {{tcp: [main], tcp/err: [dlq], http: [main], http/err: [dlq], main: [out]
         req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=gzip.compress(b'{"id": 100}\n'), method="POST")
         assert json.loads(urllib.request.urlopen(req, timeout=30).read()) == {"events": 1, "rejected": 0}
         wait_until(lambda: count_lines(tmp_path / "dlq.ndjson") >= 3, 30, "both bombs in the dead letter", daemon=d)
-        stop.set()
-        sampler.join()
+        rss.stop()
         assert alive(d.pid)
     finally:
-        stop.set()
+        rss.stop()
         rc = d.stop()
     assert rc == 0, d.stderr()
-    peak = max(rss) - base
+    peak = rss.growth()
     assert peak < 80, f"RSS grew by {peak:.0f} MB while {bomb_mb} MiB and 128 MiB decompressed"
     dead = dead_letters(tmp_path / "dlq.ndjson")
     reasons = sorted(e["meta"]["error"]["message"] for e in dead)

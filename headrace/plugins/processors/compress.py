@@ -45,7 +45,7 @@ class _Decompressor(Preprocessor):
         self.fed = False  # bytes of an unfinished member were fed
         self.broken = False
         self.produced = 0  # decompressed bytes so far
-        self.max_total: int | None = None  # set for whole messages: OnrampRunner.frame
+        self.max_total: int | None = None  # whole messages only: see whole_message
 
     def new(self) -> Any:
         raise NotImplementedError
@@ -65,6 +65,9 @@ class _Decompressor(Preprocessor):
 
     def has_pending(self) -> bool:
         return not self.broken and (bool(self.pending) or self.more)
+
+    def whole_message(self) -> None:
+        self.max_total = self.config.max_message_bytes  # type: ignore[attr-defined]
 
     def resume(self, out: list[bytes], rejected: list[tuple[bytes, str]]) -> None:
         made = 0
