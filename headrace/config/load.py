@@ -373,6 +373,13 @@ class _Builder:
 
 
 def load_text(text: str, file: Path, env: dict[str, str] | None = None) -> Graph:
+    try:
+        return _load_text(text, file, env)
+    except RecursionError:  # the YAML parser, the model and the graph builder all recurse on nesting
+        raise ConfigError([ConfigIssue(Position(str(file), 1, 1), "the document is nested too deeply to be a config")]) from None
+
+
+def _load_text(text: str, file: Path, env: dict[str, str] | None) -> Graph:
     data, smap = load_yaml(text, str(file), env)
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(Position(str(file), 1, 1), "the config must be a mapping with onramps, pipelines, offramps and links")])

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from headrace.config.units import Duration, Size
 
+MAX_WORKERS = 1024  # one process each: far beyond any machine's cores, short of exhausting its memory
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -34,14 +36,19 @@ class DaemonConfig(Strict):
     queue_bytes: Size = Field(16 * 2**20, ge=1, description="bound of every edge queue, in bytes")
     loop_block_threshold: Duration = Field(0.05, description="a loop stage holding the loop longer than this is reported")
     stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated")
+    start_timeout: Duration = Field(60.0, gt=0, description="how long start-up (and a reload) waits for each component to start "
+                                    "(bind its port, open its file, reach its broker, set up its stages); then it fails with exit 1 "
+                                    "(a reload: the running config stays)")
 
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, v: Any) -> Any:
         # before the union, so that a wrong value gets one message rather than one per member
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v.strip().isdigit()):
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_WORKERS):
             return v
-        raise ValueError("expected auto or a number >= 0")
+        raise ValueError(f"expected auto or a number from 0 to {MAX_WORKERS}")
 
 
 class ProcessorRef(Strict):

@@ -17,13 +17,14 @@ from headrace.config.errors import ConfigError
 from headrace.config.graph import Graph
 from headrace.config.load import load_file
 from headrace.daemon.early import SIGNALS, record_early_signals
+from headrace.errors import EX_CONFIG, EX_FAIL, EX_OK
 from headrace.metrics.defs import Metrics
-from headrace.runtime.engine import Engine
+from headrace.runtime.engine import Engine, RollbackFailed
 from headrace.runtime.loopguard import LoopGuard
+from headrace.runtime.starting import StartFailed, describe
 
 log = logging.getLogger("headrace.daemon")
 
-EX_OK, EX_FAIL, EX_CONFIG = 0, 1, 78
 FORCE_GRACE = 0.5  # seconds a forced exit still gives the cancelled graph (and its final commit) to wind down
 
 
@@ -48,6 +49,8 @@ class Daemon:
         self.graph: Graph | None = None
         self.exit_code = EX_OK
         self.stop_requested = False
+        self.forced = False
+        self.deferred: list[str] = []  # signals that came while starting, handled once running
         self.reload_lock = asyncio.Lock()
 
     # -- entry -------------------------------------------------------------------------------
@@ -74,7 +77,7 @@ class Daemon:
                 return asyncio.run(self.main(early))
         finally:
             if self.pool is not None:
-                self.pool.shutdown()
+                self.pool.shutdown(timeout=0.0 if self.forced else 5.0)  # forced: workers busy in a stage are killed at once
 
     async def main(self, early: list[str] | None = None) -> int:
         assert self.graph is not None
@@ -89,81 +92,157 @@ class Daemon:
         guard = LoopGuard(self.graph.daemon.loop_block_threshold, self._blocked)
         self.guard = guard
         lag = self.metrics["headrace_event_loop_lag_seconds"]
-        lag_task = asyncio.create_task(guard.measure_lag(0.05, lag.observe))
+        background = [asyncio.create_task(guard.measure_lag(0.05, lag.observe))]
         admin = None
-        listen = self.graph.daemon.metrics.listen
-        if listen:
-            from headrace.daemon.admin import AdminServer
-
-            admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request)
-            try:
-                await admin.start()
-            except OSError as exc:
-                log.error("cannot listen on %s for metrics: %s", listen, exc)
-                lag_task.cancel()
-                return EX_FAIL
-        if self.pool is not None:
-            await self.pool.attach()
         try:
-            self.engine = Engine(self.graph, self.metrics, guard, self.request_stop, self.pool)
-            await self.engine.start()
-        except Exception as exc:
-            log.error("cannot start: %s", exc)
-            lag_task.cancel()
+            listen = self.graph.daemon.metrics.listen
+            if listen:
+                from headrace.daemon.admin import AdminServer
+
+                admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request)
+                try:
+                    await admin.start()
+                except OSError as exc:
+                    log.error("cannot start: metrics listen %s: %s", listen, exc)
+                    return EX_FAIL
+            if self.pool is not None:
+                await self.pool.attach()
+            self.engine = Engine(self.graph, self.metrics, guard, self.request_stop, self.pool, on_failure=self._component_failed)
+            if not await self._start():
+                return self.exit_code
+            log.info("running %s: %d onramp(s), %d node(s), %d offramp(s)%s", self.config_path.name,
+                     len(self.graph.of_kind("onramp")), len(self.graph.of_kind("node")), len(self.graph.of_kind("offramp")),
+                     f", {self.pool.size} worker(s)" if self.pool else "")  # fmt: skip
+            background.append(asyncio.create_task(self._announce_ready()))
+            from headrace.metrics.sampler import run_sampler
+
+            background.append(asyncio.create_task(run_sampler(self)))
+            background.append(asyncio.create_task(self._heartbeat()))
+            if self.watch:
+                background.append(asyncio.create_task(self._watch()))
+            await self._serve()
+        finally:
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if admin:
                 await admin.stop()
-            return EX_FAIL
-        log.info("running %s: %d onramp(s), %d node(s), %d offramp(s)%s", self.config_path.name,
-                 len(self.graph.of_kind("onramp")), len(self.graph.of_kind("node")), len(self.graph.of_kind("offramp")),
-                 f", {self.pool.size} worker(s)" if self.pool else "")  # fmt: skip
-        ready_task = asyncio.create_task(self._announce_ready())
-        from headrace.metrics.sampler import run_sampler
+        if self.exit_code == EX_OK:
+            log.info("stopped: everything in flight was delivered")
+        return self.exit_code
 
-        sampler_task = asyncio.create_task(run_sampler(self))
-        background = [asyncio.create_task(self._heartbeat())]
-        if self.watch:
-            background.append(asyncio.create_task(self._watch()))
+    async def _start(self) -> bool:
+        """Start the graph while signals keep working: a stop cancels a start that waits (for a
+        broker, a port, a stage's setup), a reload waits for the start. False: do not serve
+        (start failed, exit code set; or stopped before anything ran)."""
+        assert self.engine is not None and self.graph is not None
+        start = asyncio.create_task(self.engine.start(self.graph.daemon.start_timeout))
+        while not start.done():
+            sig_task = asyncio.create_task(self.signals.get())
+            await asyncio.wait({start, sig_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not sig_task.done():
+                sig_task.cancel()
+                continue
+            name = sig_task.result()
+            if name == "hup":
+                self.deferred.append(name)  # reloaded once running
+                log.info("reload requested while starting: it is applied once the daemon runs")
+                continue
+            log.info("stop requested while starting: components still starting are abandoned")
+            self.deferred.append("stop")
+            start.cancel()
+        try:
+            await start
+        except asyncio.CancelledError:
+            pass
+        except StartFailed as exc:
+            log.error("cannot start: %s", exc)
+            self.exit_code = EX_FAIL
+        for name in self.deferred:
+            self.signals.put_nowait(name)
+        self.deferred.clear()
+        if self.exit_code != EX_OK:
+            self.engine.stop_intake()  # what did start stops again; nothing was read
+            await asyncio.wait_for(asyncio.shield(self.engine.wait()), self.graph.daemon.shutdown_timeout)
+            return False
+        return True
+
+    async def _serve(self) -> None:
+        """The running daemon: one loop for signals, reloads and the drain deadline."""
+        assert self.engine is not None and self.graph is not None
         engine_done = asyncio.create_task(self.engine.wait())
+        reloading: asyncio.Task[dict[str, Any]] | None = None
+        stop_after_reload = False
         deadline: float | None = None
         while not engine_done.done():
+            if stop_after_reload and reloading is None:
+                stop_after_reload = False
+                self._drain("stop requested during a reload")
+                deadline = time.monotonic() + self.graph.daemon.shutdown_timeout
             sig_task = asyncio.create_task(self.signals.get())
+            waiting: set[asyncio.Future[Any]] = {engine_done, sig_task}
+            if reloading is not None:
+                waiting.add(reloading)
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
-            done, _ = await asyncio.wait({engine_done, sig_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if sig_task not in done:
                 sig_task.cancel()
+            if reloading is not None and reloading.done():
+                reloading = None
             if not done:  # drain deadline passed
                 log.error("drain did not finish within shutdown_timeout (%.1fs); forcing exit", self.graph.daemon.shutdown_timeout)
-                self.exit_code = EX_FAIL
-                self.engine.cancel()
+                self._force()
                 break
-            if sig_task in done:
-                name = sig_task.result()
-                if name == "hup":
-                    await self._reload_request()
-                elif name == "stop" or deadline is None:
-                    log.info("draining: intake stopped, delivering what is in flight")
-                    self.notifier.stopping()
-                    self.engine.stop_intake()
-                    deadline = time.monotonic() + self.graph.daemon.shutdown_timeout
+            if sig_task not in done:
+                continue
+            name = sig_task.result()
+            if name == "hup":
+                if self.engine.draining:
+                    log.warning("reload refused: the daemon is draining (a reload now would start onramps that the drain ends)")
+                elif reloading is None:
+                    reloading = asyncio.create_task(self._reload_request())
                 else:
-                    log.error("second signal: forcing exit without draining")
-                    self.exit_code = EX_FAIL
-                    self.engine.cancel()
-                    break
+                    log.info("reload requested while one is in progress: the config file is read again after it")
+                    reloading.add_done_callback(lambda _t: self.signals.put_nowait("hup"))
+            elif deadline is None and not stop_after_reload:
+                if reloading is not None:
+                    log.info("stop requested during a reload: draining once the reload is done")
+                    stop_after_reload = True
+                    continue
+                self._drain("draining: intake stopped, delivering what is in flight")
+                deadline = time.monotonic() + self.graph.daemon.shutdown_timeout
+            else:
+                log.error("second signal: forcing exit without draining")
+                self._force()
+                break
         if not engine_done.done():  # forced: a final commit to a hung broker must not hold the exit past the deadline
             await asyncio.wait({engine_done}, timeout=FORCE_GRACE)
             engine_done.cancel()
         await asyncio.gather(engine_done, return_exceptions=True)
-        ready_task.cancel()
-        sampler_task.cancel()
-        for t in background:
-            t.cancel()
-        lag_task.cancel()
-        if admin:
-            await admin.stop()
-        if self.exit_code == EX_OK:
-            log.info("stopped: everything in flight was delivered")
-        return self.exit_code
+        if reloading is not None:
+            reloading.cancel()
+            await asyncio.gather(reloading, return_exceptions=True)
+        if self.engine.failures and self.exit_code == EX_OK:
+            self.exit_code = EX_FAIL
+
+    def _drain(self, why: str) -> None:
+        assert self.engine is not None
+        log.info("%s", why)
+        self.notifier.stopping()
+        self.engine.stop_intake()
+
+    def _force(self) -> None:
+        assert self.engine is not None
+        self.exit_code = EX_FAIL
+        self.forced = True
+        self.engine.cancel()
+
+    def _component_failed(self, name: str, exc: BaseException) -> None:
+        """A component died at run time (a bug, or a source that could not be restarted): the daemon
+        drains what it can and exits 1, never claiming that everything was delivered."""
+        self.exit_code = EX_FAIL
+        log.error("the daemon stops: component %s failed", name)
+        self.request_stop()
 
     # -- hooks -------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -200,17 +279,19 @@ class Daemon:
 
     async def _reload(self) -> dict[str, Any]:
         assert self.engine is not None
+        if self.engine.draining:
+            log.warning("reload refused: the daemon is draining")
+            return {"ok": False, "errors": ["the daemon is draining: a reload now would start onramps that the drain ends"]}
         self.notifier.reloading()
         t0 = time.monotonic()
-        reloads = self.metrics["headrace_config_reloads_total"]
         try:
             new = load_file(self.config_path)
         except ConfigError as exc:
             log.error("reload rejected, the running config stays:\n%s", exc)
-            reloads.labels("failure").inc()
-            self.metrics["headrace_config_last_reload_successful"].set(0)
-            self.notifier.ready("reload failed; running the previous config")
-            return {"ok": False, "errors": [str(i) for i in exc.issues]}
+            return self._reload_failed("reload failed; running the previous config", [str(i) for i in exc.issues])
+        except Exception as exc:  # a loader bug must not end the daemon: the running config stays
+            log.exception("reload rejected (the config could not be loaded), the running config stays")
+            return self._reload_failed("reload failed; running the previous config", [describe(exc)])
         try:
             if self.pool is None and _needs_pool(new) and worker_count(new.daemon.workers) > 0:
                 from headrace.runtime.pool import WorkerPool
@@ -219,21 +300,51 @@ class Daemon:
                 self.pool.start()
                 await self.pool.attach()
                 self.engine.pool = self.pool
-            diff = await self.engine.reload(new)
+            diff = await self.engine.reload(new, new.daemon.start_timeout)
+        except StartFailed as exc:
+            log.error("reload failed, the running config stays: %s", exc)
+            return self._reload_failed("reload failed; running the previous config", [str(exc)])
+        except RollbackFailed as exc:
+            log.error("reload failed and the previous config could not be restored: %s", exc)
+            self._component_failed("reload", exc)
+            return self._reload_failed("reload failed; stopping", [str(exc)])
         except Exception as exc:
-            log.exception("reload failed while applying; the previous graph may be partly replaced")
-            reloads.labels("failure").inc()
-            self.metrics["headrace_config_last_reload_successful"].set(0)
-            self.notifier.ready("reload failed")
-            return {"ok": False, "errors": [f"{type(exc).__name__}: {exc}"]}
+            log.exception("reload failed while applying")
+            self._component_failed("reload", exc)
+            return self._reload_failed("reload failed; stopping", [describe(exc)])
+        restart = self._daemon_settings(self.graph, new) if self.graph is not None else []
         self.graph = new
-        reloads.labels("success").inc()
+        self.metrics["headrace_config_reloads_total"].labels("success").inc()
         self.metrics["headrace_config_last_reload_successful"].set(1)
         took = time.monotonic() - t0
         log.info("reloaded in %.2fs: added %s, changed %s, removed %s, unchanged %d", took, diff.added or "-", diff.changed or "-",
                  diff.removed or "-", len(diff.unchanged))  # fmt: skip
+        for key in restart:
+            log.warning("reload: daemon.%s changed; it takes effect only after a restart", key)
         self.notifier.ready("reloaded")
-        return {"ok": True, "seconds": round(took, 3), "diff": diff.as_dict()}
+        answer: dict[str, Any] = {"ok": True, "seconds": round(took, 3), "diff": diff.as_dict()}
+        if restart:
+            answer["restart_required"] = restart
+        return answer
+
+    def _reload_failed(self, status: str, errors: list[str]) -> dict[str, Any]:
+        self.metrics["headrace_config_reloads_total"].labels("failure").inc()
+        self.metrics["headrace_config_last_reload_successful"].set(0)
+        self.notifier.ready(status)
+        return {"ok": False, "errors": errors}
+
+    def _daemon_settings(self, old: Graph, new: Graph) -> list[str]:
+        """Apply the daemon settings a running daemon can change; the names of those it cannot."""
+        a, b = old.daemon, new.daemon
+        if self.pool is not None:
+            self.pool.stage_timeout = b.stage_timeout
+        self.guard.threshold = b.loop_block_threshold
+        restart = []
+        if self.pool is not None and worker_count(b.workers) != self.pool.size:
+            restart.append("workers")
+        if a.metrics.listen != b.metrics.listen:
+            restart.append("metrics.listen")
+        return restart
 
     async def _watch(self, interval: float = 0.5, debounce: float = 1.0) -> None:
         """--watch: reload when the config file changes (after it stayed unchanged for ``debounce``)."""

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from headrace.errors import safe_str
+
 Rejections = list[tuple[int, str]] | None
 
 
@@ -92,10 +94,12 @@ class Codec:
         return None
 
     def reason(self, exc: BaseException) -> str:
-        """Why a record did not decode, for its err event."""
+        """Why a record did not decode, for its err event (``exc`` may be anything the codec raised)."""
         if isinstance(exc, RecursionError):
             return "nesting too deep"
-        return str(exc)
+        if isinstance(exc, DecodeError):
+            return safe_str(exc)
+        return f"codec {self.name or type(self).__name__} failed: {type(exc).__name__}: {safe_str(exc)}"
 
 
 class Preprocessor:

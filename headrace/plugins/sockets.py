@@ -73,6 +73,8 @@ class StreamOnramp(Onramp):
         self.server: asyncio.AbstractServer | None = None
         self.conns: set[asyncio.Task[Any]] = set()
         self.writers: set[asyncio.StreamWriter] = set()
+        self.sink: FramingSink | None = None
+        self.sink_set = asyncio.Event()
 
     # -- transport ----------------------------------------------------------------------------
     def where(self) -> str:
@@ -88,6 +90,13 @@ class StreamOnramp(Onramp):
         raise NotImplementedError
 
     # -- intake -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """A server listens now: an address in use fails the start (naming this onramp). A client
+        connects in ``run``, retrying: its server may come up later."""
+        if self.stream_cfg.mode == "server" and self.server is None:
+            self.server = await self.listen(self._accept)
+            log.info("%s: listening on %s", self.context.component_id, self.where())
+
     async def run(self, sink: OnrampSink) -> None:
         fsink = framing_sink(sink)
         if self.stream_cfg.mode == "server":
@@ -107,27 +116,30 @@ class StreamOnramp(Onramp):
         await stream.end_of_stream(meta)
         return n
 
-    async def _serve(self, sink: FramingSink) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         cid = self.context.component_id
+        if len(self.conns) >= self.stream_cfg.max_connections:
+            log.warning("%s: refusing a connection: %d already open (max_connections)", cid, len(self.conns))
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.conns.add(task)
+        self.writers.add(writer)
+        try:
+            await self.sink_set.wait()  # a connection between start and run waits for the graph
+            assert self.sink is not None
+            await self._pump(reader, self.sink.stream(), self.peer_meta(writer))
+        finally:
+            self.conns.discard(task)
+            self.writers.discard(writer)
+            writer.close()
 
-        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if len(self.conns) >= self.stream_cfg.max_connections:
-                log.warning("%s: refusing a connection: %d already open (max_connections)", cid, len(self.conns))
-                writer.close()
-                return
-            task = asyncio.current_task()
-            assert task is not None
-            self.conns.add(task)
-            self.writers.add(writer)
-            try:
-                await self._pump(reader, sink.stream(), self.peer_meta(writer))
-            finally:
-                self.conns.discard(task)
-                self.writers.discard(writer)
-                writer.close()
-
-        self.server = await self.listen(accept)
-        log.info("%s: listening on %s", cid, self.where())
+    async def _serve(self, sink: FramingSink) -> None:
+        if self.server is None:
+            await self.start()
+        self.sink = sink
+        self.sink_set.set()
         self.ready = True
         try:
             await asyncio.Event().wait()  # until the task is cancelled (stop)
@@ -137,6 +149,7 @@ class StreamOnramp(Onramp):
     async def _close_connections(self) -> None:
         if self.server is not None:
             self.server.close()
+            self.server = None  # a restart listens again
         for w in list(self.writers):
             w.close()  # the reader sees EOF: each handler flushes its framing and returns
         if self.conns:

@@ -16,20 +16,23 @@ import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from headrace.config.graph import ComponentSpec, Graph
 from headrace.metrics.defs import Metrics, Tally
 from headrace.plugins import registry
-from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
+from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext, Postprocessor, Preprocessor
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.plan import plan_chains
 from headrace.runtime.router import ComponentStats, Router
 from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
 from headrace.runtime.stage import Operator
+from headrace.runtime.starting import StartFailed, describe, start_all, start_one
+
+T = TypeVar("T")
 
 log = logging.getLogger("headrace.engine")
 
@@ -66,13 +69,36 @@ class ReloadDiff:
         return {"added": self.added, "removed": self.removed, "changed": self.changed, "unchanged": self.unchanged}
 
 
+@dataclass
+class Build:
+    """The runtime of a graph, made but not yet in effect: ``commit`` puts it in place.
+
+    Until then nothing running has changed (kept components still route to the old graph),
+    so the fresh components can be started first and the whole build dropped if one fails.
+    """
+
+    graph: Graph
+    fresh: list[Any]
+    onramps: dict[str, OnrampRunner]
+    chains: dict[str, Any]
+    offramps: dict[str, OfframpRunner]
+    inboxes: dict[str, Inbox]
+    routers: dict[str, Router]
+    retarget: list[tuple[Router, dict[str, list[tuple[Inbox, bool]]]]]
+    chain_sigs: dict[str, tuple[Any, ...]]
+    added_onramps: set[str]
+    segments: list[Any]
+
+
 class Engine:
-    def __init__(self, graph: Graph, metrics: Metrics, guard: LoopGuard, request_stop: Callable[[], None], pool: Any = None) -> None:
+    def __init__(self, graph: Graph, metrics: Metrics, guard: LoopGuard, request_stop: Callable[[], None], pool: Any = None,
+                 on_failure: Callable[[str, BaseException], None] | None = None) -> None:  # fmt: skip
         self.graph = graph
         self.metrics = metrics
         self.guard = guard
         self.pool = pool
         self.request_stop = request_stop
+        self.on_failure = on_failure  # a runner died at run time: the daemon fails (it never reports success then)
         self.onramps: dict[str, OnrampRunner] = {}
         self.offramps: dict[str, OfframpRunner] = {}
         self.chains: dict[str, Any] = {}
@@ -81,14 +107,14 @@ class Engine:
         self.routers: dict[str, Router] = {}
         self.codecs: dict[str, Codec] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.failures: list[tuple[str, BaseException]] = []
         self.generation = 0
-        self.signatures = {cid: component_signature(c) for cid, c in graph.components.items()}
-        self._signatures_new = self.signatures
+        self.signatures: dict[str, str] = {}
+        self._signatures_new: dict[str, str] = {}
         self.started = False
         self.draining = False
         self.not_reloading = asyncio.Event()
         self.not_reloading.set()
-        self._build(graph, ReloadDiff(added=list(graph.components)))
 
     def context(self, cid: str, graph: Graph) -> PluginContext:
         ctx = PluginContext(cid, graph.base_dir)
@@ -96,21 +122,34 @@ class Engine:
         ctx.extra["metrics"] = self.metrics
         return ctx
 
-    def codec(self, name: str) -> Codec:
+    def codec(self, name: str, graph: Graph | None = None) -> Codec:
         if name not in self.codecs:
-            self.codecs[name] = registry.make_codec(name, self.graph.codecs)
+            self.codecs[name] = registry.make_codec(name, (graph or self.graph).codecs)
         return self.codecs[name]
 
     # -- building ------------------------------------------------------------------------------
-    def _build(self, g: Graph, diff: ReloadDiff) -> list[Any]:
-        """(Re)build the runtime for ``g``, reusing what ``diff`` says is unchanged; returns new runners."""
+    def _operator(self, c: ComponentSpec, g: Graph) -> Operator:
+        op: Operator = registry.load("operators", c.plugin)(c.id, c.config, self.context(c.id, g))
+        return op
+
+    def _onramp(self, c: ComponentSpec, g: Graph) -> tuple[Onramp, list[Preprocessor]]:
+        plugin: Onramp = registry.load("onramps", c.plugin)(c.config, self.context(c.id, g))
+        return plugin, [registry.load("preprocessors", p.name)(p.config) for p in c.processors]
+
+    def _offramp(self, c: ComponentSpec, g: Graph) -> tuple[Offramp, list[Postprocessor]]:
+        plugin: Offramp = registry.load("offramps", c.plugin)(c.config, self.context(c.id, g))
+        return plugin, [registry.load("postprocessors", p.name)(p.config) for p in c.processors]
+
+    def _build(self, g: Graph, diff: ReloadDiff) -> Build:
+        """The runtime for ``g``, reusing what ``diff`` says is unchanged; nothing running changes
+        until ``_commit``. A plugin that cannot even be constructed raises ``StartFailed``."""
         d = g.daemon
         keep = set(diff.unchanged)
         for name in {"json", "binary", "string", *(c.codec for c in g.components.values() if c.kind != "node")}:
-            self.codec(name)
+            self.codec(name, g)
         operators: dict[str, Operator] = {}
         for c in g.of_kind("node"):
-            operators[c.id] = registry.load("operators", c.plugin)(c.id, c.config, self.context(c.id, g))
+            operators[c.id] = _construct(c.id, self._operator, c, g)
         chains = plan_chains(g, operators, self.pool.size if self.pool is not None else 0)
         new_chain_sigs = {ch.id: (tuple((n, self._signatures_new[n]) for n in ch.nodes), ch.on_workers) for ch in chains}
         kept_chains = {ch.id for ch in chains if ch.id in self.chains and self.chain_sigs.get(ch.id) == new_chain_sigs.get(ch.id)}
@@ -125,23 +164,19 @@ class Engine:
                 inboxes[cid] = Inbox(cid, d.queue_events, d.queue_bytes, 0, gauges)
         kept_nodes = {n for ch in chains if ch.id in kept_chains for n in ch.nodes}
         routers: dict[str, Router] = {}
+        retarget: list[tuple[Router, dict[str, list[tuple[Inbox, bool]]]]] = []
         for c in g.components.values():
             targets: dict[str, list[tuple[Inbox, bool]]] = {}
             for port in c.ports:
                 for t in g.edges.get((c.id, port), []):
                     if t in inboxes:
                         targets.setdefault(port, []).append((inboxes[t], g.components[t].kind == "node"))
-            reused = c.id in kept_onramps or c.id in kept_offramps or c.id in kept_nodes
-            if reused:
+            if c.id in kept_onramps or c.id in kept_offramps or c.id in kept_nodes:
                 router = self.routers[c.id]
-                router.targets = targets  # the running component now feeds the new graph
+                retarget.append((router, targets))  # at commit, the running component feeds the new graph
             else:
                 router = Router(ComponentStats(self.metrics, c.id, c.kind), targets)
             routers[c.id] = router
-        self.routers.clear()
-        self.routers.update(routers)  # one dict object: running chain runners see the new routing
-        self.inboxes = inboxes
-        upstream = self._upstream_onramps(g)
         onramps: dict[str, OnrampRunner] = {}
         offramps: dict[str, OfframpRunner] = {}
         chain_runners: dict[str, Any] = {}
@@ -150,14 +185,12 @@ class Engine:
             if c.id in kept_onramps:
                 r = self.onramps[c.id]
             else:
-                plugin: Onramp = registry.load("onramps", c.plugin)(c.config, self.context(c.id, g))
-                pre = [registry.load("preprocessors", p.name)(p.config) for p in c.processors]
-                r = OnrampRunner(c, plugin, pre, routers[c.id], d.batch_size)
+                plugin, pre = _construct(c.id, self._onramp, c, g)
+                r = OnrampRunner(c, plugin, pre, routers[c.id], d.batch_size, d.start_timeout)
                 fresh.append(r)
-            r.router = routers[c.id]
-            r.closes = routers[c.id].inboxes()
             onramps[c.id] = r
-        self.generation += 1
+        generation = self.generation + 1
+        segments: list[Any] = []
         for ch in chains:
             if ch.id in kept_chains:
                 runner = self.chains[ch.id]
@@ -167,33 +200,50 @@ class Engine:
                     from headrace.runtime.pooled import PooledChainRunner
 
                     runner = PooledChainRunner(ch, stages, inboxes[ch.id], self.routers, self.codecs, self.metrics, self.pool, g,
-                                               segment_id=f"{ch.id}@{self.generation}")  # fmt: skip
+                                               segment_id=f"{ch.id}@{generation}")  # fmt: skip
+                    segments.append(runner.spec)
                 else:
-                    runner = ChainRunner(ch.id, stages, inboxes[ch.id], self.routers, self.codecs, self.guard, self.metrics)
+                    runner = ChainRunner(ch.id, stages, inboxes[ch.id], self.routers, self.codecs, self.guard, self.metrics, stats_from=routers)
                 fresh.append(runner)
-            runner.closes = self._closes(g, ch.nodes, upstream)
             chain_runners[ch.id] = runner
         for c in g.of_kind("offramp"):
             if c.id in kept_offramps:
                 r2 = self.offramps[c.id]
             else:
-                plugin_off: Offramp = registry.load("offramps", c.plugin)(c.config, self.context(c.id, g))
-                post = [registry.load("postprocessors", p.name)(p.config) for p in c.processors]
+                plugin_off, post = _construct(c.id, self._offramp, c, g)
                 with_meta = bool((g.raw.get("offramps") or {}).get(c.id, {}).get("with_meta", False))
-                r2 = OfframpRunner(c, plugin_off, self.codec(c.codec), post, inboxes[c.id], routers[c.id].stats,
+                r2 = OfframpRunner(c, plugin_off, self.codec(c.codec, g), post, inboxes[c.id], routers[c.id].stats,
                                    self.codecs, self.routers, self.metrics, with_meta)  # fmt: skip
                 fresh.append(r2)
                 if plugin_off.frames_itself:  # it gets one record per event and frames groups of them itself
                     plugin_off.postprocess = _chain(post)
-            r2.router = routers[c.id]
-            r2.closes = self._closes(g, [], upstream, c.id)
             offramps[c.id] = r2
-        self.onramps, self.chains, self.offramps = onramps, chain_runners, offramps
-        self.chain_sigs = new_chain_sigs
-        for inbox in inboxes.values():
+        added = {c.id for c in g.of_kind("onramp") if c.id not in self.onramps}
+        return Build(g, fresh, onramps, chain_runners, offramps, inboxes, routers, retarget, new_chain_sigs, added, segments)
+
+    def _commit(self, b: Build) -> None:
+        """Put ``b`` in effect: kept components route to the new graph, runners close what they feed."""
+        g = b.graph
+        for router, targets in b.retarget:
+            router.targets = targets
+        self.routers.clear()
+        self.routers.update(b.routers)  # one dict object: running chain runners see the new routing
+        self.inboxes = b.inboxes
+        self.generation += 1
+        upstream = self._upstream_onramps(g)
+        for cid, r in b.onramps.items():
+            r.router = b.routers[cid]
+            r.closes = b.routers[cid].inboxes()
+        for runner in b.chains.values():
+            runner.closes = self._closes(g, [st.id for st in runner.stages], upstream)
+        for cid, r2 in b.offramps.items():
+            r2.router = b.routers[cid]
+            r2.closes = self._closes(g, [], upstream, cid)
+        self.onramps, self.chains, self.offramps = b.onramps, b.chains, b.offramps
+        self.chain_sigs = b.chain_sigs
+        for inbox in b.inboxes.values():
             inbox.producers = sum(inbox in r.closes for r in self.runners())
         self.graph = g
-        return fresh
 
     def _upstream_onramps(self, g: Graph) -> dict[str, set[str]]:
         up: dict[str, set[str]] = {cid: set() for cid in g.components}
@@ -230,27 +280,93 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and all(r.plugin.ready for r in self.onramps.values())
+        return self.started and not self.draining and all(r.plugin.ready for r in self.onramps.values())
 
-    # -- running -------------------------------------------------------------------------------
-    async def _start(self, runners: list[Any]) -> None:
-        from headrace.runtime.pooled import PooledChainRunner
+    # -- starting ------------------------------------------------------------------------------
+    async def _preflight(self, b: Build, timeout: float) -> None:
+        """Start what ``b`` adds before anything running changes: offramps, worker segments, and
+        onramps new to the graph. A failure stops them again and raises ``StartFailed``."""
+        offs = [r for r in b.fresh if isinstance(r, OfframpRunner)]
+        ons = [r for r in b.fresh if isinstance(r, OnrampRunner) and r.spec.id in b.added_onramps]
+        loops = [r for r in b.fresh if isinstance(r, ChainRunner)]
+        try:
+            await start_all([(f"offramp {r.spec.id}", r.plugin.start) for r in offs], timeout)
+            await start_all([(f"node {r.cid}", r.start) for r in loops], timeout)
+            if self.pool is not None and b.segments:
+                await start_one("worker segments " + ", ".join(s.id.partition("@")[0] for s in b.segments),
+                                lambda: self.pool.configure(add=b.segments), timeout)  # fmt: skip
+            await start_all([(f"onramp {r.spec.id}", r.plugin.start) for r in ons], timeout)
+        except BaseException:
+            await self._discard(b)
+            raise
+        for r in offs:
+            r.started = True
+        for r2 in ons:
+            r2.started = True
 
-        if self.pool is not None:
-            await self.pool.configure(add=[r.spec for r in runners if isinstance(r, PooledChainRunner)])
-        for r in runners:
-            if isinstance(r, OfframpRunner):
-                await r.plugin.start()
-        order = [r for r in runners if isinstance(r, OfframpRunner)] + [r for r in runners if not isinstance(r, (OfframpRunner, OnrampRunner))]
-        order += [r for r in runners if isinstance(r, OnrampRunner)]
-        for runner in order:
-            task = asyncio.create_task(runner.run(), name=f"headrace:{_name(runner)}")
-            runner.task_handle = task
-            self.tasks[id(runner)] = task
+    async def _discard(self, b: Build) -> None:
+        """Undo a build that never took effect: stop its fresh plugins and drop its segments."""
+        for r in b.fresh:
+            plugin = getattr(r, "plugin", None)
+            if plugin is not None:
+                try:
+                    await plugin.stop()
+                except Exception:
+                    log.exception("stopping %s failed", _name(r))
+        if self.pool is not None and b.segments:
+            try:
+                await self.pool.configure(drop=[s.id for s in b.segments])
+            except Exception:
+                log.exception("dropping the worker segments of a failed start failed")
+        kept = set(self.routers)
+        for cid, router in b.routers.items():
+            if cid not in kept:
+                router.stats.forget()
 
-    async def start(self) -> None:
+    async def _launch(self, runners: list[Any], timeout: float) -> None:
+        """Run ``runners`` (committed): onramps not started yet start now (a changed onramp only
+        after its predecessor released what it held). On ``StartFailed`` every runner still gets
+        its task, the failed onramps stopped, so the graph drains and ends cleanly."""
+        late = [r for r in runners if isinstance(r, OnrampRunner) and not r.started]
+        try:
+            await start_all([(f"onramp {r.spec.id}", r.plugin.start) for r in late], timeout)
+            for r in late:
+                r.started = True
+        except BaseException:
+            for r in late:
+                r.stopped = True
+            raise
+        finally:
+            order = [r for r in runners if isinstance(r, OfframpRunner)] + [r for r in runners if not isinstance(r, (OfframpRunner, OnrampRunner))]
+            order += [r for r in runners if isinstance(r, OnrampRunner)]
+            for runner in order:
+                task = asyncio.create_task(runner.run(), name=f"headrace:{_name(runner)}")
+                task.add_done_callback(self._ended)
+                self.tasks[id(runner)] = task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        name = task.get_name().removeprefix("headrace:")
+        log.error("component %s failed: %s", name, describe(exc), exc_info=exc)
+        self.failures.append((name, exc))
+        if self.on_failure is not None:
+            self.on_failure(name, exc)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Build the graph, start every component (each within ``timeout``) and run it.
+
+        ``StartFailed`` names the component that could not start; the daemon then stops what
+        did (``wait`` returns at once: nothing was read)."""
+        self._signatures_new = {cid: component_signature(c) for cid, c in self.graph.components.items()}
+        b = self._build(self.graph, ReloadDiff(added=list(self.graph.components)))
+        await self._preflight(b, timeout)
+        self._commit(b)
+        self.signatures = dict(self._signatures_new)
         self.started = True
-        await self._start(self.runners())
+        await self._launch(b.fresh, timeout)
 
     async def wait(self) -> None:
         """Until every runner has finished (sources ended or stopped, graph drained)."""
@@ -262,9 +378,6 @@ class Engine:
                 await self.not_reloading.wait()  # a reload swaps every runner: not the end
                 continue
             await asyncio.wait(pending)
-        for t in self.tasks.values():
-            if not t.cancelled() and t.exception() is not None:
-                log.error("component failed: %r", t.exception(), exc_info=t.exception())
         for r in self.onramps.values():  # after the drain: a final commit sees every ack
             try:
                 await r.plugin.stop()
@@ -285,9 +398,6 @@ class Engine:
         for t in self.tasks.values():
             t.cancel()
 
-    def spec(self, cid: str) -> ComponentSpec:
-        return self.graph.components[cid]
-
     # -- reload --------------------------------------------------------------------------------
     def diff(self, new: Graph) -> ReloadDiff:
         self._signatures_new = {cid: component_signature(c) for cid, c in new.components.items()}
@@ -302,21 +412,36 @@ class Engine:
         diff.removed = [cid for cid in self.signatures if cid not in new.components]
         return diff
 
-    async def reload(self, new: Graph) -> ReloadDiff:
-        """Apply ``new``: keep what did not change, drain what changed, start what is new."""
+    async def reload(self, new: Graph, timeout: float = 60.0) -> ReloadDiff:
+        """Apply ``new``: keep what did not change, drain what changed, start what is new.
+
+        Raises ``StartFailed`` when a new component cannot start; the running graph then stays
+        as it was (a failure before anything changed) or is put back (a changed onramp that could
+        not start once its predecessor had stopped)."""
         self.not_reloading.clear()
         try:
-            return await self._reload(new)
+            old = self.graph
+            try:
+                return await self._reload(new, timeout)
+            except RolledForward as exc:
+                log.error("reload failed (%s); putting the previous config back", exc.failure)
+                try:
+                    await self._reload(old, timeout)
+                except StartFailed as again:
+                    raise RollbackFailed(f"{exc.failure}; the previous config could not be restored either: {again}") from again
+                raise exc.failure from None
         finally:
             self.not_reloading.set()
 
-    async def _reload(self, new: Graph) -> ReloadDiff:
+    async def _reload(self, new: Graph, timeout: float) -> ReloadDiff:
         diff = self.diff(new)
         old_runners = {id(r): r for r in self.runners()}
         old_routers = dict(self.routers)
         old_inboxes = {id(i): i for i in self.inboxes.values()}
         old_specs = [r.spec for r in self.chains.values() if hasattr(r, "spec") and hasattr(r.spec, "nodes")]
-        fresh = self._build(new, diff)
+        b = self._build(new, diff)
+        await self._preflight(b, timeout)  # nothing running has changed yet: a failure leaves it all as it was
+        self._commit(b)
         current = {id(r) for r in self.runners()}
         retiring = [r for rid, r in old_runners.items() if rid not in current]
         live_inboxes = {id(i) for i in self.inboxes.values()}
@@ -346,8 +471,31 @@ class Engine:
         for cid in diff.removed:  # their series disappear from /metrics
             old_routers[cid].stats.forget()
         self.signatures = dict(self._signatures_new)
-        await self._start(fresh)
+        try:
+            await self._launch(b.fresh, timeout)
+        except StartFailed as exc:  # a changed onramp: its predecessor is gone, so put the old graph back
+            raise RolledForward(exc) from exc
         return diff
+
+
+class RolledForward(Exception):
+    """A reload took effect and then one of its onramps could not start (internal to ``reload``)."""
+
+    def __init__(self, failure: StartFailed) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+class RollbackFailed(Exception):
+    """A failed reload could not put the previous config back: the daemon cannot go on."""
+
+
+def _construct(cid: str, make: Callable[..., T], *args: Any) -> T:
+    """A plugin made from its config; whatever its constructor raises names the component."""
+    try:
+        return make(*args)
+    except Exception as exc:
+        raise StartFailed(cid, describe(exc)) from exc
 
 
 def _name(runner: Any) -> str:

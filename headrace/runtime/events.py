@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headrace.plugins.base import Codec, DecodeError
+from headrace.plugins.base import Codec
 from headrace.runtime.acks import AckRef
 from headrace.runtime.batch import Batch, unshare
 from headrace.runtime.stage import Ev
@@ -35,8 +35,8 @@ def to_events(batch: Batch, codec: Codec | None) -> tuple[list[Ev], list[tuple[i
         assert raw is not None
         try:
             value = decode(raw)
-        except (DecodeError, RecursionError) as exc:
-            failures.append((i, str(exc) if not isinstance(exc, RecursionError) else "nesting too deep"))
+        except Exception as exc:  # whatever a codec raises for one record concerns that record only
+            failures.append((i, codec.reason(exc)))
             continue
         evs.append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i], acks[i] if acks is not None else None))
     return evs, failures

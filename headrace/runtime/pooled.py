@@ -98,29 +98,39 @@ class PooledChainRunner:
 
     async def run(self) -> None:
         releaser = asyncio.create_task(self.release())
+        intake = asyncio.create_task(self.intake())
         try:
-            while (batch := await self.inbox.get()) is not None:
-                batch = self.merge(batch)
-                n = len(batch)
-                size = self.chunk_size(n)
-                for start in range(0, n, size):
-                    chunk = batch if size >= n else slice_batch(batch, start, start + size)
-                    await self.slots.acquire()
-                    group = batch.group
-                    if batch.origin in self.unordered:
-                        self._seq += 1
-                        group = ("unordered", self._seq)
-                    task = asyncio.create_task(self.run_job(chunk, 0))
-                    task.add_done_callback(lambda _t: self.wake.set())
-                    self.pending.setdefault(group, deque()).append(task)
-            self.wake.set()
-            while self.pending:
-                await asyncio.sleep(0.005)
-                self.wake.set()
+            # a failure to release results (a bug) must fail the component, not hold its records silently
+            await asyncio.wait({releaser, intake}, return_when=asyncio.FIRST_COMPLETED)
+            if releaser.done():
+                raise releaser.exception() or RuntimeError("the releaser of worker results ended")
+            intake.result()
         finally:
             releaser.cancel()
+            intake.cancel()
             for inbox in self.closes:
                 inbox.close()
+
+    async def intake(self) -> None:
+        """Cut queued batches into jobs and dispatch them; ends when the inbox is closed and every job released."""
+        while (batch := await self.inbox.get()) is not None:
+            batch = self.merge(batch)
+            n = len(batch)
+            size = self.chunk_size(n)
+            for start in range(0, n, size):
+                chunk = batch if size >= n else slice_batch(batch, start, start + size)
+                await self.slots.acquire()
+                group = batch.group
+                if batch.origin in self.unordered:
+                    self._seq += 1
+                    group = ("unordered", self._seq)
+                task = asyncio.create_task(self.run_job(chunk, 0))
+                task.add_done_callback(lambda _t: self.wake.set())
+                self.pending.setdefault(group, deque()).append(task)
+        self.wake.set()
+        while self.pending:
+            await asyncio.sleep(0.005)
+            self.wake.set()
 
     def merge(self, batch: Batch) -> Batch:
         """Cheap events: join queued batches of the same kind into one job, up to the target size."""
@@ -177,11 +187,8 @@ class PooledChainRunner:
                 while dq and dq[0].done():
                     task = dq.popleft()
                     self.slots.release()
-                    try:
-                        for chunk, res in task.result():
-                            await self.emit(chunk, res)
-                    except Exception:
-                        log.exception("releasing results of %s failed", self.spec.id)
+                    for chunk, res in task.result():
+                        await self.emit(chunk, res)
                 if not dq:
                     del self.pending[group]
 

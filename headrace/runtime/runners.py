@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
+from headrace.errors import safe_repr, safe_str
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Codec, DecodeError, Offramp, Onramp, Postprocessor, Preprocessor
+from headrace.plugins.base import Codec, Offramp, Onramp, Postprocessor, Preprocessor
 from headrace.runtime.acks import AckRef, done_each
 from headrace.runtime.backoff import Backoff
 from headrace.runtime.batch import Batch, join, joinable, take
@@ -26,6 +27,7 @@ from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.router import ComponentStats, Router
 from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.runtime.starting import StartFailed, describe, start_one
 
 log = logging.getLogger("headrace.runtime")
 
@@ -33,7 +35,8 @@ log = logging.getLogger("headrace.runtime")
 class OnrampRunner:
     """Frames, batches and routes what an onramp reads; implements ``OnrampSink``."""
 
-    def __init__(self, spec: ComponentSpec, plugin: Onramp, pre: list[Preprocessor], router: Router, batch_size: int) -> None:
+    def __init__(self, spec: ComponentSpec, plugin: Onramp, pre: list[Preprocessor], router: Router, batch_size: int,
+                 start_timeout: float = 60.0) -> None:  # fmt: skip
         self.spec = spec
         self.plugin = plugin
         self.pre = pre
@@ -43,7 +46,9 @@ class OnrampRunner:
         self.codec = spec.codec
         self.group = spec.id
         self.task: asyncio.Future[None] | None = None
+        self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.stopped = False
+        self.start_timeout = start_timeout
         self.closes: list[Inbox] = []
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
@@ -51,12 +56,24 @@ class OnrampRunner:
         return self._through(0, [data], rejected), rejected
 
     def _through(self, first: int, chunks: list[bytes], rejected: list[tuple[bytes, str]]) -> list[bytes]:
-        for p in self.pre[first:]:
+        for k in range(first, len(self.pre)):
             out: list[bytes] = []
             for c in chunks:
-                p.feed(c, out, rejected)
+                try:
+                    self.pre[k].feed(c, out, rejected)
+                except Exception as exc:
+                    self._failed(k, exc, c, rejected)
             chunks = out
         return chunks
+
+    def _failed(self, k: int, exc: Exception, chunk: bytes, rejected: list[tuple[bytes, str]]) -> None:
+        """A preprocessor raised: what it was given goes to err (a sample), and it starts afresh so
+        that the rest of the stream is framed again (whatever it held back is named in the reason)."""
+        p = self.pre[k]
+        rejected.append((chunk[:SAMPLE_BYTES], f"preprocessor {p.name or type(p).__name__} failed: {type(exc).__name__}: "
+                                               f"{safe_str(exc)} (it was reset; input it held back is lost)"))  # fmt: skip
+        log.error("onramp %s: preprocessor %s failed on a chunk (to err, reset): %s", self.spec.id, p.name, describe(exc))
+        self.pre[k] = type(p)(p.config)
 
     def _pending(self) -> int:
         """The last preprocessor that kept input back (its output comes before that of earlier ones), or -1."""
@@ -68,7 +85,10 @@ class OnrampRunner:
     def _resume(self, i: int) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         rejected: list[tuple[bytes, str]] = []
         out: list[bytes] = []
-        self.pre[i].resume(out, rejected)
+        try:
+            self.pre[i].resume(out, rejected)
+        except Exception as exc:
+            self._failed(i, exc, b"", rejected)
         return self._through(i + 1, out, rejected), rejected
 
     def _steps(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
@@ -90,9 +110,12 @@ class OnrampRunner:
     def _finish(self) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         records: list[bytes] = []
         rejected: list[tuple[bytes, str]] = []
-        for i, p in enumerate(self.pre):
+        for i in range(len(self.pre)):
             tail: list[bytes] = []
-            p.finish(tail, rejected)
+            try:
+                self.pre[i].finish(tail, rejected)
+            except Exception as exc:
+                self._failed(i, exc, b"", rejected)
             records.extend(self._through(i + 1, tail, rejected))
         return records, rejected
 
@@ -194,15 +217,40 @@ class OnrampRunner:
         await self.router.send("out", batch)
 
     async def _source(self) -> None:
-        await self.plugin.start()
-        await self.plugin.run(self)
+        """Run the source; a source that fails at run time is restarted with backoff for up to
+        ``start_timeout`` (a finite one, such as a file read once, is not: it fails the daemon)."""
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            try:
+                await self.plugin.run(self)
+                return
+            except Exception as exc:
+                if self.plugin.finite or self.stopped:
+                    raise
+                failed_at = time.monotonic()
+                self.stats.error("restart")
+                await self.end_of_stream()  # a record cut short by the failure is not glued to what comes after
+                try:
+                    await self.plugin.stop()
+                except Exception:
+                    log.exception("onramp %s: stop after a failure failed", self.spec.id)
+                while True:
+                    delay = backoff.next()
+                    log.error("onramp %s failed: %s; restarting it in %.1fs", self.spec.id, describe(exc), delay)
+                    await asyncio.sleep(delay)
+                    try:
+                        await start_one(f"onramp {self.spec.id}", self.plugin.start, self.start_timeout)
+                        break
+                    except StartFailed as again:
+                        if time.monotonic() - failed_at > self.start_timeout:
+                            raise
+                        exc = again
 
     async def run(self) -> None:
         try:
             if self.stopped:
                 return
-            # start (connecting, joining a group) and run are one cancellable task: a stop
-            # that arrives while a Kafka onramp still waits for its broker stops it too
+            # the source runs in a task of its own: a stop cancels it, and framing is still flushed
             self.task = asyncio.ensure_future(self._source())
             try:
                 await asyncio.shield(self.task)
@@ -282,14 +330,15 @@ class ChainRunner:
     """
 
     def __init__(self, cid: str, stages: list[Operator], inbox: Inbox, routers: dict[str, Router],
-                 codecs: dict[str, Codec], guard: LoopGuard, metrics: Metrics) -> None:  # fmt: skip
+                 codecs: dict[str, Codec], guard: LoopGuard, metrics: Metrics, stats_from: dict[str, Router] | None = None) -> None:  # fmt: skip
         self.cid = cid
         self.stages = stages
         self.inbox = inbox
         self.routers = routers  # stage id (and onramp ids for decode errors) -> router
         self.codecs = codecs
         self.guard = guard
-        self.stats = {s.id: routers[s.id].stats for s in stages}
+        # ``stats_from``: the routers of a graph being built (``routers`` holds them only once it is in effect)
+        self.stats = {s.id: (stats_from or routers)[s.id].stats for s in stages}
         for s in stages:
             s.guard = guard
             s.context.extra["downstream_full"] = self.downstream_full
@@ -298,6 +347,7 @@ class ChainRunner:
         self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]
         self.holding = {k for k, s in enumerate(stages) if type(s).flush is not Operator.flush}
         self.lock = asyncio.Lock()
+        self.set_up = False
         self.template = Batch(ingest=[], origin=cid, group=cid)  # parent of what ticks and flushes produce
 
     def downstream_full(self) -> bool:
@@ -311,7 +361,11 @@ class ChainRunner:
             self.stats[first].received_bytes.inc(batch.nbytes)
             if len(self.stages) == 1 and batch.metas is not None:
                 t0 = time.perf_counter()
-                routed = self.stages[0].route_metas(batch.metas)
+                try:
+                    routed = self.stages[0].route_metas(batch.metas)
+                except Exception:  # the fast path failed: the general path below routes each event (or to err)
+                    log.exception("stage %s: route_metas failed; using process", first)
+                    routed = None
                 if routed is not None:
                     self.guard.report(first, time.perf_counter() - t0)
                     await self.emit_routed(batch, routed)
@@ -443,11 +497,17 @@ class ChainRunner:
         for sid, port, b in out_batches:
             await self.routers[sid].send(port, b)
 
+    async def start(self) -> None:
+        """Set up the stages (once, before the first batch); what ``setup`` raises fails the start."""
+        for st in self.stages:
+            st.setup()
+        self.set_up = True
+
     async def run(self) -> None:
         ticker: asyncio.Task[None] | None = None
         try:
-            for st in self.stages:
-                st.setup()
+            if not self.set_up:  # run without start (the engine starts first; tests may not)
+                await self.start()
             if self.ticking:
                 ticker = asyncio.create_task(self.tick_forever(), name=f"headrace:tick:{self.cid}")
             while (batch := await self.inbox.get()) is not None:
@@ -483,6 +543,7 @@ class OfframpRunner:
         self.with_meta = with_meta
         self.router: Router | None = None
         self.closes: list[Inbox] = []
+        self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
 
     def encode(self, batch: Batch) -> tuple[list[bytes], list[tuple[int, str]]]:
@@ -506,9 +567,31 @@ class OfframpRunner:
                     value = {"event": value, "meta": batch.meta(i)}
                 out.append(encode(value))
             except Exception as exc:
-                out.append(repr(values[i] if values is not None else raw).encode())
-                bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {exc}"))
+                out.append(safe_repr(values[i] if values is not None else raw).encode("utf-8", "backslashreplace"))
+                bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {safe_str(exc)}"))
         return out, bad
+
+    def postprocess(self, records: list[bytes]) -> tuple[list[bytes], list[tuple[int, str]]]:
+        """The chunks to write, and the records a postprocessor raised on (index, reason): when the
+        batch fails, each record is tried alone to find them (the others are then written)."""
+        chunks = records
+        try:
+            for p in self.post:
+                chunks = p.process(chunks)
+            return chunks, []
+        except Exception as exc:
+            failure = exc
+        bad = []
+        for i, r in enumerate(records):
+            one = [r]
+            try:
+                for p in self.post:
+                    one = p.process(one)
+            except Exception as exc:
+                bad.append((i, f"postprocessor {p.name or type(p).__name__} failed: {type(exc).__name__}: {safe_str(exc)}"))
+        if not bad:  # only the batch as a whole fails: no record to blame, so the offramp fails (loudly)
+            raise failure
+        return [], bad
 
     async def validate(self, batch: Batch) -> Batch:
         """Records that reach an offramp straight from an onramp were never decoded: check them
@@ -520,8 +603,8 @@ class OfframpRunner:
         for i, raw in enumerate(batch.payloads or []):
             try:
                 codec.decode(raw)  # type: ignore[arg-type]
-            except (DecodeError, RecursionError) as exc:
-                bad.append((i, str(exc) if isinstance(exc, DecodeError) else "nesting too deep"))
+            except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                bad.append((i, codec.reason(exc)))
         if not bad:
             return batch
         self.routers[batch.origin].stats.error("decode", len(bad))
@@ -573,7 +656,8 @@ class OfframpRunner:
                 if limit:
                     batch = self.coalesce(batch, limit)
                 await self.deliver(batch)
-            await self.plugin.flush()
+            if self.started:
+                await self.plugin.flush()
         finally:
             for inbox in self.closes:
                 inbox.close()
@@ -606,9 +690,12 @@ class OfframpRunner:
             batch, records = await self.reject(batch, records, bad, as_text=True)
             n = len(batch)
         chunks = records
-        if not self.plugin.frames_itself:
-            for p in self.post:
-                chunks = p.process(chunks)
+        if not self.plugin.frames_itself and self.post:
+            chunks, bad = self.postprocess(records)
+            if bad:  # a record a postprocessor cannot take goes to err; the rest is written
+                batch, records = await self.reject(batch, records, bad, as_text=True)
+                n = len(batch)
+                chunks, _ = self.postprocess(records)
         backoff = Backoff()
         while True:
             try:

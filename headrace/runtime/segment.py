@@ -140,8 +140,7 @@ class SegmentProgram:
             lens.frombytes(req.lens)
             codec = self.codec(req.codec)
             # the codec's raw loader when it has one (no Python frame per record), else decode()
-            decode, errors = codec.loader()
-            caught: tuple[type[BaseException], ...] = (*errors, RecursionError)
+            decode, _errors = codec.loader()
             view = memoryview(req.blob)[req.start :]  # a view avoids a copy per record
             mv: bytes | memoryview = view if codec.takes_buffer else bytes(view)
             pos = 0
@@ -152,7 +151,7 @@ class SegmentProgram:
                 pos = end
                 try:
                     value = decode(raw)
-                except caught as exc:
+                except Exception as exc:  # whatever a codec raises for one record concerns that record only
                     failures.append((i, codec.reason(exc)))
                     continue
                 append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i]))  # type: ignore[arg-type]
@@ -365,11 +364,14 @@ class FusedChain:
                         continue
                     try:
                         value = viewer.recover(raw, exc)  # type: ignore[arg-type]
-                    except plain as exc2:
+                    except Exception as exc2:
                         failures.append((i, codec.reason(exc2)))
                         continue
                     finally:
                         decode = viewer.parse  # recovery may have taken a fresh parser
+                except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                    failures.append((i, codec.reason(exc)))
+                    continue
                 meta = {} if metas is None else metas[i]
                 self.meta = meta
                 self.src = i

@@ -60,7 +60,7 @@ onramps:
     assert r.stdout == b""
     path = tmp_path / "bad.yaml"
     assert r.stderr.decode().splitlines() == [
-        f"{path}:2:19: daemon.workers: expected auto or a number >= 0",
+        f"{path}:2:19: daemon.workers: expected auto or a number from 0 to 1024",
         f"{path}:4:22: unknown key 'cdec' in onramps.src (expected one of: codec, config, ordered, preprocessors, type)",
     ]
 

@@ -276,7 +276,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:12: daemon.workers: expected auto or a number >= 0",
+            "3:12: daemon.workers: expected auto or a number from 0 to 1024",
         ],
         id="workers_string",
     ),
@@ -290,7 +290,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "2:19: daemon.workers: expected auto or a number >= 0",
+            "2:19: daemon.workers: expected auto or a number from 0 to 1024",
         ],
         id="workers_negative",
     ),

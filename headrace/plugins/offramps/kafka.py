@@ -26,6 +26,11 @@ log = logging.getLogger("headrace.kafka")
 PARTITIONS_TTL = 30.0
 
 
+# producer options headrace sets itself from the offramp's settings
+PRODUCER_MANAGED = ("bootstrap_servers", "acks", "linger_ms", "max_batch_size", "max_request_size", "compression_type",
+                    "request_timeout_ms", "enable_idempotence", "key_serializer", "value_serializer", "partitioner")  # fmt: skip
+
+
 class KafkaOfframpConfig(PluginConfig):
     brokers: list[str] | str = Field(description="bootstrap servers, host:port")
     topic: str | None = Field(None, description="fixed topic (or use topic_expr)")
@@ -68,6 +73,11 @@ class KafkaOfframp(Offramp):
     def check(self) -> None:
         if (self.cfg.topic is None) == (self.cfg.topic_expr is None):
             raise ValueError("set exactly one of topic and topic_expr")
+        from aiokafka import AIOKafkaProducer
+
+        from headrace.plugins.kafka_client import check_client_options
+
+        check_client_options(AIOKafkaProducer, self.cfg.client, PRODUCER_MANAGED)
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer

@@ -44,15 +44,28 @@ class FileOnramp(Onramp):
         self.cfg = config
         self.path = str(context.resolve(config.path))
         self.finite = not config.follow
+        self.file: IO[bytes] | None = None
+
+    async def start(self) -> None:
+        """A file read once must exist now (start-up fails naming it otherwise); a followed one may appear later."""
+        if not self.cfg.follow and self.file is None:
+            self.file = open_any(self.path)
+        self.ready = True
 
     async def run(self, sink: OnrampSink) -> None:
-        self.ready = True
         if not self.cfg.follow:
-            with open_any(self.path) as f:
+            f = self.file or open_any(self.path)
+            self.file = None
+            with f:
                 while chunk := f.read(self.cfg.read_size):
                     await sink.chunk(chunk)
             return
         await self._follow(sink)
+
+    async def stop(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     async def _follow(self, sink: OnrampSink) -> None:
         f: Any = None

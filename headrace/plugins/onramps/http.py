@@ -64,16 +64,27 @@ class HttpOnramp(Onramp):
         self.pending = 0  # events handed to the graph and not yet done
         self.runner: web.AppRunner | None = None
         self.sink: FramingSink | None = None
+        self.sink_set = asyncio.Event()
 
-    async def run(self, sink: OnrampSink) -> None:
-        self.sink = framing_sink(sink)
+    async def start(self) -> None:
+        """Listen now: a port in use fails the start (naming this onramp), not a later moment."""
         app = web.Application(client_max_size=self.cfg.max_body_bytes)
         app.router.add_post(self.cfg.path, self.handle)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self._shutdown()
+            raise
         log.info("%s: listening on http://%s:%d%s", self.context.component_id, self.cfg.host, self.cfg.port, self.cfg.path)
+
+    async def run(self, sink: OnrampSink) -> None:
+        self.sink = framing_sink(sink)
+        if self.runner is None:  # run without start (the engine always starts first)
+            await self.start()
+        self.sink_set.set()
         self.ready = True
         try:
             await asyncio.Event().wait()  # until cancelled (stop)
@@ -116,6 +127,7 @@ class HttpOnramp(Onramp):
         return {"http_path": request.path, "http_method": request.method, "http_headers": headers}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        await self.sink_set.wait()  # a request between start and run waits for the graph
         assert self.sink is not None
         if self.pending >= self.cfg.max_pending_events:
             busy = self._error(503, "too many events in flight; retry later", **{"Retry-After": str(self.cfg.retry_after)})

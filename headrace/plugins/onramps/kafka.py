@@ -25,6 +25,11 @@ from headrace.runtime.backoff import Backoff
 log = logging.getLogger("headrace.kafka")
 
 
+# consumer options headrace sets itself: the group and its timing, where to start, and commits
+CONSUMER_MANAGED = ("topics", "bootstrap_servers", "group_id", "enable_auto_commit", "auto_offset_reset", "session_timeout_ms",
+                    "heartbeat_interval_ms", "key_deserializer", "value_deserializer")  # fmt: skip
+
+
 class KafkaOnrampConfig(PluginConfig):
     brokers: list[str] | str = Field(description="bootstrap servers, host:port (a list or a comma-separated string)")
     topics: list[str] = Field(min_length=1, description="topics to consume")
@@ -84,7 +89,11 @@ class KafkaOnramp(Onramp):
         self.metrics = context.extra.get("metrics")
 
     def check(self) -> None:
-        import aiokafka  # noqa: F401 - a missing dependency is a config error, found by check
+        from aiokafka import AIOKafkaConsumer  # a missing dependency is a config error, found by check
+
+        from headrace.plugins.kafka_client import check_client_options
+
+        check_client_options(AIOKafkaConsumer, self.cfg.client, CONSUMER_MANAGED)
 
     @property
     def brokers(self) -> list[str]:

@@ -51,6 +51,7 @@ class UdpOnramp(Onramp):
         super().__init__(config, context)
         self.cfg = config
         self.transport: asyncio.DatagramTransport | None = None
+        self.queue: asyncio.Queue[tuple[bytes, Any]] | None = None
         self.dropped = 0
         self._last_drop_log = 0.0
         metrics = context.extra.get("metrics")
@@ -67,13 +68,21 @@ class UdpOnramp(Onramp):
             self._last_drop_log = now
             log.warning("%s: graph full, dropping datagrams (%d so far)", self.context.component_id, self.dropped)
 
-    async def run(self, sink: OnrampSink) -> None:
-        fsink = framing_sink(sink)
-        queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue(self.cfg.queue_datagrams)
+    async def start(self) -> None:
+        """Bind now: a port in use fails the start (naming this onramp), not a later moment."""
+        self.queue = asyncio.Queue(self.cfg.queue_datagrams)
+        queue = self.queue
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
             lambda: _Receiver(queue, self._drop), local_addr=(self.cfg.host, self.cfg.port)
         )
+
+    async def run(self, sink: OnrampSink) -> None:
+        fsink = framing_sink(sink)
+        if self.transport is None:  # run without start (the engine always starts first)
+            await self.start()
+        queue = self.queue
+        assert queue is not None and self.transport is not None
         self.ready = True
         try:
             while True:

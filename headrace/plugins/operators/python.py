@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from headrace import _emit
+from headrace.config.units import Duration
 from headrace.plugins.base import PluginConfig, PluginContext
 from headrace.runtime.stage import Emit, Ev, Operator, Placement
 
@@ -35,6 +36,8 @@ class PythonConfig(PluginConfig):
                                          "Sequences); false: a dict")
     ports: list[str] = Field(default_factory=list, description="extra ports reachable with headrace.emit(port, event)")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a class stage's constructor")
+    timeout: Duration = Field(30.0, gt=0, description="async stages: time one event may take; then it is cancelled and goes to err "
+                                                       "(TimeoutError), so one hung await cannot hold the chain")
 
 
 _SOURCES: dict[str, bytes] = {}  # module name -> digest of the source it was imported from
@@ -165,6 +168,7 @@ class PythonOperator(Operator):
         fn = self.fn
         assert fn is not None, "setup() was not called"
         sem = asyncio.Semaphore(self.concurrency)
+        timeout = self.cfg.timeout
         results: list[Any] = [None] * len(evs)
         failed: list[BaseException | None] = [None] * len(evs)
         stage_id = self.id
@@ -175,7 +179,9 @@ class PythonOperator(Operator):
                 _emit.current_event.set(ev)
                 try:
                     coro = fn(ev.value, ev.meta)
-                    results[i] = await (self.guard.timed(stage_id, coro) if self.guard is not None else coro)
+                    results[i] = await asyncio.wait_for(self.guard.timed(stage_id, coro) if self.guard is not None else coro, timeout)
+                except TimeoutError:
+                    failed[i] = TimeoutError(f"the stage did not finish this event within its timeout ({timeout:g}s)")
                 except Exception as exc:
                     failed[i] = exc
                 finally:
