@@ -204,6 +204,8 @@ class Daemon:
                 else:
                     log.info("reload requested while one is in progress: the config file is read again after it")
                     reloading.add_done_callback(lambda _t: self.signals.put_nowait("hup"))
+            elif name == "stop" and (deadline is not None or stop_after_reload):
+                continue  # a component asking for the stop that is already under way
             elif deadline is None and not stop_after_reload:
                 if reloading is not None:
                     log.info("stop requested during a reload: draining once the reload is done")

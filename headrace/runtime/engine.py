@@ -215,8 +215,6 @@ class Engine:
                 r2 = OfframpRunner(c, plugin_off, self.codec(c.codec, g), post, inboxes[c.id], routers[c.id].stats,
                                    self.codecs, self.routers, self.metrics, with_meta)  # fmt: skip
                 fresh.append(r2)
-                if plugin_off.frames_itself:  # it gets one record per event and frames groups of them itself
-                    plugin_off.postprocess = _chain(post)
             offramps[c.id] = r2
         added = {c.id for c in g.of_kind("onramp") if c.id not in self.onramps}
         return Build(g, fresh, onramps, chain_runners, offramps, inboxes, routers, retarget, new_chain_sigs, added, segments)
@@ -287,7 +285,9 @@ class Engine:
         """Start what ``b`` adds before anything running changes: offramps, worker segments, and
         onramps new to the graph. A failure stops them again and raises ``StartFailed``."""
         offs = [r for r in b.fresh if isinstance(r, OfframpRunner)]
-        ons = [r for r in b.fresh if isinstance(r, OnrampRunner) and r.spec.id in b.added_onramps]
+        # at a reload, an added onramp starts before anything changes (a failure then leaves all as it
+        # was); at start-up each onramp starts in its own task and runs at once (``_launch``)
+        ons = [r for r in b.fresh if isinstance(r, OnrampRunner) and r.spec.id in b.added_onramps] if self.started else []
         loops = [r for r in b.fresh if isinstance(r, ChainRunner)]
         try:
             await start_all([(f"offramp {r.spec.id}", r.plugin.start) for r in offs], timeout)
@@ -323,26 +323,28 @@ class Engine:
             if cid not in kept:
                 router.stats.forget()
 
-    async def _launch(self, runners: list[Any], timeout: float) -> None:
-        """Run ``runners`` (committed): onramps not started yet start now (a changed onramp only
-        after its predecessor released what it held). On ``StartFailed`` every runner still gets
-        its task, the failed onramps stopped, so the graph drains and ends cleanly."""
+    async def _launch(self, runners: list[Any]) -> None:
+        """Run ``runners`` (committed). Onramps not started yet (all of them at start-up; at a reload
+        those that changed, whose predecessors have now released what they held) start in their own
+        tasks, each running as soon as it has started: one slow to connect does not hold the others.
+        Returns once all have started; raises ``StartFailed`` for the first that could not (the
+        caller then stops intake, so that the graph drains and ends cleanly)."""
+        loop = asyncio.get_running_loop()
         late = [r for r in runners if isinstance(r, OnrampRunner) and not r.started]
-        try:
-            await start_all([(f"onramp {r.spec.id}", r.plugin.start) for r in late], timeout)
-            for r in late:
-                r.started = True
-        except BaseException:
-            for r in late:
-                r.stopped = True
-            raise
-        finally:
-            order = [r for r in runners if isinstance(r, OfframpRunner)] + [r for r in runners if not isinstance(r, (OfframpRunner, OnrampRunner))]
-            order += [r for r in runners if isinstance(r, OnrampRunner)]
-            for runner in order:
-                task = asyncio.create_task(runner.run(), name=f"headrace:{_name(runner)}")
-                task.add_done_callback(self._ended)
-                self.tasks[id(runner)] = task
+        for r in late:
+            r.started_future = loop.create_future()
+        order = [r for r in runners if isinstance(r, OfframpRunner)] + [r for r in runners if not isinstance(r, (OfframpRunner, OnrampRunner))]
+        order += [r for r in runners if isinstance(r, OnrampRunner)]
+        for runner in order:
+            task = asyncio.create_task(runner.run(), name=f"headrace:{_name(runner)}")
+            task.add_done_callback(self._ended)
+            self.tasks[id(runner)] = task
+        pending: set[asyncio.Future[None]] = {r.started_future for r in late if r.started_future is not None}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if not fut.cancelled() and fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -366,7 +368,7 @@ class Engine:
         self._commit(b)
         self.signatures = dict(self._signatures_new)
         self.started = True
-        await self._launch(b.fresh, timeout)
+        await self._launch(b.fresh)
 
     async def wait(self) -> None:
         """Until every runner has finished (sources ended or stopped, graph drained)."""
@@ -472,7 +474,7 @@ class Engine:
             old_routers[cid].stats.forget()
         self.signatures = dict(self._signatures_new)
         try:
-            await self._launch(b.fresh, timeout)
+            await self._launch(b.fresh)
         except StartFailed as exc:  # a changed onramp: its predecessor is gone, so put the old graph back
             raise RolledForward(exc) from exc
         return diff
@@ -501,12 +503,3 @@ def _construct(cid: str, make: Callable[..., T], *args: Any) -> T:
 def _name(runner: Any) -> str:
     spec = getattr(runner, "spec", None)
     return str(getattr(spec, "id", None) or getattr(runner, "cid", "?"))
-
-
-def _chain(post: list[Any]) -> Callable[[list[bytes]], list[bytes]]:
-    def run(records: list[bytes]) -> list[bytes]:
-        for p in post:
-            records = p.process(records)
-        return records
-
-    return run

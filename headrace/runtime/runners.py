@@ -46,7 +46,8 @@ class OnrampRunner:
         self.codec = spec.codec
         self.group = spec.id
         self.task: asyncio.Future[None] | None = None
-        self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
+        self.started = False  # the plugin's start() returned (``run`` starts it unless the engine did)
+        self.started_future: asyncio.Future[None] | None = None  # resolved once started (or failed to)
         self.stopped = False
         self.start_timeout = start_timeout
         self.closes: list[Inbox] = []
@@ -246,9 +247,34 @@ class OnrampRunner:
                             raise
                         exc = again
 
+    async def _start(self) -> bool:
+        """Start the plugin (within ``start_timeout``) unless it was; resolves ``started_future``.
+        False: it could not start, or a stop came first."""
+        failure: BaseException | None = None
+        if not self.started:
+            self.task = asyncio.ensure_future(start_one(f"onramp {self.spec.id}", self.plugin.start, self.start_timeout))
+            try:
+                await asyncio.shield(self.task)
+                self.started = True
+            except asyncio.CancelledError:
+                if not self.task.cancelled():  # this runner was cancelled, not just its start
+                    self.task.cancel()
+                    raise
+                failure = StartFailed(f"onramp {self.spec.id}", "stopped while starting")
+            except StartFailed as exc:
+                failure = exc
+        fut = self.started_future
+        if fut is not None and not fut.done():
+            if failure is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(failure)
+                fut.exception()  # retrieved: nobody may be waiting any more (a stop during start-up)
+        return failure is None and not self.stopped
+
     async def run(self) -> None:
         try:
-            if self.stopped:
+            if self.stopped or not await self._start():
                 return
             # the source runs in a task of its own: a stop cancels it, and framing is still flushed
             self.task = asyncio.ensure_future(self._source())
@@ -528,6 +554,45 @@ class ChainRunner:
                 inbox.close()
 
 
+class SelfFraming:
+    """The postprocessors, as given to an offramp that frames groups of records itself (a file
+    per path). A record they raise on is left out of what the offramp writes and remembered,
+    so that the runner sends it to err after the write instead of retrying it forever."""
+
+    def __init__(self, post: list[Postprocessor]) -> None:
+        self.post = post
+        self.refused: dict[int, str] = {}  # id() of a record object -> why
+
+    def run(self, records: list[bytes]) -> list[bytes]:
+        for p in self.post:
+            records = p.process(records)
+        return records
+
+    def __call__(self, records: list[bytes]) -> list[bytes]:
+        try:
+            return self.run(records)
+        except Exception as exc:
+            failure = exc
+        ok = []
+        for r in records:
+            try:
+                self.run([r])
+                ok.append(r)
+            except Exception as exc:
+                self.refused[id(r)] = f"postprocessor failed: {type(exc).__name__}: {safe_str(exc)}"
+        if len(ok) == len(records):  # only the group as a whole fails: no record to blame
+            raise failure
+        return self.run(ok) if ok else []
+
+    def take_refused(self, chunks: list[bytes]) -> list[tuple[int, str]]:
+        """(index in ``chunks``, reason) of the records left out of the last write."""
+        if not self.refused:
+            return []
+        out = [(i, self.refused[id(c)]) for i, c in enumerate(chunks) if id(c) in self.refused]
+        self.refused.clear()
+        return out
+
+
 class OfframpRunner:
     def __init__(self, spec: ComponentSpec, plugin: Offramp, codec: Codec, post: list[Postprocessor], inbox: Inbox,
                  stats: ComponentStats, codecs: dict[str, Codec], routers: dict[str, Router], metrics: Metrics,
@@ -545,6 +610,9 @@ class OfframpRunner:
         self.closes: list[Inbox] = []
         self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
+        self.framing: SelfFraming | None = None
+        if plugin.frames_itself:  # it gets one record per event and frames groups of them itself
+            self.framing = plugin.postprocess = SelfFraming(post)
 
     def encode(self, batch: Batch) -> tuple[list[bytes], list[tuple[int, str]]]:
         """Encoded records (b"" where encoding failed), and the failures with their reasons."""
@@ -631,7 +699,9 @@ class OfframpRunner:
             m["error"] = {"stage": self.spec.id, "type": "Rejected", "message": bad[i]}
             metas.append(m)
         # records refused by the peer are valid in this codec; ones that could not be encoded travel as text
-        err = Batch(payloads=[records[i] for i in idx], values=[records[i].decode("utf-8", "backslashreplace") for i in idx] if as_text else None,
+        # the values themselves when the batch has them: the err target's codec may carry what this one could not
+        texts = [batch.values[i] if batch.values is not None else records[i].decode("utf-8", "backslashreplace") for i in idx] if as_text else None
+        err = Batch(payloads=[records[i] for i in idx], values=texts,
                     metas=metas, ingest=[batch.ingest[i] for i in idx], acks=[batch.acks[i] for i in idx] if batch.acks is not None else None,
                     codec="binary" if as_text else self.spec.codec,
                     origin=batch.origin, group=batch.group)  # fmt: skip
@@ -716,6 +786,8 @@ class OfframpRunner:
                 delay = backoff.next()
                 log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, exc)
                 await asyncio.sleep(delay)
+        if self.framing is not None and (refused := self.framing.take_refused(chunks)):
+            rejected = sorted({**dict(refused), **dict(rejected or [])}.items())
         if rejected:
             batch, records = await self.reject(batch, records, rejected)
             n = len(batch)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headrace.errors import safe_repr
 from headrace.plugins import registry
 from headrace.plugins.base import Codec, PluginContext, ViewLoader
 from headrace.runtime.batch import share_equal, unshare
@@ -164,9 +165,9 @@ class SegmentProgram:
         unencodable: dict[str, list[Ev]] = {}
         pos = 0
 
-        def add(node: str, port: str, evs: list[Ev]) -> None:
+        def add(node: str, port: str, evs: list[Ev], codec: str | None = None) -> None:
             nonlocal pos
-            target = self.spec.exits.get((node, port)) or req.codec
+            target = codec or self.spec.exits.get((node, port)) or req.codec
             same = target == req.codec and req.values is None
             encode = self.codec(target).encode
             start = pos
@@ -202,8 +203,8 @@ class SegmentProgram:
         for node, evs in list(unencodable.items()):
             del unencodable[node]
             for ev in evs:
-                ev.value, ev.raw = repr(ev.value), None  # every codec can carry a string
-            add(node, "err", evs)
+                ev.value, ev.raw = safe_repr(ev.value), None
+            add(node, "err", evs, "binary")  # as text: the codec of the err port's target may refuse the value again
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
 
 
@@ -482,7 +483,7 @@ class FusedChain:
         blob = b"".join(parts)
         if outputs or unencodable:  # err and emitted ports: the batch-wise encoder, after the out blob
             for ev in unencodable:
-                ev.value, ev.raw = repr(ev.value), None
+                ev.value, ev.raw = safe_repr(ev.value), None
                 outputs.setdefault((ev.meta["error"]["stage"], "err"), []).append(ev)
             more = self.prog.encode(req, outputs, counts, [], t0)
             for o in more.outputs:

@@ -29,9 +29,14 @@ class StartFailed(Exception):
 
 
 def describe(exc: BaseException) -> str:
-    """An exception as one line for an operator: its type and message."""
+    """An exception as one line for an operator: its type and message, and its cause's when
+    that says more (an event loop's "could not bind" wraps the "Address already in use")."""
     text = safe_str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and safe_str(cause) not in text:
+        line += f" ({safe_str(cause)})"
+    return line
 
 
 async def start_one(component: str, start: Callable[[], Awaitable[None]], timeout: float) -> None:
