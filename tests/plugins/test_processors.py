@@ -222,3 +222,63 @@ def test_postprocessors_emit_one_chunk_per_batch() -> None:
     records: Any = [b"a", b"bc"]
     assert LengthPrefixedPostprocessor().process(records) == [b"\x00\x00\x00\x01a\x00\x00\x00\x02bc"]
     assert LengthPrefixedPostprocessor().process([]) == []
+
+
+# -- framing does not depend on where reads split the stream (issue 12, class 21) ----------------
+
+
+def _framers() -> dict[str, Any]:
+    """Preprocessor chains as onramps use them (base64 and decompressors see what a framer gives)."""
+    from headrace.plugins.processors.lines import LinesConfig, LinesPreprocessor
+
+    def lines(**kw: Any) -> Preprocessor:
+        return LinesPreprocessor(LinesConfig(max_line_bytes=16, **kw))
+
+    return {
+        "lines": lambda: [lines()],
+        "lines crlf": lambda: [lines(separator="\r\n")],
+        "lines ||": lambda: [lines(separator="||")],
+        "lines |||": lambda: [lines(separator="|||")],
+        "length-prefixed": lambda: [LengthPrefixedPreprocessor(LengthPrefixedConfig(max_frame_bytes=16))],
+        "lines, base64": lambda: [lines(), Base64Preprocessor()],
+    }
+
+
+def _run_chain(chain: list[Preprocessor], pieces: list[bytes]) -> tuple[list[bytes], Rejected]:
+    """Feed ``pieces`` through ``chain`` the way an onramp does (each stage gets what the one before gave)."""
+    rejected: Rejected = []
+    records: list[bytes] = []
+    for piece in [*pieces, None]:
+        chunks = [piece] if piece is not None else []
+        for p in chain:
+            out: list[bytes] = []
+            for c in chunks:
+                p.feed(c, out, rejected)
+            if piece is None:  # end of stream: this stage's tail goes on through the rest
+                tail: list[bytes] = []
+                p.finish(tail, rejected)
+                out += tail
+            chunks = out
+        records += chunks
+    return records, rejected
+
+
+# streams made of the bytes that matter to the framers (separators, \r, base64 padding), long runs included
+stream_bytes = st.lists(st.sampled_from([b"a", b"b", b"\n", b"\r", b"|", b"=", b"\x00", b"\x10", b"a" * 20, b"\r\n", b"||"]), max_size=40).map(b"".join)
+
+
+@pytest.mark.parametrize("name", list(_framers()))
+@settings(max_examples=300, deadline=None)
+@given(data=stream_bytes, cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=8))
+def test_framing_is_the_same_wherever_reads_split_the_stream(name: str, data: bytes, cuts: list[int]) -> None:
+    make = _framers()[name]
+
+    def run_chain(chain: list[Preprocessor], pieces: list[bytes]) -> tuple[list[bytes], Rejected]:
+        records, rejected = _run_chain(chain, pieces)
+        return records, sorted(rejected)  # the order of rejections of different stages may follow the reads
+
+    whole = run_chain(make(), [data])
+    byte_by_byte = run_chain(make(), [data[i : i + 1] for i in range(len(data))])
+    pieces = run_chain(make(), split(data, cuts))
+    assert pieces == whole, f"{name}: split {split(data, cuts)!r}"
+    assert byte_by_byte == whole, f"{name}: one byte at a time"

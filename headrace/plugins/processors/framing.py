@@ -45,9 +45,8 @@ class LengthPrefixedPreprocessor(Preprocessor):
         while end - pos >= HEADER:
             (size,) = _LEN.unpack_from(buf, pos)
             if size > self.max:
-                rejected.append(
-                    (bytes(buf[pos : pos + SAMPLE]), f"frame length {size} over max_frame_bytes ({self.max}); rest of the stream dropped")
-                )
+                # the sample is the length header itself: the same however reads split the stream
+                rejected.append((bytes(buf[pos : pos + HEADER]), f"frame length {size} over max_frame_bytes ({self.max}); rest of the stream dropped"))
                 self.broken = True
                 buf.clear()
                 return

@@ -27,6 +27,8 @@ class LinesPreprocessor(Preprocessor):
         self.sep = cfg.separator.encode()
         self.buf = bytearray()
         self.discarding = False  # inside an over-long line: drop until the next separator
+        self.tail = b""  # while discarding, with a separator of several bytes: the last bytes read, which may begin one
+        self.sample = min(SAMPLE, self.max + 1)
 
     def _emit(self, line: bytes, out: list[bytes]) -> None:
         if line.endswith(b"\r"):
@@ -34,8 +36,21 @@ class LinesPreprocessor(Preprocessor):
         if line:
             out.append(line)
 
+    def _too_long(self, line: bytes | bytearray, rejected: list[tuple[bytes, str]]) -> None:
+        # the sample is the line's first bytes, as many as were certainly buffered however reads split it
+        rejected.append((bytes(line[: self.sample]), f"line longer than {self.max} bytes"))
+
     def feed(self, chunk: bytes, out: list[bytes], rejected: list[tuple[bytes, str]]) -> None:
         sep, start = self.sep, 0
+        if len(sep) > 1 and self.buf and not self.discarding:
+            # a separator may straddle the previous read and this one: look at them together
+            keep = len(sep) - 1
+            tail = bytes(self.buf[-keep:])
+            del self.buf[-keep:]
+            chunk = tail + chunk
+        elif len(sep) > 1 and self.discarding and self.tail:
+            chunk = self.tail + chunk
+        self.tail = b""
         while True:
             idx = chunk.find(sep, start)
             if idx < 0:
@@ -47,25 +62,35 @@ class LinesPreprocessor(Preprocessor):
                 line = bytes(self.buf)
                 self.buf.clear()
                 if len(line) > self.max:
-                    rejected.append((line[:SAMPLE], f"line longer than {self.max} bytes"))
+                    self._too_long(line, rejected)
                 else:
                     self._emit(line, out)
             elif idx - start > self.max:
-                rejected.append((chunk[start : start + SAMPLE], f"line longer than {self.max} bytes"))
+                self._too_long(chunk[start:idx], rejected)
             else:
                 self._emit(chunk[start:idx], out)
             start = idx + len(sep)
-        if start < len(chunk) and not self.discarding:
+        if start < len(chunk):
+            if self.discarding:
+                self.tail = chunk[-(len(sep) - 1) :] if len(sep) > 1 else b""  # a separator may begin here
+                return
             self.buf += chunk[start:]
-            if len(self.buf) > self.max:
-                rejected.append((bytes(self.buf[:SAMPLE]), f"line longer than {self.max} bytes"))
+            # over the bound: rejected now, not buffered whole; a trailing partial separator
+            # (len(sep) - 1 bytes) is not part of the line yet
+            if len(self.buf) - (len(sep) - 1) > self.max:
+                self._too_long(self.buf, rejected)
+                self.tail = bytes(self.buf[-(len(sep) - 1) :]) if len(sep) > 1 else b""
                 self.buf.clear()
                 self.discarding = True
 
     def finish(self, out: list[bytes], rejected: list[tuple[bytes, str]]) -> None:
         if self.buf and not self.discarding:
-            self._emit(bytes(self.buf), out)
+            if len(self.buf) > self.max:
+                self._too_long(self.buf, rejected)
+            else:
+                self._emit(bytes(self.buf), out)
         self.buf.clear()
+        self.tail = b""
         self.discarding = False
 
 
