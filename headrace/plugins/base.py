@@ -88,6 +88,16 @@ class Codec:
         with a C-level parser return it here so workers call it with no Python frame per record."""
         return self.decode, (DecodeError,)
 
+    def validator(self) -> Callable[[Any], Any]:
+        """A function that raises for a record ``decode`` would refuse; its result is not used
+        (records going straight from an onramp to an offramp are checked, not decoded)."""
+        return self.loader()[0]
+
+    def loader_for(self, blob: bytes | memoryview) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
+        """``loader()`` for the records of ``blob`` (a worker job): a codec may pick a faster
+        function when it can tell from the whole blob at once that it suffices."""
+        return self.loader()
+
     def view_loader(self) -> ViewLoader | None:
         """A loader of read-only views for stages that never modify events (``readonly``), or
         None. Views only need to be read (``[]``, ``get``, ``in``, iteration, ``len``)."""

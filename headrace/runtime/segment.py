@@ -140,8 +140,9 @@ class SegmentProgram:
             lens = array("I")
             lens.frombytes(req.lens)
             codec = self.codec(req.codec)
-            # the codec's raw loader when it has one (no Python frame per record), else decode()
-            decode, _errors = codec.loader()
+            # the codec's raw loader when it has one (no Python frame per record), else decode(); the whole
+            # message is looked at, not sliced: a false alarm from the header costs only speed
+            decode, _errors = codec.loader_for(req.blob)
             view = memoryview(req.blob)[req.start :]  # a view avoids a copy per record
             mv: bytes | memoryview = view if codec.takes_buffer else bytes(view)
             pos = 0
@@ -307,7 +308,7 @@ class FusedChain:
 
         prog = self.prog
         codec = prog.codec(req.codec)
-        decode, errors = codec.loader()
+        decode, errors = codec.loader() if self.views else codec.loader_for(req.blob)  # views: the view loader decides
         viewer = None
         if self.views:
             if req.codec not in self.viewers:

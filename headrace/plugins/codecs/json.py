@@ -1,5 +1,12 @@
 """JSON through orjson. Nesting deeper than orjson's limit (1024) or ``max_event_depth`` is rejected.
 
+Integers beyond 64 bits are kept exact: orjson would read them as floats, so a record whose
+bytes hold a run of 19 or more digits is read again with the standard library's parser
+(slower, and rare), and a value holding such an integer is written with it. A stage thus
+sees, and a modified record carries, the integer that came in. Duplicate keys in an object:
+the last one wins, as in JavaScript's ``JSON.parse``, Python and Go; a record nobody modified
+leaves as its original bytes, duplicates included.
+
 Stages declared ``readonly`` may read records through a lazy, read-only view
 (pysimdjson, when installed): parsing builds no Python objects until a field is read,
 which is several times cheaper than building the whole dict for a stage that reads
@@ -10,6 +17,7 @@ accepted, and the reason given for what is not, is the same on both paths.
 from __future__ import annotations
 
 import copyreg
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +33,32 @@ except ImportError:  # optional: readonly stages then get dicts
 
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _REUSE = "re-use a parser"
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19  # 19 digits may exceed int64; 20 may exceed uint64: orjson's float territory
+_BIG_INT = "64-bit range"  # in orjson's refusal to write an integer it cannot hold
+
+
+def may_hold_big_ints(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` has a run of 19+ digits (one C pass; a string or long fraction also counts)."""
+    return bytes(data).translate(_DIGITS).find(_LONG_RUN) >= 0
+
+
+def loads_exact(data: bytes | bytearray | memoryview) -> Any:
+    """orjson decides what is valid; integers beyond 64 bits come back as integers, not floats."""
+    value = orjson.loads(data)
+    if may_hold_big_ints(data):
+        value = json.loads(bytes(data))
+    return value
+
+
+def dumps_exact(value: Any) -> bytes:
+    """What orjson writes; a value holding an integer beyond 64 bits, written by the standard library."""
+    try:
+        return orjson.dumps(value, default=_plain, option=_OPTS)
+    except TypeError as exc:
+        if _BIG_INT not in str(exc):
+            raise
+        return json.dumps(value, default=_plain, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def _plain(value: Any) -> Any:
@@ -72,7 +106,7 @@ class SimdjsonViews:
                 return self.parse(raw)
             except self.errors:
                 pass
-        return orjson.loads(raw)  # structure, UTF-8, depth, big integers...: orjson decides, with its reason
+        return loads_exact(raw)  # structure, UTF-8, depth: orjson decides, with its reason; big integers stay exact
 
     def __call__(self, raw: bytes) -> Any:
         try:
@@ -88,12 +122,21 @@ class JsonCodec(Codec):
 
     def decode(self, data: bytes) -> Any:
         try:
-            return orjson.loads(data)
+            return loads_exact(data)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"invalid JSON: {exc}") from None
 
     def loader(self) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
-        return orjson.loads, (orjson.JSONDecodeError,)
+        return loads_exact, (orjson.JSONDecodeError,)
+
+    def validator(self) -> Callable[[Any], Any]:
+        return orjson.loads  # validity is orjson's; exactness of big integers does not matter for a check
+
+    def loader_for(self, blob: bytes | memoryview) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
+        # a job whose bytes hold no long digit run (nearly all) is read by orjson alone, with no Python frame per record
+        if not may_hold_big_ints(blob):
+            return orjson.loads, (orjson.JSONDecodeError,)
+        return self.loader()
 
     def view_loader(self) -> ViewLoader | None:
         return SimdjsonViews() if simdjson is not None else None
@@ -106,4 +149,4 @@ class JsonCodec(Codec):
     def encode(self, value: Any) -> bytes:
         if isinstance(value, (bytes, bytearray)):
             value = value.decode("utf-8", "backslashreplace")
-        return orjson.dumps(value, default=_plain, option=_OPTS)
+        return dumps_exact(value)
