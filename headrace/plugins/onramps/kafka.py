@@ -54,12 +54,14 @@ class PartitionTrack:
     pending: deque[list[Any]] = field(default_factory=deque)  # [first, last, done]
     watermark: int | None = None  # next offset to commit (all before it are done)
     committed: int | None = None
+    next_offset: int | None = None  # the offset after the last one dispatched
 
     def dispatched(self, first: int, last: int) -> list[Any]:
         entry = [first, last, False]
         if self.watermark is None:
             self.watermark = first
         self.pending.append(entry)
+        self.next_offset = last + 1
         return entry
 
     def advance(self) -> None:
@@ -83,6 +85,7 @@ class KafkaOnramp(Onramp):
         self.cfg = config
         self.consumer: Any = None
         self.tracks: dict[Any, PartitionTrack] = {}
+        self.revoked: dict[Any, PartitionTrack] = {}  # tracks of the rebalance under way
         self.epoch = 0
         self.paused = False
         self._commit_task: asyncio.Task[None] | None = None
@@ -139,16 +142,26 @@ class KafkaOnramp(Onramp):
 
     # -- group membership ------------------------------------------------------------------------
     def _assigned(self, assigned: set[Any]) -> None:
+        revoked, self.revoked = self.revoked, {}
         for tp in assigned:
-            if tp not in self.tracks:
-                self.epoch += 1
-                self.tracks[tp] = PartitionTrack(self.epoch)
+            if tp in self.tracks:
+                continue
+            track = revoked.get(tp)
+            if track is not None and track.next_offset is not None and self.consumer is not None:
+                # back to us in the same rebalance: what we dispatched is still ours (its acks still
+                # count); read on after it instead of again from the committed offset
+                self.tracks[tp] = track
+                self.consumer.seek(tp, track.next_offset)
+                continue
+            self.epoch += 1
+            self.tracks[tp] = PartitionTrack(self.epoch)
         log.info("kafka onramp %s: assigned %s", self.context.component_id, sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     async def _revoked(self, revoked: set[Any]) -> None:
         tracks = {tp: self.tracks[tp] for tp in revoked if tp in self.tracks}
         for tp in revoked:  # stop dispatching them; late acks find no track and are dropped
             self.tracks.pop(tp, None)
+        self.revoked = dict(tracks)  # the assignment that ends this rebalance may give some of them back
         deadline = asyncio.get_running_loop().time() + self.cfg.revoke_timeout
         while any(t.settled_pending() for t in tracks.values()) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
