@@ -84,6 +84,8 @@ class Metrics:
 
         self["headrace_build_info"].labels(__version__).set(1)
         self["headrace_config_last_reload_successful"].set(1)
+        for result in ("success", "failure"):  # both series exist from the start: rate() and alerts see the first reload
+            self["headrace_config_reloads_total"].labels(result)
 
     def __getitem__(self, name: str) -> Any:
         return self.by_name[name]

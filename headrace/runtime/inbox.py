@@ -55,15 +55,7 @@ class Inbox:
                 return None
             self._readable.clear()
             await self._readable.wait()
-        batch = self.items.popleft()
-        self.events -= len(batch)
-        self.bytes -= batch.nbytes
-        if not self.full():
-            self._writable.set()
-        if self.gauges is not None:
-            self.gauges[0].set(self.events)
-            self.gauges[1].set(self.bytes)
-        return batch
+        return self.take()
 
     def peek(self) -> Batch | None:
         return self.items[0] if self.items else None
@@ -75,6 +67,9 @@ class Inbox:
         self.bytes -= batch.nbytes
         if not self.full():
             self._writable.set()
+        if self.gauges is not None:  # every way out of the queue updates the gauges (take joins batches too)
+            self.gauges[0].set(self.events)
+            self.gauges[1].set(self.bytes)
         return batch
 
     def close(self) -> None:

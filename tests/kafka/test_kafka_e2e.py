@@ -279,3 +279,36 @@ links: {{in: [main], main: [out]}}
         assert d2.stop() == 0, d2.stderr()
     everything = delivered()
     assert sorted(everything) == list(range(n)), "the restart re-delivered nothing that was committed, and lost nothing"
+
+
+def test_metric_series_exist_from_the_start_even_after_a_restart(tmp_path: Path, write: Any, kafka_broker: KafkaBroker,
+                                                                 kafka_topic: Any) -> None:  # fmt: skip
+    """The committed-offset gauge shows the group's offsets as soon as partitions are assigned (it
+    was absent after a restart until this instance committed); both reload counters exist at once."""
+    src, dst = kafka_topic(2, prefix="seriesin"), kafka_topic(2, prefix="seriesout")
+    produce_ids(kafka_broker, src, 200)
+    port = free_port()
+    cfg = kafka_config(write, kafka_broker, src, dst, "g-series", workers=0, port=port)
+    key = 'headrace_kafka_committed_offset{{partition="{}",topic="%s"}}' % src
+
+    def committed(m: dict[str, float]) -> dict[int, float]:
+        return {p: m[key.format(p)] for p in (0, 1) if key.format(p) in m}
+
+    def metrics() -> dict[str, float]:
+        try:
+            return scrape(port)
+        except OSError:  # not listening yet
+            return {}
+
+    d = Daemon(cfg)
+    try:
+        first = d.wait_for(lambda: (c := committed(metrics())) and sum(c.values()) >= 200 and c, timeout=60)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    d = Daemon(cfg)  # nothing new to consume: this instance commits nothing itself
+    try:
+        m = d.wait_for(lambda: (s := metrics()) and committed(s) == first and s, timeout=60)
+        assert m['headrace_config_reloads_total{result="success"}'] == 0
+        assert m['headrace_config_reloads_total{result="failure"}'] == 0
+    finally:
+        assert d.stop() == 0, d.stderr()

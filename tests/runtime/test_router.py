@@ -61,3 +61,30 @@ def test_without_a_replacement_the_share_is_done_and_counted() -> None:
     sample = metrics["headrace_component_discarded_events_total"].labels("src", "removed_by_reload")._value.get()
     assert sample == 2
     assert done == []
+
+
+class _Gauge:
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def set(self, v: float) -> None:
+        self.value = v
+
+
+def test_queue_gauges_follow_every_way_out_of_an_inbox() -> None:
+    """The worker chain joins queued batches with peek/take: the gauges must drop then too (they stuck at the high-water mark)."""
+
+    async def scenario() -> None:
+        events, nbytes = _Gauge(), _Gauge()
+        inbox = Inbox("q", 100, 1 << 20, 1, (events, nbytes))
+        for _ in range(3):
+            await inbox.put(Batch(payloads=[b"abcd"] * 5, ingest=[0] * 5))
+        assert (events.value, nbytes.value) == (15, 60)
+        await inbox.get()
+        assert (events.value, nbytes.value) == (10, 40)
+        assert inbox.peek() is not None
+        inbox.take()
+        inbox.take()
+        assert (events.value, nbytes.value) == (0, 0)
+
+    asyncio.run(scenario())

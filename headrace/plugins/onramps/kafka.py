@@ -86,6 +86,7 @@ class KafkaOnramp(Onramp):
         self.consumer: Any = None
         self.tracks: dict[Any, PartitionTrack] = {}
         self.revoked: dict[Any, PartitionTrack] = {}  # tracks of the rebalance under way
+        self._committed_task: asyncio.Future[None] | None = None
         self.epoch = 0
         self.paused = False
         self._commit_task: asyncio.Task[None] | None = None
@@ -155,7 +156,23 @@ class KafkaOnramp(Onramp):
                 continue
             self.epoch += 1
             self.tracks[tp] = PartitionTrack(self.epoch)
+        if self.metrics is not None and assigned:
+            self._committed_task = asyncio.ensure_future(self._show_committed(assigned))
         log.info("kafka onramp %s: assigned %s", self.context.component_id, sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    async def _show_committed(self, assigned: set[Any]) -> None:
+        """The group's committed offsets of newly assigned partitions, shown before this instance
+        commits anything itself (after a restart the gauge would be absent until then)."""
+        for tp in assigned:
+            track = self.tracks.get(tp)
+            if track is None or track.committed is not None or self.consumer is None:
+                continue
+            try:
+                offset = await asyncio.wait_for(self.consumer.committed(tp), 5.0)
+            except Exception:  # revoked meanwhile, or the broker is slow: the next commit shows it
+                continue
+            if offset is not None and tp in self.tracks and self.tracks[tp].committed is None and self.metrics is not None:
+                self.metrics["headrace_kafka_committed_offset"].labels(tp.topic, str(tp.partition)).set(offset)
 
     async def _revoked(self, revoked: set[Any]) -> None:
         tracks = {tp: self.tracks[tp] for tp in revoked if tp in self.tracks}
@@ -279,6 +296,8 @@ class KafkaOnramp(Onramp):
             gauge.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
 
     async def stop(self) -> None:
+        if self._committed_task is not None:
+            self._committed_task.cancel()
         if self._commit_task is not None:
             self._commit_task.cancel()
         if self.consumer is not None:
