@@ -349,14 +349,18 @@ class Daemon:
         return restart
 
     async def _watch(self, interval: float = 0.5, debounce: float = 1.0) -> None:
-        """--watch: reload when the config file changes (after it stayed unchanged for ``debounce``)."""
+        """--watch: reload when the config file or a stage module it names changes (after the files
+        stayed unchanged for ``debounce``), like SIGHUP, which re-imports edited stage modules."""
 
-        def stamp() -> tuple[int, int] | None:
-            try:
-                st = self.config_path.stat()
-            except OSError:
-                return None
-            return (st.st_mtime_ns, st.st_size)
+        def stamp() -> tuple[tuple[str, int, int] | None, ...]:
+            out: list[tuple[str, int, int] | None] = []
+            for path in [self.config_path, *self._stage_files()]:
+                try:
+                    st = path.stat()
+                    out.append((str(path), st.st_mtime_ns, st.st_size))
+                except OSError:
+                    out.append(None)
+            return tuple(out)
 
         last = stamp()
         changed_at: float | None = None
@@ -367,8 +371,22 @@ class Daemon:
                 last, changed_at = now, time.monotonic()
             elif changed_at is not None and time.monotonic() - changed_at >= debounce:
                 changed_at = None
-                log.info("config file changed; reloading")
+                log.info("config file or a stage module changed; reloading")
                 await self._reload_request()
+                last = stamp()  # the new config may name other modules
+
+    def _stage_files(self) -> list[Path]:
+        """The source files of the python stages' modules in the running config."""
+        from headrace.runtime.engine import module_file
+
+        files = []
+        for c in self.graph.of_kind("node") if self.graph is not None else []:
+            fn = getattr(c.config, "fn", None)
+            if c.plugin == "python" and isinstance(fn, str):
+                found = module_file(fn.partition(":")[0])
+                if found is not None:
+                    files.append(found)
+        return files
 
     async def _heartbeat(self) -> None:
         """sd_notify WATCHDOG=1 while the loop and every worker are healthy, and a STATUS line."""

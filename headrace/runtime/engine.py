@@ -16,6 +16,7 @@ import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -47,14 +48,22 @@ def component_signature(c: ComponentSpec) -> str:
     return hashlib.sha1(orjson.dumps(doc, default=repr, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def _module_digest(module: str) -> str:
+def module_file(module: str) -> Path | None:
+    """The source file a module would be imported from, or None."""
     try:
         spec = importlib.util.find_spec(module)
-        if spec is None or not spec.origin:
-            return ""
-        with open(spec.origin, "rb") as f:
-            return hashlib.sha1(f.read()).hexdigest()
-    except (ImportError, OSError, ValueError):
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec is not None and spec.origin and spec.origin != "built-in" else None
+
+
+def _module_digest(module: str) -> str:
+    path = module_file(module)
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+    except OSError:
         return ""
 
 

@@ -174,3 +174,27 @@ links: {{tick: [main], main: [out]}}
     assert set(versions[:k]) == {1} and set(versions[k:]) == {2}, "one switch point"
     assert [e["id"] for e in evs] == list(range(len(evs))), "the metronome kept running: nothing lost, in order"
     assert {e["pid"] for e in evs[k:]} <= kids_before, "the same workers run the new code (re-imported, not restarted)"
+
+
+def test_watch_reloads_when_a_stage_module_changes(tmp_path: Path, write: Any) -> None:
+    """--watch follows the stage modules too, not only the config file (issue 17, bug 8)."""
+    write("stages.py", 'def work(event, meta):\n    event["v"] = 1\n    return event\n')
+    cfg = write("c.yaml", """
+version: 1
+daemon: {workers: 0, metrics: {listen: null}}
+onramps: {tick: {type: metronome, config: {interval: 10ms}}}
+pipelines: {main: [{op: python, fn: "stages:work"}]}
+offramps: {out: {type: file, config: {path: out.ndjson}}}
+links: {tick: [main], main: [out]}
+""")
+    out = tmp_path / "out.ndjson"
+    d = Daemon(cfg, run_args=("--watch",))
+    try:
+        d.wait_for(lambda: len(json_lines(out)) > 10)
+        before = (tmp_path / "stages.py").stat().st_mtime_ns
+        write("stages.py", 'def work(event, meta):\n    event["v"] = 2\n    return event\n')
+        os.utime(tmp_path / "stages.py", ns=(before + 10**9, before + 10**9))  # a distinct modification time, however coarse the clock
+        d.wait_for(lambda: any(e["v"] == 2 for e in json_lines(out)), timeout=20)
+        assert "config file or a stage module changed; reloading" in d.stderr()
+    finally:
+        assert d.stop() == 0, d.stderr()

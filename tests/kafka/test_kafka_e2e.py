@@ -289,10 +289,11 @@ def test_metric_series_exist_from_the_start_even_after_a_restart(tmp_path: Path,
     produce_ids(kafka_broker, src, 200)
     port = free_port()
     cfg = kafka_config(write, kafka_broker, src, dst, "g-series", workers=0, port=port)
-    key = 'headrace_kafka_committed_offset{{partition="{}",topic="%s"}}' % src
+    def key(p: int) -> str:
+        return f'headrace_kafka_committed_offset{{partition="{p}",topic="{src}"}}'
 
     def committed(m: dict[str, float]) -> dict[int, float]:
-        return {p: m[key.format(p)] for p in (0, 1) if key.format(p) in m}
+        return {p: m[key(p)] for p in (0, 1) if key(p) in m}
 
     def metrics() -> dict[str, float]:
         try:
