@@ -44,6 +44,13 @@ class _Builder:
         # internal links per pipeline: (src node or "in", port) -> [targets: node id or ("<pipe>", port)]
         self.internal: dict[str, dict[tuple[str, str], list[tuple[str, Any]]]] = {}
         self.top: dict[tuple[str, str], list[tuple[str, tuple[str | int, ...]]]] = {}
+        self.dead_out: dict[str, ComponentSpec] = {}  # list pipelines whose last node never uses 'out'
+
+    def _unused_out(self, spec: ComponentSpec) -> bool:
+        try:
+            return not registry.load("operators", spec.plugin).uses_out
+        except Exception:  # an unloadable plugin was reported where it is named
+            return False
 
     def err(self, pos: Position, msg: str) -> None:
         self.issues.append(ConfigIssue(pos, msg))
@@ -176,6 +183,8 @@ class _Builder:
                 prev = (spec.id, "out")
                 self.components[spec.id] = spec
             links.setdefault(prev, []).append(("pipe", "out"))
+            if nodes and self._unused_out(nodes[-1]):
+                self.dead_out[pipe] = nodes[-1]
         elif isinstance(raw, dict):
             unknown = set(raw) - {"nodes", "links"}
             for key in sorted(unknown):
@@ -213,6 +222,10 @@ class _Builder:
                     if port not in comp.ports:
                         self.err(self.smap.at(kpath, key=True), f"node '{comp.id}' ({comp.plugin}) has no port '{port}' (ports: {', '.join(comp.ports)})")
                         continue
+                    if port == "out" and self._unused_out(comp):
+                        self.err(self.smap.at(kpath, key=True), f"node '{src}' ({comp.plugin}) sends nothing to 'out': its events leave by "
+                                                                f"{', '.join(f'{src}/{p}' for p in comp.ports[2:])}")  # fmt: skip
+                        continue
                     skey = (comp.id, port)
                 for j, tgt in enumerate([targets] if isinstance(targets, str) else list(targets)):
                     tpath = kpath + ((j,) if not isinstance(targets, str) else ())
@@ -243,6 +256,11 @@ class _Builder:
             elif src in self.pipeline_ports:
                 if port not in self.pipeline_ports[src]:
                     self.err(self.smap.at(kpath, key=True), f"pipeline '{src}' has no port '{port}' (ports: {', '.join(sorted(self.pipeline_ports[src]))})")
+                    continue
+                last = self.dead_out.get(src)
+                if port == "out" and last is not None:
+                    self.err(self.smap.at(kpath, key=True), f"pipeline '{src}' ends with '{last.plugin}', which sends nothing to 'out': link "
+                                                            f"{', '.join(f'{src}/{p}' for p in last.ports[2:])} instead")  # fmt: skip
                     continue
             elif src in self.cfg.offramps:
                 if port != "err":

@@ -61,6 +61,7 @@ class Operator:
     default_placement: ClassVar[Placement] = "any"
     modifies: ClassVar[bool] = False  # True when out events are new values (raw bytes dropped)
     needs_values: ClassVar[bool] = True  # False: the stage reads only meta, so events need not be decoded
+    uses_out: ClassVar[bool] = True  # False: events leave only by named ports (``route``): a link from ``out`` carries nothing
 
     def __init__(self, node_id: str, config: Any, context: PluginContext) -> None:
         self.id = node_id

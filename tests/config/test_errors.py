@@ -34,6 +34,8 @@ FILE_ONRAMP_FIELDS = ", ".join(sorted(FileOnramp.Config.model_fields))
 STAGE_FILES = {
     "hr_raises_at_import.py": "raise RuntimeError('database is down')\n",
     "hr_stage_ok.py": "def classify(event, meta):\n    return event\n",
+    "hr_one_arg.py": "def classify(event):\n    return event\n\nclass Stage:\n    def process(self, event):\n        return event\n",
+    "http.py": "def work(event, meta):\n    return event\n",
 }
 
 
@@ -1102,6 +1104,41 @@ links: {src: [main], main: [out]}
             "4:20: missing required key 'where' in operator 'filter' of node 'main.filter_0'",
         ],
         id="several_at_once",
+    ),
+    pytest.param(
+        """\
+version: 1
+onramps: {src: {type: stdin}}
+pipelines:
+  main: [{op: python, fn: "hr_one_arg:classify"}, {op: python, fn: "hr_one_arg:Stage"}, {op: python, fn: "http:work"}]
+offramps: {out: {type: stdout}}
+links: {src: [main], main: [out]}
+""",
+        [
+            "4:27: node 'main.python_0': cannot load hr_one_arg:classify: TypeError: hr_one_arg:classify must take (event, meta); its signature is (event)",
+            "4:68: node 'main.python_1': cannot load hr_one_arg:Stage: TypeError: hr_one_arg:Stage.process must take (event, meta); its signature is (event)",
+            "4:106: node 'main.python_2': cannot load http:work: ImportError: the stage module 'http' beside the config has the name of a module "
+            "of Python's standard library; rename it (e.g. 'http_stages')",
+        ],
+        id="stage_signature_and_shadowing_module",
+    ),
+    pytest.param(
+        """\
+version: 1
+onramps: {src: {type: stdin}}
+pipelines:
+  main: [{op: filter, where: "True"}, {op: route, routes: {errors: "True"}}]
+  graph:
+    nodes: {r: {op: route, routes: {a: "True"}}}
+    links: {in: [r], r: [out]}
+offramps: {out: {type: stdout}}
+links: {src: [main, graph], main: [out], main/errors: [out], graph: [out]}
+""",
+        [
+            "7:22: node 'r' (route) sends nothing to 'out': its events leave by r/a, r/default",
+            "9:29: pipeline 'main' ends with 'route', which sends nothing to 'out': link main/errors, main/default instead",
+        ],
+        id="route_out_carries_nothing",
     ),
 ]
 

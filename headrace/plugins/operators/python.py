@@ -11,6 +11,7 @@ named port declared in ``ports:``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib
 import inspect
@@ -59,6 +60,7 @@ def import_callable(spec: str, base_dir: Path) -> Any:
     changed since it was imported is re-imported (reload picks up edited stages)."""
     module, _, attr = spec.partition(":")
     base = str(base_dir)
+    _refuse_shadowing(module.partition(".")[0], base_dir)
     if base not in sys.path:
         sys.path.insert(0, base)
     mod = importlib.import_module(module)
@@ -70,6 +72,37 @@ def import_callable(spec: str, base_dir: Path) -> Any:
         return getattr(mod, attr)
     except AttributeError:
         raise ImportError(f"module '{module}' has no attribute '{attr}'") from None
+
+
+def _refuse_shadowing(top: str, base_dir: Path) -> None:
+    """A stage module beside the config named like a module of Python or of an installed package
+    (``http.py``, ``json.py``) works in ``check`` but not in ``run``, where the daemon has already
+    imported the real one: refuse it in both, with a clear message."""
+    local = base_dir / f"{top}.py"
+    if not local.exists() and not (base_dir / top / "__init__.py").exists():
+        return  # not beside the config: an installed module, imported as such
+    where = None
+    if top in sys.stdlib_module_names:
+        where = "a module of Python's standard library"
+    else:
+        loaded = sys.modules.get(top)
+        origin = getattr(loaded, "__file__", None) if loaded is not None else None
+        if origin is not None and Path(origin).resolve().parent not in (base_dir.resolve(), (base_dir / top).resolve()):
+            where = f"an installed module ({origin})"
+    if where is not None:
+        raise ImportError(f"the stage module '{top}' beside the config has the name of {where}; rename it (e.g. '{top}_stages')")
+
+
+def _check_signature(fn: Any, what: str) -> None:
+    """A stage is called as ``fn(event, meta)``: refuse one that cannot take those two arguments."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function without a signature: trust it
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        raise TypeError(f"{what} must take (event, meta); its signature is {sig}") from None
 
 
 class PythonOperator(Operator):
@@ -89,10 +122,13 @@ class PythonOperator(Operator):
     def _resolve(self) -> None:
         self.target = import_callable(self.cfg.fn, self.context.base_dir)
         if inspect.isclass(self.target):
-            call = getattr(self.target, "process", None) or self.target.__call__
+            name = "process" if hasattr(self.target, "process") else "__call__"
+            call = getattr(self.target, name)
             self.is_async = inspect.iscoroutinefunction(call)
+            _check_signature(functools.partial(call, None), f"{self.cfg.fn}.{name}")  # bound to an instance: self is given
         elif callable(self.target):
             self.is_async = inspect.iscoroutinefunction(self.target)
+            _check_signature(self.target, self.cfg.fn)
         else:
             raise TypeError(f"{self.cfg.fn} is not callable")
         self.concurrency = self.cfg.concurrency

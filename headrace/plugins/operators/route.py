@@ -30,6 +30,7 @@ class RouteOperator(Operator):
     Config = RouteConfig
     summary = "route events to named ports by predicate; unmatched to 'default' (the 'out' port is unused)"
     example = "{op: route, routes: {errors: \"event['level'] == 'error'\"}}"
+    uses_out = False
 
     def __init__(self, node_id: str, config: RouteConfig, context: PluginContext) -> None:
         super().__init__(node_id, config, context)
