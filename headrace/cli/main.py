@@ -8,8 +8,7 @@ import sys
 
 from headrace import __version__
 from headrace.daemon.logs import setup_logging
-
-EX_CONFIG = 78
+from headrace.errors import EX_CONFIG
 
 
 def _check(args: argparse.Namespace) -> int:

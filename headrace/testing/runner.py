@@ -21,10 +21,10 @@ from headrace.config.errors import ConfigError
 from headrace.config.expr import compile_expr
 from headrace.config.graph import Graph
 from headrace.config.load import load_file
+from headrace.errors import EX_CONFIG
 from headrace.testing.cases import Expectation, LoadedCase, case_files, load_cases
 from headrace.testing.harness import Captured, IsolatedGraph
 
-EX_CONFIG = 78
 SHOWN = 3  # events shown when a where does not hold
 
 
