@@ -4,7 +4,8 @@
 - ``Preprocessor``: a stream of chunks -> records (framing, decompression); stateful.
 - ``Postprocessor``: records -> chunks to write (framing, compression).
 - ``Onramp``: produces records through an ``OnrampSink``; ``finite`` ones end by themselves.
-- ``Offramp``: accepts encoded records; returning from ``write`` means accepted.
+- ``Offramp``: accepts encoded records; returning from ``write`` means the peer confirmed them
+  (what "confirmed" is, each offramp's docstring says); ``PartialWrite`` when only some were.
 - ``Operator`` (in ``headrace.runtime.stage``): processes a batch of events.
 
 Each plugin class names a pydantic ``Config`` model; its docs and schema come from it.
@@ -12,7 +13,7 @@ Each plugin class names a pydantic ``Config`` model; its docs and schema come fr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -20,6 +21,22 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict
 
 Rejections = list[tuple[int, str]] | None
+
+
+class PartialWrite(Exception):
+    """Raised by ``Offramp.write`` when the peer confirmed some records of the batch and not others.
+
+    ``delivered`` (event indexes) count as accepted (acked, never written again);
+    ``rejected`` (``(index, reason)``) go to the offramp's ``err`` port like a returned
+    rejection; every other record is written again with the runtime's backoff, or goes to
+    ``err`` if ``Offramp.retryable(cause)`` says no. ``cause`` is why the rest failed.
+    """
+
+    def __init__(self, cause: BaseException, delivered: Iterable[int] = (), rejected: Rejections = None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.delivered = sorted(set(delivered))
+        self.rejected = list(rejected or [])
 
 
 class PluginConfig(BaseModel):
@@ -217,11 +234,13 @@ class Offramp:
         pass
 
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
-        """Deliver; returning means accepted (acks flow upstream).
+        """Deliver; return only once the peer confirmed every record not rejected (acks flow upstream).
 
         Raise to fail the whole batch: it is retried with backoff (``retryable`` decides).
-        Return ``[(index, reason), ...]`` for records rejected for good (too large, refused
-        by the peer): they go to the offramp's ``err`` port and the rest counts as delivered.
+        Raise ``PartialWrite`` when some records were confirmed and others not: only the
+        others are retried. Return ``[(index, reason), ...]`` for records rejected for good
+        (too large, refused by the peer): they go to the offramp's ``err`` port and the rest
+        counts as delivered.
         """
         raise NotImplementedError
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from headrace.config.graph import ComponentSpec
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Codec, DecodeError, Offramp, Onramp, Postprocessor, Preprocessor
+from headrace.plugins.base import Codec, DecodeError, Offramp, Onramp, PartialWrite, Postprocessor, Preprocessor, Rejections
 from headrace.runtime.acks import AckRef, done_each
 from headrace.runtime.backoff import Backoff
 from headrace.runtime.batch import Batch, join, joinable, take
@@ -537,8 +537,15 @@ class OfframpRunner:
             codec=batch.codec, origin=batch.origin, group=batch.group,
         )  # fmt: skip
 
+    def _take(self, batch: Batch, records: list[bytes], idx: list[int]) -> tuple[Batch, list[bytes]]:
+        """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records."""
+        part = [records[i] for i in idx]
+        return Batch(payloads=part, metas=[batch.meta(i) for i in idx], ingest=[batch.ingest[i] for i in idx],  # type: ignore[arg-type]
+                     acks=[batch.acks[i] for i in idx] if batch.acks is not None else None, codec=self.spec.codec,
+                     origin=batch.origin, group=batch.group), part  # fmt: skip
+
     async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], as_text: bool = False) -> tuple[Batch, list[bytes]]:
-        """Send records the offramp refused for good to its err port; the rest were delivered."""
+        """Send records the offramp refused for good to its err port; returns the others."""
         bad = dict(rejected)
         self.stats.error("rejected", len(bad))
         idx = sorted(bad)  # payloads, metas and acks all in this one order
@@ -555,16 +562,27 @@ class OfframpRunner:
         if err.acks is not None:
             for r in err.acks:
                 r.pending += 1
-        keep = [i for i in range(len(batch)) if i not in bad]
         if batch.acks is not None:
             for i in idx:
                 batch.acks[i].done()
-        rest = Batch(payloads=[records[i] for i in keep], metas=[batch.meta(i) for i in keep], ingest=[batch.ingest[i] for i in keep],
-                     acks=[batch.acks[i] for i in keep] if batch.acks is not None else None, codec=self.spec.codec,
-                     origin=batch.origin, group=batch.group)  # fmt: skip
+        rest = self._take(batch, records, [i for i in range(len(batch)) if i not in bad])
         assert self.router is not None
         await self.router.send("err", err)
-        return rest, [records[i] for i in keep]
+        return rest
+
+    def accepted(self, batch: Batch, records: list[bytes]) -> None:
+        """The peer confirmed these events: latency, counts, acks."""
+        n = len(batch)
+        if not n:
+            return
+        now = time.time_ns()
+        ing = batch.ingest
+        step = max(n // 4, 1)
+        for i in range(0, n, step):
+            self.latency.observe((now - ing[i]) / 1e9)
+        self.stats.sent("out").inc(n)
+        self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
+        done_each(batch.acks)
 
     async def run(self) -> None:
         try:
@@ -592,51 +610,65 @@ class OfframpRunner:
         return parts[0] if len(parts) == 1 else join(parts)
 
     async def deliver(self, batch: Batch) -> None:
-        n = len(batch)
-        self.stats.received.inc(n)
+        self.stats.received.inc(len(batch))
         self.stats.received_bytes.inc(batch.nbytes)
         if batch.unchecked and batch.payloads is not None and batch.values is None:
             batch = await self.validate(batch)
-            n = len(batch)
-            if not n:
+            if not len(batch):
                 return
         records, bad = self.encode(batch)
         if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
             log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
             batch, records = await self.reject(batch, records, bad, as_text=True)
-            n = len(batch)
+            if not len(batch):
+                return
+        backoff = Backoff()
+        while True:
+            try:
+                rejected = await self.write(batch, records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                cause: BaseException = exc
+                if isinstance(exc, PartialWrite):  # what the peer confirmed is done; only the rest is tried again
+                    cause = exc.cause
+                    batch, records = await self.partly_done(batch, records, exc)
+                n = len(batch)
+                if not n:
+                    return
+                self.stats.error(type(cause).__name__, n)
+                if not self.plugin.retryable(cause):
+                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, cause)
+                    rejected = [(i, f"{type(cause).__name__}: {cause}") for i in range(n)]
+                    break
+                delay = backoff.next()
+                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, cause)
+                await asyncio.sleep(delay)
+                continue
+            break
+        if rejected:
+            batch, records = await self.reject(batch, records, rejected)
+        self.accepted(batch, records)
+
+    async def write(self, batch: Batch, records: list[bytes]) -> Rejections:
+        """One attempt at writing ``batch`` (``records``: its events in this offramp's codec)."""
         chunks = records
         if not self.plugin.frames_itself:
             for p in self.post:
                 chunks = p.process(chunks)
-        backoff = Backoff()
-        while True:
-            try:
-                if self.plugin.takes_nbytes:
-                    known = batch.nbytes if chunks is batch.payloads else None
-                    rejected = await self.plugin.write(chunks, n, batch.ingest, batch.metas, nbytes=known)  # type: ignore[call-arg]
-                else:
-                    rejected = await self.plugin.write(chunks, n, batch.ingest, batch.metas)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.stats.error(type(exc).__name__, n)
-                if not self.plugin.retryable(exc):
-                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, exc)
-                    rejected = [(i, f"{type(exc).__name__}: {exc}") for i in range(n)]
-                    break
-                delay = backoff.next()
-                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, exc)
-                await asyncio.sleep(delay)
-        if rejected:
-            batch, records = await self.reject(batch, records, rejected)
-            n = len(batch)
-        now = time.time_ns()
-        ing = batch.ingest
-        step = max(n // 4, 1)
-        for i in range(0, n, step):
-            self.latency.observe((now - ing[i]) / 1e9)
-        self.stats.sent("out").inc(n)
-        self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
-        done_each(batch.acks)
+        if self.plugin.takes_nbytes:
+            known = batch.nbytes if chunks is batch.payloads else None
+            return await self.plugin.write(chunks, len(batch), batch.ingest, batch.metas, nbytes=known)  # type: ignore[call-arg]
+        return await self.plugin.write(chunks, len(batch), batch.ingest, batch.metas)
+
+    async def partly_done(self, batch: Batch, records: list[bytes], partial: PartialWrite) -> tuple[Batch, list[bytes]]:
+        """Settle what a ``PartialWrite`` says: delivered ones accepted, rejected ones to err; returns the rest."""
+        done = set(partial.delivered)
+        self.accepted(*self._take(batch, records, sorted(done)))
+        rest = [i for i in range(len(batch)) if i not in done]
+        bad = {i: reason for i, reason in partial.rejected if i not in done}
+        batch, records = self._take(batch, records, rest)
+        if bad:
+            at = {i: k for k, i in enumerate(rest)}
+            batch, records = await self.reject(batch, records, [(at[i], reason) for i, reason in bad.items()])
+        return batch, records
