@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +199,72 @@ links: {{src: [main], main: [out]}}
     tail = big.read_text().splitlines()[limit // 64 + 1 :]
     assert sorted(json.loads(x)["id"] for x in tail) == [i for i in range(30) if i % 3 == 1], "no torn or repeated record in the big file"
 
+
+
+@contextmanager
+def tcp_to_file(tmp_path: Path, write: Any, file_config: str) -> Iterator[tuple[Daemon, Callable[[dict[str, Any]], None]]]:
+    """A daemon writing what arrives on a TCP port to a file offramp: it and a sender of one record."""
+    from tests.plugins.peers import wait_connectable
+
+    write("stage.py", STAGE)
+    port = free_port()
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{src: {{type: tcp, config: {{port: {port}}}}}}}
+pipelines: {{main: [{{op: python, fn: "stage:route"}}]}}
+offramps: {{out: {{type: file, config: {file_config}}}}}
+links: {{src: [main], main: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        wait_connectable(port)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            yield d, lambda record: conn.sendall(json.dumps(record).encode() + b"\n")
+    finally:
+        assert d.stop() == 0, d.stderr()
+
+
+def ids_in(path: Path) -> list[int]:
+    return [json.loads(x)["id"] for x in path.read_text().splitlines() if x.endswith("}")] if path.exists() else []
+
+
+def test_a_file_rotated_or_deleted_by_someone_else_is_opened_again(tmp_path: Path, write: Any) -> None:
+    """Issue 12 item 6: logrotate without copytruncate renames the file; then the file is deleted.
+    Both times the next records go to a new file at the path, not to the renamed or deleted one."""
+    out = tmp_path / "out.ndjson"
+    with tcp_to_file(tmp_path, write, "{path: out.ndjson}") as (d, send):
+        for i in range(3):
+            send({"id": i, "dir": "x"})
+        d.wait_for(lambda: ids_in(out) == [0, 1, 2])
+        out.rename(tmp_path / "out.ndjson.1")  # what logrotate does (its "create" makes an empty file or not)
+        for i in range(3, 6):
+            send({"id": i, "dir": "x"})
+        d.wait_for(lambda: ids_in(out) == [3, 4, 5], timeout=10)
+        out.unlink()
+        for i in range(6, 9):
+            send({"id": i, "dir": "x"})
+        d.wait_for(lambda: ids_in(out) == [6, 7, 8], timeout=10)
+    assert ids_in(tmp_path / "out.ndjson.1") == [0, 1, 2]
+
+
+def open_files(pid: int, folder: Path) -> set[str]:
+    names = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder) + "/"):
+            names.add(target[len(str(folder)) + 1 :])
+    return names
+
+
+def test_max_open_closes_the_least_recently_used_file(tmp_path: Path, write: Any) -> None:
+    """Also in issue 12: ``max_open`` closed the first opened file, not the least recently used one."""
+    folder = tmp_path / "out"
+    with tcp_to_file(tmp_path, write, '{path: "out/{meta.dir}.ndjson", max_open: 2}') as (d, send):
+        for i, name in enumerate(["a", "b", "a", "c"]):  # a is used after b: b is the least recently used when c opens
+            send({"id": i, "dir": name})
+            d.wait_for(lambda i=i, name=name: i in ids_in(folder / f"{name}.ndjson"))  # type: ignore[misc]
+        assert open_files(d.pid, folder) == {"a.ndjson", "c.ndjson"}
