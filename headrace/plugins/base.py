@@ -96,7 +96,15 @@ class Codec:
         raise NotImplementedError
 
     def encode(self, value: Any) -> bytes:
+        """One record. Raise (any exception) for a value this codec cannot carry: it goes to the
+        offramp's err port with the reason. Every codec writes every meta value a built-in onramp
+        produces (``bytes`` included; how, its page says)."""
         raise NotImplementedError
+
+    def encode_with_meta(self, value: Any, meta: dict[str, Any]) -> bytes:
+        """The event and its meta as one record (an offramp's ``with_meta: true``): by default
+        ``{"event": value, "meta": meta}``; codecs whose records cannot nest override it."""
+        return self.encode({"event": value, "meta": meta})
 
     def loader(self) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
         """A function equivalent to ``decode`` and the exceptions it raises for bad input; codecs

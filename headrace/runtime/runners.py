@@ -489,6 +489,7 @@ class OfframpRunner:
         """Encoded records (b"" where encoding failed), and the failures with their reasons."""
         name = self.spec.codec
         encode = self.codec.encode
+        encode_with_meta = self.codec.encode_with_meta
         payloads, values = batch.payloads, batch.values
         if not self.with_meta and payloads is not None and batch.codec == name and None not in payloads:
             return payloads, []  # type: ignore[return-value]
@@ -502,9 +503,7 @@ class OfframpRunner:
                     out.append(raw)
                     continue
                 value = values[i] if values is not None else src_codec.decode(raw)  # type: ignore[union-attr,arg-type]
-                if self.with_meta:
-                    value = {"event": value, "meta": batch.meta(i)}
-                out.append(encode(value))
+                out.append(encode_with_meta(value, batch.meta(i)) if self.with_meta else encode(value))
             except Exception as exc:
                 out.append(repr(values[i] if values is not None else raw).encode())
                 bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {exc}"))

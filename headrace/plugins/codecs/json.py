@@ -1,5 +1,10 @@
 """JSON through orjson. Nesting deeper than orjson's limit (1024) or ``max_event_depth`` is rejected.
 
+Bytes (a Kafka key or header value in meta, a value a stage made) are written as the text
+they hold when they are valid UTF-8, else as ``{"base64": "..."}`` (an object, so that a
+text that looks like base64 is never taken for it): ``b"k1"`` -> ``"k1"``, ``b"\\xff\\x00"``
+-> ``{"base64": "/wA="}``.
+
 Stages declared ``readonly`` may read records through a lazy, read-only view
 (pysimdjson, when installed): parsing builds no Python objects until a field is read,
 which is several times cheaper than building the whole dict for a stage that reads
@@ -9,6 +14,7 @@ accepted, and the reason given for what is not, is the same on both paths.
 
 from __future__ import annotations
 
+import base64
 import copyreg
 from collections.abc import Callable
 from typing import Any
@@ -27,8 +33,19 @@ _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _REUSE = "re-use a parser"
 
 
+def text_or_base64(value: bytes | bytearray | memoryview) -> str | dict[str, str]:
+    """Bytes as JSON carries them: their text when valid UTF-8, else ``{"base64": ...}``."""
+    raw = bytes(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
 def _plain(value: Any) -> Any:
-    """orjson's fallback for types it does not know: lazy views become dicts and lists."""
+    """orjson's fallback for types it does not know: bytes (see the module doc); lazy views become dicts and lists."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return text_or_base64(value)
     if simdjson is not None:
         if isinstance(value, simdjson.Object):
             return value.as_dict()
@@ -104,6 +121,11 @@ class JsonCodec(Codec):
         return super().reason(exc)
 
     def encode(self, value: Any) -> bytes:
-        if isinstance(value, (bytes, bytearray)):
-            value = value.decode("utf-8", "backslashreplace")
-        return orjson.dumps(value, default=_plain, option=_OPTS)
+        return to_json(value)
+
+
+def to_json(value: Any) -> bytes:
+    """``value`` as JSON text (bytes as the module doc says), for every codec that writes JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = text_or_base64(value)
+    return orjson.dumps(value, default=_plain, option=_OPTS)
