@@ -34,6 +34,9 @@ class DaemonConfig(Strict):
     queue_bytes: Size = Field(16 * 2**20, ge=1, description="bound of every edge queue, in bytes")
     loop_block_threshold: Duration = Field(0.05, description="a loop stage holding the loop longer than this is reported")
     stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated")
+    state_dir: str | None = Field(None, description="folder for state kept across runs: the last-resort files of events that reach an err port "
+                                  "linked nowhere (docs/delivery.md). Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
+                                  "headrace-state beside the config file; relative to the config file's folder. Created when first needed")  # fmt: skip
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from headrace.metrics.defs import Metrics, Tally
 from headrace.plugins import registry
 from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.lastresort import LastResort, state_dir
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.plan import plan_chains
 from headrace.runtime.router import ComponentStats, Router
@@ -88,6 +89,7 @@ class Engine:
         self.draining = False
         self.not_reloading = asyncio.Event()
         self.not_reloading.set()
+        self.last_resort = LastResort(state_dir(graph.daemon, graph.base_dir))
         self._build(graph, ReloadDiff(added=list(graph.components)))
 
     def context(self, cid: str, graph: Graph) -> PluginContext:
@@ -106,6 +108,10 @@ class Engine:
         """(Re)build the runtime for ``g``, reusing what ``diff`` says is unchanged; returns new runners."""
         d = g.daemon
         keep = set(diff.unchanged)
+        folder = state_dir(d, g.base_dir)
+        if self.last_resort.state != folder:  # a reload moved the state dir
+            self.last_resort.close()
+            self.last_resort = LastResort(folder)
         for name in {"json", "binary", "string", *(c.codec for c in g.components.values() if c.kind != "node")}:
             self.codec(name)
         operators: dict[str, Operator] = {}
@@ -135,8 +141,9 @@ class Engine:
             if reused:
                 router = self.routers[c.id]
                 router.targets = targets  # the running component now feeds the new graph
+                router.last_resort = self.last_resort
             else:
-                router = Router(ComponentStats(self.metrics, c.id, c.kind), targets)
+                router = Router(ComponentStats(self.metrics, c.id, c.kind), targets, self.last_resort)
             routers[c.id] = router
         self.routers.clear()
         self.routers.update(routers)  # one dict object: running chain runners see the new routing
@@ -275,6 +282,7 @@ class Engine:
                 await off.plugin.stop()
             except Exception:
                 log.exception("stopping offramp %s failed", off.spec.id)
+        self.last_resort.close()
 
     def stop_intake(self) -> None:
         self.draining = True  # /ready turns false: a load balancer stops sending

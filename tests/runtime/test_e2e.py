@@ -186,9 +186,38 @@ links: {src: [main], main: [out]}
 """)
     d = Daemon(cfg)
     assert d.wait(30) == 0
-    assert "1 event(s) on unlinked err port of main.python_0" in d.stderr()
+    assert "1 event(s) on unlinked err port of main.python_0, written to the last-resort file" in d.stderr()
     assert "ValueError: boom on 9" in d.stderr()
     assert len(lines(tmp_path / "out.ndjson")) == 3
+
+
+def test_events_of_unlinked_err_ports_are_kept_in_the_last_resort_file(tmp_path: Path, write: Any) -> None:
+    """Issue 12 item 1: an err port linked nowhere counted its events as done and kept nothing. Now a
+    decode error at the onramp and a stage's exception each land in the component's last-resort file
+    under the state dir ($STATE_DIRECTORY here, as systemd sets it), with the reason; `check` creates nothing."""
+    write("stages.py", STAGES)
+    write("in.ndjson", records(2) + "not json\n" + json.dumps({"id": 9, "boom": True, "key": "\u00e9"}) + "\n")
+    cfg = write("c.yaml", """
+version: 1
+daemon: {workers: 0, metrics: {listen: null}}
+onramps: {src: {type: file, config: {path: in.ndjson}}}
+pipelines: {main: [{op: python, fn: "stages:tag"}]}
+offramps: {out: {type: file, config: {path: out.ndjson}}}
+links: {src: [main], main: [out]}
+""")
+    state = tmp_path / "state"
+    assert headrace("check", str(cfg), env={"STATE_DIRECTORY": str(state)}).returncode == 0
+    assert not state.exists() and not (tmp_path / "headrace-state").exists(), "check created something"
+    d = Daemon(cfg, env={"STATE_DIRECTORY": str(state)})
+    assert d.wait(30) == 0, d.stderr()
+    kept = {p.name: lines(p) for p in (state / "last-resort").iterdir()}
+    assert sorted(kept) == ["main.python_0.ndjson", "src.ndjson"]
+    [stage_err] = kept["main.python_0.ndjson"]
+    assert stage_err["event"] == {"id": 9, "boom": True, "key": "\u00e9"} and stage_err["component"] == "main.python_0"
+    assert stage_err["meta"]["error"]["type"] == "ValueError" and stage_err["meta"]["error"]["message"] == "boom on 9"
+    [decode_err] = kept["src.ndjson"]
+    assert decode_err["raw"] == "not json" and decode_err["meta"]["error"]["type"] == "DecodeError"
+    assert len(lines(tmp_path / "out.ndjson")) == 2
 
 
 def test_blaster_to_blackhole_prints_throughput(tmp_path: Path, write: Any) -> None:
