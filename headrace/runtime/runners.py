@@ -505,7 +505,7 @@ class OfframpRunner:
                 value = values[i] if values is not None else src_codec.decode(raw)  # type: ignore[union-attr,arg-type]
                 out.append(encode_with_meta(value, batch.meta(i)) if self.with_meta else encode(value))
             except Exception as exc:
-                out.append(repr(values[i] if values is not None else raw).encode())
+                out.append(b"")
                 bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {exc}"))
         return out, bad
 
@@ -543,8 +543,12 @@ class OfframpRunner:
                      acks=[batch.acks[i] for i in idx] if batch.acks is not None else None, codec=self.spec.codec,
                      origin=batch.origin, group=batch.group), part  # fmt: skip
 
-    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], as_text: bool = False) -> tuple[Batch, list[bytes]]:
-        """Send records the offramp refused for good to its err port; returns the others."""
+    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False) -> tuple[Batch, list[bytes]]:
+        """Send records the offramp refused for good to its err port; returns the others.
+
+        ``unencoded``: the events could not be encoded: they leave as they came (their value,
+        or their bytes in the codec they came in), so that a dead letter gets the event itself.
+        """
         bad = dict(rejected)
         self.stats.error("rejected", len(bad))
         idx = sorted(bad)  # payloads, metas and acks all in this one order
@@ -553,11 +557,14 @@ class OfframpRunner:
             m = dict(batch.meta(i))
             m["error"] = {"stage": self.spec.id, "type": "Rejected", "message": bad[i]}
             metas.append(m)
-        # records refused by the peer are valid in this codec; ones that could not be encoded travel as text
-        err = Batch(payloads=[records[i] for i in idx], values=[records[i].decode("utf-8", "backslashreplace") for i in idx] if as_text else None,
-                    metas=metas, ingest=[batch.ingest[i] for i in idx], acks=[batch.acks[i] for i in idx] if batch.acks is not None else None,
-                    codec="binary" if as_text else self.spec.codec,
-                    origin=batch.origin, group=batch.group)  # fmt: skip
+        acks = [batch.acks[i] for i in idx] if batch.acks is not None else None
+        if unencoded:
+            err = Batch(payloads=[batch.payloads[i] for i in idx] if batch.payloads is not None else None,
+                        values=[batch.values[i] for i in idx] if batch.values is not None else None, metas=metas,
+                        ingest=[batch.ingest[i] for i in idx], acks=acks, codec=batch.codec, origin=batch.origin, group=batch.group)  # fmt: skip
+        else:  # refused by the peer: valid records in this offramp's codec
+            err = Batch(payloads=[records[i] for i in idx], metas=metas, ingest=[batch.ingest[i] for i in idx], acks=acks,
+                        codec=self.spec.codec, origin=batch.origin, group=batch.group)  # fmt: skip
         if err.acks is not None:
             for r in err.acks:
                 r.pending += 1
@@ -618,7 +625,7 @@ class OfframpRunner:
         records, bad = self.encode(batch)
         if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
             log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
-            batch, records = await self.reject(batch, records, bad, as_text=True)
+            batch, records = await self.reject(batch, records, bad, unencoded=True)
             if not len(batch):
                 return
         backoff = Backoff()
