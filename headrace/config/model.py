@@ -39,6 +39,9 @@ class DaemonConfig(Strict):
     start_timeout: Duration = Field(60.0, gt=0, description="how long start-up (and a reload) waits for each component to start "
                                     "(bind its port, open its file, reach its broker, set up its stages); then it fails with exit 1 "
                                     "(a reload: the running config stays)")
+    state_dir: str | None = Field(None, description="folder for state kept across runs: the last-resort files of events that reach an err port "
+                                  "linked nowhere (docs/delivery.md). Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
+                                  "headrace-state beside the config file; relative to the config file's folder. Created when first needed")  # fmt: skip
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -51,7 +51,8 @@ LABELS: dict[str, str] = {
     "component_kind": "`onramp`, `node` or `offramp`",
     "port": "output port: `out`, `err`, or a named port of an operator (`overflow`, a route name)",
     "error_type": "`decode` (counted at the onramp the record came from), `stage_exception`, `framing`, `encode`, `worker_crash`, "
-    "`unlinked_err` (events on an err port with no link), or the exception class an offramp raised on write",
+    "`unlinked_err` (events on an err port with no link: they go to its last-resort file), `last_resort_failed` (writing them there "
+    "failed too: they are failed, their source not acked), or the exception class an offramp raised on write",
     "reason": "`filtered` (a filter or other operator dropped it), `dropped` (a python stage returned None), `unlinked_port_<port>`",
     "edge": "the component at the receiving end of the queue: the first node of a chain, or an offramp",
     "offramp": "offramp id",

@@ -4,7 +4,8 @@
 - ``Preprocessor``: a stream of chunks -> records (framing, decompression); stateful.
 - ``Postprocessor``: records -> chunks to write (framing, compression).
 - ``Onramp``: produces records through an ``OnrampSink``; ``finite`` ones end by themselves.
-- ``Offramp``: accepts encoded records; returning from ``write`` means accepted.
+- ``Offramp``: accepts encoded records; returning from ``write`` means the peer confirmed them
+  (what "confirmed" is, each offramp's docstring says); ``PartialWrite`` when only some were.
 - ``Operator`` (in ``headrace.runtime.stage``): processes a batch of events.
 
 Each plugin class names a pydantic ``Config`` model; its docs and schema come from it.
@@ -12,7 +13,7 @@ Each plugin class names a pydantic ``Config`` model; its docs and schema come fr
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -22,6 +23,22 @@ from pydantic import BaseModel, ConfigDict
 from headrace.errors import safe_str
 
 Rejections = list[tuple[int, str]] | None
+
+
+class PartialWrite(Exception):
+    """Raised by ``Offramp.write`` when the peer confirmed some records of the batch and not others.
+
+    ``delivered`` (event indexes) count as accepted (acked, never written again);
+    ``rejected`` (``(index, reason)``) go to the offramp's ``err`` port like a returned
+    rejection; every other record is written again with the runtime's backoff, or goes to
+    ``err`` if ``Offramp.retryable(cause)`` says no. ``cause`` is why the rest failed.
+    """
+
+    def __init__(self, cause: BaseException, delivered: Iterable[int] = (), rejected: Rejections = None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.delivered = sorted(set(delivered))
+        self.rejected = list(rejected or [])
 
 
 class PluginConfig(BaseModel):
@@ -81,7 +98,15 @@ class Codec:
         raise NotImplementedError
 
     def encode(self, value: Any) -> bytes:
+        """One record. Raise (any exception) for a value this codec cannot carry: it goes to the
+        offramp's err port with the reason. Every codec writes every meta value a built-in onramp
+        produces (``bytes`` included; how, its page says)."""
         raise NotImplementedError
+
+    def encode_with_meta(self, value: Any, meta: dict[str, Any]) -> bytes:
+        """The event and its meta as one record (an offramp's ``with_meta: true``): by default
+        ``{"event": value, "meta": meta}``; codecs whose records cannot nest override it."""
+        return self.encode({"event": value, "meta": meta})
 
     def loader(self) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
         """A function equivalent to ``decode`` and the exceptions it raises for bad input; codecs
@@ -231,11 +256,13 @@ class Offramp:
         pass
 
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
-        """Deliver; returning means accepted (acks flow upstream).
+        """Deliver; return only once the peer confirmed every record not rejected (acks flow upstream).
 
         Raise to fail the whole batch: it is retried with backoff (``retryable`` decides).
-        Return ``[(index, reason), ...]`` for records rejected for good (too large, refused
-        by the peer): they go to the offramp's ``err`` port and the rest counts as delivered.
+        Raise ``PartialWrite`` when some records were confirmed and others not: only the
+        others are retried. Return ``[(index, reason), ...]`` for records rejected for good
+        (too large, refused by the peer): they go to the offramp's ``err`` port and the rest
+        counts as delivered.
         """
         raise NotImplementedError
 

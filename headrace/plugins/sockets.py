@@ -8,7 +8,12 @@ socket is not read, the kernel buffers fill and the peer is slowed down by TCP i
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+import socket
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -188,16 +193,43 @@ class StreamOnramp(Onramp):
 
 class StreamOfframpConfig(PluginConfig):
     connect_timeout: Duration = Field(5.0, gt=0, description="time allowed for one connection attempt")
+    ack_timeout: Duration = Field(30.0, gt=0, description="longest time the peer may go without confirming a byte of a write "
+                                  "(see the page's top) before the connection counts as dead and the write is retried on a new one")  # fmt: skip
+
+
+def unconfirmed_bytes(sock: Any) -> int:
+    """Bytes of the socket's send queue the peer has not confirmed (``SIOCOUTQ``): for TCP,
+    not acknowledged by the peer's TCP; for a unix socket, not read by the peer process."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+
+
+def broken(writer: asyncio.StreamWriter) -> OSError | None:
+    """The error of a connection the peer reset (or closed on unread data), else None.
+
+    Read from the socket itself (``SO_ERROR``), not only from the transport: the kernel
+    records the reset before it throws the send queue away, so a send queue seen empty and
+    then no error here means the peer really confirmed every byte.
+    """
+    sock = writer.get_extra_info("socket")
+    if writer.transport.is_closing() or sock is None or sock.fileno() < 0:
+        return ConnectionResetError("the connection was closed")
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    return OSError(code, os.strerror(code)) if code else None
 
 
 class StreamOfframp(Offramp):
     """Writes chunks to one connection, opened on the first write and reopened after a failure.
 
-    A failed connect or write raises: the runtime retries the batch with its backoff, so a
-    restarted peer gets the batch again (at least once) and nothing is acked meanwhile.
+    A write returns once the peer confirmed every byte (``unconfirmed_bytes`` is 0 and the
+    connection was not reset). A failed connect, write or confirmation raises: the runtime
+    retries the batch with its backoff on a new connection (at least once), and nothing is
+    acked meanwhile. While a write waits for its confirmation, the batches queued behind it
+    are joined into the next write (``coalesce_events``), so a peer's round trip is paid per
+    write, not per batch.
     """
 
     default_postprocessors = ("lines",)
+    coalesce_events = 4096
 
     def __init__(self, config: StreamOfframpConfig, context: PluginContext) -> None:
         super().__init__(config, context)
@@ -224,7 +256,8 @@ class StreamOfframp(Offramp):
 
     def _drop(self) -> None:
         if self.writer is not None:
-            self.writer.close()
+            # abort (RST), not close: a peer that wakes up later must not get the bytes the retry sends again
+            self.writer.transport.abort()
             self.writer = None
         if self.watch is not None:
             self.watch.cancel()
@@ -249,10 +282,32 @@ class StreamOfframp(Offramp):
         try:
             writer.writelines(chunks)
             await writer.drain()  # waits while the peer does not read: backpressure
+            await self._confirmed(writer)
         except OSError as exc:
             self._drop()
             raise ConnectionError(f"{self.name} offramp {self.context.component_id}: write to {self.where()} failed: {exc}") from exc
         return None
+
+    async def _confirmed(self, writer: asyncio.StreamWriter) -> None:
+        """Until the peer confirmed every byte written so far; raises if the connection broke
+        first, or if the peer confirmed nothing for ``ack_timeout``."""
+        loop = asyncio.get_running_loop()
+        sock = writer.get_extra_info("socket")
+        delay, last = 0.0, -1
+        deadline = loop.time() + self.stream_cfg.ack_timeout
+        while True:
+            pending = writer.transport.get_write_buffer_size() + (unconfirmed_bytes(sock) if sock.fileno() >= 0 else 1)
+            error = broken(writer)  # after reading the queue: a reset that emptied it shows here
+            if error is not None:
+                raise error
+            if not pending:
+                return
+            if pending != last:  # progress: the peer is alive, only slow
+                last, deadline = pending, loop.time() + self.stream_cfg.ack_timeout
+            elif loop.time() > deadline:
+                raise TimeoutError(f"the peer confirmed none of {pending} bytes for {self.stream_cfg.ack_timeout:g}s")
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, 0.0005), 0.05)
 
     async def stop(self) -> None:
         writer = self.writer

@@ -26,6 +26,7 @@ from headrace.metrics.defs import Metrics, Tally
 from headrace.plugins import registry
 from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext, Postprocessor, Preprocessor
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.lastresort import LastResort, state_dir
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.plan import plan_chains
 from headrace.runtime.router import ComponentStats, Router
@@ -124,6 +125,7 @@ class Engine:
         self.draining = False
         self.not_reloading = asyncio.Event()
         self.not_reloading.set()
+        self.last_resort = LastResort(state_dir(graph.daemon, graph.base_dir))
 
     def context(self, cid: str, graph: Graph) -> PluginContext:
         ctx = PluginContext(cid, graph.base_dir)
@@ -154,6 +156,10 @@ class Engine:
         until ``_commit``. A plugin that cannot even be constructed raises ``StartFailed``."""
         d = g.daemon
         keep = set(diff.unchanged)
+        folder = state_dir(d, g.base_dir)
+        if self.last_resort.state != folder:  # a reload moved the state dir
+            self.last_resort.close()
+            self.last_resort = LastResort(folder)
         for name in {"json", "binary", "string", *(c.codec for c in g.components.values() if c.kind != "node")}:
             self.codec(name, g)
         operators: dict[str, Operator] = {}
@@ -184,7 +190,7 @@ class Engine:
                 router = self.routers[c.id]
                 retarget.append((router, targets))  # at commit, the running component feeds the new graph
             else:
-                router = Router(ComponentStats(self.metrics, c.id, c.kind), targets)
+                router = Router(ComponentStats(self.metrics, c.id, c.kind), targets, self.last_resort)
             routers[c.id] = router
         onramps: dict[str, OnrampRunner] = {}
         offramps: dict[str, OfframpRunner] = {}
@@ -233,6 +239,7 @@ class Engine:
         g = b.graph
         for router, targets in b.retarget:
             router.targets = targets
+            router.last_resort = self.last_resort
         self.routers.clear()
         self.routers.update(b.routers)  # one dict object: running chain runners see the new routing
         self.inboxes = b.inboxes
@@ -399,6 +406,7 @@ class Engine:
                 await off.plugin.stop()
             except Exception:
                 log.exception("stopping offramp %s failed", off.spec.id)
+        self.last_resort.close()
 
     def stop_intake(self) -> None:
         self.draining = True  # /ready turns false: a load balancer stops sending

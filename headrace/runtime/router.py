@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 from headrace.metrics.defs import Metrics, Tally
-from headrace.runtime.acks import add_each, done_each
+from headrace.runtime.acks import add_each, done_each, fail_each
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.lastresort import LastResort
 
 log = logging.getLogger("headrace.router")
 
@@ -68,9 +69,10 @@ class ComponentStats:
 
 
 class Router:
-    def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]]) -> None:
+    def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]], last_resort: LastResort | None = None) -> None:
         self.stats = stats
         self.targets = targets  # port -> [(inbox, target is a node)]; a reload replaces the dict
+        self.last_resort = last_resort  # where events of an unlinked err port go (None: they are only logged and counted)
         self._last_err_log = 0.0
 
     def inboxes(self) -> list[Inbox]:
@@ -90,10 +92,10 @@ class Router:
         targets = self.targets.get(port)
         if not targets:
             if port == "err":
-                self._log_unlinked_err(batch)
                 self.stats.error("unlinked_err", n)
-            else:
-                self.stats.discard(f"unlinked_port_{port}", n)
+                self._unlinked_err(batch)
+                return
+            self.stats.discard(f"unlinked_port_{port}", n)
             done_each(batch.acks)
             return
         if len(targets) > 1:
@@ -130,15 +132,33 @@ class Router:
             await inbox.put(batch if first or not is_node else _copy(batch))
             first = False
 
-    def _log_unlinked_err(self, batch: Batch) -> None:
+    def _unlinked_err(self, batch: Batch) -> None:
+        """Events on an err port linked nowhere: to the last-resort file, done once it has them; failed if it cannot."""
+        cid = self.stats.cid
+        if self.last_resort is None:
+            self._log_err(batch, "")
+            done_each(batch.acks)
+            return
+        where = self.last_resort.path(cid)
+        try:
+            self.last_resort.keep(cid, batch)
+        except OSError as exc:
+            self.stats.error("last_resort_failed", len(batch))
+            self._log_err(batch, f"; writing them to the last-resort file {where} failed too ({exc}): they are failed, their source not acked")
+            fail_each(batch.acks)
+            return
+        self._log_err(batch, f", written to the last-resort file {where}")
+        done_each(batch.acks)
+
+    def _log_err(self, batch: Batch, fate: str) -> None:
         now = time.monotonic()
         if now - self._last_err_log < 1.0:
             return
         self._last_err_log = now
         err = batch.meta(0).get("error", {})
         log.error(
-            "%d event(s) on unlinked err port of %s; first: %s: %s (link '%s/err' to an offramp to keep them)",
-            len(batch), self.stats.cid, err.get("type", "?"), err.get("message", "?"), self.stats.cid,
+            "%d event(s) on unlinked err port of %s%s; first: %s: %s (link '%s/err' to an offramp to handle them)",
+            len(batch), self.stats.cid, fate, err.get("type", "?"), err.get("message", "?"), self.stats.cid,
         )  # fmt: skip
 
 

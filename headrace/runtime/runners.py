@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
-from headrace.errors import safe_repr, safe_str
+from headrace.errors import safe_str
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Codec, Offramp, Onramp, Postprocessor, Preprocessor
+from headrace.plugins.base import Codec, Offramp, Onramp, PartialWrite, Postprocessor, Preprocessor, Rejections
 from headrace.runtime.acks import AckRef, done_each
 from headrace.runtime.backoff import Backoff
 from headrace.runtime.batch import Batch, join, joinable, take
@@ -618,6 +618,7 @@ class OfframpRunner:
         """Encoded records (b"" where encoding failed), and the failures with their reasons."""
         name = self.spec.codec
         encode = self.codec.encode
+        encode_with_meta = self.codec.encode_with_meta
         payloads, values = batch.payloads, batch.values
         if not self.with_meta and payloads is not None and batch.codec == name and None not in payloads:
             return payloads, []  # type: ignore[return-value]
@@ -631,11 +632,9 @@ class OfframpRunner:
                     out.append(raw)
                     continue
                 value = values[i] if values is not None else src_codec.decode(raw)  # type: ignore[union-attr,arg-type]
-                if self.with_meta:
-                    value = {"event": value, "meta": batch.meta(i)}
-                out.append(encode(value))
+                out.append(encode_with_meta(value, batch.meta(i)) if self.with_meta else encode(value))
             except Exception as exc:
-                out.append(safe_repr(values[i] if values is not None else raw).encode("utf-8", "backslashreplace"))
+                out.append(b"")
                 bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {safe_str(exc)}"))
         return out, bad
 
@@ -689,8 +688,19 @@ class OfframpRunner:
             codec=batch.codec, origin=batch.origin, group=batch.group,
         )  # fmt: skip
 
-    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], as_text: bool = False) -> tuple[Batch, list[bytes]]:
-        """Send records the offramp refused for good to its err port; the rest were delivered."""
+    def _take(self, batch: Batch, records: list[bytes], idx: list[int]) -> tuple[Batch, list[bytes]]:
+        """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records."""
+        part = [records[i] for i in idx]
+        return Batch(payloads=part, metas=[batch.meta(i) for i in idx], ingest=[batch.ingest[i] for i in idx],  # type: ignore[arg-type]
+                     acks=[batch.acks[i] for i in idx] if batch.acks is not None else None, codec=self.spec.codec,
+                     origin=batch.origin, group=batch.group), part  # fmt: skip
+
+    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False) -> tuple[Batch, list[bytes]]:
+        """Send records the offramp refused for good to its err port; returns the others.
+
+        ``unencoded``: the events could not be encoded: they leave as they came (their value,
+        or their bytes in the codec they came in), so that a dead letter gets the event itself.
+        """
         bad = dict(rejected)
         self.stats.error("rejected", len(bad))
         idx = sorted(bad)  # payloads, metas and acks all in this one order
@@ -699,26 +709,38 @@ class OfframpRunner:
             m = dict(batch.meta(i))
             m["error"] = {"stage": self.spec.id, "type": "Rejected", "message": bad[i]}
             metas.append(m)
-        # records refused by the peer are valid in this codec; ones that could not be encoded travel as text
-        # the values themselves when the batch has them: the err target's codec may carry what this one could not
-        texts = [batch.values[i] if batch.values is not None else records[i].decode("utf-8", "backslashreplace") for i in idx] if as_text else None
-        err = Batch(payloads=[records[i] for i in idx], values=texts,
-                    metas=metas, ingest=[batch.ingest[i] for i in idx], acks=[batch.acks[i] for i in idx] if batch.acks is not None else None,
-                    codec="binary" if as_text else self.spec.codec,
-                    origin=batch.origin, group=batch.group)  # fmt: skip
+        acks = [batch.acks[i] for i in idx] if batch.acks is not None else None
+        if unencoded:
+            err = Batch(payloads=[batch.payloads[i] for i in idx] if batch.payloads is not None else None,
+                        values=[batch.values[i] for i in idx] if batch.values is not None else None, metas=metas,
+                        ingest=[batch.ingest[i] for i in idx], acks=acks, codec=batch.codec, origin=batch.origin, group=batch.group)  # fmt: skip
+        else:  # refused by the peer: valid records in this offramp's codec
+            err = Batch(payloads=[records[i] for i in idx], metas=metas, ingest=[batch.ingest[i] for i in idx], acks=acks,
+                        codec=self.spec.codec, origin=batch.origin, group=batch.group)  # fmt: skip
         if err.acks is not None:
             for r in err.acks:
                 r.pending += 1
-        keep = [i for i in range(len(batch)) if i not in bad]
         if batch.acks is not None:
             for i in idx:
                 batch.acks[i].done()
-        rest = Batch(payloads=[records[i] for i in keep], metas=[batch.meta(i) for i in keep], ingest=[batch.ingest[i] for i in keep],
-                     acks=[batch.acks[i] for i in keep] if batch.acks is not None else None, codec=self.spec.codec,
-                     origin=batch.origin, group=batch.group)  # fmt: skip
+        rest = self._take(batch, records, [i for i in range(len(batch)) if i not in bad])
         assert self.router is not None
         await self.router.send("err", err)
-        return rest, [records[i] for i in keep]
+        return rest
+
+    def accepted(self, batch: Batch, records: list[bytes]) -> None:
+        """The peer confirmed these events: latency, counts, acks."""
+        n = len(batch)
+        if not n:
+            return
+        now = time.time_ns()
+        ing = batch.ingest
+        step = max(n // 4, 1)
+        for i in range(0, n, step):
+            self.latency.observe((now - ing[i]) / 1e9)
+        self.stats.sent("out").inc(n)
+        self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
+        done_each(batch.acks)
 
     async def run(self) -> None:
         try:
@@ -747,56 +769,71 @@ class OfframpRunner:
         return parts[0] if len(parts) == 1 else join(parts)
 
     async def deliver(self, batch: Batch) -> None:
-        n = len(batch)
-        self.stats.received.inc(n)
+        self.stats.received.inc(len(batch))
         self.stats.received_bytes.inc(batch.nbytes)
         if batch.unchecked and batch.payloads is not None and batch.values is None:
             batch = await self.validate(batch)
-            n = len(batch)
-            if not n:
+            if not len(batch):
                 return
         records, bad = self.encode(batch)
         if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
             log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
-            batch, records = await self.reject(batch, records, bad, as_text=True)
-            n = len(batch)
+            batch, records = await self.reject(batch, records, bad, unencoded=True)
+            if not len(batch):
+                return
+        backoff = Backoff()
+        while True:
+            try:
+                rejected = await self.write(batch, records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                cause: BaseException = exc
+                if isinstance(exc, PartialWrite):  # what the peer confirmed is done; only the rest is tried again
+                    cause = exc.cause
+                    batch, records = await self.partly_done(batch, records, exc)
+                n = len(batch)
+                if not n:
+                    return
+                self.stats.error(type(cause).__name__, n)
+                if not self.plugin.retryable(cause):
+                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, cause)
+                    rejected = [(i, f"{type(cause).__name__}: {cause}") for i in range(n)]
+                    break
+                delay = backoff.next()
+                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, cause)
+                await asyncio.sleep(delay)
+                continue
+            break
+        if rejected:
+            batch, records = await self.reject(batch, records, rejected)
+        self.accepted(batch, records)
+
+    async def write(self, batch: Batch, records: list[bytes]) -> Rejections:
+        """One attempt at writing ``batch`` (``records``: its events in this offramp's codec)."""
         chunks = records
         if not self.plugin.frames_itself and self.post:
             chunks, bad = self.postprocess(records)
             if bad:  # a record a postprocessor cannot take goes to err; the rest is written
-                batch, records = await self.reject(batch, records, bad, as_text=True)
-                n = len(batch)
-                chunks, _ = self.postprocess(records)
-        backoff = Backoff()
-        while True:
-            try:
-                if self.plugin.takes_nbytes:
-                    known = batch.nbytes if chunks is batch.payloads else None
-                    rejected = await self.plugin.write(chunks, n, batch.ingest, batch.metas, nbytes=known)  # type: ignore[call-arg]
-                else:
-                    rejected = await self.plugin.write(chunks, n, batch.ingest, batch.metas)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.stats.error(type(exc).__name__, n)
-                if not self.plugin.retryable(exc):
-                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, exc)
-                    rejected = [(i, f"{type(exc).__name__}: {exc}") for i in range(n)]
-                    break
-                delay = backoff.next()
-                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, exc)
-                await asyncio.sleep(delay)
-        if self.framing is not None and (refused := self.framing.take_refused(chunks)):
+                raise PartialWrite(ValueError("a postprocessor refused records"), delivered=[], rejected=bad)
+        if self.plugin.takes_nbytes:
+            known = batch.nbytes if chunks is batch.payloads else None
+            rejected = await self.plugin.write(chunks, len(batch), batch.ingest, batch.metas, nbytes=known)  # type: ignore[call-arg]
+        else:
+            rejected = await self.plugin.write(chunks, len(batch), batch.ingest, batch.metas)
+        if self.framing is not None and (refused := self.framing.take_refused(records)):  # left out of the write
             rejected = sorted({**dict(refused), **dict(rejected or [])}.items())
-        if rejected:
-            batch, records = await self.reject(batch, records, rejected)
-            n = len(batch)
-        now = time.time_ns()
-        ing = batch.ingest
-        step = max(n // 4, 1)
-        for i in range(0, n, step):
-            self.latency.observe((now - ing[i]) / 1e9)
-        self.stats.sent("out").inc(n)
-        self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
-        done_each(batch.acks)
+        return rejected
+
+    async def partly_done(self, batch: Batch, records: list[bytes], partial: PartialWrite) -> tuple[Batch, list[bytes]]:
+        """Settle what a ``PartialWrite`` says: delivered ones accepted, rejected ones to err; returns the rest."""
+        done = set(partial.delivered)
+        refused = self.framing.take_refused(records) if self.framing is not None else []
+        self.accepted(*self._take(batch, records, sorted(done)))
+        rest = [i for i in range(len(batch)) if i not in done]
+        bad = {i: reason for i, reason in [*refused, *partial.rejected] if i not in done}
+        batch, records = self._take(batch, records, rest)
+        if bad:
+            at = {i: k for k, i in enumerate(rest)}
+            batch, records = await self.reject(batch, records, [(at[i], reason) for i, reason in bad.items()])
+        return batch, records

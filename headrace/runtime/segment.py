@@ -205,7 +205,10 @@ class SegmentProgram:
             del unencodable[node]
             for ev in evs:
                 ev.value, ev.raw = safe_repr(ev.value), None
-            add(node, "err", evs, "binary")  # as text: the codec of the err port's target may refuse the value again
+            add(node, "err", evs)  # as text, which nearly every codec carries
+        for node, evs in list(unencodable.items()):  # not even as text in that codec: as the text's bytes
+            del unencodable[node]
+            add(node, "err", evs, "binary")
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
 
 

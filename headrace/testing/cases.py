@@ -38,7 +38,8 @@ class Injection(_Strict):
 
 
 class Expectation(_Strict):
-    at: str = Field(description="an offramp, or component/port: pipeline/port, pipeline.node/port, onramp/err (port default out)")
+    at: str = Field(description="an offramp (what it writes) or offramp/err, or component/port: pipeline/port, pipeline.node/port, onramp/err "
+                    "(port default out)")
     events: list[Any] | None = Field(None, description="exactly these event values, in order")
     count: int | None = Field(None, ge=0, description="exactly this many events")
     where: str | None = Field(None, description="expression over event and meta that must hold for every event")
@@ -117,8 +118,10 @@ class _Resolver:
     def expectation(self, at: str) -> Point | str:
         cid, _, port = at.partition("/")
         kind = self.kinds.get(cid)
-        if kind == "offramp":
-            return Point("offramp", cid) if not port else f"offramp '{cid}' has no ports: expect at '{cid}'"
+        if kind == "offramp":  # what it writes, or its err port (records it refused or could not encode)
+            if port in ("", "err"):
+                return Point("offramp", cid, port or None)
+            return f"offramp '{cid}' has one port, err: expect at '{cid}' (what it writes) or '{cid}/err'"
         if kind == "onramp" or kind == "node":
             ports = self.graph.components[cid].ports or ("out", "err")
             if (port or "out") not in ports:

@@ -2,7 +2,8 @@
 
 Onramps read nothing: the test injects records through their framing and codec, or
 values straight into a pipeline or node. Offramps write nothing: what reaches them is
-captured. Every node runs as a chain of its own on the event loop (``workers: 0``),
+checked and encoded as ``headrace run`` does (its codec, ``with_meta``), so that what
+the codec cannot write goes to the offramp's ``err`` port, and the rest is captured. Every node runs as a chain of its own on the event loop (``workers: 0``),
 with the real operators, so that a test can inject at any node and observe any port
 (``TapRouter`` records what each component sends, per port). Pipeline ports are
 observed and injected through extra offramps and onramps linked to them, so that
@@ -26,13 +27,13 @@ from headrace.config.graph import Graph
 from headrace.config.load import load_text
 from headrace.metrics.defs import Metrics
 from headrace.plugins import registry
-from headrace.plugins.base import Codec, Onramp, PluginContext
+from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
 from headrace.runtime.acks import AckRef, done_each
-from headrace.runtime.batch import Batch
+from headrace.runtime.batch import Batch, take
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner, OnrampRunner
+from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
 from headrace.testing.cases import Case, Point
 
 UNBOUNDED = 2**62  # a test injects everything before the graph runs: no inbox may make it wait
@@ -58,16 +59,40 @@ def snapshot(batch: Batch, codecs: dict[str, Codec]) -> Captured:
 
 
 class CaptureInbox(Inbox):
-    """Stands in for an offramp: accepts every batch at once (acks it) and keeps its events."""
+    """Stands in for an offramp: accepts every batch at once (acks it) and keeps its events.
+
+    With ``encoder`` (the offramp's runner, never started), a batch is first checked and
+    encoded as the offramp would: events it cannot write go to its ``err`` port instead.
+    """
 
     def __init__(self, name: str, codecs: dict[str, Codec]) -> None:
         super().__init__(name, UNBOUNDED, UNBOUNDED)
         self.codecs = codecs
         self.captured: Captured = []
+        self.encoder: OfframpRunner | None = None
 
     async def put(self, batch: Batch) -> None:
+        if self.encoder is not None:
+            batch = await self.writable(batch, self.encoder)
         self.captured += snapshot(batch, self.codecs)
         done_each(batch.acks)
+
+    @staticmethod
+    async def writable(batch: Batch, encoder: OfframpRunner) -> Batch:
+        """The events of ``batch`` the offramp would write; the others went where ``run`` sends them."""
+        if batch.unchecked and batch.payloads is not None and batch.values is None:
+            batch = await encoder.validate(batch)  # undecodable records: to their onramp's err port
+        records, bad = encoder.encode(batch)
+        if not bad:
+            return batch
+        await encoder.reject(batch, records, bad, unencoded=True)  # to the offramp's err port, as in run
+        refused = {i for i, _ in bad}
+        keep = [i for i in range(len(batch)) if i not in refused]
+        return Batch(payloads=take(batch.payloads, keep) if batch.payloads is not None else None,
+                     values=take(batch.values, keep) if batch.values is not None else None,
+                     metas=take(batch.metas, keep) if batch.metas is not None else None, ingest=take(batch.ingest, keep),
+                     acks=take(batch.acks, keep) if batch.acks is not None else None, codec=batch.codec, origin=batch.origin,
+                     group=batch.group)  # fmt: skip
 
 
 class TapRouter(Router):
@@ -163,6 +188,9 @@ class IsolatedGraph:
                 for t in g.edges.get((c.id, port), []):
                     targets.setdefault(port, []).append((self.inboxes[t], g.components[t].kind == "node"))
             self.routers[c.id] = self.taps[c.id] = TapRouter(ComponentStats(self.metrics, c.id, c.kind), targets, self.codecs)
+        for c in g.of_kind("offramp"):
+            if c.id not in self.stand_in.values():  # stand-ins only observe a pipeline port: they write nothing
+                self.captures[c.id].encoder = self._encoder(c.id)
         self.source = InjectedOnramp(None, PluginContext("test", g.base_dir))
         self.onramps: dict[str, OnrampRunner] = {}
         for c in g.of_kind("onramp"):
@@ -183,6 +211,17 @@ class IsolatedGraph:
         closers = [r.closes for r in self.chains] + [r.closes for r in self.onramps.values()]
         for inbox in self.inboxes.values():  # the test driver is one more producer of every inbox
             inbox.producers = 1 + sum(inbox in closes for closes in closers)
+
+    def _encoder(self, cid: str) -> OfframpRunner:
+        """The offramp's runtime runner, only for its checks and encoding (its plugin is never started)."""
+        g = self.graph
+        c = g.components[cid]
+        with_meta = bool((g.raw.get("offramps") or {}).get(cid, {}).get("with_meta", False))
+        router = self.routers[cid]
+        runner = OfframpRunner(c, Offramp(None, PluginContext(cid, g.base_dir)), self.codecs[c.codec], [], self.captures[cid], router.stats,
+                               self.codecs, self.routers, self.metrics, with_meta)  # fmt: skip
+        runner.router = router
+        return runner
 
     def _upstream_onramps(self) -> dict[str, set[str]]:
         g = self.graph
@@ -256,7 +295,7 @@ class IsolatedGraph:
 
     def observed(self, point: Point) -> Captured:
         if point.kind == "offramp":
-            return self.captures[point.id].captured
+            return self.captures[point.id].captured if point.port is None else self.taps[point.id].taps.get(point.port, [])
         if point.kind == "pipeline":
             return self.captures[self.stand_in[str(point)]].captured
         return self.taps[point.id].taps.get(point.port or "out", [])

@@ -83,3 +83,71 @@ links: {{src: [out], out/err: [dlq]}}
     finally:
         assert d.stop() == 0, d.stderr()
         sink.stop()
+
+
+def test_a_redirect_is_not_a_confirmation(tmp_path: Path, write: Any, peer_loop: LoopThread) -> None:
+    """Issue 12 item 2: aiohttp followed redirects, so a 302 (which turns the POST into a GET without
+    the records) and a 200 for that GET counted as delivered. Now a 3xx sends the records to err."""
+    port = free_port()
+
+    async def respond(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.path == "/ingest":
+            status = 302 if b'"id": 0' in body else 307
+            return web.Response(status=status, headers={"Location": f"/moved{status}"})
+        return web.Response(status=200)  # the redirect target answers anything with 200
+
+    sink = HttpSink(peer_loop, port, respond).start()
+    write("in.ndjson", json.dumps({"id": 0}) + "\n")
+    write("in2.ndjson", json.dumps({"id": 1}) + "\n")
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps:
+  a: {{type: file, codec: json, config: {{path: in.ndjson}}}}
+  b: {{type: file, codec: json, config: {{path: in2.ndjson}}}}
+offramps:
+  out: {{type: http, codec: json, config: {{url: "http://127.0.0.1:{port}/ingest"}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{a: [out], b: [out], out/err: [dlq]}}
+""")
+    d = Daemon(cfg)
+    try:
+        assert d.wait(30) == 0, d.stderr()
+    finally:
+        sink.stop()
+    assert [(m, r) for m, _, r in sink.requests if m != "POST"] == [], "the redirect was followed"
+    dead = {e["event"]["id"]: e["meta"]["error"]["message"] for e in json_lines(tmp_path / "dlq.ndjson")}
+    assert sorted(dead) == [0, 1], dead
+    assert "302 Found, redirected to '/moved302'" in dead[0] and "307 Temporary Redirect, redirected to '/moved307'" in dead[1]
+
+
+def test_batch_false_retries_only_the_requests_that_failed(tmp_path: Path, write: Any, peer_loop: LoopThread) -> None:
+    """Issue 12 item 5's class: with one request per record, a batch whose requests partly failed was
+    sent again whole, so the records already confirmed were sent (and stored) again."""
+    port = free_port()
+    failed_once: set[bytes] = set()
+
+    async def respond(request: web.Request, body: bytes) -> web.StreamResponse:
+        if json.loads(body)["id"] % 3 == 0 and body not in failed_once:
+            failed_once.add(body)
+            return web.Response(status=503)
+        return web.Response(status=204)
+
+    sink = HttpSink(peer_loop, port, respond).start()
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(12)))
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson}}}}}}
+offramps:
+  out: {{type: http, codec: json, postprocessors: [], config: {{url: "http://127.0.0.1:{port}/", batch: false, retries: 0, concurrency: 4}}}}
+links: {{src: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        assert d.wait(30) == 0, d.stderr()
+    finally:
+        sink.stop()
+    assert sorted(json.loads(b)["id"] for b in sink.accepted) == list(range(12))
+    sent = Counter(json.loads(body)["id"] for _, _, body in sink.requests)
+    assert sent == {i: 2 if i % 3 == 0 else 1 for i in range(12)}, "only the failed requests were sent again"

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.plugins.peers import json_lines, wait_until
-from tests.support.daemon import Daemon
+from tests.reliability.harness import scrape_or_empty
+from tests.support.daemon import Daemon, free_port
 
 
 def free_udp_port() -> int:
@@ -64,3 +65,37 @@ links: {{src: [main], src/err: [dlq], main: [out, copy], out/err: [dlq]}}
         sender.close()
         receiver.close()
         assert d.stop() == 0, d.stderr()
+
+
+def test_datagrams_to_a_port_nobody_listens_on_are_not_counted_as_sent(tmp_path: Path, write: Any) -> None:
+    """Issue 12 item 2: the kernel reports "port unreachable" as an error on the next send; the old
+    offramp's transport logged it at debug level and every datagram counted as sent. Now the write
+    fails, is retried with backoff, and once a receiver listens every record arrives."""
+    out_port, metrics_port = free_udp_port(), free_port()
+    n = 50
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(n)))
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{metrics_port}"}}}}
+onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson}}}}}}
+offramps: {{out: {{type: udp, codec: json, config: {{port: {out_port}}}}}}}
+links: {{src: [out]}}
+""")
+    d = Daemon(cfg)
+    refused = 'headrace_component_errors_total{component_id="out",component_kind="offramp",error_type="ConnectionRefusedError"}'
+    sent = 'headrace_component_sent_events_total{component_id="out",component_kind="offramp",port="out"}'
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        metrics = d.wait_for(lambda: (m := scrape_or_empty(metrics_port)).get(refused, 0) > 0 and m)
+        assert metrics.get(sent, 0) == 0, "nothing counts as sent while nobody listens"
+        receiver.bind(("127.0.0.1", out_port))
+        receiver.settimeout(20)
+        got: set[int] = set()
+        while len(got) < n:
+            got.add(json.loads(receiver.recv(65536))["id"])
+        assert d.wait(20) == 0, d.stderr()
+    finally:
+        receiver.close()
+        d.stop()
+    assert got == set(range(n))
+

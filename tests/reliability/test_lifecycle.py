@@ -333,7 +333,7 @@ links: {{src: [{into}], src/err: [dlq]{errs}{", main: [out]" if stage else ""}, 
     code = d.wait(60)
     assert code == 0 and SUCCESS in d.stderr(), d.stderr()
     dead = dead_letters(tmp_path / "dlq.ndjson")
-    reasons = {_id_of(e["event"]): e["meta"]["error"]["message"] for e in dead}
+    reasons = {_id_of(e["event"]): f"{e['meta']['error']['type']}: {e['meta']['error']['message']}" for e in dead}
     # "bang" fails only when encoded: a record that reaches the offramp unmodified leaves as its bytes
     expect = {1000, 1002} if path == "direct" else {1000, 1001, 1002}
     assert set(reasons) == expect, dead

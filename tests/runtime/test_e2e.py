@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +186,38 @@ links: {src: [main], main: [out]}
 """)
     d = Daemon(cfg)
     assert d.wait(30) == 0
-    assert "1 event(s) on unlinked err port of main.python_0" in d.stderr()
+    assert "1 event(s) on unlinked err port of main.python_0, written to the last-resort file" in d.stderr()
     assert "ValueError: boom on 9" in d.stderr()
     assert len(lines(tmp_path / "out.ndjson")) == 3
+
+
+def test_events_of_unlinked_err_ports_are_kept_in_the_last_resort_file(tmp_path: Path, write: Any) -> None:
+    """Issue 12 item 1: an err port linked nowhere counted its events as done and kept nothing. Now a
+    decode error at the onramp and a stage's exception each land in the component's last-resort file
+    under the state dir ($STATE_DIRECTORY here, as systemd sets it), with the reason; `check` creates nothing."""
+    write("stages.py", STAGES)
+    write("in.ndjson", records(2) + "not json\n" + json.dumps({"id": 9, "boom": True, "key": "\u00e9"}) + "\n")
+    cfg = write("c.yaml", """
+version: 1
+daemon: {workers: 0, metrics: {listen: null}}
+onramps: {src: {type: file, config: {path: in.ndjson}}}
+pipelines: {main: [{op: python, fn: "stages:tag"}]}
+offramps: {out: {type: file, config: {path: out.ndjson}}}
+links: {src: [main], main: [out]}
+""")
+    state = tmp_path / "state"
+    assert headrace("check", str(cfg), env={"STATE_DIRECTORY": str(state)}).returncode == 0
+    assert not state.exists() and not (tmp_path / "headrace-state").exists(), "check created something"
+    d = Daemon(cfg, env={"STATE_DIRECTORY": str(state)})
+    assert d.wait(30) == 0, d.stderr()
+    kept = {p.name: lines(p) for p in (state / "last-resort").iterdir()}
+    assert sorted(kept) == ["main.python_0.ndjson", "src.ndjson"]
+    [stage_err] = kept["main.python_0.ndjson"]
+    assert stage_err["event"] == {"id": 9, "boom": True, "key": "\u00e9"} and stage_err["component"] == "main.python_0"
+    assert stage_err["meta"]["error"]["type"] == "ValueError" and stage_err["meta"]["error"]["message"] == "boom on 9"
+    [decode_err] = kept["src.ndjson"]
+    assert decode_err["raw"] == "not json" and decode_err["meta"]["error"]["type"] == "DecodeError"
+    assert len(lines(tmp_path / "out.ndjson")) == 2
 
 
 def test_blaster_to_blackhole_prints_throughput(tmp_path: Path, write: Any) -> None:
@@ -307,3 +338,63 @@ links: {tick: [out]}
     assert d.wait(20) == 0
     ids = [e["id"] for e in lines(tmp_path / "out.ndjson")]
     assert ids == list(range(len(ids)))
+
+
+def test_stdout_in_non_blocking_mode_with_a_slow_reader_writes_each_record_once(tmp_path: Path, write: Any) -> None:
+    """Issue 12 item 2: a pipe that a parent put in non-blocking mode, read slowly. The buffered writer
+    raised BlockingIOError part-way through a batch, and the retry wrote the batch again whole:
+    duplicates and torn lines. Now the write waits for the pipe and every record is written once."""
+    n = 3000
+    write("in.ndjson", "".join(json.dumps({"id": i, "pad": "x" * 200}) + "\n" for i in range(n)))
+    cfg = write("c.yaml", """
+version: 1
+daemon: {workers: 0, metrics: {listen: null}}
+onramps: {src: {type: file, config: {path: in.ndjson}}}
+offramps: {out: {type: stdout}}
+links: {src: [out]}
+""")
+    r, w = os.pipe()
+    os.set_blocking(w, False)  # shared with the daemon: its stdout is non-blocking
+    proc = subprocess.Popen([*HEADRACE, "run", str(cfg)], cwd=tmp_path, stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    data = b""
+    try:
+        with os.fdopen(r, "rb", buffering=0) as reader:
+            while chunk := reader.read(4096):  # a slow reader: the 64 KiB pipe buffer stays full
+                data += chunk
+                time.sleep(0.001)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()  # a no-op once it exited; it must not outlive a failed test
+    assert proc.returncode == 0, err.decode()
+    ids = [json.loads(x)["id"] for x in data.splitlines()]  # a torn line fails to parse here
+    assert ids == list(range(n))
+
+
+def test_stdout_to_a_full_file_completes_the_cut_record_instead_of_writing_it_again(tmp_path: Path, write: Any) -> None:
+    """stdout redirected to a file that cannot grow (EFBIG under a file size limit, as ENOSPC on a full
+    disk): the write stops inside a record. The records before it are done; once the file can grow,
+    the cut record's tail is written, then the rest: each record once, none torn."""
+    n, limit = 400, 20_000
+    write("in.ndjson", "".join(json.dumps({"id": i, "pad": "x" * 90}) + "\n" for i in range(n)))
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}, batch_size: {n}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson}}}}}}
+offramps: {{out: {{type: stdout}}}}
+links: {{src: [out]}}
+""")
+    saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, saved[1]))  # inherited by the daemon from its start
+    try:
+        d = Daemon(cfg)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved)
+    try:
+        d.wait_for(lambda: "write of" in d.stderr() and "File too large" in d.stderr())
+        assert d.stdout_path.stat().st_size == limit, "the write stopped inside a record"
+        resource.prlimit(d.pid, resource.RLIMIT_FSIZE, saved)
+        assert d.wait(30) == 0, d.stderr()
+    finally:
+        d.stop()
+    assert [json.loads(x)["id"] for x in d.stdout_path.read_bytes().splitlines()] == list(range(n))

@@ -148,3 +148,37 @@ def test_bad_config_exits_78_and_no_tests_exits_1(write: Any) -> None:
     bare = write("bare.yaml", CONFIG.split("tests:")[0])
     res = headrace("test", str(bare))
     assert res.returncode == 1 and "no tests" in res.stderr.decode()
+
+
+ENCODING = """
+version: 1
+onramps: {in: {type: stdin, codec: json}}
+offramps:
+  out: {type: stdout, codec: csv}
+  dlq: {type: stdout, codec: json, with_meta: true}
+links: {in: [out], out/err: [dlq]}
+tests:
+  - name: what the offramp's codec cannot write goes to its err port, as in run
+    inject:
+      - {at: in, events: [{a: 1}, [x, 2]], meta: {kafka_key: !!binary "/wA=", kafka_headers: {h: !!binary "aGk="}}}
+    expect:
+      - {at: out, events: [[x, 2]]}
+      - {at: dlq, count: 1, where: "event == {'a': 1} and 'needs a header' in meta['error']['message']"}
+"""
+
+
+def test_offramps_encode_as_in_run(write: Any) -> None:
+    """Issue 12 item 1: `headrace test` captured what reached an offramp without encoding it, so an
+    event its codec cannot write passed the test and was refused in `headrace run`."""
+    cfg = write("c.yaml", ENCODING)
+    res = headrace("test", str(cfg))
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
+def test_an_offramps_err_port_can_be_observed(write: Any) -> None:
+    unlinked = ENCODING.replace("  dlq: {type: stdout, codec: json, with_meta: true}\n", "").replace(", out/err: [dlq]", "")
+    cfg = write("c.yaml", unlinked.replace("{at: dlq, count: 1,", "{at: out/err, count: 1,"))
+    res = headrace("test", str(cfg))
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    res = headrace("test", str(write("d.yaml", ENCODING.replace("{at: dlq, count: 1,", "{at: dlq/out, count: 1,"))))
+    assert res.returncode == 78 and "offramp 'dlq' has one port, err" in res.stderr.decode()

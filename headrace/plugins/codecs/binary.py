@@ -1,12 +1,16 @@
-"""Raw bytes, unchanged."""
+"""Raw bytes, unchanged.
+
+Encoding writes ``bytes`` as they are and a ``str`` as its UTF-8; any other value (and
+``{"event", "meta"}`` with ``with_meta: true``) as JSON, bytes inside it as the ``json``
+codec writes them (text, or ``{"base64": ...}``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from headrace.plugins.base import Codec
+from headrace.plugins.codecs.json import to_json
 
 
 class BinaryCodec(Codec):
@@ -22,4 +26,4 @@ class BinaryCodec(Codec):
             return bytes(value)
         if isinstance(value, str):
             return value.encode("utf-8")
-        return orjson.dumps(value)
+        return to_json(value)

@@ -1,4 +1,9 @@
-"""CSV: one record is one CSV row -> a list of strings, or a dict when ``header`` names the columns."""
+"""CSV: one record is one CSV row -> a list of strings, or a dict when ``header`` names the columns.
+
+Encoding writes a cell that is a list or a mapping as JSON text, and ``bytes`` as the
+``json`` codec writes them (their text when valid UTF-8, else ``{"base64": ...}`` as JSON).
+With ``with_meta: true`` the row gets one more column, last: the meta as JSON.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 from pydantic import Field
 
 from headrace.plugins.base import Codec, DecodeError, PluginConfig, PluginContext
+from headrace.plugins.codecs.json import text_or_base64, to_json
 
 
 class CsvConfig(PluginConfig):
@@ -49,6 +55,12 @@ class CsvCodec(Codec):
         return dict(zip(self.header, row, strict=True))
 
     def encode(self, value: Any) -> bytes:
+        return self._write(self._row(value))
+
+    def encode_with_meta(self, value: Any, meta: dict[str, Any]) -> bytes:
+        return self._write([*self._row(value), meta])
+
+    def _row(self, value: Any) -> list[Any]:
         if isinstance(value, dict):
             if self.header is None:
                 raise ValueError("csv: encoding a dict needs a header (the column order)")
@@ -60,7 +72,20 @@ class CsvCodec(Codec):
             row = list(value)
         else:
             row = [value]
+        return row
+
+    def _write(self, row: list[Any]) -> bytes:
         buf = io.StringIO()
         # "\r\n" as terminator makes the writer quote fields holding line breaks; it is cut off after
-        csv.writer(buf, lineterminator="\r\n", **self.dialect).writerow(["" if v is None else v for v in row])  # type: ignore[arg-type]
+        csv.writer(buf, lineterminator="\r\n", **self.dialect).writerow([_cell(v) for v in row])  # type: ignore[arg-type]
         return buf.getvalue()[:-2].encode("utf-8")
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        v = text_or_base64(v)
+    if isinstance(v, (dict, list, tuple)):
+        return to_json(v).decode("utf-8")  # not Python's repr: a reader can parse it
+    return v

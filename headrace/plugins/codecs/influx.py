@@ -6,6 +6,9 @@ decodes to ``{"measurement": "weather", "tags": {"location": "us west"},
 Floats are ``float``, ``i``/``u`` integers ``int``; ``timestamp`` is ``None`` when absent.
 Escaping follows the InfluxDB documentation: ``\\`` before ``,`` `` `` (and ``=`` in keys
 and tag values), ``\\"`` and ``\\\\`` in strings, ``\\\\`` for a backslash.
+
+With ``with_meta: true`` the line gets one more string field, ``meta``: the meta as JSON
+(bytes in it as the ``json`` codec writes them: text, or ``{"base64": ...}``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import re
 from typing import Any
 
 from headrace.plugins.base import Codec, DecodeError
+from headrace.plugins.codecs.json import to_json
 
 _MEASUREMENT = re.compile(r"(?:\\.|[^\\, ])+", re.S)
 _KEY = re.compile(r"(?:\\.|[^\\,= ])+", re.S)
@@ -188,3 +192,8 @@ class InfluxCodec(Codec):
 
     def encode(self, value: Any) -> bytes:
         return format_line(value).encode("utf-8")
+
+    def encode_with_meta(self, value: Any, meta: dict[str, Any]) -> bytes:
+        if not isinstance(value, dict) or not isinstance(value.get("fields"), dict):
+            return self.encode(value)  # says what is wrong with it
+        return self.encode({**value, "fields": {**value["fields"], "meta": to_json(meta).decode("utf-8")}})

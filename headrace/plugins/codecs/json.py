@@ -7,6 +7,11 @@ sees, and a modified record carries, the integer that came in. Duplicate keys in
 the last one wins, as in JavaScript's ``JSON.parse``, Python and Go; a record nobody modified
 leaves as its original bytes, duplicates included.
 
+Bytes (a Kafka key or header value in meta, a value a stage made) are written as the text
+they hold when they are valid UTF-8, else as ``{"base64": "..."}`` (an object, so that a
+text that looks like base64 is never taken for it): ``b"k1"`` -> ``"k1"``, ``b"\\xff\\x00"``
+-> ``{"base64": "/wA="}``.
+
 Stages declared ``readonly`` may read records through a lazy, read-only view
 (pysimdjson, when installed): parsing builds no Python objects until a field is read,
 which is several times cheaper than building the whole dict for a stage that reads
@@ -16,6 +21,7 @@ accepted, and the reason given for what is not, is the same on both paths.
 
 from __future__ import annotations
 
+import base64
 import copyreg
 import json
 from collections.abc import Callable
@@ -61,8 +67,19 @@ def dumps_exact(value: Any) -> bytes:
         return json.dumps(value, default=_plain, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
+def text_or_base64(value: bytes | bytearray | memoryview) -> str | dict[str, str]:
+    """Bytes as JSON carries them: their text when valid UTF-8, else ``{"base64": ...}``."""
+    raw = bytes(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
 def _plain(value: Any) -> Any:
-    """orjson's fallback for types it does not know: lazy views become dicts and lists."""
+    """orjson's fallback for types it does not know: bytes (see the module doc); lazy views become dicts and lists."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return text_or_base64(value)
     if simdjson is not None:
         if isinstance(value, simdjson.Object):
             return value.as_dict()
@@ -147,6 +164,12 @@ class JsonCodec(Codec):
         return super().reason(exc)
 
     def encode(self, value: Any) -> bytes:
-        if isinstance(value, (bytes, bytearray)):
-            value = value.decode("utf-8", "backslashreplace")
-        return dumps_exact(value)
+        return to_json(value)
+
+
+def to_json(value: Any) -> bytes:
+    """``value`` as JSON text (bytes as the module doc says; integers beyond 64 bits exact), for
+    every codec that writes JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = text_or_base64(value)
+    return dumps_exact(value)

@@ -1,4 +1,8 @@
-"""MessagePack values."""
+"""MessagePack values.
+
+``bytes`` (a Kafka key or header value in meta) are written as MessagePack ``bin`` and
+read back as ``bytes``: nothing is converted.
+"""
 
 from __future__ import annotations
 

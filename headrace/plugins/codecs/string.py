@@ -1,12 +1,16 @@
-"""UTF-8 text: each record is a ``str``; invalid UTF-8 goes to err."""
+"""UTF-8 text: each record is a ``str``; invalid UTF-8 goes to err.
+
+Encoding writes a ``str`` as its UTF-8 and ``bytes`` as they are; any other value (and
+``{"event", "meta"}`` with ``with_meta: true``) as JSON, bytes inside it as the ``json``
+codec writes them (text, or ``{"base64": ...}``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from headrace.plugins.base import Codec, DecodeError
+from headrace.plugins.codecs.json import to_json
 
 
 class StringCodec(Codec):
@@ -24,4 +28,4 @@ class StringCodec(Codec):
             return value.encode("utf-8")
         if isinstance(value, (bytes, bytearray)):
             return bytes(value)
-        return orjson.dumps(value)
+        return to_json(value)

@@ -1,7 +1,8 @@
 """YAML documents, safe loader only: no Python objects, one document per record.
 
 Encoding writes one line (flow style, line breaks in strings escaped), so the lines
-framing works. Aliases are followed with a budget: a "billion laughs" record, or one
+framing works; ``bytes`` (a Kafka key or header value in meta) are written as
+``!!binary`` (base64) and read back as ``bytes``. Aliases are followed with a budget: a "billion laughs" record, or one
 nested deeper than ``max_event_depth``, is rejected instead of expanded.
 
 libyaml's composer recurses in C and overflows the stack (a crash, not an exception) on

@@ -8,7 +8,21 @@ refused, and that record goes to the offramp's ``err`` port with the reason.
 
 Rotation: when a file reaches ``rotate_bytes`` or is older than ``rotate_interval``, it is
 renamed ``NAME.1`` (older ones shift to ``.2`` ...; ``keep`` are kept) and a new one starts.
-A write error (disk full) raises: the batch is retried with backoff and nothing is acked.
+A file renamed or deleted by someone else (logrotate without ``copytruncate``) is noticed
+at the next write to it (its path no longer names the open file) and opened again.
+
+**Confirmed** means: ``write`` and ``flush`` to the file returned (``fsync: true``: and
+``fsync`` returned, so the records survive a power loss). What a failure does depends on
+the error, per file of a templated path (the other files of the batch are written once):
+
+- an error that the same path will always give goes to the ``err`` port with the reason:
+  a name too long (``ENAMETOOLONG``), a folder where the file should be (``EISDIR``), a
+  file where a folder should be (``ENOTDIR``, ``EEXIST``), a symlink (``ELOOP``), a name the
+  file system refuses (``EINVAL``, ``EILSEQ``), a device without a reader (``ENXIO``);
+- any other error (disk full ``ENOSPC``, quota ``EDQUOT``, ``EFBIG`` from a file size
+  limit, ``EIO``, no permission ``EACCES``/``EPERM``, a read-only file system ``EROFS``,
+  too many open files ``EMFILE``) is retried with backoff: an operator can fix them while
+  the records wait, unacked. A partly written record is cut off before the retry.
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ from typing import IO, Any, Literal
 from pydantic import Field
 
 from headrace.config.units import Duration, Size
-from headrace.plugins.base import Offramp, PluginConfig, PluginContext, Rejections
+from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
 
 _PLACEHOLDER = re.compile(r"\{meta\.([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -39,18 +53,45 @@ class FileOfframpConfig(PluginConfig):
     max_open: int = Field(64, ge=1, description="files kept open at once (least recently used closed first)")
 
 
+# errors that opening or writing the same path gives again however often it is tried
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ELOOP, errno.EINVAL,
+                              errno.EILSEQ, errno.ENXIO})  # fmt: skip
+
+
 class PathRefused(ValueError):
     pass
 
 
+def permanent(exc: BaseException) -> bool:
+    """Whether writing the same path again cannot help (the records go to err)."""
+    return isinstance(exc, PathRefused) or (isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS)
+
+
+def _reason(path: Path, exc: BaseException) -> str:
+    if not isinstance(exc, OSError) or not exc.strerror:
+        return f"refused: {exc}"
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+    return f"cannot write {path}: {exc.strerror}{where}"
+
+
 class OpenFile:
-    __slots__ = ("f", "opened", "path", "size")
+    __slots__ = ("dev", "f", "ino", "opened", "path", "size")
 
     def __init__(self, path: Path, f: IO[bytes]) -> None:
         self.path = path
         self.f = f
         self.size = f.tell()
         self.opened = time.monotonic()
+        st = os.fstat(f.fileno())
+        self.dev, self.ino = st.st_dev, st.st_ino
+
+    def replaced(self) -> bool:
+        """Whether the path no longer names this open file (renamed or deleted by someone else)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != (self.dev, self.ino)
 
 
 class FileOfframp(Offramp):
@@ -105,9 +146,12 @@ class FileOfframp(Offramp):
         return self.context.resolve(text)
 
     def _open(self, path: Path) -> OpenFile:
-        of = self.files.get(path)
+        of = self.files.pop(path, None)
         if of is not None:
-            return of
+            if not of.replaced():
+                self.files[path] = of  # last in the dict: the most recently used
+                return of
+            of.f.close()  # rotated away or deleted: records would go to a file nobody reads
         real = self._confine(path)
         real.parent.mkdir(parents=True, exist_ok=True)
         real = self._confine(real)  # a symlink planted in between is caught here
@@ -117,7 +161,7 @@ class FileOfframp(Offramp):
         self.truncated.add(real)
         of = OpenFile(real, os.fdopen(fd, "ab" if not truncate else "wb"))
         if len(self.files) >= self.cfg.max_open:
-            oldest = next(iter(self.files))
+            oldest = next(iter(self.files))  # the least recently used
             self.files.pop(oldest).f.close()
         self.files[path] = of
         return of
@@ -156,26 +200,37 @@ class FileOfframp(Offramp):
                 rejected.append((i, str(exc)))
                 continue
             groups.setdefault(path, []).append(i)
+        delivered: list[int] = []
+        failure: OSError | None = None
         for path, idx in groups.items():
             try:
-                of = self._open(path)
+                self._write_file(path, [chunks[i] for i in idx])
             except (PathRefused, OSError) as exc:
-                if isinstance(exc, PathRefused) or getattr(exc, "errno", None) == errno.ELOOP:  # O_NOFOLLOW met a symlink
-                    rejected.extend((i, f"refused: {exc}") for i in idx)
+                if permanent(exc):
+                    rejected.extend((i, _reason(path, exc)) for i in idx)
                     continue
-                raise
-            of = self._rotate_if_due(path, of)
-            data = b"".join(self.postprocess([chunks[i] for i in idx]))
-            try:
-                of.f.write(data)
-                of.f.flush()
-                if self.cfg.fsync:
-                    os.fsync(of.f.fileno())
-            except OSError:
-                self._undo(path, of)  # no torn record is left behind; the retry writes it whole
-                raise
-            of.size += len(data)
+                assert isinstance(exc, OSError)
+                failure = failure or exc  # the other files are still written: a retry repeats only this one
+                continue
+            delivered += idx
+        if failure is not None:
+            if not delivered and not rejected:
+                raise failure
+            raise PartialWrite(failure, delivered, rejected)
         return rejected or None
+
+    def _write_file(self, path: Path, records: list[bytes]) -> None:
+        of = self._rotate_if_due(path, self._open(path))
+        data = b"".join(self.postprocess(records))
+        try:
+            of.f.write(data)
+            of.f.flush()
+            if self.cfg.fsync:
+                os.fsync(of.f.fileno())
+        except OSError:
+            self._undo(path, of)  # no torn record is left behind; the retry writes it whole
+            raise
+        of.size += len(data)
 
     def _undo(self, path: Path, of: OpenFile) -> None:
         self.files.pop(path, None)

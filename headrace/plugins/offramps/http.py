@@ -2,10 +2,21 @@
 
 ``batch: true`` (default) sends a whole batch, joined by the postprocessors (lines by
 default), in one request; ``batch: false`` sends one request per chunk, ``concurrency``
-at a time (with ``postprocessors: []`` a chunk is one record). Connection errors,
-timeouts, 429 and 5xx are retried with exponential backoff (honouring ``Retry-After``);
-when the retries are used up the write raises and the runtime retries the batch later.
-Other 4xx answers are final: the records go to the offramp's err port, never resent.
+at a time (with ``postprocessors: []`` a chunk is one record).
+
+**Confirmed** means: the server answered the request with a ``2xx`` status. Every other
+outcome is a retry or an ``err``, never a success:
+
+- connection errors, timeouts (also while reading the answer), ``408``, ``425``, ``429``
+  and ``5xx`` are retried with exponential backoff (honouring ``Retry-After``); when the
+  retries are used up the write raises and the runtime retries the batch later;
+- a redirect (``3xx``) is not followed (a ``301``/``302``/``303`` would turn the POST into a
+  GET without the records, and the records would go to an address nobody configured): the
+  records go to the ``err`` port with the ``Location`` named, so that ``url`` can be fixed;
+- other ``4xx`` answers are final: the records go to the ``err`` port, never resent.
+
+With ``batch: false``, requests of one batch that were confirmed are never sent again
+when others of the batch fail: only the failed ones are retried.
 """
 
 from __future__ import annotations
@@ -18,12 +29,13 @@ import aiohttp
 from pydantic import Field
 
 from headrace.config.units import Duration
-from headrace.plugins.base import Offramp, PluginConfig, PluginContext, Rejections
+from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
 from headrace.runtime.backoff import Backoff
 
 log = logging.getLogger("headrace.plugins.http")
 
 SAMPLE = 200  # characters of a refusing response's body kept in the reason
+RETRY_STATUSES = frozenset({408, 425, 429})  # 4xx answers that say "later", not "never"
 
 
 class HttpOfframpConfig(PluginConfig):
@@ -33,13 +45,13 @@ class HttpOfframpConfig(PluginConfig):
     batch: bool = Field(True, description="one request per batch (true) or one per chunk (false)")
     concurrency: int = Field(4, ge=1, le=1024, description="requests in flight at once (batch: false)")
     timeout: Duration = Field(30.0, gt=0, description="time allowed for one request, response included")
-    retries: int = Field(5, ge=0, description="retries of one request on connection errors, timeouts, 429 and 5xx")
+    retries: int = Field(5, ge=0, description="retries of one request on connection errors, timeouts, 408, 425, 429 and 5xx")
     backoff_initial: Duration = Field(0.1, gt=0, description="first wait between retries; doubles each time")
     backoff_max: Duration = Field(10.0, gt=0, description="longest wait between retries (also caps Retry-After)")
 
 
 class HttpRetryable(Exception):
-    """A request that may succeed later: connection error, timeout, 429 or 5xx."""
+    """A request that may succeed later: connection error, timeout, 408, 425, 429 or 5xx."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -47,7 +59,7 @@ class HttpRetryable(Exception):
 
 
 class HttpRefused(Exception):
-    """A final answer (4xx other than 429): sending the same request again cannot help."""
+    """A final answer (a redirect, or a 4xx other than 408, 425, 429): sending the same request again cannot help."""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -82,14 +94,18 @@ class HttpOfframp(Offramp):
         assert self.session is not None, "start() was not called"
         where = f"{self.cfg.method} {self.cfg.url}"
         try:
-            async with self.session.request(self.cfg.method, self.cfg.url, data=body) as resp:
-                if resp.status < 300:
+            # a redirect is an answer, not a confirmation: it is not followed (see the module doc)
+            async with self.session.request(self.cfg.method, self.cfg.url, data=body, allow_redirects=False) as resp:
+                if 200 <= resp.status < 300:
                     await resp.read()
                     return
                 text = (await resp.text(errors="replace"))[:SAMPLE].strip()
                 msg = f"{where} -> {resp.status} {resp.reason}" + (f": {text}" if text else "")
-                if resp.status == 429 or resp.status >= 500:
+                if resp.status in RETRY_STATUSES or resp.status >= 500:
                     raise HttpRetryable(msg, _retry_after(resp.headers.get("Retry-After")))
+                if 300 <= resp.status < 400:
+                    location = resp.headers.get("Location")
+                    msg = f"{where} -> {resp.status} {resp.reason}, redirected to {location!r}: redirects are not followed; set url to the final address"
                 raise HttpRefused(msg)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise HttpRetryable(f"{where} failed: {type(exc).__name__}: {exc}") from exc
@@ -127,15 +143,17 @@ class HttpOfframp(Offramp):
                         "use postprocessors: [] for one request per event", self.context.component_id, events, len(chunks))  # fmt: skip
         results = await asyncio.gather(*(self.send(c) for c in chunks), return_exceptions=True)
         refused = [(i, r) for i, r in enumerate(results) if isinstance(r, HttpRefused)]
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, HttpRefused):
-                raise r  # retryable after all retries (or unexpected): the runtime retries the batch
-        if not refused:
-            return None
-        log.error("%s: %d request(s) refused; first: %s", self.context.component_id, len(refused), refused[0][1])
-        if len(chunks) != events:
-            return [(i, str(refused[0][1])) for i in range(events)]
-        return [(i, str(exc)) for i, exc in refused]
+        failed = [r for r in results if isinstance(r, BaseException) and not isinstance(r, HttpRefused)]
+        if refused:
+            log.error("%s: %d request(s) refused; first: %s", self.context.component_id, len(refused), refused[0][1])
+        if len(chunks) != events:  # a chunk holds several events: all of them share its fate
+            if failed:
+                raise failed[0]
+            return [(i, str(refused[0][1])) for i in range(events)] if refused else None
+        rejections = [(i, str(exc)) for i, exc in refused]
+        if failed:  # retryable after all retries (or unexpected): only these requests are sent again
+            raise PartialWrite(failed[0], [i for i, r in enumerate(results) if r is None], rejections)
+        return rejections or None
 
     async def stop(self) -> None:
         if self.session is not None:

@@ -1,10 +1,19 @@
 """``type: kafka``: produce records to Kafka in batches; delivery reports drive the acks.
 
-Records are grouped per topic and partition into producer batches (``send_batch``);
-the batch is accepted when the broker acknowledged every record (``acks: all`` by
-default). A record larger than ``max_message_bytes`` is rejected to the offramp's
-``err`` port before it is sent. Failed sends raise, so the runtime retries the batch
-with backoff and nothing upstream is acked (or committed) meanwhile.
+Records are grouped per topic and partition into producer batches (``send_batch``).
+
+**Confirmed** means: the broker acknowledged the record's produce request with the
+configured ``acks`` (``all`` by default: every in-sync replica has it; with ``acks: 0``
+nothing is confirmed: the record counts once the client sent it). Per topic and
+partition: a send that failed is retried with backoff, alone, while what other
+partitions confirmed is done and never sent again; nothing upstream of a failed record
+is acked (or committed) meanwhile.
+
+To the ``err`` port, with the reason, go records that can never be produced: larger than
+``max_message_bytes``; a ``topic_expr``, ``key`` or ``headers`` expression that fails; a
+topic that is not a valid Kafka topic name (1 to 249 of ``a-z A-Z 0-9 . _ -``, not ``.``
+or ``..``; ``None`` is not a topic); and records the broker refuses for good (too large
+for it, corrupt, invalid topic).
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -20,10 +30,25 @@ from pydantic import Field
 
 from headrace.config.expr import compile_expr
 from headrace.config.units import Duration, Size
-from headrace.plugins.base import Offramp, PluginConfig, PluginContext, Rejections
+from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
 
 log = logging.getLogger("headrace.kafka")
 PARTITIONS_TTL = 30.0
+_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+# broker answers that sending the same records again cannot change
+FINAL_ERRORS = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidTopicError", "CorruptRecordException",
+                          "UnsupportedForMessageFormatError", "RecordTooLargeError"})  # fmt: skip
+
+Record = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]  # (event index, key, value, headers)
+
+
+def topic_problem(topic: Any) -> str | None:
+    """Why ``topic`` cannot be a Kafka topic name, or None when it can."""
+    if not isinstance(topic, str):
+        return f"the topic is {topic!r}, not a string"
+    if not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+        return f"{topic[:300]!r} is not a valid Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -, not . or ..)"
+    return None
 
 
 # producer options headrace sets itself from the offramp's settings
@@ -73,6 +98,9 @@ class KafkaOfframp(Offramp):
     def check(self) -> None:
         if (self.cfg.topic is None) == (self.cfg.topic_expr is None):
             raise ValueError("set exactly one of topic and topic_expr")
+        problem = topic_problem(self.cfg.topic) if self.cfg.topic is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         from aiokafka import AIOKafkaProducer
 
         from headrace.plugins.kafka_client import check_client_options
@@ -124,7 +152,7 @@ class KafkaOfframp(Offramp):
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
         assert self.producer is not None, "start() was not called"
         rejected: list[tuple[int, str]] = []
-        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]] = {}
+        groups: dict[tuple[str, int], list[Record]] = {}
         keyless = next(self._rr)
         last_topic: str | None = None
         parts: list[int] = []
@@ -134,30 +162,62 @@ class KafkaOfframp(Offramp):
                 rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"))
                 continue
             try:
-                topic = str(self.topic_fn(meta)) if self.topic_fn else str(self.cfg.topic)
+                topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
                 key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
                 hdrs = self.headers_fn(meta) if self.headers_fn else {}
                 headers = [(str(k), _to_bytes(v) or b"") for k, v in (hdrs or {}).items()]
             except Exception as exc:
                 rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
                 continue
+            problem = topic_problem(topic)
+            if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
+                rejected.append((i, problem))
+                continue
+            assert isinstance(topic, str)
             if topic != last_topic:
                 last_topic, parts = topic, await self._partitions(topic)
             part = self._partition(parts, key, keyless)
-            groups.setdefault((topic, part), []).append((key, value, headers))
-        futures = []
+            groups.setdefault((topic, part), []).append((i, key, value, headers))
+        sends, failure = await self._send(groups)
+        results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
+        delivered: list[int] = []
+        for (_, idx), result in zip(sends, results, strict=True):
+            if not isinstance(result, BaseException):
+                delivered += idx
+            elif type(result).__name__ in FINAL_ERRORS:
+                rejected += [(i, f"the broker refused the record: {type(result).__name__}: {result}") for i in idx]
+            else:
+                failure = failure or result
+        if failure is None:
+            return rejected or None
+        self._parts.clear()  # partitions may have changed (a topic recreated): the retry asks again
+        if not delivered and not rejected:
+            raise failure
+        raise PartialWrite(failure, delivered, rejected)
+
+    async def _send(self, groups: dict[tuple[str, int], list[Record]]) -> tuple[list[tuple[Any, list[int]]], BaseException | None]:
+        """Hand each partition's records to the producer: (delivery future, event indexes) per
+        producer batch, and why some partition's records could not be handed over (they are
+        in no future)."""
+        sends: list[tuple[Any, list[int]]] = []
+        failure: BaseException | None = None
         for (topic, part), records in groups.items():
             batch = self.producer.create_batch()
-            for key, value, headers in records:
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    futures.append(await self.producer.send_batch(batch, topic, partition=part))
-                    batch = self.producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None, headers=headers)
-            if batch.record_count():
-                futures.append(await self.producer.send_batch(batch, topic, partition=part))
-        if futures:
-            await asyncio.gather(*futures)  # raises on a failed delivery: the runtime retries the batch
-        return rejected or None
+            idx: list[int] = []
+            try:
+                for i, key, value, headers in records:
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        sends.append((await self.producer.send_batch(batch, topic, partition=part), idx))
+                        batch, idx = self.producer.create_batch(), []
+                        batch.append(key=key, value=value, timestamp=None, headers=headers)
+                    idx.append(i)
+                if batch.record_count():
+                    sends.append((await self.producer.send_batch(batch, topic, partition=part), idx))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # this partition could not be sent to (metadata, unknown partition): the others still are
+                failure = failure or exc
+        return sends, failure
 
     async def flush(self) -> None:
         if self.producer is not None:

@@ -1,4 +1,16 @@
-"""``type: tcp``: write records to a TCP server; reconnects after the peer went away."""
+"""``type: tcp``: write records to a TCP server; reconnects after the peer went away.
+
+**Confirmed** means: the peer's TCP acknowledged every byte of the write (our socket's send
+queue, ``SIOCOUTQ``, is empty) and the connection was not reset meanwhile. A write to a
+peer that closed or crashed is answered by a reset, not an acknowledgement, and a peer
+that acknowledges nothing for ``ack_timeout`` counts as dead: in both cases the connection
+is aborted and the batch is written again on a new one (at least once: a peer that had
+read part of it gets that part again).
+
+That is as far as TCP can see. Bytes the peer's TCP acknowledged but its process never
+read (it crashed before reading them) are lost, as with any protocol without an
+acknowledgement of its own; use the ``http`` or ``kafka`` offramp where that matters.
+"""
 
 from __future__ import annotations
 

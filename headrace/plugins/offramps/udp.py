@@ -1,15 +1,28 @@
-"""``type: udp``: send each record as one datagram."""
+"""``type: udp``: send each record as one datagram.
+
+**Confirmed** means: the kernel took the whole datagram (``send`` returned its length) and
+reported no error for it. UDP itself confirms nothing: a datagram lost on the way, or
+dropped by a busy receiver, is not seen (at most once). An error the kernel does report
+fails the write from that datagram on, and the rest is retried with backoff: an ICMP "port
+unreachable" (nobody listens at the address) arrives as an error on the *next* send, so
+the datagram before the one that failed is sent again too, and the end of each batch
+checks for such an error left by its last datagram. A record longer than
+``max_datagram_bytes``, or than the kernel can send in one datagram, goes to ``err``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
-from typing import Any
+import os
+import socket
+from typing import Any, NoReturn
 
 from pydantic import Field
 
 from headrace.config.units import Size
-from headrace.plugins.base import Offramp, PluginConfig, PluginContext, Rejections
+from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
 from headrace.plugins.onramps.udp import MAX_UDP
 
 log = logging.getLogger("headrace.plugins.udp")
@@ -21,21 +34,6 @@ class UdpOfframpConfig(PluginConfig):
     max_datagram_bytes: Size = Field(MAX_UDP, ge=1, le=MAX_UDP, description="larger records are not sent: they go to the err port")
 
 
-class _Sender(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.writable = asyncio.Event()
-        self.writable.set()
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp send error: %s", exc)  # e.g. ICMP port unreachable: datagrams are fire and forget
-
-
 class UdpOfframp(Offramp):
     name = "udp"
     Config = UdpOfframpConfig
@@ -45,15 +43,39 @@ class UdpOfframp(Offramp):
     def __init__(self, config: UdpOfframpConfig, context: PluginContext) -> None:
         super().__init__(config, context)
         self.cfg = config
-        self.transport: asyncio.DatagramTransport | None = None
-        self.proto: _Sender | None = None
+        self.sock: socket.socket | None = None
 
     async def start(self) -> None:
+        # a connected socket of our own, not a DatagramTransport: the transport hands send errors
+        # to error_received() after the write returned, so a failed datagram counted as sent
         loop = asyncio.get_running_loop()
-        self.transport, self.proto = await loop.create_datagram_endpoint(_Sender, remote_addr=(self.cfg.host, self.cfg.port))
+        family, kind, proto, _, addr = (await loop.getaddrinfo(self.cfg.host, self.cfg.port, type=socket.SOCK_DGRAM))[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    async def _send(self, data: bytes) -> None:
+        assert self.sock is not None, "start() was not called"
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):  # the send buffer is full: wait until it is not
+            await asyncio.get_running_loop().sock_sendall(self.sock, data)
+            return
+        if sent != len(data):
+            raise OSError(errno.EMSGSIZE, f"the kernel sent {sent} of {len(data)} bytes")
+
+    def _pending_error(self) -> OSError | None:
+        """An error the kernel reported after the last send (ICMP port unreachable), taken off the socket."""
+        assert self.sock is not None
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return OSError(code, os.strerror(code)) if code else None
 
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
-        assert self.transport is not None and self.proto is not None, "start() was not called"
         limit = self.cfg.max_datagram_bytes
         over = [i for i, c in enumerate(chunks) if len(c) > limit]
         rejections = [(i, f"record of {len(chunks[i])} bytes is over max_datagram_bytes ({limit})") for i in over]
@@ -61,13 +83,33 @@ class UdpOfframp(Offramp):
             # postprocessors joined records: a chunk is not one event, so none of them can be sent alone
             return [(i, f"a datagram of this batch is over max_datagram_bytes ({limit})") for i in range(events)]
         skip = set(over)
+        sent: list[int] = []
         for i, c in enumerate(chunks):
-            if i not in skip:
-                self.transport.sendto(c)
-                await self.proto.writable.wait()
+            if i in skip:
+                continue
+            try:
+                await self._send(c)
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:  # cannot be sent in one datagram, ever
+                    rejections.append((i, f"record of {len(c)} bytes cannot be sent as one datagram: {exc.strerror}"))
+                    continue
+                self._fail(exc, sent, rejections, events, len(chunks), bounced=isinstance(exc, ConnectionRefusedError))
+            sent.append(i)
+        error = self._pending_error()
+        if error is not None:
+            self._fail(error, sent, rejections, events, len(chunks), bounced=True)
         return rejections or None
 
+    def _fail(self, exc: OSError, sent: list[int], rejections: list[tuple[int, str]], events: int, chunks: int, bounced: bool) -> NoReturn:
+        """Raise for a send error: the datagrams sent before it count as delivered, except the last
+        one when the error reports that a datagram bounced (it is most likely that one)."""
+        if bounced and sent:
+            sent = sent[:-1]
+        if chunks != events:  # a chunk holds several events: the batch is retried whole
+            raise exc
+        raise PartialWrite(exc, sent, rejections)
+
     async def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

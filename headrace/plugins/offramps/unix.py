@@ -1,4 +1,12 @@
-"""``type: unix``: write records to a unix stream socket; reconnects after the peer went away."""
+"""``type: unix``: write records to a unix stream socket; reconnects after the peer went away.
+
+**Confirmed** means: the peer process read every byte of the write (our socket's send
+queue, ``SIOCOUTQ``, counts the bytes the peer has not read yet) and did not close the
+connection on unread data. A peer that closed or crashed on unread data, or that reads
+nothing for ``ack_timeout``, gets the batch again on a new connection (at least once: a
+part it had read comes again). What the peer read and then lost (it crashed before
+handling it) is not seen: there is no acknowledgement above the socket.
+"""
 
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ import asyncio
 import functools
 import hashlib
 import importlib
+import importlib.machinery
 import inspect
+import site
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -85,12 +87,18 @@ def _refuse_shadowing(top: str, base_dir: Path) -> None:
     if top in sys.stdlib_module_names:
         where = "a module of Python's standard library"
     else:
-        loaded = sys.modules.get(top)
-        origin = getattr(loaded, "__file__", None) if loaded is not None else None
-        if origin is not None and Path(origin).resolve().parent not in (base_dir.resolve(), (base_dir / top).resolve()):
-            where = f"an installed module ({origin})"
+        installed = _installed_spec(top)
+        if installed is not None:
+            where = f"an installed module ({installed})"
     if where is not None:
         raise ImportError(f"the stage module '{top}' beside the config has the name of {where}; rename it (e.g. '{top}_stages')")
+
+
+def _installed_spec(top: str) -> str | None:
+    """Where ``top`` is installed (site-packages, or the folder headrace itself comes from), or None."""
+    roots = [*site.getsitepackages(), site.getusersitepackages(), str(Path(__file__).resolve().parents[3])]
+    found = importlib.machinery.PathFinder.find_spec(top, roots)
+    return found.origin if found is not None and found.origin else None
 
 
 def _check_signature(fn: Any, what: str) -> None:
