@@ -25,11 +25,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from headrace.daemon.hosts import AllowedHosts, host_name
 from headrace.metrics.defs import Metrics
+from headrace.metrics.refusals import LogEvery
 
 log = logging.getLogger("headrace.admin")
 
 INLINE_RENDER_S = 0.002
-REFUSAL_LOG_INTERVAL = 10.0  # seconds between log lines about refused requests
 
 
 class AdminServer:
@@ -40,7 +40,7 @@ class AdminServer:
         self.port = int(port)
         self.allowed = AllowedHosts(self.host, self.port, allowed_hosts)
         self.refused = 0
-        self._last_refusal_log = 0.0
+        self.log_due = LogEvery()
         self.metrics = metrics
         self.ready = ready
         self.status = status
@@ -66,9 +66,7 @@ class AdminServer:
 
     def _refuse(self, request: web.Request, status: int, why: str) -> web.Response:
         self.refused += 1
-        now = time.monotonic()
-        if now - self._last_refusal_log > REFUSAL_LOG_INTERVAL:
-            self._last_refusal_log = now
+        if self.log_due():
             log.warning("admin endpoint: refused %s %s from %s: %s (%d refused so far)", request.method, request.path, request.remote, why,
                         self.refused)  # fmt: skip
         return web.json_response({"error": why}, status=status)
