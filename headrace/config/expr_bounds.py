@@ -144,19 +144,20 @@ def safe_sum(iterable: Iterable[Any], /, start: Any = 0) -> Any:
     return sum(iterable, start)
 
 
-def _size(value: Any, depth: int = _SIZE_DEPTH) -> int:
-    """Approximate bytes of ``value`` and of what it holds, ``depth`` levels of containers down."""
+def approx_bytes(value: Any, depth: int = _SIZE_DEPTH) -> int:
+    """Approximate bytes of ``value`` and of what it holds, ``depth`` levels of containers down (deeper
+    ones count by their length). Cheap, and the same measure wherever a bound counts bytes of values."""
     t = type(value)
     if t is str or t is bytes or t is bytearray:
         return _ITEM + len(value)
     if t is list or t is tuple or t is set or t is frozenset:
         if depth <= 0:
             return _ITEM * (1 + len(value))
-        return _ITEM + sum(_size(v, depth - 1) for v in value)
+        return _ITEM + sum(approx_bytes(v, depth - 1) for v in value)
     if t is dict:
         if depth <= 0:
             return _ITEM * (1 + 2 * len(value))
-        return _ITEM + sum(_size(k, depth - 1) + _size(v, depth - 1) for k, v in value.items())
+        return _ITEM + sum(approx_bytes(k, depth - 1) + approx_bytes(v, depth - 1) for k, v in value.items())
     return _ITEM
 
 
@@ -194,7 +195,7 @@ class Budget:
     def made(self, value: Any) -> Any:
         """An element a comprehension made and something may keep (a list, a join): its size counts."""
         t = type(value)
-        self.bytes -= _ITEM if t is bool or t is int or t is float or value is None else _size(value)
+        self.bytes -= _ITEM if t is bool or t is int or t is float or value is None else approx_bytes(value)
         if self.bytes < 0:
             raise OverflowError(f"comprehensions made more than {MAX_BYTES >> 20} MiB in one evaluation")
         return value
