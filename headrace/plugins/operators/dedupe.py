@@ -25,7 +25,6 @@ from headrace.plugins.base import PluginConfig, PluginContext
 from headrace.plugins.operators.window import freeze
 from headrace.runtime.stage import Emit, Ev, Operator
 
-
 KEY_BYTES = 150  # approximate bytes of one remembered key's entry, besides the key itself
 KEY_DEPTH = 64  # levels of a structured key whose items count by their size (deeper ones by their number)
 

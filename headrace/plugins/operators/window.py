@@ -24,7 +24,6 @@ sketch of at most about 400 KiB; see ``headrace/plugins/operators/quantiles.py``
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
