@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import Field
@@ -54,8 +54,8 @@ class FramingSink(Protocol):
         """A sink with its own framing state, for one of several concurrent streams."""
         ...
 
-    def frame(self, data: bytes) -> tuple[list[bytes], Rejected]:
-        """Frame one whole message with fresh framing state."""
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], Rejected]]:
+        """Frame one whole message with fresh framing state, a step at a time (hand each on before taking the next)."""
         ...
 
 
@@ -104,6 +104,10 @@ class StreamOnramp(Onramp):
         raise NotImplementedError
 
     # -- intake -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Nothing to connect: ready once listening (or, as a client, dialling) in ``run``, so that /ready
+        never says a client can connect too early."""
+
     async def run(self, sink: OnrampSink) -> None:
         fsink = framing_sink(sink)
         if self.stream_cfg.mode == "server":

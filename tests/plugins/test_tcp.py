@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +105,8 @@ class LineSink:
     def stream(self) -> LineSink:
         return LineSink(self.got)
 
-    def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        return [data], []
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        yield [data], []
 
     async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         out: list[bytes] = []

@@ -4,14 +4,28 @@ daemon as its peak RSS or as what the clients saw."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import socket
+import threading
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.reliability.checker import EXACTLY_ONCE, conserve
 from tests.reliability.conftest import Figures
-from tests.reliability.harness import Lines, RssSampler, count_lines, dead_letters, status, wait_until, write_config
-from tests.support.daemon import Daemon, free_port
+from tests.reliability.harness import (
+    OFFRAMP_IN,
+    Lines,
+    RssSampler,
+    count_lines,
+    dead_letters,
+    status,
+    wait_until,
+    write_config,
+)
+from tests.support.daemon import Daemon, free_port, json_lines, scrape
 
 HOSTILE_EXPRESSIONS = {  # id % 20 -> (what the record carries, the bound it hits)
     3: ({"n": "%300000000d"}, "format width or precision 300000000"),  # `event['n'] % 10` formats a string
@@ -70,3 +84,130 @@ links: {src: [main], src/err: [dlq], main: [out], main/err: [dlq]}
     assert peak < 30, f"RSS grew by {peak:.0f} MB on {len(hostile)} hostile records"
     figures(row="18b", records=n, hostile=len(hostile), dead_lettered=len(dead), seconds_to_drain=round(took, 2), rss_growth_peak_mb=round(peak),
             lost=len(report.lost))  # fmt: skip
+
+
+def _gzip_lines(total: int = 7680, line: int = 1023) -> tuple[bytes, int]:
+    """A gzip member of ``total`` lines of ``line`` bytes (7.5 MiB), about 1000:1; and the line count."""
+    return gzip.compress((b"x" * line + b"\n") * total, compresslevel=9), total
+
+
+BOMBS = """
+onramps:
+  udp: {{type: udp, codec: binary, preprocessors: [{{name: gzip, max_message_bytes: 8MiB}}, lines], config: {{port: {uport}}}}}
+  http: {{type: http, codec: binary, preprocessors: [{{name: gzip, max_message_bytes: 8MiB}}, lines],
+         config: {{port: {hport}, path: /in, max_pending_events: 200000}}}}
+pipelines:
+  counted: [{{op: window, interval: 2s, aggregates: {{n: {{fn: count}}}}}}]  # acks the records when the window closes
+offramps:
+  out: {{type: file, codec: binary, config: {{path: /dev/null}}}}
+  counts: {{type: file, config: {{path: counts.ndjson}}}}
+  dlq: {{type: file, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{udp: [out], udp/err: [dlq], http: [counted], http/err: [dlq], counted: [counts]}}
+"""
+
+
+def _sent_to_out(port: int) -> float:
+    return scrape(port).get(OFFRAMP_IN.format("out"), 0.0)
+
+
+def test_row16d_many_compressed_messages_at_once_cost_one_message_of_memory(tmp_path: Path, figures: Figures) -> None:
+    """1.6 MB of gzip datagrams made 3.3 GB of RSS, 40 concurrent 58 KB bodies 2.5 GB: each whole message was
+    decompressed and held at once, one per datagram of a batch and one per request."""
+    uport, hport, port = free_port(), free_port(), free_port()
+    cfg = write_config(tmp_path, BOMBS.format(uport=uport, hport=hport), port=port, workers=0)
+    bomb, lines = _gzip_lines()
+    d = Daemon(cfg)
+    rss = RssSampler(d.pid)
+    try:
+        wait_until(lambda: status(port).get("ready"), 30, "ready", daemon=d)
+        rss.start()
+        # UDP: bursts of 20 datagrams, each 7.5 MiB once decompressed (as many as the socket buffer holds arrive)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _ in range(3):
+                before = _sent_to_out(port)
+                for _ in range(20):
+                    s.sendto(bomb, ("127.0.0.1", uport))
+                wait_until(lambda b=before: _sent_to_out(port) > b, 60, "a burst delivered", daemon=d)  # type: ignore[misc]
+                settle = time.monotonic() + 30
+                last = -1.0
+                while (now := _sent_to_out(port)) != last and time.monotonic() < settle:  # until the burst stops growing
+                    last = now
+                    time.sleep(0.3)
+        udp_records = _sent_to_out(port)
+        udp_peak = rss.growth()
+        # HTTP: 16 concurrent requests, each 7.5 MiB once decompressed, answered when a 2 s window has counted them
+        answers: list[Any] = []
+
+        def post() -> None:
+            req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=bomb, method="POST")
+            answers.append(json.loads(urllib.request.urlopen(req, timeout=120).read()))
+
+        threads = [threading.Thread(target=post) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+        rss.stop()
+    finally:
+        rss.stop()
+        rc = d.stop()
+    assert rc == 0, d.stderr()
+    peak = rss.growth()
+    assert answers == [{"events": lines, "rejected": 0}] * 16, answers
+    assert sum(e["n"] for e in json_lines(tmp_path / "counts.ndjson")) == 16 * lines
+    assert udp_records >= lines and udp_records % lines == 0, udp_records
+    assert not (tmp_path / "dlq.ndjson").exists() or not dead_letters(tmp_path / "dlq.ndjson")
+    assert peak < 80, f"RSS grew by {peak:.0f} MB (UDP alone: {udp_peak:.0f} MB) for 7.5 MiB messages"
+    figures(row="16d", message_mib=7.5, compressed_kb=len(bomb) // 1024, udp_datagrams_delivered=int(udp_records // lines),
+            http_concurrent=16, rss_growth_udp_mb=round(udp_peak), rss_growth_peak_mb=round(peak), lost=0)  # fmt: skip
+
+
+def test_row16e_slow_http_bodies_hold_at_most_max_inflight_bytes(tmp_path: Path, figures: Figures) -> None:
+    """100 slow 15 MB POSTs made 3.1 GB of RSS: every body was read into memory, whatever the number of them."""
+    hport, port = free_port(), free_port()
+    cfg = write_config(tmp_path, f"""
+onramps: {{http: {{type: http, codec: json, config: {{port: {hport}, path: /in, max_inflight_bytes: 16MiB, body_timeout: 60s}}}}}}
+offramps: {{out: {{type: file, config: {{path: out.ndjson}}}}}}
+links: {{http: [out]}}
+""", port=port, workers=0)  # fmt: skip
+    body = 4 << 20
+    d = Daemon(cfg)
+    rss = RssSampler(d.pid)
+    conns: list[socket.socket] = []
+    refused = 0
+    try:
+        wait_until(lambda: status(port).get("ready"), 30, "ready", daemon=d)
+        rss.start()
+        for _ in range(40):  # each sends all of a 4 MB body but its last byte, and waits
+            s = socket.create_connection(("127.0.0.1", hport), timeout=10)
+            conns.append(s)
+            try:
+                s.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % body + b" " * (body - 1))
+            except OSError:
+                pass  # answered 503 and closed while sending
+        held = wait_until(lambda: scrape(port).get('headrace_component_buffered_bytes{component_id="http"}'), 30, "bodies held")
+        for s in conns:
+            s.settimeout(0.2)
+            try:
+                refused += s.recv(4096).startswith(b"HTTP/1.1 503 ")
+            except OSError:
+                pass
+        peak_held = rss.growth()
+        for s in conns:
+            s.close()  # the clients give up: what they held is released
+        wait_until(lambda: scrape(port).get('headrace_component_buffered_bytes{component_id="http"}') == 0, 30, "bodies released")
+        req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=b'{"id": 1}\n', method="POST")
+        assert json.loads(urllib.request.urlopen(req, timeout=30).read()) == {"events": 1, "rejected": 0}
+        rss.stop()
+        counted = scrape(port).get('headrace_onramp_refused_total{component_id="http",reason="max_inflight_bytes"}', 0)
+    finally:
+        rss.stop()
+        for s in conns:
+            s.close()
+        rc = d.stop()
+    assert rc == 0, d.stderr()
+    assert held <= 16 << 20, held
+    assert refused >= 30 and counted >= refused, (refused, counted)
+    assert peak_held < 60, f"RSS grew by {peak_held:.0f} MB holding slow bodies"
+    figures(row="16e", slow_posts=40, body_mb=4, max_inflight_mib=16, held_mb=round(held / 2**20, 1), refused_503=refused,
+            rss_growth_peak_mb=round(peak_held))  # fmt: skip
