@@ -11,6 +11,7 @@ import random
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tests.reliability.harness import (
     wait_until,
     write_config,
 )
-from tests.support.daemon import Daemon, free_port, json_lines, scrape
+from tests.support.daemon import Daemon, free_port, headrace, json_lines, scrape
 
 HOSTILE_EXPRESSIONS = {  # id % 20 -> (what the record carries, the bound it hits)
     3: ({"n": "%300000000d"}, "format width or precision 300000000"),  # `event['n'] % 10` formats a string
@@ -285,3 +286,51 @@ links: {src: [stats], stats: [out]}
     peak = rss.growth()
     assert peak < 30, f"RSS grew by {peak:.0f} MB over a window of 800 000 values"
     figures(row="18d", events=800_000, percentiles=3, rss_growth_peak_mb=round(peak), accuracy="within 1 %")
+
+
+def _admin(port: int, method: str, path: str, headers: dict[str, str]) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=headers, data=b"{}" if method == "POST" else None)
+    try:
+        return int(urllib.request.urlopen(req, timeout=10).status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_row20c_web_pages_cannot_use_the_admin_endpoint_or_post_events(tmp_path: Path, figures: Figures) -> None:
+    """A cross-origin form POST reloaded the config (CSRF), any Host was served (DNS rebinding read /status),
+    and any web page could post events to the HTTP onramp (text/plain needs no preflight)."""
+    hport, port = free_port(), free_port()
+    cfg = write_config(tmp_path, f"""
+onramps: {{web: {{type: http, config: {{port: {hport}, path: /in}}}}}}
+offramps: {{out: {{type: file, config: {{path: out.ndjson}}}}}}
+links: {{web: [out]}}
+""", port=port, workers=0)  # fmt: skip
+    d = Daemon(cfg)
+    page = {"Origin": "http://attacker.example", "Content-Type": "text/plain"}
+    try:
+        wait_until(lambda: status(port).get("ready"), 30, "ready", daemon=d)
+        rebinding = [_admin(port, "GET", p, {"Host": f"attacker.example:{port}"}) for p in ("/status", "/metrics", "/ready", "/health")]
+        cross_origin = [_admin(port, "GET", p, {"Origin": "http://attacker.example"}) for p in ("/status", "/metrics")]
+        csrf = [_admin(port, "POST", "/reload", {"Content-Type": t}) for t in ("application/x-www-form-urlencoded", "text/plain",
+                                                                                  "multipart/form-data; boundary=b")]  # fmt: skip
+        csrf.append(_admin(port, "POST", "/reload", {**page, "Content-Type": "application/json"}))
+        reloads = scrape(port).get('headrace_config_reloads_total{result="success"}', 0.0)
+        tooling = [_admin(port, "POST", "/reload", {"Content-Type": "application/json"}), _admin(port, "GET", "/status", {})]
+        top = headrace("top", "--once", f"http://localhost:{port}", timeout=30)
+        req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=b'{"id": 1}\n', method="POST", headers=page)
+        try:
+            injected = urllib.request.urlopen(req, timeout=10).status
+        except urllib.error.HTTPError as exc:
+            injected = exc.code
+        req = urllib.request.Request(f"http://127.0.0.1:{hport}/in", data=b'{"id": 2}\n', method="POST")  # curl, a client library
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+    finally:
+        rc = d.stop()
+    assert rc == 0, d.stderr()
+    assert rebinding == [403] * 4 and cross_origin == [403] * 2, (rebinding, cross_origin)
+    assert csrf == [415, 415, 415, 403] and reloads == 0, (csrf, reloads)
+    assert tooling == [200, 200] and top.returncode == 0 and b"web" in top.stdout, (tooling, top.stderr[-500:])
+    assert injected == 403 and Lines(tmp_path / "out.ndjson").ids == [2]
+    assert "admin endpoint: refused" in d.stderr()
+    figures(row="20c", rebinding="403", cross_origin="403", csrf_reload="415 (no reload)", browser_post_to_http_onramp="403",
+            tooling="reload with JSON 200, top OK")  # fmt: skip
