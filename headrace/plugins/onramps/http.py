@@ -35,7 +35,7 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from pydantic import Field
 
 from headrace.config.units import Duration, Size
@@ -225,6 +225,9 @@ class HttpOnramp(Onramp):
         try:
             self._check(request)
             body = await self._body(request)
+        except (ConnectionError, ClientPayloadError) as exc:  # the client went away mid-body: nobody to answer, nothing to log
+            log.debug("%s: request from %s ended early: %s", self.context.component_id, request.remote, exc)
+            return web.Response(status=400)
         except _Refused as refusal:
             if refusal.response.status != 408:
                 return refusal.response
