@@ -111,13 +111,20 @@ class _Guard(ast.NodeTransformer):
 
 def _check(tree: ast.AST, names: frozenset[str]) -> None:
     bound: set[str] = set()
+    called: set[int] = set()  # attributes that are called right away (not taken as values)
     for node in ast.walk(tree):
         if isinstance(node, ast.comprehension):
             for target in ast.walk(node.target):
                 if isinstance(target, ast.Name):
+                    if target.id in _SAFE_FUNCS:  # the guards rely on what these names are
+                        raise ExpressionError(f"name '{target.id}' cannot be rebound", target.col_offset + 1)
                     bound.add(target.id)
+        elif isinstance(node, ast.Call):
+            called.add(id(node.func))
     for node in ast.walk(tree):
         col = getattr(node, "col_offset", 0) + 1
+        if isinstance(node, ast.Attribute) and node.attr in _METHOD_GUARDS and id(node) not in called:
+            raise ExpressionError(f"method '{node.attr}' may only be called, not taken as a value", col)
         if not isinstance(node, _ALLOWED_NODES):
             raise ExpressionError(f"{type(node).__name__} is not allowed in expressions", col)
         if isinstance(node, ast.Name) and node.id.startswith("_"):

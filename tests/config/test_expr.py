@@ -76,6 +76,8 @@ def test_other_names() -> None:
         ("event['__dict__']", "dunder strings are not allowed"),
         ("len(*event)", "Starred is not allowed in expressions"),
         ("event['a'](1)", "only builtins and value methods may be called"),
+        ("[sum(x for x in event) for sum in [list]]", "name 'sum' cannot be rebound"),  # would skip the guard of sum's elements
+        ("[f('a', 'b' * 1000) for f in [event['s'].replace]]", "method 'replace' may only be called, not taken as a value"),
         ("event[", "invalid expression: '[' was never closed"),
         ("event ==", "invalid expression: invalid syntax"),
         ("import os", "invalid expression: invalid syntax"),
