@@ -25,7 +25,7 @@ class MetricsConfig(Strict):
         default_factory=list,
         description="further names the endpoint answers to in the Host header (e.g. the DNS name Prometheus scrapes it by); "
         "always allowed: the listen address, loopback names when it is on loopback, any address and the hostname when it is "
-        "0.0.0.0 or ::. Other names get 403 (DNS rebinding); \"*\" allows any",
+        "0.0.0.0 or ::. Other names get 403 (DNS rebinding); \"*\" allows any. Read at start, like listen",
     )
 
 
