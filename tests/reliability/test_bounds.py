@@ -85,7 +85,7 @@ links: {src: [main], src/err: [dlq], main: [out], main/err: [dlq]}
     assert report.ok, report.summary()
     assert all(e["label"] == "   x" and e["ones"] == 3 for e in out.events)
     assert peak < 30, f"RSS grew by {peak:.0f} MB on {len(hostile)} hostile records"
-    figures(row="18b", records=n, hostile=len(hostile), dead_lettered=len(dead), seconds_to_drain=round(took, 2), rss_growth_peak_mb=round(peak),
+    figures(row=18, case="hostile event data in expressions", records=n, hostile=len(hostile), dead_lettered=len(dead), seconds_to_drain=round(took, 2), rss_growth_peak_mb=round(peak),
             lost=len(report.lost))  # fmt: skip
 
 
@@ -161,7 +161,7 @@ def test_row16d_many_compressed_messages_at_once_cost_one_message_of_memory(tmp_
     assert udp_records >= lines and udp_records % lines == 0, udp_records
     assert not (tmp_path / "dlq.ndjson").exists() or not dead_letters(tmp_path / "dlq.ndjson")
     assert peak < 80, f"RSS grew by {peak:.0f} MB (UDP alone: {udp_peak:.0f} MB) for 7.5 MiB messages"
-    figures(row="16d", message_mib=7.5, compressed_kb=len(bomb) // 1024, udp_datagrams_delivered=int(udp_records // lines),
+    figures(row=16, case="many compressed messages at once", message_mib=7.5, compressed_kb=len(bomb) // 1024, udp_datagrams_delivered=int(udp_records // lines),
             http_concurrent=16, rss_growth_udp_mb=round(udp_peak), rss_growth_peak_mb=round(peak), lost=0)  # fmt: skip
 
 
@@ -212,7 +212,7 @@ links: {{http: [out]}}
     assert held <= 16 << 20, held
     assert refused >= 30 and counted >= refused, (refused, counted)
     assert peak_held < 60, f"RSS grew by {peak_held:.0f} MB holding slow bodies"
-    figures(row="16e", slow_posts=40, body_mb=4, max_inflight_mib=16, held_mb=round(held / 2**20, 1), refused_503=refused,
+    figures(row=16, case="slow HTTP bodies", slow_posts=40, body_mb=4, max_inflight_mib=16, held_mb=round(held / 2**20, 1), refused_503=refused,
             rss_growth_peak_mb=round(peak_held))  # fmt: skip
 
 
@@ -250,7 +250,7 @@ links: {{udp: [stalled], stalled: [out]}}
     peak = rss.growth()
     assert held <= 4 << 20, held
     assert peak < 40, f"RSS grew by {peak:.0f} MB while 300 MB of datagrams arrived at a stalled graph"
-    figures(row="18c", datagrams_sent=sent, datagram_kb=60, queue_bytes_mib=4, held_mb=round(held / 2**20, 1), dropped=int(dropped),
+    figures(row=18, case="UDP queue in bytes", datagrams_sent=sent, datagram_kb=60, queue_bytes_mib=4, held_mb=round(held / 2**20, 1), dropped=int(dropped),
             rss_growth_peak_mb=round(peak))  # fmt: skip
 
 
@@ -285,7 +285,7 @@ links: {src: [stats], stats: [out]}
         assert abs(result[name] - exact) <= 0.01 * exact, (name, result[name], exact)
     peak = rss.growth()
     assert peak < 30, f"RSS grew by {peak:.0f} MB over a window of 800 000 values"
-    figures(row="18d", events=800_000, percentiles=3, rss_growth_peak_mb=round(peak), accuracy="within 1 %")
+    figures(row=18, case="window percentiles", events=800_000, percentiles=3, rss_growth_peak_mb=round(peak), accuracy="within 1 %")
 
 
 def _admin(port: int, method: str, path: str, headers: dict[str, str]) -> int:
@@ -332,5 +332,5 @@ links: {{web: [out]}}
     assert tooling == [200, 200] and top.returncode == 0 and b"web" in top.stdout, (tooling, top.stderr[-500:])
     assert injected == 403 and Lines(tmp_path / "out.ndjson").ids == [2]
     assert "admin endpoint: refused" in d.stderr()
-    figures(row="20c", rebinding="403", cross_origin="403", csrf_reload="415 (no reload)", browser_post_to_http_onramp="403",
+    figures(row=20, case="web pages", rebinding="403", cross_origin="403", csrf_reload="415 (no reload)", browser_post_to_http_onramp="403",
             tooling="reload with JSON 200, top OK")  # fmt: skip
