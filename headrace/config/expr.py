@@ -1,8 +1,11 @@
 """Python expressions over ``event`` and ``meta``, compiled once against an allow-listed AST.
 
 The config is trusted like code, but expressions are still limited: no imports, no
-dunder access, no calls except to a fixed set of builtins and value methods, and
-arithmetic that could explode (``9**9**9``, ``"a" * 10**12``) is bounded at run time.
+dunder access, no calls except to a fixed set of builtins and value methods. What event
+data could blow up (``9**9**9``, ``"a" * n``, ``"%900000000d" % 1``, ``range(10**18)``, a
+comprehension over a large list) is bounded at run time: the AST is rewritten to call the
+guards of ``headrace.config.expr_bounds``. Expressions without those operators and loops
+are compiled as written, so they cost nothing extra.
 """
 
 from __future__ import annotations
@@ -11,9 +14,7 @@ import ast
 from collections.abc import Callable
 from typing import Any
 
-MAX_POW_EXPONENT = 256
-MAX_SEQ_REPEAT = 1_000_000
-MAX_INT_BITS = 100_000  # bounds integers built by repeated **, * and << (e.g. ((9**256)**256)**256)
+from headrace.config import expr_bounds as bounds
 
 _SAFE_FUNCS: dict[str, Any] = {
     "len": len, "str": str, "int": int, "float": float, "bool": bool, "abs": abs,
@@ -47,57 +48,83 @@ class ExpressionError(ValueError):
         self.text = text  # the expression, so that the config loader can point at it
 
 
-def _too_big(bits: int) -> None:
-    if bits > MAX_INT_BITS:
-        raise OverflowError(f"the result would have more than {MAX_INT_BITS} bits")
+_BINOP_GUARDS = {ast.Pow: "_hr_pow", ast.Mult: "_hr_mul", ast.LShift: "_hr_lshift", ast.Mod: "_hr_mod"}
+_METHOD_GUARDS = {"replace": "_hr_replace", "join": "_hr_join"}
+_CONSUMERS = frozenset({"any", "all", "sum", "min", "max"})  # builtins that keep none (or one) of the elements they are given
+_GUARDS: dict[str, Any] = {
+    "_hr_pow": bounds.safe_pow, "_hr_mul": bounds.safe_mul, "_hr_lshift": bounds.safe_lshift, "_hr_mod": bounds.safe_mod,
+    "_hr_format": bounds.safe_format, "_hr_replace": bounds.safe_replace, "_hr_join": bounds.safe_join,
+    "range": bounds.safe_range, "sum": bounds.safe_sum,
+}  # fmt: skip
 
 
-def _safe_pow(a: Any, b: Any) -> Any:
-    if isinstance(b, (int, float)) and abs(b) > MAX_POW_EXPONENT and isinstance(a, (int, float)) and abs(a) > 1:
-        raise OverflowError(f"exponent {b} is larger than {MAX_POW_EXPONENT}")
-    if isinstance(a, int) and isinstance(b, int) and b > 0:
-        _too_big(a.bit_length() * b)
-    return a**b
-
-
-def _safe_mul(a: Any, b: Any) -> Any:
-    for seq, n in ((a, b), (b, a)):
-        if isinstance(seq, (str, bytes, list, tuple)) and isinstance(n, int) and n * max(len(seq), 1) > MAX_SEQ_REPEAT:
-            raise OverflowError(f"repeat of {n} exceeds {MAX_SEQ_REPEAT} items")
-    if isinstance(a, int) and isinstance(b, int):
-        _too_big(a.bit_length() + b.bit_length())
-    return a * b
-
-
-def _safe_lshift(a: Any, b: Any) -> Any:
-    if isinstance(b, int) and b > 4096:
-        raise OverflowError(f"shift by {b} is larger than 4096")
-    if isinstance(a, int) and isinstance(b, int) and b > 0:
-        _too_big(a.bit_length() + b)
-    return a << b
-
-
-_GUARDS = {ast.Pow: "_hr_pow", ast.Mult: "_hr_mul", ast.LShift: "_hr_lshift"}
+def _call(name: str, args: list[ast.expr], like: ast.AST, keywords: list[ast.keyword] | None = None) -> ast.Call:
+    return ast.copy_location(ast.Call(ast.Name(name, ast.Load()), args, keywords or []), like)
 
 
 class _Guard(ast.NodeTransformer):
+    """Rewrites what could grow without bound into calls of the guards; ``loops``: whether there are comprehensions."""
+
+    def __init__(self) -> None:
+        self.loops = False
+
     def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
         self.generic_visit(node)
-        name = _GUARDS.get(type(node.op))
-        if name is None:
+        name = _BINOP_GUARDS.get(type(node.op))
+        return node if name is None else _call(name, [node.left, node.right], node)
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        self.generic_visit(node)
+        if node.format_spec is None:  # no width or precision: as long as the value's str or repr
             return node
-        return ast.copy_location(ast.Call(ast.Name(name, ast.Load()), [node.left, node.right], []), node)
+        value = _call("_hr_format", [node.value, ast.Constant(node.conversion), node.format_spec], node)
+        return ast.copy_location(ast.FormattedValue(value, -1, None), node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        if isinstance(node.func, ast.Name) and node.func.id in _CONSUMERS and node.args and isinstance(node.args[0], ast.GeneratorExp):
+            node.args[0].consumed = True  # type: ignore[attr-defined]  # each element is dropped once looked at: only steps count
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Attribute) and node.func.attr in _METHOD_GUARDS:
+            return _call(_METHOD_GUARDS[node.func.attr], [node.func.value, *node.args], node, node.keywords)
+        return node
+
+    def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        self.generic_visit(node)
+        self.loops = True
+        node.iter = _call("_hr_iter", [node.iter], node.iter)
+        return node
+
+    def _made(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp) -> ast.AST:
+        self.generic_visit(node)
+        if not getattr(node, "consumed", False):
+            node.elt = _call("_hr_made", [node.elt], node.elt)
+        return node
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = _made
+
+    def visit_DictComp(self, node: ast.DictComp) -> ast.AST:
+        self.generic_visit(node)
+        node.key = _call("_hr_made", [node.key], node.key)
+        node.value = _call("_hr_made", [node.value], node.value)
+        return node
 
 
 def _check(tree: ast.AST, names: frozenset[str]) -> None:
     bound: set[str] = set()
+    called: set[int] = set()  # attributes that are called right away (not taken as values)
     for node in ast.walk(tree):
         if isinstance(node, ast.comprehension):
             for target in ast.walk(node.target):
                 if isinstance(target, ast.Name):
+                    if target.id in _SAFE_FUNCS:  # the guards rely on what these names are
+                        raise ExpressionError(f"name '{target.id}' cannot be rebound", target.col_offset + 1)
                     bound.add(target.id)
+        elif isinstance(node, ast.Call):
+            called.add(id(node.func))
     for node in ast.walk(tree):
         col = getattr(node, "col_offset", 0) + 1
+        if isinstance(node, ast.Attribute) and node.attr in _METHOD_GUARDS and id(node) not in called:
+            raise ExpressionError(f"method '{node.attr}' may only be called, not taken as a value", col)
         if not isinstance(node, _ALLOWED_NODES):
             raise ExpressionError(f"{type(node).__name__} is not allowed in expressions", col)
         if isinstance(node, ast.Name) and node.id.startswith("_"):
@@ -130,7 +157,8 @@ def compile_expr(text: str, names: tuple[str, ...] = ("event", "meta")) -> Calla
     except ExpressionError as exc:
         exc.text = text
         raise
-    tree = ast.fix_missing_locations(_Guard().visit(tree))
+    guard = _Guard()
+    tree = ast.fix_missing_locations(guard.visit(tree))
     lam = ast.Expression(
         ast.Lambda(
             ast.arguments(posonlyargs=[], args=[ast.arg(n) for n in names], kwonlyargs=[], kw_defaults=[], defaults=[]),
@@ -138,6 +166,16 @@ def compile_expr(text: str, names: tuple[str, ...] = ("event", "meta")) -> Calla
         )
     )
     code = compile(ast.fix_missing_locations(lam), "<expr>", "eval")
-    env: dict[str, Any] = {"__builtins__": {}, **_SAFE_FUNCS, "_hr_pow": _safe_pow, "_hr_mul": _safe_mul, "_hr_lshift": _safe_lshift}
+    env: dict[str, Any] = {"__builtins__": {}, **_SAFE_FUNCS, **_GUARDS}
+    budget = bounds.Budget()
+    env["_hr_iter"], env["_hr_made"] = budget.iterate, budget.made
     fn: Callable[..., Any] = eval(code, env)  # the AST was allow-listed above
-    return fn
+    if not guard.loops:
+        return fn
+    start = budget.start
+
+    def evaluate(*args: Any) -> Any:
+        start()  # each evaluation gets the whole budget
+        return fn(*args)
+
+    return evaluate

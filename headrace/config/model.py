@@ -23,6 +23,12 @@ class MetricsConfig(Strict):
     """Prometheus exposition and admin endpoints."""
 
     listen: str | None = Field("127.0.0.1:9898", description="host:port for /metrics, /health, /ready, /status, /reload; null disables")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="further names the endpoint answers to in the Host header (e.g. the DNS name Prometheus scrapes it by); "
+        "always allowed: the listen address, loopback names when it is on loopback, any address and the hostname when it is "
+        "0.0.0.0 or ::. Other names get 403 (DNS rebinding); \"*\" allows any. Read at start, like listen",
+    )
 
 
 class DaemonConfig(Strict):

@@ -5,11 +5,17 @@ on the loop: a thread would hold the GIL against the loop for its whole render a
 each of the loop's syscalls would hand the GIL to it (the convoy effect), which costs more than
 the render. A large one (many components or workers) is rendered in a thread so a scrape never
 holds the loop for long.
+
+Exposure: a request whose ``Host`` is not a name of this endpoint (DNS rebinding) or that
+carries a foreign ``Origin`` (a web page's script) gets 403; ``POST /reload`` also needs
+``Content-Type: application/json``, which a cross-site form cannot send (CSRF) and a
+cross-site script can only send after a CORS preflight that this server never grants.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,17 +23,24 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from headrace.daemon.hosts import AllowedHosts, host_name
 from headrace.metrics.defs import Metrics
+from headrace.metrics.refusals import LogEvery
+
+log = logging.getLogger("headrace.admin")
 
 INLINE_RENDER_S = 0.002
 
 
 class AdminServer:
     def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
-                 reload: Callable[[], Awaitable[dict[str, Any]]]) -> None:  # fmt: skip
+                 reload: Callable[[], Awaitable[dict[str, Any]]], allowed_hosts: tuple[str, ...] = ()) -> None:  # fmt: skip
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
+        self.allowed = AllowedHosts(self.host, self.port, allowed_hosts)
+        self.refused = 0
+        self.log_due = LogEvery()
         self.metrics = metrics
         self.ready = ready
         self.status = status
@@ -36,7 +49,7 @@ class AdminServer:
         self.last_render_s = 0.0  # the first render is inline; its duration picks the next one's place
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._guard])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
@@ -50,6 +63,25 @@ class AdminServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+    def _refuse(self, request: web.Request, status: int, why: str) -> web.Response:
+        self.refused += 1
+        if self.log_due():
+            log.warning("admin endpoint: refused %s %s from %s: %s (%d refused so far)", request.method, request.path, request.remote, why,
+                        self.refused)  # fmt: skip
+        return web.json_response({"error": why}, status=status)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if host is None or not self.allowed(host_name(host)):
+            return self._refuse(request, 403, f"Host {host!r} is not a name of this endpoint (see daemon.metrics.allowed_hosts)")
+        origin = request.headers.get("Origin")
+        if origin is not None and not self.allowed.origin(origin):
+            return self._refuse(request, 403, f"cross-origin requests are refused (Origin {origin!r})")
+        if request.method == "POST" and request.content_type != "application/json":
+            return self._refuse(request, 415, f"POST {request.path} needs Content-Type: application/json")
+        return await handler(request)
 
     def _render(self) -> bytes:
         t0 = time.thread_time()  # CPU, not wall: a render preempted by a busy machine stays inline

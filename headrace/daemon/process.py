@@ -99,7 +99,8 @@ class Daemon:
             if listen:
                 from headrace.daemon.admin import AdminServer
 
-                admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request)
+                admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request,
+                                    tuple(self.graph.daemon.metrics.allowed_hosts))  # fmt: skip
                 try:
                     await admin.start()
                 except OSError as exc:

@@ -29,6 +29,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_component_sent_bytes_total", "counter", "Bytes sent by a component (encoded records).", ("component_id", "component_kind")),
     MetricDef("headrace_component_errors_total", "counter", "Errors in a component, by type.", ("component_id", "component_kind", "error_type")),
     MetricDef("headrace_component_discarded_events_total", "counter", "Events discarded on purpose (filtered, unlinked port, dropped by a stage).", ("component_id", "reason")),
+    MetricDef("headrace_onramp_refused_total", "counter", "Connections and requests an onramp refused or cut off (over a cap, too slow, too large, from a foreign origin).", ("component_id", "reason")),
+    MetricDef("headrace_component_buffered_bytes", "gauge", "Approximate bytes a component holds outside the edge queues: datagrams or request bodies an onramp read and did not hand on yet, an operator's open windows or remembered keys.", ("component_id",)),
     MetricDef("headrace_queue_events", "gauge", "Events waiting in an edge queue.", ("edge",)),
     MetricDef("headrace_queue_bytes", "gauge", "Bytes waiting in an edge queue.", ("edge",)),
     MetricDef("headrace_event_latency_seconds", "histogram", "Time from ingest to offramp accept.", ("offramp",), LATENCY_BUCKETS),
@@ -53,7 +55,9 @@ LABELS: dict[str, str] = {
     "error_type": "`decode` (counted at the onramp the record came from), `stage_exception`, `framing`, `encode`, `worker_crash`, "
     "`unlinked_err` (events on an err port with no link: they go to its last-resort file), `last_resort_failed` (writing them there "
     "failed too: they are failed, their source not acked), or the exception class an offramp raised on write",
-    "reason": "`filtered` (a filter or other operator dropped it), `dropped` (a python stage returned None), `unlinked_port_<port>`",
+    "reason": "discarded: `filtered` (a filter or other operator dropped it), `dropped` (a python stage returned None), `unlinked_port_<port>`; "
+    "refused: `max_connections`, `idle_timeout` (tcp, unix), and for http `max_connections`, `max_inflight_bytes`, `max_pending_events`, "
+    "`max_body_bytes`, `body_timeout`, `origin`",
     "edge": "the component at the receiving end of the queue: the first node of a chain, or an offramp",
     "offramp": "offramp id",
     "worker": "worker index, `0` to `workers - 1` (stable across respawns)",

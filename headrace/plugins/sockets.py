@@ -3,23 +3,31 @@
 
 Backpressure: a connection's read loop awaits the sink, so while the graph is full the
 socket is not read, the kernel buffers fill and the peer is slowed down by TCP itself.
+
+Fair access: a connection with nothing to read for ``idle_timeout`` is closed, so idle or
+half-open connections cannot hold every slot of ``max_connections`` for good. A TCP connection
+over the cap is reset, not closed cleanly, so its client can tell it was refused (after a clean
+close its first write would still succeed, and be lost); a unix socket has no reset, but there a
+write after the close fails at once (EPIPE). Each refusal is counted and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import socket
 import struct
 import termios
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 
 from headrace.config.units import Duration, Size
+from headrace.metrics.refusals import Refusals
 from headrace.plugins.base import Offramp, Onramp, OnrampSink, PluginConfig, PluginContext, Rejections
 from headrace.runtime.backoff import Backoff
 
@@ -30,6 +38,7 @@ Rejected = list[tuple[bytes, str]]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 SAMPLE = 1024  # bytes of a rejected record kept for the err port
 CLOSE_GRACE = 5.0  # seconds a closed connection may take to hand over what it read
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops what was unread
 
 
 @runtime_checkable
@@ -48,8 +57,8 @@ class FramingSink(Protocol):
         """A sink with its own framing state, for one of several concurrent streams."""
         ...
 
-    def frame(self, data: bytes) -> tuple[list[bytes], Rejected]:
-        """Frame one whole message with fresh framing state."""
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], Rejected]]:
+        """Frame one whole message with fresh framing state, a step at a time (hand each on before taking the next)."""
         ...
 
 
@@ -61,10 +70,14 @@ def framing_sink(sink: OnrampSink) -> FramingSink:
 
 class StreamOnrampConfig(PluginConfig):
     mode: Literal["server", "client"] = Field("server", description="server: listen and accept connections; client: connect to a server")
-    max_connections: int = Field(64, ge=1, description="server: connections beyond this many are closed at once")
+    max_connections: int = Field(64, ge=1, description="server: connections beyond this many are reset at once (counted in "
+                                 "headrace_onramp_refused_total{reason=\"max_connections\"} and logged)")
     read_size: Size = Field(64 * 1024, ge=1, description="bytes per socket read")
     connect_timeout: Duration = Field(5.0, gt=0, description="client: time allowed for one connection attempt")
     reconnect_max: Duration = Field(30.0, gt=0, description="client: longest wait between attempts (exponential backoff from 100ms)")
+    idle_timeout: Duration | None = Field(300.0, gt=0, description="a connection with nothing to read for this long is closed, freeing "
+                                          "its slot (client mode: and dialled again); null: never. A client that writes after the close "
+                                          "gets an error, and TCP may lose what it wrote first: set it above your quietest client's pauses")
 
 
 class StreamOnramp(Onramp):
@@ -80,6 +93,7 @@ class StreamOnramp(Onramp):
         self.writers: set[asyncio.StreamWriter] = set()
         self.sink: FramingSink | None = None
         self.sink_set = asyncio.Event()
+        self.refused = Refusals(context.component_id, context.extra.get("metrics"), log)
 
     # -- transport ----------------------------------------------------------------------------
     def where(self) -> str:
@@ -112,20 +126,34 @@ class StreamOnramp(Onramp):
     async def _pump(self, reader: asyncio.StreamReader, stream: FramingSink, meta: Meta) -> int:
         """Read until the peer closes; the partial last record is flushed then. Returns bytes read."""
         n = 0
+        size, idle = self.stream_cfg.read_size, self.stream_cfg.idle_timeout
         try:
-            while data := await reader.read(self.stream_cfg.read_size):
+            while True:
+                async with asyncio.timeout(idle):  # only the wait for data: not the wait for room in the graph
+                    data = await reader.read(size)
+                if not data:
+                    break
                 n += len(data)
                 await stream.chunk(data, meta)
+        except TimeoutError:
+            self.refused("idle_timeout", f"closing connection {meta}: nothing to read for {idle:g}s (idle_timeout)")
         except OSError as exc:
             log.info("%s: connection %s ended: %s", self.context.component_id, meta, exc)
         await stream.end_of_stream(meta)
         return n
 
+    def _reset(self, writer: asyncio.StreamWriter) -> None:
+        """Close so that the peer sees a refusal: RST on TCP (a unix socket fails the peer's next write by itself)."""
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        writer.transport.abort()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        cid = self.context.component_id
         if len(self.conns) >= self.stream_cfg.max_connections:
-            log.warning("%s: refusing a connection: %d already open (max_connections)", cid, len(self.conns))
-            writer.close()
+            self.refused("max_connections", f"reset a connection from {self.peer_meta(writer)}: {len(self.conns)} already open")
+            self._reset(writer)
             return
         task = asyncio.current_task()
         assert task is not None

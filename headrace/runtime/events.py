@@ -127,7 +127,8 @@ class HeldAcks:
     def __init__(self) -> None:
         self._shares: dict[int, tuple[AckRef, int]] = {}
 
-    def hold(self, ev: Ev) -> None:
+    def hold(self, ev: Ev | Any) -> None:
+        """Keep a share of ``ev.ack`` (``ev``: an event, or what a stage keeps of one with its ``ack``)."""
         ref = ev.ack
         if ref is None:
             return

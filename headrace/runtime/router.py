@@ -51,6 +51,7 @@ class ComponentStats:
             ("headrace_component_sent_bytes_total", (self.cid, self.kind)),
             ("headrace_queue_events", (self.cid,)), ("headrace_queue_bytes", (self.cid,)),
             ("headrace_event_latency_seconds", (self.cid,)), ("headrace_loop_blocked_seconds_total", (self.cid,)),
+            ("headrace_component_buffered_bytes", (self.cid,)),
         ]  # fmt: skip
         doomed += [("headrace_component_sent_events_total", (self.cid, self.kind, p)) for p in self._sent]
         doomed += [("headrace_component_errors_total", (self.cid, self.kind, e)) for e in self._errors]

@@ -126,21 +126,18 @@ class OnrampRunner:
         view.pre = [type(p)(p.config) for p in self.pre]
         return view
 
-    def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected).
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected)
+        a step at a time. The caller hands each step on before it takes the next, so a message that
+        decompresses to a lot costs about one step of memory, not all of its records at once.
 
         The message is in memory whole, so each preprocessor is told (``whole_message``): a
         decompressor then bounds its expansion by its ``max_message_bytes``."""
         view = self.stream()
         for p in view.pre:
             p.whole_message()
-        records: list[bytes] = []
-        rejected: list[tuple[bytes, str]] = []
-        for more, more_rejected in view._steps(data):
-            records += more
-            rejected += more_rejected
-        tail, rejected_tail = view._finish()
-        return records + tail, rejected + rejected_tail
+        yield from view._steps(data)
+        yield view._finish()
 
     async def _emit(self, records: list[bytes], rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None) -> None:
         if rejected:

@@ -156,7 +156,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "2:20: unknown key 'listn' in daemon.metrics (expected one of: listen)",
+            "2:20: unknown key 'listn' in daemon.metrics (expected one of: allowed_hosts, listen)",
         ],
         id="unknown_metrics",
     ),

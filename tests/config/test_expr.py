@@ -76,6 +76,8 @@ def test_other_names() -> None:
         ("event['__dict__']", "dunder strings are not allowed"),
         ("len(*event)", "Starred is not allowed in expressions"),
         ("event['a'](1)", "only builtins and value methods may be called"),
+        ("[sum(x for x in event) for sum in [list]]", "name 'sum' cannot be rebound"),  # would skip the guard of sum's elements
+        ("[f('a', 'b' * 1000) for f in [event['s'].replace]]", "method 'replace' may only be called, not taken as a value"),
         ("event[", "invalid expression: '[' was never closed"),
         ("event ==", "invalid expression: invalid syntax"),
         ("import os", "invalid expression: invalid syntax"),
@@ -143,3 +145,103 @@ def test_runtime_errors_propagate_to_the_operator() -> None:
 def test_no_builtins_reachable() -> None:
     fn = compile_expr("len(event)")
     assert fn.__globals__["__builtins__"] == {}
+
+
+def _isolated(text: str, event: dict[str, Any], conn: Any) -> None:
+    import resource
+
+    with open("/proc/self/statm") as f:
+        vsz = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (vsz + (512 << 20), resource.RLIM_INFINITY))  # an unbounded result fails here, not on the host
+    t0 = time.monotonic()
+    try:
+        compile_expr(text)(event, {})
+        outcome = ("ok", "")
+    except BaseException as exc:  # what the operator would send to err
+        outcome = (type(exc).__name__, str(exc)[:200])
+    conn.send((*outcome, time.monotonic() - t0))
+
+
+def evaluate_isolated(text: str, event: dict[str, Any], timeout: float = 10.0) -> tuple[str, str, float]:
+    """(exception type or "ok", message, seconds) of one evaluation in a child process with 512 MiB
+    of address space to spare and ``timeout`` seconds: an unbounded evaluation fails the test
+    (MemoryError, or "timeout") instead of taking the machine down."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_isolated, args=(text, event, child))
+    proc.start()
+    try:
+        if parent.poll(timeout):
+            result: tuple[str, str, float] = parent.recv()
+            return result
+        return ("timeout", f"still running after {timeout}s", timeout)
+    finally:
+        proc.kill()
+        proc.join()
+
+
+BIG_LIST = list(range(10_000))
+
+# event data that made an allowed expression take unbounded memory or time (issue 12, item 17)
+HOSTILE_DATA = [
+    pytest.param("event['id'] % 10", {"id": "%900000000d"}, "format width or precision 900000000", id="percent-width"),
+    pytest.param("event['f'] % (event['w'], 1)", {"f": "%*d", "w": 900_000_000}, "format width or precision 900000000", id="percent-star"),
+    pytest.param("event['f'] % event", {"f": "%(x).900000000f", "x": 1.5}, "format width or precision 900000000", id="percent-mapping"),
+    pytest.param("f\"{event['s']:>{event['w']}}\"", {"s": "a", "w": 900_000_000}, "format width or precision", id="fstring-width"),
+    pytest.param("f\"{event['x']:.{event['p']}f}\"", {"x": 1.5, "p": 100_000_000}, "format width or precision", id="fstring-precision"),
+    pytest.param("event['s'].replace('a', event['t'])", {"s": "a" * 100_000, "t": "b" * 100_000}, "replace would make", id="replace"),
+    pytest.param("event['s'].replace('', event['t'])", {"s": "a" * 100_000, "t": "b" * 100_000}, "replace would make", id="replace-empty"),
+    pytest.param("event['sep'].join(event['parts'])", {"sep": "x" * 1_000_000, "parts": ["a"] * 1000}, "join would make", id="join"),
+    pytest.param("sum(range(event['n']))", {"n": 10**18}, "range of", id="range-sum"),
+    pytest.param("any(x < 0 for x in range(event['n']))", {"n": 10**18}, "range of", id="range-loop"),
+    pytest.param("len([1 for a in event['l'] for b in event['l']])", {"l": BIG_LIST}, "more than 1048576 steps", id="nested-loops"),
+    pytest.param("len([event['s'] + x for x in event['l']])", {"s": "s" * 1_000_000, "l": ["x"] * 1000}, "made more than 64 MiB",
+                 id="loop-concat"),
+    pytest.param("len([[event['s'].upper()] for x in event['l']])", {"s": "s" * 1_000_000, "l": BIG_LIST}, "made more than 64 MiB",
+                 id="loop-nested-copy"),
+    pytest.param("sum(x in event['l'] for x in event['l'] + event['l'])", {"l": list(range(30_000))}, "ran longer than 1s",
+                 id="loop-quadratic-time"),
+    pytest.param("len(sum(event['l'], []))", {"l": [[1]] * 100_000}, "adds numbers only", id="sum-of-lists"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "event", "message"), HOSTILE_DATA)
+def test_event_data_cannot_make_an_expression_unbounded(text: str, event: dict[str, Any], message: str) -> None:
+    kind, got, seconds = evaluate_isolated(text, event)
+    assert kind in ("OverflowError", "TypeError") and message in got, (kind, got)
+    assert seconds < 2.5, seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "event", "expected"),
+    [
+        ("event['f'] % (event['n'], 'x')", {"f": "%05d|%-3s|%%", "n": 42}, "00042|x  |%"),
+        ("event['f'] % event", {"f": "%(n)3d %(s)s", "n": 7, "s": "x"}, "  7 x"),
+        ("event['n'] % 7", {"n": 50}, 1),
+        ("f\"{event['x']:>8.2f}|{event['s']!r:^7}|{event['n']:,}\"", {"x": 3.14159, "s": "ab", "n": 1234567}, "    3.14| 'ab'  |1,234,567"),
+        ("event['s'].replace('a', 'bb', 1)", {"s": "aaa"}, "bbaa"),
+        ("'-'.join(str(x) for x in event['l'])", {"l": [1, 2, 3]}, "1-2-3"),
+        ("sum(event['l'], 0.5)", {"l": [1, 2]}, 3.5),
+        ("[t.upper() for t in event['l'] if t]", {"l": ["a", "", "b"]}, ["A", "B"]),
+        ("{k: len(v) for k, v in event['d'].items()}", {"d": {"a": "xy", "b": ""}}, {"a": 2, "b": 0}),
+        ("sum(1 for i in range(event['n']))", {"n": 100_000}, 100_000),
+    ],
+)
+def test_bounded_operations_still_give_python_results(text: str, event: dict[str, Any], expected: Any) -> None:
+    fn = compile_expr(text)
+    assert fn(event, {}) == expected
+    assert fn(event, {}) == expected  # the budget is per evaluation, not used up by the first
+
+
+def test_budget_is_per_evaluation() -> None:
+    fn = compile_expr("len([x for x in event['l']])")
+    event = {"l": list(range(600_000))}  # more than half of the steps allowed in one evaluation
+    assert [fn(event, {}) for _ in range(3)] == [600_000] * 3
+
+
+def test_expressions_without_loops_are_compiled_as_written() -> None:
+    fn = compile_expr("event['level'] != 'debug' and meta.get('x') is None")
+    assert fn.__name__ == "<lambda>"  # no wrapper: a plain filter costs what it did
+    assert compile_expr("[x for x in event]").__name__ == "evaluate"

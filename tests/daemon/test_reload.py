@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, json_lines, metric, scrape
+from tests.support.daemon import RELOAD_HEADERS, Daemon, free_port, json_lines, metric, scrape
 
 STAGES = '''
 def work(event, meta):
@@ -88,7 +88,7 @@ links: {{tick: [out]}}
         before = len(ids(tmp_path / "out.ndjson"))
         d.wait_for(lambda: len(ids(tmp_path / "out.ndjson")) > before + 10)
         # the admin endpoint reports the same, with the errors
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST", headers=RELOAD_HEADERS)
         try:
             urllib.request.urlopen(req, timeout=10)
             raise AssertionError("expected 422")
@@ -96,7 +96,7 @@ links: {{tick: [out]}}
             assert exc.code == 422
             assert "unknown onramp 'metronom'" in json.loads(exc.read())["errors"][0]
         cfg.write_text(good)
-        body = json.loads(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST"), timeout=10).read())
+        body = json.loads(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST", headers=RELOAD_HEADERS), timeout=10).read())
         assert body["ok"] is True and body["diff"]["unchanged"] == ["tick", "out"] and not body["diff"]["changed"]
         assert scrape(port)["headrace_config_last_reload_successful"] == 1
     finally:
@@ -161,7 +161,7 @@ links: {{tick: [main], main: [out]}}
         kids_before = set(d.children())  # the fork server and both workers (an idle pool may have used only one so far)
         assert pids_before <= kids_before
         write("stages.py", 'import os\n\ndef work(event, meta):\n    event["v"] = 2\n    event["pid"] = os.getpid()\n    return event\n')
-        body = json.loads(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST"), timeout=20).read())
+        body = json.loads(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST", headers=RELOAD_HEADERS), timeout=20).read())
         assert body["diff"]["changed"] == ["main.python_0"], body
         assert body["diff"]["unchanged"] == ["tick", "out"], body
         d.wait_for(lambda: sum(e["v"] == 2 for e in events()) > 20)

@@ -100,3 +100,13 @@ def test_a_failed_batch_event_fails_its_sources() -> None:
 def test_bad_config(options: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         make("batch", **options)
+
+
+def test_max_bytes_emits_a_batch_early() -> None:
+    """count alone let a batch of 1 000 000 events of any size wait in memory."""
+    op = make("batch", count=1_000_000, max_bytes="1MiB")
+    big = {"pad": "x" * 100_000}
+    out = op.process(evs(*[big] * 25), Ports())
+    assert [len(e.value) for e in out] == [11, 11]  # each about 1 MiB (11 values of 100 kB, by the estimate)
+    assert op.bytes < 1 << 20  # type: ignore[attr-defined]
+    assert [len(e.value) for e in op.flush(Ports())] == [3]

@@ -44,3 +44,22 @@ def test_structured_keys_and_key_errors() -> None:
     out = op.process(evs({"user": 1, "tags": {"x": 1}}, {"user": 1, "tags": {"x": 1}}, {"nouser": 1}), ports)
     assert len(out) == 1
     assert ports.got["err"][0].meta["error"]["type"] == "KeyError"
+
+
+def test_max_bytes_bounds_the_keys_by_size_not_only_by_count() -> None:
+    """The fault: 100 000 keys of 1 MB each were 100 GB; now the keys take max_bytes at most."""
+    op = make("dedupe", Clock(), key="event['k']", window="1h", max_bytes="1MiB")
+    big = [{"k": str(i) * 100_000} for i in range(10, 60)]  # 50 keys of 200 KB
+    assert len(op.process(evs(*big), Ports())) == 50
+    assert op.bytes <= 1 << 20 and len(op.seen) == 5  # type: ignore[attr-defined]  # the 5 newest
+    assert len(op.process(evs(*big[-5:]), Ports())) == 0  # still deduplicated
+    assert len(op.process(evs(*big[:1]), Ports())) == 1  # forgotten: passes again
+    small = op.process(evs(*({"k": i} for i in range(1000))), Ports())
+    assert len(small) == 1000 and len(op.seen) > 1000 - 50  # type: ignore[attr-defined]  # small keys cost little
+
+
+def test_a_key_larger_than_max_bytes_is_not_remembered() -> None:
+    op = make("dedupe", Clock(), key="event", window="1h", max_bytes="64KiB")
+    assert values(op.process(evs("a", "x" * 100_000, "x" * 100_000, "a"), Ports())) == ["a", "x" * 100_000, "x" * 100_000]
+    assert list(op.seen) == ["a"]  # type: ignore[attr-defined]  # the huge key did not push the others out
+    assert op.bytes <= 64 * 1024  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from typing import Any
 
 import pytest
@@ -103,6 +105,78 @@ def test_percentile_is_nearest_rank() -> None:
                                               "p10": {"fn": "percentile", "field": "event", "p": 0.1}})  # fmt: skip
     (out,) = op.process(evs(*range(100, 0, -1)), Ports())
     assert (out.value["p99"], out.value["p10"]) == (99, 10)
+
+
+def _exact(values: list[float], p: float) -> float:
+    return sorted(values)[max(math.ceil(p * len(values)) - 1, 0)]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [random.Random(1).lognormvariate(3, 2) for _ in range(50_000)],  # latencies: a long tail
+        [random.Random(2).uniform(-1000, 1000) for _ in range(50_000)],  # both signs
+        [0] * 10_000 + [random.Random(3).randint(1, 10**6) for _ in range(20_000)] + [-5] * 3_000,  # zeros and ints
+    ],
+    ids=["lognormal", "signed", "zeros-and-ints"],
+)
+def test_percentiles_are_within_one_percent_in_bounded_memory(values: list[float]) -> None:
+    ps = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0)
+    op = make("window", size=len(values), aggregates={f"p{p}": {"fn": "percentile", "field": "event", "p": p} for p in ps})
+    largest, results = 0, []
+    for start in range(0, len(values), 1000):
+        largest = max(largest, op.bytes)  # type: ignore[attr-defined]
+        results += op.process(evs(*values[start : start + 1000]), Ports())
+    (out,) = results
+    for p in ps:
+        exact, got = _exact(values, p), out.value[f"p{p}"]
+        assert abs(got - exact) <= 0.01 * abs(exact), (p, got, exact)
+    assert largest < len(ps) * 2 * 2048 * 100 + 10_000, largest  # buckets, not values: the same for 10**4 or 10**9 values
+
+
+def test_percentiles_are_exact_up_to_1024_values() -> None:
+    values = [random.Random(4).random() for _ in range(1024)]
+    op = make("window", size=1024, aggregates={"p": {"fn": "percentile", "field": "event", "p": 0.37}})
+    (out,) = op.process(evs(*values), Ports())
+    assert out.value["p"] == _exact(values, 0.37)
+
+
+def test_percentile_memory_does_not_grow_with_the_number_of_values() -> None:
+    """The fault: every value of a window was kept (+8 MB/s at 200k events/s)."""
+    op = make("window", interval="1h", aggregates={"p99": {"fn": "percentile", "field": "event", "p": 0.99}})
+    rnd = random.Random(5)
+    sizes = []
+    for _ in range(100):
+        op.process(evs(*(rnd.expovariate(0.01) for _ in range(2000))), Ports())
+        sizes.append(op.bytes)  # type: ignore[attr-defined]
+    assert sizes[-1] == sizes[len(sizes) // 2] or sizes[-1] < 2 * sizes[len(sizes) // 2], sizes[::10]
+    assert sizes[-1] < 200_000, sizes[-1]  # 200 000 values kept would be 6.4 MB
+
+
+def test_max_bytes_emits_the_least_recent_groups_early() -> None:
+    op = make("window", interval="1h", group_by="event['g']", max_bytes="64KiB",
+              aggregates={"p50": {"fn": "percentile", "field": "event['v']", "p": 0.5}})  # fmt: skip
+    ports = Ports()
+    early = []
+    for g in range(50):  # each group's window: 1000 exact values, about 32 KB
+        early += op.process(evs(*({"g": g, "v": v} for v in range(1000))), ports)
+        assert op.bytes <= 64 * 1024, op.bytes  # type: ignore[attr-defined]
+    assert [e.value["group"] for e in early] == list(range(48))  # oldest first
+    assert all(e.value["p50"] == 499 for e in early)
+    assert sorted(e.value["group"] for e in op.flush(ports)) == [48, 49]
+    assert op.bytes == 0  # type: ignore[attr-defined]
+
+
+def test_sliding_count_windows_keep_no_event_values_and_count_their_bytes() -> None:
+    op = make("window", kind="sliding", size=1000, slide=1000, group_by="event['g']", max_bytes="1MiB",
+              aggregates={"n": {"fn": "count"}})  # fmt: skip
+    big = "x" * 100_000
+    early = []
+    for g in range(20):
+        early += op.process(evs(*({"g": g, "pad": big} for _ in range(999))), Ports())
+    kept = [held for _, items, _ in op.recent.values() for held, _ in items]  # type: ignore[attr-defined]
+    assert kept and not any(hasattr(h, "value") for h in kept)  # not the events: their 100 KB values are free
+    assert 0 < op.bytes <= 1 << 20 and early  # type: ignore[attr-defined]
 
 
 def test_null_values_are_skipped_and_non_numbers_go_to_err() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import aiohttp
 
 from headrace.plugins.base import PluginContext
 from headrace.plugins.onramps.http import HttpOnramp, HttpOnrampConfig
-from tests.plugins.peers import json_lines, wait_connectable
-from tests.support.daemon import Daemon, free_port
+from tests.plugins.peers import json_lines, wait_connectable, wait_until
+from tests.support.daemon import Daemon, free_port, metric
 
 
 def post(url: str, body: bytes | Iterable[bytes], headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
@@ -121,8 +122,8 @@ class ScriptedSink:
     def stream(self) -> ScriptedSink:
         return self
 
-    def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        return [x for x in data.splitlines() if x], []
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        yield [x for x in data.splitlines() if x], []
 
     async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None) -> None:
         self.payloads.extend(payloads)
@@ -161,3 +162,143 @@ def test_http_500_when_delivery_fails_and_504_when_not_done_in_time(tmp_path: Pa
             await plugin.stop()
 
     asyncio.run(scenario())
+
+
+def _raw(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        return got
+
+
+def _closed_within(s: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed ``s`` within ``seconds`` (reading what it sent), and what it sent."""
+    s.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except TimeoutError:
+        return False, got
+    except ConnectionResetError:
+        pass
+    return True, got
+
+
+LIMITS = """
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{mport}"}}}}
+onramps:
+  web: {{type: http, codec: json, config: {{port: {port}, path: /in, {limits}}}}}
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{web: [out]}}
+"""
+
+
+def _kept_alive(port: int) -> socket.socket | None:
+    """A connection on which one empty POST was answered 200 and that stays open, or None if it was refused
+    (a connection of the moment before may still count: the server frees its slot when its handler ends)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    answer = s.recv(65536)
+    if answer.startswith(b"HTTP/1.1 200 "):
+        return s
+    s.close()
+    return None
+
+
+def _refused(mport: int, reason: str) -> float:
+    return metric(mport, f'headrace_onramp_refused_total{{component_id="web",reason="{reason}"}}')
+
+
+def test_http_caps_connections_with_503(tmp_path: Path, write: Any) -> None:
+    port, mport = free_port(), free_port()
+    cfg = write("c.yaml", LIMITS.format(port=port, mport=mport, limits="max_connections: 2, retry_after: 7"))
+    d = Daemon(cfg)
+    idle: list[socket.socket] = []
+    try:
+        wait_connectable(port)
+        for _ in range(2):  # two keep-alive connections, each served once, then idle: every slot taken
+            idle.append(wait_until(lambda: _kept_alive(port), what="a connection served (not refused)"))
+        answer = _raw(port, b'POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{"id": 1}\n')
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 7" in answer and b"max_connections 2" in answer, answer
+        idle[0].close()  # a slot frees up
+        wait_until(lambda: post(f"http://127.0.0.1:{port}/in", b'{"id": 2}\n')[0] == 200, what="a request once a slot is free")
+        assert _refused(mport, "max_connections") >= 1
+    finally:
+        for s in idle:
+            s.close()
+        assert d.stop() == 0, d.stderr()
+    assert [e["id"] for e in json_lines(tmp_path / "out.ndjson")] == [2]
+
+
+def test_http_slow_headers_and_slow_bodies_are_cut_off(tmp_path: Path, write: Any) -> None:
+    port, mport = free_port(), free_port()
+    cfg = write("c.yaml", LIMITS.format(port=port, mport=mport, limits="header_timeout: 1s, body_timeout: 1s"))
+    d = Daemon(cfg)
+    try:
+        wait_connectable(port)
+        loris = socket.create_connection(("127.0.0.1", port), timeout=5)
+        t0 = time.monotonic()
+        loris.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\n")  # and the rest of the headers never
+        closed, _ = _closed_within(loris, 5)
+        header_s = time.monotonic() - t0
+        loris.close()
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        t0 = time.monotonic()
+        slow.sendall(b'POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"id":')  # and the rest of the body never
+        body_closed, answer = _closed_within(slow, 5)
+        body_s = time.monotonic() - t0
+        slow.close()
+        assert post(f"http://127.0.0.1:{port}/in", b'{"id": 1}\n')[0] == 200  # others are served meanwhile
+        assert _refused(mport, "body_timeout") == 1
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert closed and 0.9 < header_s < 3, (closed, header_s)
+    assert body_closed and answer.startswith(b"HTTP/1.1 408 ") and 0.9 < body_s < 3, (answer[:100], body_s)
+
+
+def test_http_bytes_in_flight_are_capped_with_503(tmp_path: Path, write: Any) -> None:
+    port, mport = free_port(), free_port()
+    cfg = write("c.yaml", LIMITS.format(port=port, mport=mport, limits="max_inflight_bytes: 1MiB, retry_after: 2"))
+    d = Daemon(cfg)
+    try:
+        wait_connectable(port)
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)  # 700 KB announced, 100 KB sent: held
+        first.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 700000\r\n\r\n" + b" " * 100_000)
+        wait_until(lambda: metric(mport, 'headrace_component_buffered_bytes{component_id="web"}') == 700_000, what="the first body held")
+        status, headers, body = post(f"http://127.0.0.1:{port}/in", b" " * 400_000 + b'{"id": 1}\n')
+        assert status == 503 and headers["Retry-After"] == "2" and "max_inflight_bytes" in body["error"], (status, body)
+        chunked = iter([b" " * 200_000, b" " * 200_000, b'{"id": 2}\n'])  # no length: held as it arrives, refused at the cap
+        assert post(f"http://127.0.0.1:{port}/in", chunked)[0] == 503
+        assert post(f"http://127.0.0.1:{port}/in", b'{"id": 3}\n')[0] == 200  # small ones still fit
+        first.sendall(b" " * 599_990 + b'{"id": 4}\n')
+        assert _closed_within(first, 10)[1].startswith(b"HTTP/1.1 200 ")
+        first.close()
+        wait_until(lambda: metric(mport, 'headrace_component_buffered_bytes{component_id="web"}') == 0, what="nothing held")
+        assert _refused(mport, "max_inflight_bytes") == 2
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson")) == [3, 4]
+
+
+def test_http_refuses_posts_from_foreign_browser_pages(tmp_path: Path, write: Any) -> None:
+    port, mport = free_port(), free_port()
+    cfg = write("c.yaml", LIMITS.format(port=port, mport=mport, limits='allowed_origins: ["https://app.example"]'))
+    d = Daemon(cfg)
+    url = f"http://127.0.0.1:{port}/in"
+    try:
+        wait_connectable(port)
+        form = {"Content-Type": "text/plain"}  # what any web page may post cross-origin without a preflight
+        status, _, body = post(url, b'{"id": 1}\n', {**form, "Origin": "https://evil.example"})
+        assert status == 403 and "allowed_origins" in body["error"]
+        assert post(url, b'{"id": 2}\n', {**form, "Origin": "null"})[0] == 403  # a sandboxed page or a file
+        assert post(url, b'{"id": 3}\n', {**form, "Origin": "https://app.example"})[0] == 200
+        assert post(url, b'{"id": 4}\n', form)[0] == 200  # no Origin: not a browser page (curl, a client library)
+        assert _refused(mport, "origin") == 2
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson")) == [3, 4]

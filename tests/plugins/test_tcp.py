@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from headrace.metrics.defs import Metrics
 from headrace.plugins.base import PluginContext
 from headrace.plugins.onramps.tcp import TcpOnramp, TcpOnrampConfig
 from headrace.plugins.processors.lines import LinesPreprocessor
 from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_until
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import Daemon, free_port, scrape
 
 
 def connect(port: int) -> socket.socket:
@@ -101,8 +105,8 @@ class LineSink:
     def stream(self) -> LineSink:
         return LineSink(self.got)
 
-    def frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        return [data], []
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        yield [data], []
 
     async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
         out: list[bytes] = []
@@ -149,10 +153,11 @@ def test_tcp_client_mode_reconnects_and_frames_each_connection(tmp_path: Path) -
     assert asyncio.run(scenario()) == [b"a", b"b", b"c"]
 
 
-def test_tcp_server_refuses_connections_over_max_connections(tmp_path: Path) -> None:
+def test_tcp_server_resets_connections_over_max_connections_and_counts_them(tmp_path: Path) -> None:
     async def scenario() -> None:
         port = free_port()
-        onramp = TcpOnramp(TcpOnrampConfig(port=port, max_connections=1), PluginContext("src", tmp_path))
+        metrics = Metrics()
+        onramp = TcpOnramp(TcpOnrampConfig(port=port, max_connections=1), PluginContext("src", tmp_path, extra={"metrics": metrics}))
         sink = LineSink()
         task = asyncio.create_task(onramp.run(sink))
         while not onramp.ready:
@@ -164,12 +169,67 @@ def test_tcp_server_refuses_connections_over_max_connections(tmp_path: Path) -> 
             while not sink.got:
                 await asyncio.sleep(0.01)
             second_r, second = await asyncio.open_connection("127.0.0.1", port)
-            assert await asyncio.wait_for(second_r.read(), 5) == b""  # closed by the server at once
+            with pytest.raises(ConnectionResetError):  # refused loudly: a reset, not a clean end of stream
+                await asyncio.wait_for(second_r.read(), 5)
             second.close()
             first.close()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert [r for r, _ in sink.got] == [b"one"]
+        assert metrics["headrace_onramp_refused_total"].labels("src", "max_connections")._value.get() == 1
 
     asyncio.run(scenario())
+
+
+def test_idle_connections_are_closed_so_they_cannot_lock_out_other_producers(tmp_path: Path, write: Any) -> None:
+    port, mport = free_port(), free_port()
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{mport}"}}}}
+onramps:
+  src: {{type: tcp, codec: json, config: {{port: {port}, max_connections: 2, idle_timeout: 1s}}}}
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+links: {{src: [out]}}
+""")
+    out = tmp_path / "out.ndjson"
+    d = Daemon(cfg)
+    try:
+        wait_connectable(port)
+        idle, busy = connect(port), connect(port)  # every slot taken: one says nothing, one keeps talking
+        idle_since = time.monotonic()
+        busy.sendall(b'{"id": 1}\n')
+        wait_until(lambda: len(json_lines(out)) == 1, what="the busy connection's first record")
+        refused = connect(port)
+        with pytest.raises(ConnectionResetError):  # a reset: its client knows it was refused (a clean close looks like an end)
+            refused.recv(1)
+        refused.close()
+        t0 = time.monotonic()
+        idle.settimeout(5)
+        n = 1
+        while True:  # the busy one writes every 0.3 s: never idle for 1 s
+            n += 1
+            busy.sendall(b'{"id": %d}\n' % n)
+            try:
+                idle.settimeout(0.3)
+                if idle.recv(1) == b"":
+                    break
+            except TimeoutError:
+                pass
+            assert time.monotonic() - t0 < 5, "the idle connection was never closed"
+        idle_s = time.monotonic() - idle_since
+        late = connect(port)  # its slot is free again
+        late.sendall(b'{"id": 1000}\n')
+        late.close()
+        busy.sendall(b'{"id": 1001}\n')
+        busy.close()
+        wait_until(lambda: {1000, 1001} <= {e["id"] for e in json_lines(out)}, what="the late producer's record")
+        assert sorted(e["id"] for e in json_lines(out)) == [*range(1, n + 1), 1000, 1001]
+        m = scrape(mport)
+        assert m['headrace_onramp_refused_total{component_id="src",reason="max_connections"}'] == 1
+        assert m['headrace_onramp_refused_total{component_id="src",reason="idle_timeout"}'] == 1
+        assert 0.9 < idle_s < 4, idle_s
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert "reset a connection from {'tcp_peer': '127.0.0.1:" in d.stderr() and "(max_connections; " in d.stderr()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.peers import LineServer, LoopThread, wait_connectable, wait_until
-from tests.support.daemon import Daemon, headrace
+from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_until
+from tests.support.daemon import Daemon, free_port, headrace, metric
 
 
 def test_unix_in_and_out_replacing_a_stale_socket(tmp_path: Path, write: Any, peer_loop: LoopThread) -> None:
@@ -81,3 +81,36 @@ links: {{src: [out]}}
 """)
     res = headrace("check", str(cfg))
     assert res.returncode == 78 and "longer than 107 bytes" in res.stderr.decode()
+
+
+def test_unix_idle_connections_are_closed_and_refusals_are_counted(tmp_path: Path, write: Any) -> None:
+    mport = free_port()
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{mport}"}}}}
+onramps: {{src: {{type: unix, config: {{path: in.sock, max_connections: 1, idle_timeout: 500ms}}}}}}
+offramps: {{out: {{type: file, config: {{path: out.ndjson}}}}}}
+links: {{src: [out]}}
+""")
+    path = str(tmp_path / "in.sock")
+    d = Daemon(cfg)
+    try:
+        wait_connectable(path=tmp_path / "in.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+            idle.connect(path)
+            idle.settimeout(5)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as refused:
+                refused.connect(path)
+                refused.settimeout(5)
+                assert refused.recv(1) == b""
+                with pytest.raises(BrokenPipeError):  # no reset on a unix socket, but a write after the close fails at once
+                    refused.sendall(b'{"id": -1}\n')
+            assert idle.recv(1) == b""  # closed after 500 ms with nothing to read: the slot is free
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as late:
+            late.connect(path)
+            late.sendall(b'{"id": 1}\n')
+        wait_until(lambda: json_lines(tmp_path / "out.ndjson") == [{"id": 1}], what="the late producer's record")
+        wait_until(lambda: metric(mport, 'headrace_onramp_refused_total{component_id="src",reason="idle_timeout"}') == 1, what="idle count")
+        assert metric(mport, 'headrace_onramp_refused_total{component_id="src",reason="max_connections"}') == 1
+    finally:
+        assert d.stop() == 0, d.stderr()

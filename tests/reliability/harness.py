@@ -276,6 +276,35 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+class RssSampler:
+    """A daemon's RSS, sampled every 20 ms by a thread from ``start()`` to ``stop()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = 0.0
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(rss_mb(self.pid))
+            time.sleep(0.02)
+
+    def start(self) -> None:
+        self.base = rss_mb(self.pid)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def growth(self) -> float:
+        """MB above the RSS at ``start()``: the highest sample so far."""
+        return max(self.samples, default=self.base) - self.base
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (not its children)."""
     try:

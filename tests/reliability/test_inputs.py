@@ -8,7 +8,6 @@ import json
 import re
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.reliability.conftest import Figures
 from tests.reliability.harness import (
     Lines,
     OffsetWatcher,
+    RssSampler,
     count_lines,
     dead_letters,
     kafka_onramp,
@@ -140,35 +140,6 @@ links: {{{links}, main: [out], main/err: [dlq], out/err: [dlq]}}
     assert report.ok, report.summary()
     figures(row=15, onramps=len(ONRAMPS), good=report.found["out"], dead_lettered=report.dead, lost=len(report.lost),
             duplicates=report.duplicates)  # fmt: skip
-
-
-class RssSampler:
-    """A daemon's RSS, sampled every 20 ms by a thread from ``start()`` to ``stop()``."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.base = 0.0
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(rss_mb(self.pid))
-            time.sleep(0.02)
-
-    def start(self) -> None:
-        self.base = rss_mb(self.pid)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def growth(self) -> float:
-        """MB above the RSS at ``start()``: the highest sample so far."""
-        return max(self.samples, default=self.base) - self.base
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 HEADRACE = [sys.executable, "-m", "headrace"]
+RELOAD_HEADERS = {"Content-Type": "application/json"}  # what POST /reload needs (a cross-site form cannot send it)
 
 
 def free_port() -> int:

@@ -4,6 +4,29 @@ The response is sent when the request's events are done (delivered by every offr
 routed to err, or filtered): 200 with counts, or 500 if a delivery failed. While too
 many events are still in flight the server answers 503 with ``Retry-After`` instead of
 queueing without bound.
+
+Memory, connections and time are bounded, whatever the clients do:
+
+- at most ``max_connections`` connections are open; more are answered 503 and closed;
+- request bodies held in memory (read, not yet handed to the graph) take at most
+  ``max_inflight_bytes`` together (one body is always admitted); a request that would
+  exceed it gets 503 with ``Retry-After`` (the ``headrace_component_buffered_bytes`` gauge
+  shows them); a body over ``max_body_bytes`` gets 413 without being read whole;
+- one body is framed (and decompressed) at a time, a step at a time, each step handed to
+  the graph before the next is made: many compressed bodies cost one step of memory, not
+  ``max_message_bytes`` each;
+- a client must send a request's headers within ``header_timeout`` (of connecting, or of
+  its previous response) and its body within ``body_timeout``, else the connection is
+  closed (a slow body gets 408 first).
+
+Each refusal is counted in ``headrace_onramp_refused_total`` by reason and logged (at most
+one line per 10 s).
+
+Browsers: a web page's script can POST to any address the browser reaches, including
+this onramp on 127.0.0.1, and browsers send ``Origin`` with every cross-origin POST (tools
+such as curl and client libraries do not). A request with an ``Origin`` header is refused
+with 403 unless the origin is in ``allowed_origins``. There is no authentication yet:
+bind to loopback or a trusted network, or put an authenticating proxy in front.
 """
 
 from __future__ import annotations
@@ -12,11 +35,14 @@ import asyncio
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from pydantic import Field
 
 from headrace.config.units import Duration, Size
+from headrace.metrics.defs import Tally
+from headrace.metrics.refusals import Refusals
 from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
+from headrace.plugins.onramps.http_server import CappedServer, busy_answer, listen
 from headrace.plugins.sockets import FramingSink, Meta, framing_sink
 
 log = logging.getLogger("headrace.plugins.http")
@@ -24,6 +50,8 @@ log = logging.getLogger("headrace.plugins.http")
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})  # kept out of events and dead letters
 MAX_META_HEADERS = 32
 MAX_HEADER_VALUE = 1024
+READ_SIZE = 64 * 1024
+LINGER = 2.0  # seconds the rest of a refused body is read and dropped, so that its client reads the answer (not a reset)
 
 
 class HttpOnrampConfig(PluginConfig):
@@ -37,24 +65,40 @@ class HttpOnrampConfig(PluginConfig):
     ack_timeout: Duration = Field(
         60.0, gt=0, description="a request whose events are not done by then gets 504 (they may still be delivered)"
     )
+    max_connections: int = Field(256, ge=1, description="connections open at once; more are answered 503 with Retry-After and closed")
+    max_inflight_bytes: Size = Field(64 * 2**20, ge=1, description="bytes of request bodies held at once (read, not yet handed to the "
+                                     "graph); a request that would exceed it gets 503 with Retry-After (one body is always admitted)")
+    header_timeout: Duration = Field(10.0, gt=0, description="time a client has to send a request's headers, from connecting or from "
+                                     "its previous response (also how long an idle keep-alive connection stays open)")
+    body_timeout: Duration = Field(30.0, gt=0, description="time a client has to send a request's body; a slower one gets 408 and "
+                                   "the connection is closed")
+    allowed_origins: list[str] = Field(default_factory=list, description="origins (scheme://host[:port]) whose browser pages may post; "
+                                       "a request with another Origin header gets 403. Empty: no browser page may ('*': any may)")
 
 
 class _Request:
-    """The ack token of one request: resolved when all its batches are done."""
+    """The ack token of one request: resolved when all its batches are done (``sealed``: no more will come)."""
 
-    __slots__ = ("done", "events", "failed", "parts")
+    __slots__ = ("done", "events", "failed", "parts", "sealed")
 
-    def __init__(self, events: int, parts: int) -> None:
-        self.events = events
-        self.parts = parts
+    def __init__(self) -> None:
+        self.events = 0
+        self.parts = 0
         self.failed = False
+        self.sealed = False
         self.done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
 
 
 class HttpOnramp(Onramp):
     name = "http"
     Config = HttpOnrampConfig
-    summary = "HTTP server: POST bodies become records; the response waits for delivery (200/500), 413 over the limit, 503 when full"
+    summary = ("HTTP server: POST bodies become records; the response waits for delivery (200/500); bounded connections, bytes "
+               "and time (503, 413, 408); cross-origin browser posts refused (403)")  # fmt: skip
     default_preprocessors = ("lines",)
     example = "{type: http, codec: json, config: {port: 8080, path: /ingest}}"
 
@@ -62,27 +106,34 @@ class HttpOnramp(Onramp):
         super().__init__(config, context)
         self.cfg = config
         self.pending = 0  # events handed to the graph and not yet done
-        self.runner: web.AppRunner | None = None
+        self.inflight = 0  # bytes of bodies read and not yet handed to the graph
+        self.framing = asyncio.Lock()  # one body framed at a time
+        self.server: CappedServer | None = None
+        self.listener: asyncio.AbstractServer | None = None
         self.sink: FramingSink | None = None
         self.sink_set = asyncio.Event()
+        self.refused = Refusals(context.component_id, context.extra.get("metrics"), log)
+        metrics = context.extra.get("metrics")
+        self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(context.component_id)) if metrics else None
+        self.any_origin = "*" in config.allowed_origins
+        self.origins = {o.rstrip("/").lower() for o in config.allowed_origins}
 
     async def start(self) -> None:
-        """Listen now: a port in use fails the start (naming this onramp), not a later moment."""
-        app = web.Application(client_max_size=self.cfg.max_body_bytes)
-        app.router.add_post(self.cfg.path, self.handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
+        """Listen now: a port in use fails the start (naming this onramp), not a later moment. Ready once
+        ``run`` takes requests, not before."""
+        cfg = self.cfg
+        self.server = CappedServer(self.handle, max_connections=cfg.max_connections, refused=self._over_connections,
+                                   keepalive_timeout=cfg.header_timeout, lingering_time=LINGER, access_log=None)  # fmt: skip
         try:
-            await site.start()
+            self.listener = await listen(self.server, cfg.host, cfg.port)
         except BaseException:
             await self._shutdown()
             raise
-        log.info("%s: listening on http://%s:%d%s", self.context.component_id, self.cfg.host, self.cfg.port, self.cfg.path)
+        log.info("%s: listening on http://%s:%d%s", self.context.component_id, cfg.host, cfg.port, cfg.path)
 
     async def run(self, sink: OnrampSink) -> None:
         self.sink = framing_sink(sink)
-        if self.runner is None:  # run without start (the engine always starts first)
+        if self.listener is None:  # run without start (the engine always starts first)
             await self.start()
         self.sink_set.set()
         self.ready = True
@@ -92,30 +143,70 @@ class HttpOnramp(Onramp):
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        runner, self.runner = self.runner, None
-        if runner is not None:
-            await runner.cleanup()  # stops accepting; in-flight requests get up to shutdown_timeout for their acks
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()  # stop accepting
+        server, self.server = self.server, None
+        if server is not None:
+            await server.shutdown(5.0)  # in-flight requests get up to 5 s for their acks
 
     async def stop(self) -> None:
         await self._shutdown()
 
-    @staticmethod
-    def _error(status: int, message: str, **headers: str) -> web.Response:
-        return web.json_response({"error": message}, status=status, headers=headers or None)
+    def _over_connections(self) -> bytes:
+        assert self.server is not None
+        self.refused("max_connections", f"answered 503 to a connection: {self.server.open_connections()} open")
+        return busy_answer(f"too many connections (max_connections {self.cfg.max_connections}); retry later", self.cfg.retry_after)
 
-    async def _body(self, request: web.Request) -> bytes | None:
-        """The body, or None as soon as it is known to exceed ``max_body_bytes``."""
+    def _refuse(self, status: int, reason: str, message: str, close: bool = True) -> _Refused:
+        self.refused(reason, f"answered {status}: {message}")
+        headers = {"Retry-After": str(self.cfg.retry_after)} if status == 503 else None
+        resp = web.json_response({"error": message}, status=status, headers=headers)
+        if close:
+            resp.force_close()  # the rest of the body is not read
+        return _Refused(resp)
+
+    def _hold(self, n: int) -> None:
+        self.inflight += n
+        if self.gauge is not None:
+            self.gauge.set(self.inflight)
+
+    def _reserve(self, n: int, held: int) -> None:
+        """Hold ``n`` more bytes for a body that holds ``held`` so far, or refuse the request."""
+        if self.inflight + n > self.cfg.max_inflight_bytes and self.inflight > held:
+            raise self._refuse(503, "max_inflight_bytes", f"too many bytes of requests in flight (max_inflight_bytes "
+                                                          f"{self.cfg.max_inflight_bytes}); retry later")  # fmt: skip
+        self._hold(n)
+
+    async def _body(self, request: web.BaseRequest) -> bytes:
+        """The whole body, its bytes held in ``inflight`` (the caller releases ``len(body)``); raises ``_Refused``."""
         limit = self.cfg.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            return None
-        buf = bytearray()
-        while chunk := await request.content.read(64 * 1024):
-            buf += chunk
-            if len(buf) > limit:
-                return None
-        return bytes(buf)
+            raise self._refuse(413, "max_body_bytes", f"body over max_body_bytes ({limit})")
+        held = request.content_length or 0
+        self._reserve(held, 0)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.cfg.body_timeout):
+                while chunk := await request.content.read(READ_SIZE):
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._refuse(413, "max_body_bytes", f"body over max_body_bytes ({limit})")
+                    if size > held:
+                        self._reserve(size - held, held)
+                        held = size
+                    chunks.append(chunk)
+        except TimeoutError:
+            self._hold(-held)
+            raise self._refuse(408, "body_timeout", f"body not received within body_timeout ({self.cfg.body_timeout:g}s)") from None
+        except BaseException:
+            self._hold(-held)
+            raise
+        self._hold(size - held)  # a body shorter than announced
+        return b"".join(chunks)
 
-    def _meta(self, request: web.Request) -> Meta:
+    def _meta(self, request: web.BaseRequest) -> Meta:
         headers: dict[str, str] = {}
         for k, v in request.headers.items():
             name = k.lower()
@@ -126,45 +217,83 @@ class HttpOnramp(Onramp):
             headers[name] = v[:MAX_HEADER_VALUE]
         return {"http_path": request.path, "http_method": request.method, "http_headers": headers}
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    def _check(self, request: web.BaseRequest) -> None:
+        """Refuses what is not a POST to the path, from a page of a foreign origin, or while too much is in flight."""
+        if request.path != self.cfg.path:
+            raise _Refused(web.json_response({"error": "not found"}, status=404))
+        if request.method != "POST":
+            raise _Refused(web.json_response({"error": "method not allowed"}, status=405, headers={"Allow": "POST"}))
+        origin = request.headers.get("Origin")
+        if origin is not None and not self.any_origin and origin.rstrip("/").lower() not in self.origins:
+            raise self._refuse(403, "origin", f"Origin {origin!r} is not in allowed_origins")
+        if self.pending >= self.cfg.max_pending_events:
+            raise self._refuse(503, "max_pending_events", "too many events in flight; retry later")
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         await self.sink_set.wait()  # a request between start and run waits for the graph
         assert self.sink is not None
-        if self.pending >= self.cfg.max_pending_events:
-            busy = self._error(503, "too many events in flight; retry later", **{"Retry-After": str(self.cfg.retry_after)})
-            busy.force_close()  # the body is not read
-            return busy
-        body = await self._body(request)
-        if body is None:
-            resp = self._error(413, f"body over max_body_bytes ({self.cfg.max_body_bytes})")
-            resp.force_close()  # the rest of the body is not read
-            return resp
-        meta = self._meta(request)
-        records, rejected = self.sink.frame(body) if body else ([], [])
-        if rejected:
-            await self.sink.reject(rejected, meta)
-        n = len(records)
-        if not n:
-            return web.json_response({"events": 0, "rejected": len(rejected)})
-        bs = self.cfg.batch_size
-        token = _Request(n, (n + bs - 1) // bs)
-        self.pending += n
-        for start in range(0, n, bs):
-            part = records[start : start + bs]
-            await self.sink.records(part, [dict(meta) for _ in part], ack=token)
+        try:
+            self._check(request)
+            body = await self._body(request)
+        except (ConnectionError, ClientPayloadError) as exc:  # the client went away mid-body: nobody to answer, nothing to log
+            log.debug("%s: request from %s ended early: %s", self.context.component_id, request.remote, exc)
+            return web.Response(status=400)
+        except _Refused as refusal:
+            if refusal.response.status != 408:
+                return refusal.response
+            await refusal.response.prepare(request)  # a client too slow to send its body gets no time to linger
+            await refusal.response.write_eof()
+            request.protocol.force_close()
+            return refusal.response
+        try:
+            token, rejected = await self._hand_over(body, self._meta(request))
+        finally:
+            self._hold(-len(body))
+            del body
+        if not token.events:
+            return web.json_response({"events": 0, "rejected": rejected})
         try:
             ok = await asyncio.wait_for(asyncio.shield(token.done), self.cfg.ack_timeout)
         except TimeoutError:
-            return self._error(504, f"events not done within {self.cfg.ack_timeout:g}s; they may still be delivered")
+            return web.json_response({"error": f"events not done within {self.cfg.ack_timeout:g}s; they may still be delivered"},
+                                     status=504)  # fmt: skip
         if not ok:
-            return self._error(500, "delivery failed", **{"Retry-After": str(self.cfg.retry_after)})
-        return web.json_response({"events": n, "rejected": len(rejected)})
+            return web.json_response({"error": "delivery failed"}, status=500, headers={"Retry-After": str(self.cfg.retry_after)})
+        return web.json_response({"events": token.events, "rejected": rejected})
+
+    async def _hand_over(self, body: bytes, meta: Meta) -> tuple[_Request, int]:
+        """Frame ``body`` a step at a time and hand each to the graph (one body at a time); the token and the rejected count."""
+        assert self.sink is not None
+        token = _Request()
+        rejected = 0
+        bs = self.cfg.batch_size
+        try:
+            async with self.framing:
+                for records, bad in self.sink.frame(body) if body else ():
+                    if bad:
+                        rejected += len(bad)
+                        await self.sink.reject(bad, meta)
+                    for start in range(0, len(records), bs):
+                        part = records[start : start + bs]
+                        token.parts += 1
+                        token.events += len(part)
+                        self.pending += len(part)
+                        await self.sink.records(part, [dict(meta) for _ in part], ack=token)
+        finally:
+            token.sealed = True  # even when cancelled: what was handed on still counts until done
+            if token.parts == 0:  # none handed on, or every one already done
+                self._resolve(token)
+        return token, rejected
+
+    def _resolve(self, token: _Request) -> None:
+        self.pending -= token.events
+        if not token.done.done():
+            token.done.set_result(not token.failed)
 
     def _part_done(self, token: _Request) -> None:
         token.parts -= 1
-        if token.parts == 0:
-            self.pending -= token.events
-            if not token.done.done():
-                token.done.set_result(not token.failed)
+        if token.parts == 0 and token.sealed:
+            self._resolve(token)
 
     def ack(self, token: Any) -> None:
         self._part_done(token)

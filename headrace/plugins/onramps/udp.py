@@ -1,22 +1,31 @@
-"""``type: udp``: one datagram is one record (unless preprocessors are configured)."""
+"""``type: udp``: one datagram is one record (unless preprocessors are configured).
+
+UDP has no backpressure: while the graph is full, datagrams wait in a queue bounded by
+``queue_datagrams`` and ``queue_bytes`` (the ``headrace_component_buffered_bytes`` gauge shows
+its bytes); beyond either, they are dropped and counted. A datagram is framed (and
+decompressed) a step at a time, each step handed to the graph before the next is made, so a
+compressed datagram that expands to ``max_message_bytes`` costs about one step of memory.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from pydantic import Field
 
 from headrace.config.units import Size
+from headrace.metrics.defs import Tally
+from headrace.metrics.refusals import LogEvery
 from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
-from headrace.plugins.sockets import SAMPLE, FramingSink, Meta, Rejected, framing_sink
+from headrace.plugins.sockets import SAMPLE, Meta, framing_sink
 
 log = logging.getLogger("headrace.plugins.udp")
 
 MAX_UDP = 65507  # the largest IPv4 UDP payload
-BATCH = 256  # datagrams handed to the graph at once
+BATCH = 256  # records handed to the graph at once, at most
+FLUSH_BYTES = 1 << 20  # records of about this many bytes are handed on even if more datagrams wait
 
 
 class UdpOnrampConfig(PluginConfig):
@@ -24,18 +33,15 @@ class UdpOnrampConfig(PluginConfig):
     port: int = Field(ge=1, le=65535, description="port to listen on")
     max_datagram_bytes: Size = Field(MAX_UDP, ge=1, le=MAX_UDP, description="larger datagrams go to err (first 1 KiB kept)")
     queue_datagrams: int = Field(4096, ge=1, description="datagrams held while the graph is full; more are dropped (and counted)")
+    queue_bytes: Size = Field(4 * 2**20, ge=1, description="bytes of datagrams held while the graph is full; more are dropped (and counted)")
 
 
 class _Receiver(asyncio.DatagramProtocol):
-    def __init__(self, queue: asyncio.Queue[tuple[bytes, Any]], on_drop: Any) -> None:
-        self.queue = queue
-        self.on_drop = on_drop
+    def __init__(self, onramp: UdpOnramp) -> None:
+        self.onramp = onramp
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        try:
-            self.queue.put_nowait((data, addr))
-        except asyncio.QueueFull:
-            self.on_drop()  # UDP has no backpressure: the sender is not slowed down, so drop and count
+        self.onramp.received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp receive error: %s", exc)
@@ -51,65 +57,78 @@ class UdpOnramp(Onramp):
         super().__init__(config, context)
         self.cfg = config
         self.transport: asyncio.DatagramTransport | None = None
-        self.queue: asyncio.Queue[tuple[bytes, Any]] | None = None
+        self.queue: asyncio.Queue[tuple[bytes, Any]] = asyncio.Queue(config.queue_datagrams)
+        self.queued_bytes = 0
         self.dropped = 0
-        self._last_drop_log = 0.0
+        self.drop_log_due = LogEvery()
         metrics = context.extra.get("metrics")
         self.drop_counter = (
             metrics["headrace_component_discarded_events_total"].labels(context.component_id, "queue_full") if metrics else None
         )
+        self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(context.component_id)) if metrics else None
+
+    def received(self, data: bytes, addr: Any) -> None:
+        if self.queued_bytes + len(data) > self.cfg.queue_bytes and not self.queue.empty():
+            self._drop()
+            return
+        try:
+            self.queue.put_nowait((data, addr))
+        except asyncio.QueueFull:
+            self._drop()  # UDP has no backpressure: the sender is not slowed down, so drop and count
+            return
+        self._queued(len(data))
+
+    def _queued(self, n: int) -> None:
+        self.queued_bytes += n
+        if self.gauge is not None:
+            self.gauge.set(self.queued_bytes)
 
     def _drop(self) -> None:
         self.dropped += 1
         if self.drop_counter is not None:
             self.drop_counter.inc()
-        now = time.monotonic()
-        if now - self._last_drop_log > 10:
-            self._last_drop_log = now
+        if self.drop_log_due():
             log.warning("%s: graph full, dropping datagrams (%d so far)", self.context.component_id, self.dropped)
 
     async def start(self) -> None:
-        """Bind now: a port in use fails the start (naming this onramp), not a later moment."""
-        self.queue = asyncio.Queue(self.cfg.queue_datagrams)
-        queue = self.queue
+        """Bind now: a port in use fails the start (naming this onramp), not a later moment. Ready once
+        ``run`` hands datagrams on, not before."""
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Receiver(queue, self._drop), local_addr=(self.cfg.host, self.cfg.port)
-        )
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), local_addr=(self.cfg.host, self.cfg.port))
 
     async def run(self, sink: OnrampSink) -> None:
         fsink = framing_sink(sink)
         if self.transport is None:  # run without start (the engine always starts first)
             await self.start()
-        queue = self.queue
-        assert queue is not None and self.transport is not None
         self.ready = True
-        try:
-            while True:
-                items = [await queue.get()]
-                while len(items) < BATCH and not queue.empty():
-                    items.append(queue.get_nowait())
-                await self._deliver(fsink, items)
-        finally:
-            self.transport.close()
-
-    async def _deliver(self, sink: FramingSink, items: list[tuple[bytes, Any]]) -> None:
         payloads: list[bytes] = []
         metas: list[Meta] = []
+        nbytes = 0
         limit = self.cfg.max_datagram_bytes
-        for data, addr in items:
-            meta: Meta = {"udp_peer": f"{addr[0]}:{addr[1]}"}
-            records: list[bytes]
-            rejected: Rejected
-            if len(data) > limit:
-                records, rejected = [], [(data[:SAMPLE], f"datagram of {len(data)} bytes is over max_datagram_bytes ({limit})")]
-            else:
-                records, rejected = sink.frame(data)
-            if rejected:
-                await sink.reject(rejected, meta)
-            payloads.extend(records)
-            metas.extend(dict(meta) for _ in records)
-        await sink.records(payloads, metas)
+        try:
+            while True:
+                data, addr = await self.queue.get()
+                meta: Meta = {"udp_peer": f"{addr[0]}:{addr[1]}"}
+                if len(data) > limit:
+                    await fsink.reject([(data[:SAMPLE], f"datagram of {len(data)} bytes is over max_datagram_bytes ({limit})")], meta)
+                else:
+                    for records, rejected in fsink.frame(data):  # the next step once the last was handed on
+                        if rejected:
+                            await fsink.reject(rejected, meta)
+                        payloads += records
+                        metas += [dict(meta) for _ in records]
+                        nbytes += sum(map(len, records))
+                        if nbytes >= FLUSH_BYTES or len(payloads) >= BATCH:
+                            await fsink.records(payloads, metas)
+                            payloads, metas, nbytes = [], [], 0
+                self._queued(-len(data))
+                if payloads and self.queue.empty():
+                    await fsink.records(payloads, metas)
+                    payloads, metas, nbytes = [], [], 0
+        finally:
+            if self.transport is not None:
+                self.transport.close()
+                self.transport = None
 
     async def stop(self) -> None:
         if self.transport is not None:

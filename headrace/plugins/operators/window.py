@@ -12,13 +12,18 @@ had events in it::
 Times are nanoseconds since the epoch; for count windows they are the ingest times of
 the first and last event. At the end of input, open windows are emitted as they are.
 An event whose ``group_by`` or ``field`` expression fails, or whose field is not a
-number, goes to err. At most ``max_groups`` groups are open at once: beyond that, the
-least recently used group's window is emitted early.
+number, goes to err.
+
+Memory is bounded. At most ``max_groups`` groups are open at once, and all open windows
+together hold about ``max_bytes`` at most (aggregates, percentile values, the events of
+sliding count windows; the ``headrace_component_buffered_bytes`` gauge shows it): beyond
+either, the least recently used group's windows are emitted early. A ``percentile`` is exact
+up to 1024 values per window; beyond, it is within 1 % of the exact value (a log-bucket
+sketch of at most about 400 KiB; see ``headrace/plugins/operators/quantiles.py``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -27,20 +32,25 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from headrace.config.expr import compile_expr
-from headrace.config.units import Duration
+from headrace.config.units import Duration, Size
+from headrace.metrics.defs import Tally
 from headrace.plugins.base import PluginConfig, PluginContext
+from headrace.plugins.operators.quantiles import QuantileSketch
 from headrace.runtime.events import HeldAcks
 from headrace.runtime.stage import Emit, Ev, Operator
 
 RESERVED = ("group", "window_start", "window_end")
 MAX_OVERLAP = 1000  # sliding time windows open at once per group (interval / slide)
+OPEN_BYTES = 600  # approximate bytes of one open window with its aggregates, before percentile values
+ENTRY_BYTES = 200  # approximate bytes of one event a sliding count window keeps (its ingest, ack share and values)
 
 
 class AggregateConfig(PluginConfig):
     fn: Literal["count", "sum", "min", "max", "mean", "percentile"] = Field(description="the aggregate function")
     field: str | None = Field(None, description="expression over event and meta giving the value (null values are skipped); "
                               "required except for count, which then counts events")  # fmt: skip
-    p: float = Field(0.99, gt=0, le=1, description="percentile: the quantile (nearest rank), 0 < p <= 1")
+    p: float = Field(0.99, gt=0, le=1, description="percentile: the quantile (nearest rank), 0 < p <= 1; exact up to 1024 values "
+                     "per window, within 1 % beyond")
 
     @model_validator(mode="after")
     def _field_needed(self) -> AggregateConfig:
@@ -58,6 +68,8 @@ class WindowConfig(PluginConfig):
     group_by: str | None = Field(None, description="expression over event and meta; each value gets its own windows")
     aggregates: dict[str, AggregateConfig] = Field(min_length=1, description="output field -> {fn, field, p}")
     max_groups: int = Field(10_000, ge=1, description="groups with an open window at once (LRU; evicted groups emit early)")
+    max_bytes: Size = Field(64 * 2**20, ge=1, description="approximate bytes all open windows hold (aggregates, percentile values, "
+                            "events of sliding count windows); beyond, the least recently used groups' windows are emitted early")
 
     @model_validator(mode="after")
     def _shape(self) -> WindowConfig:
@@ -81,18 +93,19 @@ class WindowConfig(PluginConfig):
 class Aggregate:
     """One aggregate over one window; ``None`` values are skipped."""
 
-    __slots__ = ("acc", "fn", "n", "p", "values")
+    __slots__ = ("acc", "fn", "n", "p", "sketch")
 
     def __init__(self, fn: str, p: float) -> None:
         self.fn = fn
         self.p = p
         self.n = 0
         self.acc: Any = 0
-        self.values: list[Any] = []
+        self.sketch = QuantileSketch() if fn == "percentile" else None
 
-    def add(self, v: Any) -> None:
+    def add(self, v: Any) -> int:
+        """Count ``v``; returns by how many bytes the aggregate grew."""
         if v is None:
-            return
+            return 0
         self.n += 1
         fn = self.fn
         if fn in ("sum", "mean"):
@@ -101,8 +114,9 @@ class Aggregate:
             self.acc = v if self.n == 1 or v < self.acc else self.acc
         elif fn == "max":
             self.acc = v if self.n == 1 or v > self.acc else self.acc
-        elif fn == "percentile":
-            self.values.append(v)
+        elif self.sketch is not None:
+            return self.sketch.add(v)
+        return 0
 
     def value(self) -> Any:
         fn, n = self.fn, self.n
@@ -114,15 +128,25 @@ class Aggregate:
             return None
         if fn == "mean":
             return self.acc / n
-        if fn == "percentile":
-            return sorted(self.values)[max(math.ceil(self.p * n) - 1, 0)]
+        if self.sketch is not None:
+            return self.sketch.quantile(self.p)
         return self.acc
+
+
+class Held:
+    """What a sliding count window keeps of an event: not the event (its value may be large)."""
+
+    __slots__ = ("ack", "ingest")
+
+    def __init__(self, ev: Ev) -> None:
+        self.ingest = ev.ingest
+        self.ack = ev.ack
 
 
 class Open:
     """One open window of one group: its aggregates and the acks of the events in it."""
 
-    __slots__ = ("acks", "aggs", "first", "group", "last", "n", "start")
+    __slots__ = ("acks", "aggs", "first", "group", "last", "n", "nbytes", "start")
 
     def __init__(self, group: Any, specs: list[AggregateConfig], start: int) -> None:
         self.group = group
@@ -132,15 +156,20 @@ class Open:
         self.start = start
         self.first = 0
         self.last = 0
+        self.nbytes = OPEN_BYTES
 
-    def add(self, ev: Ev, values: tuple[Any, ...]) -> None:
+    def add(self, ev: Ev | Held, values: tuple[Any, ...]) -> int:
+        """Add an event; returns by how many bytes the window grew."""
         if not self.n:
             self.first = ev.ingest
         self.last = ev.ingest
         self.n += 1
+        grew = 0
         for agg, v in zip(self.aggs, values, strict=True):
-            agg.add(v)
+            grew += agg.add(v)
         self.acks.hold(ev)
+        self.nbytes += grew
+        return grew
 
 
 def freeze(value: Any) -> Hashable:
@@ -176,7 +205,10 @@ class WindowOperator(Operator):
         self.slide_ns = int(config.slide * 1e9) if config.slide is not None and config.interval is not None else 0
         self.slide_n = int(config.slide) if config.slide is not None and config.size is not None else 0
         self.open: OrderedDict[Hashable, dict[int, Open]] = OrderedDict()  # group -> window start -> window
-        self.recent: OrderedDict[Hashable, tuple[Any, deque[tuple[Ev, tuple[Any, ...]]], int]] = OrderedDict()  # sliding by count
+        self.recent: OrderedDict[Hashable, tuple[Any, deque[tuple[Held, tuple[Any, ...]]], int]] = OrderedDict()  # sliding by count
+        self.bytes = 0  # approximate bytes of every open window and kept event
+        metrics = context.extra.get("metrics")
+        self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(node_id)) if metrics is not None else None
 
     def _read(self, ev: Ev) -> tuple[Hashable, Any, tuple[Any, ...]]:
         group = self.group_by(ev.value, ev.meta) if self.group_by is not None else None
@@ -195,6 +227,7 @@ class WindowOperator(Operator):
         return Ev(value, {"window_events": w.n}, 0, None, w.first, w.acks.merge())
 
     def _close(self, w: Open) -> Ev:
+        self.bytes -= w.nbytes
         if self.interval_ns:
             return self._result(w, w.start, w.start + self.interval_ns)
         return self._result(w, w.first, w.last)
@@ -204,11 +237,23 @@ class WindowOperator(Operator):
         if windows is None:
             windows = self.open[key] = {}
             if len(self.open) > self.cfg.max_groups:
-                _, evicted = self.open.popitem(last=False)
-                out.extend(self._close(w) for w in evicted.values())
+                self._evict(out)
         else:
             self.open.move_to_end(key)
         return windows
+
+    def _evict(self, out: list[Ev]) -> None:
+        """Emit the windows of the least recently used group early."""
+        if self.open:
+            _, evicted = self.open.popitem(last=False)
+            out.extend(self._close(evicted[s]) for s in sorted(evicted))
+        elif self.recent:
+            self._retire(*self.recent.popitem(last=False)[1], out)
+
+    def _shed(self, out: list[Ev]) -> None:
+        """Over ``max_bytes``: emit the least recently used groups' windows early until under it."""
+        while self.bytes > self.cfg.max_bytes and (self.open or self.recent):
+            self._evict(out)
 
     def _expire(self, now_ns: int, out: list[Ev]) -> None:
         """Close the time windows that ended by ``now_ns``."""
@@ -231,16 +276,18 @@ class WindowOperator(Operator):
         if entry is None:
             entry = (group, deque(), 0)
             if len(self.recent) >= self.cfg.max_groups:
-                self._retire(*self.recent.popitem(last=False)[1], out)
+                self._evict(out)
         else:
             self.recent.move_to_end(key)
         group, items, since = entry
         ev_ack = ev.ack
         if ev_ack is not None:
             ev_ack.pending += 1  # the share this event keeps while it is among the last `size`
-        items.append((ev, values))
+        items.append((Held(ev), values))
+        self.bytes += ENTRY_BYTES
         if len(items) > (self.cfg.size or 0):
             old, _ = items.popleft()
+            self.bytes -= ENTRY_BYTES
             if old.ack is not None:
                 old.ack.done()
         since += 1
@@ -249,19 +296,20 @@ class WindowOperator(Operator):
             since = 0
         self.recent[key] = (group, items, since)
 
-    def _sliding_result(self, group: Any, items: deque[tuple[Ev, tuple[Any, ...]]]) -> Ev:
-        w = Open(group, self.specs, 0)
-        for ev, values in items:
-            w.add(ev, values)
-        return self._close(w)
+    def _sliding_result(self, group: Any, items: deque[tuple[Held, tuple[Any, ...]]]) -> Ev:
+        w = Open(group, self.specs, 0)  # made and emitted at once: not counted in self.bytes
+        for held, values in items:
+            w.add(held, values)
+        return self._result(w, w.first, w.last)
 
-    def _retire(self, group: Any, items: deque[tuple[Ev, tuple[Any, ...]]], since: int, out: list[Ev]) -> None:
+    def _retire(self, group: Any, items: deque[tuple[Held, tuple[Any, ...]]], since: int, out: list[Ev]) -> None:
         """A sliding count group ends: a last window if events are not in an emitted one yet; their shares end."""
         if since or len(items) < (self.cfg.size or 0):
             out.append(self._sliding_result(group, items))
-        for ev, _ in items:
-            if ev.ack is not None:
-                ev.ack.done()
+        for held, _ in items:
+            if held.ack is not None:
+                held.ack.done()
+        self.bytes -= ENTRY_BYTES * len(items)
         items.clear()
 
     def process(self, evs: list[Ev], emit: Emit) -> list[Ev]:
@@ -282,23 +330,32 @@ class WindowOperator(Operator):
                 continue
             if self.slide_n:
                 self._add_sliding_count(ev, key, group, values, out)
-                continue
-            windows = self._group(key, out)
-            for start in starts or (0,):
-                w = windows.get(start)
-                if w is None:
-                    w = windows[start] = Open(group, self.specs, start)
-                w.add(ev, values)
-                if size and w.n >= size:
-                    out.append(self._close(windows.pop(start)))
-            if not windows:
-                del self.open[key]
+            else:
+                windows = self._group(key, out)
+                for start in starts or (0,):
+                    w = windows.get(start)
+                    if w is None:
+                        w = windows[start] = Open(group, self.specs, start)
+                        self.bytes += OPEN_BYTES
+                    self.bytes += w.add(ev, values)
+                    if size and w.n >= size:
+                        out.append(self._close(windows.pop(start)))
+                if not windows and key in self.open:
+                    del self.open[key]
+            if self.bytes > self.cfg.max_bytes:
+                self._shed(out)
+        self._report()
         return out
+
+    def _report(self) -> None:
+        if self.gauge is not None:
+            self.gauge.set(self.bytes)
 
     def tick(self, now_ns: int, emit: Emit) -> list[Ev]:
         out: list[Ev] = []
         if self.interval_ns:
             self._expire(now_ns, out)
+            self._report()
         return out
 
     def flush(self, emit: Emit) -> list[Ev]:
@@ -309,4 +366,6 @@ class WindowOperator(Operator):
         for group, items, since in self.recent.values():
             self._retire(group, items, since, out)
         self.recent.clear()
+        self.bytes = 0
+        self._report()
         return out
