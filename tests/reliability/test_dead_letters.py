@@ -71,7 +71,7 @@ links: {{{links}}}
 """, port=None, workers=0, daemon_extra=extra)  # fmt: skip
 
 
-def test_row23_kafka_keys_and_headers_reach_a_json_dead_letter(tmp_path: Path, kafka_broker: KafkaBroker, kafka_topic: Any,
+def test_row33_kafka_keys_and_headers_reach_a_json_dead_letter(tmp_path: Path, kafka_broker: KafkaBroker, kafka_topic: Any,
                                                                watcher: OffsetWatcher, figures: Figures) -> None:  # fmt: skip
     src = kafka_topic(len(PARTS), prefix="keyed")
     n = 400
@@ -91,10 +91,10 @@ def test_row23_kafka_keys_and_headers_reach_a_json_dead_letter(tmp_path: Path, k
         assert meta["kafka_headers"] == {"trace": f"t-{i}", "bin": as_json(bytes([0x80 | i % 64, 0xFE]))}, meta
         assert meta["error"]["type"] == "ValueError" and meta["kafka_topic"] == src
     assert not (tmp_path / "headrace-state").exists(), "nothing needed the last-resort file"
-    figures(row=23, lost=len(report.lost), duplicates=report.duplicates, dead=report.dead, delivered=report.found["out"])
+    figures(row=33, lost=len(report.lost), duplicates=report.duplicates, dead=report.dead, delivered=report.found["out"])
 
 
-def test_row23b_unlinked_err_goes_to_the_last_resort_file_or_is_not_committed(tmp_path: Path, kafka_broker: KafkaBroker, kafka_topic: Any,
+def test_row33b_unlinked_err_goes_to_the_last_resort_file_or_is_not_committed(tmp_path: Path, kafka_broker: KafkaBroker, kafka_topic: Any,
                                                                              watcher: OffsetWatcher, figures: Figures) -> None:  # fmt: skip
     """``main/err`` linked nowhere. First run: the state dir cannot be created (a file is in the way),
     so the failing records are failed, not acked: no offset past them is committed (acks are per batch). Second
@@ -123,5 +123,5 @@ def test_row23b_unlinked_err_goes_to_the_last_resort_file_or_is_not_committed(tm
     failing = {i for i in range(n) if i % 4 == 3}
     report = conserve(range(n), file_ids(tmp_path / "out.ndjson"), kept_ids, window=n, guarantee=AT_LEAST_ONCE, expect_dead=failing)
     assert report.ok, report.summary()
-    figures(row=23, case="unlinked err, last resort unwritable then writable", lost=len(report.lost), duplicates=report.duplicates,
+    figures(row=33, case="unlinked err, last resort unwritable then writable", lost=len(report.lost), duplicates=report.duplicates,
             committed_while_unwritable=committed_first, kept=len(set(kept_ids)))  # fmt: skip
