@@ -20,7 +20,8 @@ from typing import Any
 from headrace.plugins import registry
 from headrace.plugins.base import Codec, PluginContext, ViewLoader
 from headrace.runtime.batch import share_equal, unshare
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.runtime.describe import safe_repr
+from headrace.runtime.stage import STAGE_ERRORS, Emit, Ev, Operator
 
 _LEN = struct.Struct("<I")
 UNCHANGED = -1
@@ -76,7 +77,8 @@ class Response:
     failures: list[tuple[int, str]]  # decode failures: input index, reason
     counts: dict[str, tuple[int, dict[str, int], int, int]]  # node -> received, sent per port, errors, dropped
     blob: bytes | memoryview = b""
-    fatal: str | None = None
+    fatal: str | None = None  # the segment failed outside any record (the traceback), or the answer could not be pickled
+    recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
 
 
 def pack(header: Any, *blobs: bytes | memoryview) -> list[bytes | memoryview]:
@@ -186,7 +188,7 @@ class SegmentProgram:
                 else:
                     try:
                         data = encode(ev.value)
-                    except Exception as exc:
+                    except STAGE_ERRORS as exc:
                         unencodable.setdefault(node, []).append(ev.fail(node, exc))
                         continue
                     parts.append(data)
@@ -203,7 +205,7 @@ class SegmentProgram:
         for node, evs in list(unencodable.items()):
             del unencodable[node]
             for ev in evs:
-                ev.value, ev.raw = repr(ev.value), None  # every codec can carry a string
+                ev.value, ev.raw = safe_repr(ev.value), None  # every codec can carry a string
             add(node, "err", evs)
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
 
@@ -251,7 +253,7 @@ def run_chain(stages: list[Operator], evs: list[Ev]) -> tuple[dict[tuple[str, st
         n_in = len(cur)
         try:
             cur = st.process(cur, emit)
-        except Exception as exc:
+        except STAGE_ERRORS as exc:
             cur = run.fail_all(st, cur, exc)
         run.done(st, n_in, cur, k == last)
     return run.outputs, run.counts
@@ -376,7 +378,7 @@ class FusedChain:
                 if single:  # one function: the loop below, unrolled (its received count is taken at the end)
                     try:
                         result = fn0(value, meta)
-                    except Exception as exc:
+                    except STAGE_ERRORS as exc:
                         errs[0] += 1
                         outputs.setdefault((ids[0], "err"), []).append(Ev(value, meta, i, raw, ingest[i]).fail(ids[0], exc))  # type: ignore[arg-type]
                         continue
@@ -396,7 +398,7 @@ class FusedChain:
                         entered[k] += 1
                         try:
                             result = fn(value, meta)
-                        except Exception as exc:
+                        except STAGE_ERRORS as exc:
                             errs[k] += 1
                             ev = Ev(value, meta, i, None if changed else raw, ingest[i]).fail(ids[k], exc)  # type: ignore[arg-type]
                             outputs.setdefault((ids[k], "err"), []).append(ev)
@@ -428,7 +430,7 @@ class FusedChain:
                     for ev in finals:
                         try:
                             data = encode(ev.value)
-                        except Exception as exc:
+                        except STAGE_ERRORS as exc:
                             unencodable.append(ev.fail(last, exc))
                             continue
                         parts.append(data)
@@ -440,7 +442,7 @@ class FusedChain:
                 if changed:
                     try:
                         data = encode(result)
-                    except Exception as exc:
+                    except STAGE_ERRORS as exc:
                         unencodable.append(Ev(result, meta, i, None, ingest[i]).fail(ids[-1], exc))
                         continue
                     parts.append(data)
@@ -480,7 +482,7 @@ class FusedChain:
         blob = b"".join(parts)
         if outputs or unencodable:  # err and emitted ports: the batch-wise encoder, after the out blob
             for ev in unencodable:
-                ev.value, ev.raw = repr(ev.value), None
+                ev.value, ev.raw = safe_repr(ev.value), None
                 outputs.setdefault((ev.meta["error"]["stage"], "err"), []).append(ev)
             more = self.prog.encode(req, outputs, counts, [], t0)
             for o in more.outputs:

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from headrace import _emit
 from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import Emit, Ev, Operator, Placement
+from headrace.runtime.stage import STAGE_ERRORS, Emit, Ev, Operator, Placement
 
 
 class PythonConfig(PluginConfig):
@@ -149,7 +149,7 @@ class PythonOperator(Operator):
                 value = ev.value
                 try:
                     result = fn(value, ev.meta)
-                except Exception as exc:
+                except STAGE_ERRORS as exc:
                     emit("err", ev.fail(stage_id, exc))
                     continue
                 if result is value and readonly:
@@ -176,7 +176,7 @@ class PythonOperator(Operator):
                 try:
                     coro = fn(ev.value, ev.meta)
                     results[i] = await (self.guard.timed(stage_id, coro) if self.guard is not None else coro)
-                except Exception as exc:
+                except STAGE_ERRORS as exc:  # a cancellation of this task is not the record's fault: it propagates
                     failed[i] = exc
                 finally:
                     _emit.unbind(token)
