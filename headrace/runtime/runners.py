@@ -21,6 +21,7 @@ from headrace.plugins.base import Codec, DecodeError, Offramp, Onramp, Postproce
 from headrace.runtime.acks import AckRef, done_each
 from headrace.runtime.backoff import Backoff
 from headrace.runtime.batch import Batch, join, joinable, take
+from headrace.runtime.describe import describe_exception, safe_repr
 from headrace.runtime.events import MergedAck, decode_failures, from_events, to_events
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
@@ -506,8 +507,8 @@ class OfframpRunner:
                     value = {"event": value, "meta": batch.meta(i)}
                 out.append(encode(value))
             except Exception as exc:
-                out.append(repr(values[i] if values is not None else raw).encode())
-                bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {exc}"))
+                out.append(safe_repr(values[i] if values is not None else raw).encode())
+                bad.append((i, f"cannot encode with {name}: {describe_exception(exc)}"))
         return out, bad
 
     async def validate(self, batch: Batch) -> Batch:

@@ -263,27 +263,32 @@ class WorkerSupervisor:
             return
         header.blob = blob
         self.busy_ns += header.cpu_ns
-        self._count_job(job)
+        records = self._count_job(job)
         if header.recycle:
             self._recycle(header.recycle)
         if job.future.done():
             return
-        if header.fatal is None:
+        if header.recycle == MEMORY_ERROR and (records > 1 or header.fatal is not None):
+            # a worker short of memory fails the records after the culprit too: run them again, in
+            # fresh workers, until the culprit is alone (its MemoryError is then its own)
+            why = header.fatal.strip().splitlines()[-1] if header.fatal else "a stage raised MemoryError"
+            job.future.set_exception(WorkerCrashed(f"worker {self.index} ran out of memory ({why})"))
+        elif header.fatal is None:
             job.future.set_result(header)
-        elif header.recycle == MEMORY_ERROR:  # not the record's fault, perhaps: run again, in a fresh worker
-            job.future.set_exception(WorkerCrashed(f"worker {self.index} ran out of memory: {header.fatal.strip().splitlines()[-1]}"))
         else:
             job.future.set_exception(JobFailed(f"segment failed: {header.fatal}"))
 
-    def _count_job(self, job: Job) -> None:
-        if self.pool.metrics is None:
-            return
-        if self._jobs is None:
-            self._jobs = self.pool.metrics["headrace_worker_jobs_total"].labels(str(self.index))
-            self._job_events = self.pool.metrics["headrace_worker_job_events_total"].labels(str(self.index))
+    def _count_job(self, job: Job) -> int:
+        """Count the job done; its number of records."""
         req = job.parts[0]
-        self._jobs.inc()
-        self._job_events.inc(len(req.lens) // 4 if req.lens else len(req.values or ()))
+        records = len(req.lens) // 4 if req.lens else len(req.values or ())
+        if self.pool.metrics is not None:
+            if self._jobs is None:
+                self._jobs = self.pool.metrics["headrace_worker_jobs_total"].labels(str(self.index))
+                self._job_events = self.pool.metrics["headrace_worker_job_events_total"].labels(str(self.index))
+            self._jobs.inc()
+            self._job_events.inc(records)
+        return records
 
     def _recycle(self, reason: str) -> None:
         """The worker exits after this answer: the jobs queued behind it were never started."""
