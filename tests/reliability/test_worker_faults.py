@@ -83,19 +83,21 @@ def test_row20_workers_die_with_the_daemon_whatever_the_stage_does(tmp_path: Pat
     port = free_port()
     cfg = write_config(tmp_path, FOLLOWED.format(fn=f"stuck:{fn}", extra=""), port=port)
     d = Daemon(cfg)
+    family: set[int] = set()
     try:
         workers = wait_until(lambda: len(status(port).get("worker_pids", [])) == 2 and status(port)["worker_pids"], 30, "two workers", daemon=d)
-        wait_until(lambda: all(cpu_seconds(p) > 0.5 for p in workers), 30, "both workers spinning in the stage", daemon=d)
         family = {*d.children(), *workers}
         assert len(family) >= 3, "the fork server and two workers"
+        wait_until(lambda: all(cpu_seconds(p) > 0.5 for p in workers), 30, "both workers spinning in the stage", daemon=d)
         os.kill(d.pid, signal.SIGKILL)
         t0 = time.monotonic()
         d.wait(10)
         wait_until(lambda: not any(alive(p) for p in family), 10, "every process of the daemon gone")
         gone_after = time.monotonic() - t0
     finally:
-        for p in [*d.children()]:
-            os.kill(p, signal.SIGKILL)  # only if the test failed: what the daemon left behind
+        for p in family:  # only if the test failed: what the daemon left behind, by PID
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
     assert gone_after < 1.0, f"the last process of the daemon died {gone_after:.2f}s after it"
     figures(row=20, case=f"orphans, stage stuck in a {fn}", processes=len(family), gone_after_s=round(gone_after, 3))
 
