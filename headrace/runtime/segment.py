@@ -77,7 +77,7 @@ class Response:
     failures: list[tuple[int, str]]  # decode failures: input index, reason
     counts: dict[str, tuple[int, dict[str, int], int, int]]  # node -> received, sent per port, errors, dropped
     blob: bytes | memoryview = b""
-    fatal: str | None = None  # the segment failed outside any record (the traceback), or the answer could not be pickled
+    fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
     recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
 
 

@@ -116,13 +116,14 @@ class WorkerSupervisor:
             raise
         except Exception as exc:
             failure = str(exc) if isinstance(exc, StartFailed) else describe_exception(exc)
+        if failure is not None:
+            self.error = failure  # before the first await: the pool is not ready from now on
         self.first_try.set()
         if self.pool.closing:
             return
         await self.bury(failure)
         if failure is not None:
             delay = backoff.next()
-            self.error = failure
             self.pool.count("headrace_worker_start_failures_total", str(self.index))
             log.error("worker %d could not be started: %s; retrying in %.1fs", self.index, failure, delay)
             await asyncio.sleep(delay)
@@ -276,7 +277,7 @@ class WorkerSupervisor:
         elif header.fatal is None:
             job.future.set_result(header)
         else:
-            job.future.set_exception(JobFailed(f"segment failed: {header.fatal}"))
+            job.future.set_exception(JobFailed(header.fatal))
 
     def _count_job(self, job: Job) -> int:
         """Count the job done; its number of records."""

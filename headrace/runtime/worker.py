@@ -104,7 +104,7 @@ def _execute(programs: dict[str, SegmentProgram], req: Request) -> Response:
     except BaseException as exc:  # per-record failures are handled inside; this is the segment's own
         if isinstance(exc, MemoryError):
             Ev.memory_errors += 1
-        return Response(req.job_id, 0, [], [], {}, b"", fatal=traceback.format_exc(limit=5))
+        return Response(req.job_id, 0, [], [], {}, b"", fatal="segment failed: " + traceback.format_exc(limit=5))
 
 
 def _answer(resp: Response) -> bytes:
