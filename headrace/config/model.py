@@ -33,7 +33,8 @@ class DaemonConfig(Strict):
     queue_events: int = Field(8192, ge=1, description="bound of every edge queue, in events")
     queue_bytes: Size = Field(16 * 2**20, ge=1, description="bound of every edge queue, in bytes")
     loop_block_threshold: Duration = Field(0.05, description="a loop stage holding the loop longer than this is reported")
-    stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated")
+    stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated; "
+                                                      "a worker still setting up after this long makes /ready answer 503")
     worker_max_rss: Size | None = Field(None, description="a worker whose resident memory grew past this size (e.g. 2GiB) after a job is "
                                                        "replaced by a fresh one, blaming no record; null: never. A worker that hit a "
                                                        "MemoryError is always replaced")

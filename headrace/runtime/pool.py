@@ -19,6 +19,7 @@ from typing import Any
 import multiprocess
 
 from headrace.metrics.defs import Metrics
+from headrace.runtime.describe import describe_exception
 from headrace.runtime.segment import Response, SegmentSpec, pack
 from headrace.runtime.supervisor import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed, WorkerSupervisor
 from headrace.runtime.worker import JOB, MAX_RSS, MEMORY_ERROR
@@ -112,9 +113,16 @@ class WorkerPool:
 
     # -- jobs ----------------------------------------------------------------------------------
     async def execute(self, segment: str, parts: list[Any]) -> Response:
-        """Run one job on the least-loaded worker that is set up; waits while none has room."""
+        """Run one job on the least-loaded worker that is set up; waits while none has room.
+        ``JobFailed`` when its values cannot be pickled or its answer read, ``WorkerCrashed``
+        when its worker died while executing it."""
         self._next_id += 1
         job = Job(self._next_id, segment, parts, asyncio.get_running_loop().create_future())
+        parts[0].job_id = job.id  # the worker shows it in its slot while it executes the job
+        try:
+            job.wire = pack((JOB, parts[0]), *parts[1:])  # the records' blobs follow the header as they are
+        except BaseException as exc:  # a value an upstream stage made (in a meta, or the event itself)
+            raise JobFailed(f"a value cannot be pickled to go to a worker: {describe_exception(exc)}") from None
         await self._dispatch(job)
         return await job.future
 
@@ -134,40 +142,42 @@ class WorkerPool:
                     break
                 await self._capacity.wait()
         job.started = time.monotonic()
-        job.parts[0].job_id = job.id  # the worker shows it in its slot while it executes the job
         w.inflight.append(job)
-        head = pack((JOB, job.parts[0]), *job.parts[1:])  # the records' blobs follow the header as they are
         try:
-            await w.send(head)
+            await w.send(job.wire)
         except (ConnectionError, OSError):
             pass  # its supervisor notices the death and dispatches the job again
 
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            now = time.monotonic()
-            for w in self.workers:
-                if not w.alive or not w.inflight or w.kill_reason is not None:
-                    continue
-                job = w.inflight[0]
-                if job.id != CONFIGURE_JOB and now - job.started > self.stage_timeout:
-                    w.kill(f"stage_timeout: a batch ran longer than {self.stage_timeout:g}s on worker {w.index}")
+            try:
+                self._kill_overdue(time.monotonic())
+            except Exception:  # the watchdog must outlive its own faults
+                log.exception("the stage_timeout watchdog failed")
+
+    def _kill_overdue(self, now: float) -> None:
+        for w in self.workers:
+            if not w.alive or not w.inflight or w.kill_reason is not None:
+                continue
+            job = w.inflight[0]
+            if job.id != CONFIGURE_JOB and now - job.started > self.stage_timeout:
+                w.kill(f"stage_timeout: a batch ran longer than {self.stage_timeout:g}s on worker {w.index}")
 
     # -- state ---------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """False while some worker cannot be started or set up (it is retried with backoff)."""
-        return all(w.error is None for w in self.workers)
+        """False while some worker cannot be started or set up (it is retried with backoff), or
+        has been setting up for longer than ``stage_timeout``."""
+        now = time.monotonic()
+        return not any(w.error is not None or (w.state == "starting" and now - w.spawned > self.stage_timeout) for w in self.workers)
 
     def healthy(self, max_job_seconds: float) -> bool:
         """Ready, and no worker stuck on one job for longer than ``max_job_seconds``."""
+        if not self.ready:
+            return False
         now = time.monotonic()
-        for w in self.workers:
-            if w.error is not None:
-                return False
-            if w.inflight and w.inflight[0].id != CONFIGURE_JOB and now - w.inflight[0].started > max_job_seconds:
-                return False
-        return True
+        return not any(w.inflight and w.inflight[0].id != CONFIGURE_JOB and now - w.inflight[0].started > max_job_seconds for w in self.workers)
 
     def down(self) -> list[int]:
         """Indices of the workers that cannot take jobs now (dead, respawning, setting up)."""

@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from headrace.runtime.backoff import Backoff
@@ -66,6 +66,7 @@ class Job:
     future: asyncio.Future[Response]
     started: float = 0.0
     resent: int = 0
+    wire: list[Any] = field(default_factory=list)  # the job message, pickled once
 
 
 class WorkerSupervisor:
@@ -84,6 +85,7 @@ class WorkerSupervisor:
         self.busy_ns = 0
         self.kill_reason: str | None = None
         self.recycling: str | None = None
+        self.spawned = 0.0  # when the current process was started (monotonic)
         self.first_try = asyncio.Event()  # set once the first start finished or failed
         self.task: asyncio.Task[None] | None = None
         self._sentinel: int | None = None
@@ -148,6 +150,7 @@ class WorkerSupervisor:
             raise
         child.close()
         self.slot[0] = IDLE
+        self.spawned = time.monotonic()
         self.proc, self.conn, self.alive, self.kill_reason, self.recycling = proc, parent, True, None, None
         self._set_state("starting")
 

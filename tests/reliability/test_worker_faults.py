@@ -326,6 +326,44 @@ def test_row20_any_value_a_stage_raises_or_returns_fails_its_record_only(tmp_pat
             duplicates=report.duplicates, worker_restarts=restarts)  # fmt: skip
 
 
+LOOP_THEN_WORKERS = """
+import threading
+
+def mark(event, meta):
+    if event["id"] == 5:
+        meta["lock"] = threading.Lock()  # cannot be pickled to reach the worker stage after this one
+    return event
+
+def work(event, meta):
+    return event
+"""
+
+
+@pytest.mark.slow
+def test_row20_a_value_that_cannot_reach_the_workers_fails_its_record_only(tmp_path: Path, figures: Figures) -> None:
+    (tmp_path / "handover.py").write_text(LOOP_THEN_WORKERS)
+    n = 300
+    append(tmp_path / "in.ndjson", range(n))
+    port = free_port()
+    cfg = write_config(tmp_path, """
+onramps: {src: {type: file, config: {path: in.ndjson, follow: true, poll_interval: 20ms}}}
+pipelines: {main: [{op: python, fn: "handover:mark", placement: loop}, {op: python, fn: "handover:work"}]}
+offramps:
+  out: {type: file, config: {path: out.ndjson}}
+  dlq: {type: file, config: {path: dlq.ndjson}}
+links: {src: [main], src/err: [dlq], main: [out], main/err: [dlq]}
+""", port=port)  # fmt: skip
+    d = Daemon(cfg)
+    try:
+        wait_until(lambda: len(delivered(tmp_path)) + len(Lines(tmp_path / "dlq.ndjson").ids) >= n, 60, "every record", daemon=d)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    report = conserve(range(n), delivered(tmp_path), Lines(tmp_path / "dlq.ndjson").ids, guarantee=EXACTLY_ONCE, expect_dead={5})
+    assert report.ok, report.summary()
+    assert "a value cannot be pickled to go to a worker" in d.stderr()
+    figures(row=20, case="a loop stage hands an unpicklable meta to a worker stage", records=n, isolated=1, lost=len(report.lost))
+
+
 # -- external kills blame no record (item 13) ----------------------------------------------------
 
 PACED = """

@@ -248,3 +248,35 @@ def test_status_lists_live_workers_only(tmp_path: Path) -> None:
             await until(lambda: pool.down() == [] and len(pool.pids()) == 2, what="worker 1 back")
 
     asyncio.run(main())
+
+
+def test_a_value_that_cannot_be_pickled_fails_its_job_in_the_parent(tmp_path: Path) -> None:
+    """An upstream stage on the loop may leave an unpicklable value in a meta: the job fails as a
+    whole (the caller narrows it down to the record), and the pool is unharmed."""
+    import threading
+
+    async def main() -> None:
+        async with running_pool(tmp_path) as pool:
+            parts = job({"id": 7})
+            parts[0].metas = [{"lock": threading.Lock()}]
+            with pytest.raises(Exception) as caught:
+                await asyncio.wait_for(pool.execute("seg", parts), 10)
+            assert type(caught.value).__name__ == "JobFailed" and "cannot be pickled" in str(caught.value), repr(caught.value)
+            resp = await asyncio.wait_for(pool.execute("seg", job({"id": 8})), 10)
+            assert out_pids(resp) == pool.pids()
+
+    asyncio.run(main())
+
+
+def test_a_worker_setting_up_for_longer_than_stage_timeout_makes_the_pool_not_ready(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running_pool(tmp_path, stage_timeout=0.5) as pool:
+            (tmp_path / "slow-setup").touch()
+            os.kill(pool.pids()[0], signal.SIGKILL)
+            await until(lambda: pool.down() == [0] and pool.pids(), what="the respawned worker setting up")
+            assert pool.ready, "a respawn setting up is not a broken pool yet"
+            await until(lambda: not pool.ready, what="not ready after stage_timeout")
+            (tmp_path / "slow-setup").unlink()
+            await until(lambda: pool.ready and pool.down() == [], what="ready again")
+
+    asyncio.run(main())
