@@ -183,9 +183,11 @@ class WorkerPool:
         """Indices of the workers that cannot take jobs now (dead, respawning, setting up)."""
         return [w.index for w in self.workers if w.state != "ready"]
 
-    def errors(self) -> dict[int, str]:
-        """Why a worker's last start failed, per worker that is retrying."""
-        return {w.index: w.error for w in self.workers if w.error is not None}
+    def states(self) -> dict[int, dict[str, Any]]:
+        """Per worker: ``state`` (down, starting, ready, retiring), ``pid`` (None unless alive), and
+        ``error``, why its last start failed (None unless it is retrying)."""
+        return {w.index: {"state": w.state, "pid": w.proc.pid if w.alive and w.proc is not None else None, "error": w.error}
+                for w in self.workers}  # fmt: skip
 
     def busy(self) -> list[int]:
         return [w.busy_ns for w in self.workers]
