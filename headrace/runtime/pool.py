@@ -20,8 +20,9 @@ import multiprocess
 
 from headrace.metrics.defs import Metrics
 from headrace.runtime.describe import describe_exception
+from headrace.runtime.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
 from headrace.runtime.segment import Response, SegmentSpec, pack
-from headrace.runtime.supervisor import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed, WorkerSupervisor
+from headrace.runtime.supervisor import WorkerSupervisor
 from headrace.runtime.worker import JOB, MAX_RSS, MEMORY_ERROR
 
 __all__ = ["JobFailed", "WorkerCrashed", "WorkerPool"]

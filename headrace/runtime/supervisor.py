@@ -25,11 +25,11 @@ import socket
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from headrace.runtime.backoff import Backoff
 from headrace.runtime.describe import describe_exception
+from headrace.runtime.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
 from headrace.runtime.segment import Response, SegmentSpec, pack, unpack
 from headrace.runtime.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main
 
@@ -40,33 +40,12 @@ log = logging.getLogger("headrace.pool")
 _I = struct.Struct("!i")
 _Q = struct.Struct("!Q")
 SOCKET_BUFFER = 4 << 20  # a few batches fit, so a job is one write and one read
-CONFIGURE_JOB = -1
 EXIT_GRACE = 5.0  # seconds a worker that should exit (EOF, recycle) gets before it is killed
 State = Literal["down", "starting", "ready", "retiring"]
 
 
-class WorkerCrashed(Exception):
-    """The worker died (killed, timed out, out of memory) while executing this job."""
-
-
-class JobFailed(Exception):
-    """The job fails the same way whenever it runs: its answer cannot be pickled or read, or
-    its segment raised outside any record. The caller narrows it down to the record."""
-
-
 class StartFailed(Exception):
     """A worker could not be spawned, connected or set up."""
-
-
-@dataclass
-class Job:
-    id: int
-    segment: str
-    parts: list[Any]
-    future: asyncio.Future[Response]
-    started: float = 0.0
-    resent: int = 0
-    wire: list[Any] = field(default_factory=list)  # the job message, pickled once
 
 
 class WorkerSupervisor:
