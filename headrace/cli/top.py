@@ -119,7 +119,7 @@ def render(base: str, snap: Snapshot, error: str | None = None) -> RenderableTyp
     parts.append(components_table(st))
     busy = snap.busy or st.get("worker_busy") or {}
     if busy:
-        parts.append(workers_table(busy, st.get("worker_pids") or []))
+        parts.append(workers_table(busy, st.get("worker_pids") or [], st.get("worker_states") or {}))
     if snap.kafka_lag:
         parts.append(kafka_table(snap.kafka_lag))
     return Group(*parts)
@@ -147,7 +147,7 @@ def _fill_style(fill: float) -> str:
     return "bold red" if fill >= 0.9 else "yellow" if fill >= 0.5 else ""
 
 
-def workers_table(busy: dict[str, float], pids: list[int]) -> Table:
+def workers_table(busy: dict[str, float], pids: list[int], states: dict[str, Any] | None = None) -> Table:
     t = Table(title="workers", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
     t.add_column("worker")
     t.add_column("pid", justify="right")
@@ -157,7 +157,11 @@ def workers_table(busy: dict[str, float], pids: list[int]) -> Table:
         ratio = busy[worker]
         idx = int(worker) if worker.isdigit() else -1
         bar = "#" * round(ratio * 20)
-        t.add_row(worker, str(pids[idx]) if 0 <= idx < len(pids) else "-", f"{ratio * 100:.0f}%",
+        if states and worker in states:  # the pid of a live worker, else what it is doing
+            pid = str(states[worker]["pid"] or states[worker]["state"])
+        else:
+            pid = str(pids[idx]) if 0 <= idx < len(pids) else "-"
+        t.add_row(worker, pid, f"{ratio * 100:.0f}%",
                   Text(bar, style="red" if ratio >= 0.9 else "green"))  # fmt: skip
     return t
 

@@ -41,13 +41,17 @@ class DaemonConfig(Strict):
     queue_events: int = Field(8192, ge=1, description="bound of every edge queue, in events")
     queue_bytes: Size = Field(16 * 2**20, ge=1, description="bound of every edge queue, in bytes")
     loop_block_threshold: Duration = Field(0.05, description="a loop stage holding the loop longer than this is reported")
-    stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated")
+    stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated; "
+                                                      "a worker still setting up after this long makes /ready answer 503")
     start_timeout: Duration = Field(60.0, gt=0, description="how long start-up (and a reload) waits for each component to start "
                                     "(bind its port, open its file, reach its broker, set up its stages); then it fails with exit 1 "
                                     "(a reload: the running config stays)")
     state_dir: str | None = Field(None, description="folder for state kept across runs: the last-resort files of events that reach an err port "
                                   "linked nowhere (docs/delivery.md). Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
                                   "headrace-state beside the config file; relative to the config file's folder. Created when first needed")  # fmt: skip
+    worker_max_rss: Size | None = Field(None, description="a worker whose resident memory grew past this size (e.g. 2GiB) after a job is "
+                                                       "replaced by a fresh one, blaming no record; null: never. A worker that hit a "
+                                                       "MemoryError is always replaced")
 
     @field_validator("workers", mode="before")
     @classmethod

@@ -66,7 +66,8 @@ class Daemon:
             from headrace.runtime.pool import WorkerPool
 
             # before the loop: the fork server is started from a quiet process
-            self.pool = WorkerPool(workers, self.metrics, stage_timeout=self.graph.daemon.stage_timeout)
+            self.pool = WorkerPool(workers, self.metrics, stage_timeout=self.graph.daemon.stage_timeout,
+                                   max_rss=self.graph.daemon.worker_max_rss or 0)  # fmt: skip
             self.pool.start()
         try:
             try:
@@ -257,7 +258,7 @@ class Daemon:
         self.metrics["headrace_loop_blocked_seconds_total"].labels(cid).inc(seconds)
 
     def _ready(self) -> bool:
-        return self.engine is not None and self.engine.ready
+        return self.engine is not None and self.engine.ready and (self.pool is None or self.pool.ready)
 
     async def _announce_ready(self) -> None:
         while not self._ready():
@@ -299,7 +300,8 @@ class Daemon:
             if self.pool is None and _needs_pool(new) and worker_count(new.daemon.workers) > 0:
                 from headrace.runtime.pool import WorkerPool
 
-                self.pool = WorkerPool(worker_count(new.daemon.workers), self.metrics, stage_timeout=new.daemon.stage_timeout)
+                self.pool = WorkerPool(worker_count(new.daemon.workers), self.metrics, stage_timeout=new.daemon.stage_timeout,
+                                       max_rss=new.daemon.worker_max_rss or 0)  # fmt: skip
                 self.pool.start()
                 await self.pool.attach()
                 self.engine.pool = self.pool

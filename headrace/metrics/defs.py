@@ -41,6 +41,10 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_worker_jobs_total", "counter", "Jobs (chunks of events) a worker completed.", ("worker",)),
     MetricDef("headrace_worker_job_events_total", "counter", "Events in the jobs a worker completed (over jobs: the mean job size).", ("worker",)),
     MetricDef("headrace_worker_redispatched_batches_total", "counter", "Batches dispatched again after their worker died.", ()),
+    MetricDef("headrace_worker_up", "gauge", "1 while the worker is set up and takes jobs; 0 while it is dead, respawning, setting up or failing to.", ("worker",)),
+    MetricDef("headrace_worker_start_failures_total", "counter", "Failed attempts to start or set up a worker (no file descriptor left, a stage's setup() "
+              "raising, death while setting up); each is retried with backoff.", ("worker",)),
+    MetricDef("headrace_worker_recycles_total", "counter", "Workers replaced on purpose after answering a job (no record blamed).", ("worker", "cause")),
     MetricDef("headrace_kafka_consumer_lag", "gauge", "High watermark minus position, per partition.", ("topic", "partition")),
     MetricDef("headrace_kafka_committed_offset", "gauge", "Last committed offset, per partition.", ("topic", "partition")),
     MetricDef("headrace_config_reloads_total", "counter", "Config reloads, by result.", ("result",)),
@@ -61,6 +65,7 @@ LABELS: dict[str, str] = {
     "edge": "the component at the receiving end of the queue: the first node of a chain, or an offramp",
     "offramp": "offramp id",
     "worker": "worker index, `0` to `workers - 1` (stable across respawns)",
+    "cause": "`memory_error` (a stage or the segment hit a MemoryError) or `max_rss` (resident memory over `daemon.worker_max_rss`)",
     "topic": "Kafka topic",
     "partition": "Kafka partition number",
     "result": "`success` or `failure`",

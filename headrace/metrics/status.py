@@ -47,7 +47,9 @@ def build_status(daemon: Any) -> dict[str, Any]:
         "rates_window_s": window,
         "queue_limits": {"events": max_events, "bytes": max_bytes},
         "workers": daemon.pool.size if daemon.pool else 0,
-        "worker_pids": daemon.pool.pids() if daemon.pool else [],
+        "worker_pids": daemon.pool.pids() if daemon.pool else [],  # live workers only
+        "workers_down": daemon.pool.down() if daemon.pool else [],  # indices of workers not taking jobs now
+        "worker_states": {str(i): v for i, v in daemon.pool.states().items()} if daemon.pool else {},  # state, pid, error per worker
         "worker_restarts": daemon.pool.restarts if daemon.pool else 0,
         "worker_busy": {w: v for (w,), v in sorted(series(metrics, "headrace_worker_busy_ratio").items())},
         "loop_lag_p99_ms": daemon.loop_lag_p99() * 1000,

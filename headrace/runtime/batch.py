@@ -13,8 +13,6 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-import orjson
-
 from headrace.runtime.acks import AckRef
 
 
@@ -112,36 +110,56 @@ def join_wire(parts: list[Batch]) -> tuple[bytes, tuple[bytes, ...]] | None:
 
 
 SHARE_PROBE = 64  # metas looked at before deciding whether sharing pays in this list
+# value types whose equal values are interchangeable: 1, 1.0 and True stay apart (types differ), and
+# float is left out (NaN, and 0.0 == -0.0), as are subclasses (an IntEnum equals its int)
+_SHAREABLE = frozenset({str, int, bool, bytes, type(None)})
+_KEYS = frozenset({str})
 
 
 def share_equal(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Equal metas as one object, so pickle sends each distinct meta once and the parent
     unpickles it once (a classifier gives thousands of events a handful of metas).
 
-    Equal means the same JSON text (keys in the same order; 1, 1.0 and true stay apart), and
-    only flat metas take part: a nested dict or list would stay shared after ``unshare``,
-    which copies one level. When the first ``SHARE_PROBE`` are mostly distinct (per-event
-    offsets), the list is returned as it is. Whoever mutates metas calls ``unshare`` first.
+    Equal means interchangeable: the same ``str`` keys in the same order, each with a value
+    of the same exact type and an equal value, among the types in ``_SHAREABLE``. Only flat
+    metas take part: a nested dict or list would stay shared after ``unshare``, which copies
+    one level. When the first metas are mostly distinct (per-event offsets), the list is
+    returned as it is. Whoever mutates metas calls ``unshare`` first.
     """
-    seen: dict[bytes, dict[str, Any]] = {}
+    seen: dict[tuple[Any, ...], list[Any]] = {}  # items -> [first meta with them, its value types or None]
     out: list[dict[str, Any]] = []
     hits = 0
-    dumps = orjson.dumps
+    keys = _KEYS
     for k, m in enumerate(metas):
-        if k == SHARE_PROBE and hits < SHARE_PROBE // 2:
+        if (k == 16 and hits < 8) or (k == SHARE_PROBE and hits < SHARE_PROBE // 2):
             return metas
         try:
-            key = dumps(m)
-        except TypeError:  # not JSON: not shared
+            entry = seen.get(items := tuple(m.items()))
+        except TypeError:  # an unhashable value (nested): not shared
             out.append(m)
             continue
-        if key.count(b"{") != 1 or b"[" in key:  # nested (or a brace inside a string): not shared
+        if entry is None:
+            seen[items] = [m, _UNCHECKED]
             out.append(m)
             continue
-        c = seen.setdefault(key, m)
-        hits += c is not m
-        out.append(c)
+        first, types = entry
+        if types is _UNCHECKED:  # checked at its first repeat only: the distinct ones cost no more
+            types = entry[1] = _value_types(first)
+        if types is not None and types == tuple(map(type, m.values())) and keys.issuperset(map(type, m)):
+            hits += 1
+            out.append(first)
+        else:
+            out.append(m)
     return out
+
+
+_UNCHECKED = object()
+
+
+def _value_types(meta: dict[str, Any]) -> tuple[type, ...] | None:
+    """The types of the values of ``meta`` when it can stand for its equals, else None."""
+    types = tuple(map(type, meta.values()))
+    return types if _SHAREABLE.issuperset(types) and _KEYS.issuperset(map(type, meta)) else None
 
 
 def unshare(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,8 +3,9 @@
 Workers are forked from a fork server started before the event loop (so respawns
 later never fork the busy parent). Each worker has one duplex pipe; the parent talks
 to it with asyncio streams using the same length framing as ``Connection``. At most
-``max_inflight`` jobs are queued per worker. A dead worker is respawned and its
-in-flight jobs re-dispatched; the job it was executing fails with ``WorkerCrashed``
+``max_inflight`` jobs are queued per worker, and only on workers that are set up
+(``supervisor.WorkerSupervisor`` keeps each one running). A dead worker is respawned and
+its in-flight jobs re-dispatched; the job it was executing fails with ``WorkerCrashed``
 so the caller can bisect it; a job running past ``stage_timeout`` kills its worker.
 """
 
@@ -12,65 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import socket
-import struct
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import multiprocess
 
+from headrace.errors import describe_exception
 from headrace.metrics.defs import Metrics
-from headrace.runtime.segment import Response, SegmentSpec, pack, unpack
-from headrace.runtime.worker import CONFIGURE, JOB, STOP, worker_main
+from headrace.runtime.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
+from headrace.runtime.segment import Response, SegmentSpec, pack
+from headrace.runtime.supervisor import WorkerSupervisor
+from headrace.runtime.worker import JOB, MAX_RSS, MEMORY_ERROR
+
+__all__ = ["JobFailed", "WorkerCrashed", "WorkerPool"]
 
 log = logging.getLogger("headrace.pool")
-_I = struct.Struct("!i")
-_Q = struct.Struct("!Q")
-SOCKET_BUFFER = 4 << 20  # a few batches fit, so a job is one write and one read
-
-
-class WorkerCrashed(Exception):
-    """The worker died (or was killed for a timeout) while executing this job."""
-
-
-@dataclass
-class Job:
-    id: int
-    segment: str
-    parts: list[Any]
-    future: asyncio.Future[Response]
-    started: float = 0.0
-    resent: int = 0
-
-
-@dataclass
-class WorkerHandle:
-    index: int
-    proc: Any = None
-    conn: Any = None
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
-    inflight: deque[Job] = field(default_factory=deque)
-    busy_ns: int = 0
-    alive: bool = False
-    kill_reason: str | None = None
-    task: asyncio.Task[None] | None = None
-    jobs: Any = None  # metric children, resolved once
-    job_events: Any = None
+# imported by the fork server before it forks anyone: it dies with the daemon, and workers start with these loaded
+FORKSERVER_PRELOAD = ["headrace.runtime.forkserver_init", "headrace.runtime.worker"]
 
 
 class WorkerPool:
-    def __init__(self, size: int, metrics: Metrics | None = None, max_inflight: int = 3, stage_timeout: float = 60.0) -> None:
+    def __init__(self, size: int, metrics: Metrics | None = None, max_inflight: int = 3, stage_timeout: float = 60.0,
+                 max_rss: int = 0) -> None:  # fmt: skip
         self.size = size
         self.metrics = metrics
         self.max_inflight = max_inflight
         self.stage_timeout = stage_timeout
+        self.max_rss = max_rss  # bytes; 0: workers are not recycled for their size
         self.ctx = multiprocess.get_context("forkserver")
-        self.workers = [WorkerHandle(i) for i in range(size)]
+        self.workers = [WorkerSupervisor(self, i) for i in range(size)]
         self.specs: list[SegmentSpec] = []
         self._next_id = 0
         self._capacity: asyncio.Condition | None = None
@@ -78,204 +49,153 @@ class WorkerPool:
         self._redispatch: set[asyncio.Task[None]] = set()
         self.closing = False
         self.restarts = 0
+        if metrics is not None:  # every series from the start, at 0: increase() sees the first one
+            for w in self.workers:
+                label = str(w.index)
+                metrics["headrace_worker_up"].labels(label).set(0)
+                metrics["headrace_worker_start_failures_total"].labels(label)
+                for cause in (MEMORY_ERROR, MAX_RSS):
+                    metrics["headrace_worker_recycles_total"].labels(label, cause)
 
     # -- life ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the fork server and the workers; call before the event loop starts."""
+        self.ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
         for w in self.workers:
-            self._spawn(w)
-
-    def _spawn(self, w: WorkerHandle) -> None:
-        parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=worker_main, args=(child, w.index, os.getpid()), name=f"headrace-worker-{w.index}", daemon=True)
-        proc.start()
-        child.close()
-        w.proc, w.conn, w.alive, w.kill_reason = proc, parent, True, None
-        w.reader = w.writer = None
+            w.spawn()
 
     async def attach(self) -> None:
-        """Wire the workers into the running loop."""
+        """Wire the workers into the running loop; returns once each was set up, or failed once."""
         self._capacity = asyncio.Condition()
         for w in self.workers:
-            await self._connect(w)
+            w.task = asyncio.create_task(w.run(), name=f"headrace-worker-{w.index}")
+            self._tasks.append(w.task)
         self._tasks.append(asyncio.create_task(self._watchdog()))
-
-    async def _connect(self, w: WorkerHandle) -> None:
-        sock = socket.socket(fileno=os.dup(w.conn.fileno()))
-        sock.setblocking(False)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        w.conn.close()
-        w.reader, w.writer = await asyncio.open_connection(sock=sock, limit=1 << 26)
-        w.task = asyncio.create_task(self._read(w), name=f"headrace-worker-{w.index}-reader")
-        if self.specs:
-            await self._configure_one(w, self.specs)
+        await asyncio.gather(*(w.first_try.wait() for w in self.workers))
 
     async def configure(self, add: list[SegmentSpec] | None = None, drop: list[str] | None = None) -> None:
         """Add segment definitions to every worker (stages are set up there) and drop old ones
-        (torn down there). A respawned worker gets all current segments."""
+        (torn down there). A respawned worker gets all current segments. When a segment cannot
+        be set up, the ones added are dropped again and the error is raised."""
         add = add or []
         dropped = set(drop or [])
         if not add and not dropped:
             return  # nothing changed on the workers: do not wait behind their in-flight jobs for an empty reply
-        self.specs = [s for s in self.specs if s.id not in dropped and s.id not in {a.id for a in add}] + add
-        for w in self.workers:
-            if w.alive and w.writer is not None:
-                await self._configure_one(w, add, list(dropped))
-
-    async def _configure_one(self, w: WorkerHandle, specs: list[SegmentSpec], drop: list[str] | None = None) -> None:
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        job = Job(-1, "", pack((CONFIGURE, (specs, drop or []))), fut)
-        w.inflight.append(job)
-        await self._send(w, job.parts)
-        errors = await fut
+        added = {a.id for a in add}
+        self.specs = [s for s in self.specs if s.id not in dropped and s.id not in added] + add
+        errors = await self._configure_connected(add, list(dropped))
         if errors:
-            raise RuntimeError("; ".join(errors))  # type: ignore[arg-type]
+            self.specs = [s for s in self.specs if s.id not in added]
+            await self._configure_connected([], list(added))
+            raise RuntimeError("; ".join(sorted(set(errors))))
 
-    @staticmethod
-    async def _send(w: WorkerHandle, parts: list[Any]) -> None:
-        assert w.writer is not None
-        n = sum(len(p) for p in parts)
-        w.writer.write(_I.pack(n) if n < 0x7FFFFFFF else _I.pack(-1) + _Q.pack(n))
-        w.writer.writelines(parts)
-        await w.writer.drain()
+    async def _configure_connected(self, add: list[SegmentSpec], drop: list[str]) -> list[str]:
+        # every worker with a socket, set up or setting up: messages keep their order, so one
+        # that is still setting up the previous segments gets these after them
+        workers = [w for w in self.workers if w.writer is not None and w.state in ("starting", "ready")]
+        results = await asyncio.gather(*(w.configure(add, drop) for w in workers), return_exceptions=True)
+        errors: list[str] = []
+        for r in results:
+            if isinstance(r, list):
+                errors += r
+            # an exception: the worker died meanwhile; its successor is set up with every segment
+        return errors
 
-    async def _read(self, w: WorkerHandle) -> None:
-        assert w.reader is not None
-        try:
-            while True:
-                (n,) = _I.unpack(await w.reader.readexactly(4))
-                if n == -1:
-                    (n,) = _Q.unpack(await w.reader.readexactly(8))
-                msg = await w.reader.readexactly(n)
-                header, blob = unpack(msg)
-                job = w.inflight.popleft()
-                if w.inflight:  # the worker starts on the next job now: stage_timeout counts from here, not from its dispatch
-                    w.inflight[0].started = time.monotonic()
-                if job.id == -1:  # configure reply: ("configured", errors)
-                    job.future.set_result(header[1])
-                    continue
-                header.blob = blob
-                w.busy_ns += header.cpu_ns
-                if self.metrics is not None:
-                    req = job.parts[0]
-                    self._job_counters(w)
-                    w.jobs.inc()
-                    w.job_events.inc(len(req.lens) // 4 if req.lens else len(req.values or ()))
-                if not job.future.done():
-                    job.future.set_result(header)
-                await self._notify()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        except asyncio.CancelledError:
-            return
-        if not self.closing:
-            await self._died(w)
-
-    def _job_counters(self, w: WorkerHandle) -> None:
-        if w.jobs is None and self.metrics is not None:
-            w.jobs = self.metrics["headrace_worker_jobs_total"].labels(str(w.index))
-            w.job_events = self.metrics["headrace_worker_job_events_total"].labels(str(w.index))
-
-    async def _notify(self) -> None:
+    async def wake(self) -> None:
+        """Capacity changed: jobs waiting for a worker look again."""
         assert self._capacity is not None
         async with self._capacity:
             self._capacity.notify_all()
 
-    async def _died(self, w: WorkerHandle) -> None:
-        w.alive = False
-        proc = w.proc
-        await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
-        code = proc.exitcode
-        cause = w.kill_reason or (f"worker {w.index} killed by signal {-code}" if code is not None and code < 0 else f"worker {w.index} exited with {code}")
-        log.error("%s; respawning and re-dispatching %d in-flight batch(es)", cause, sum(j.id >= 0 for j in w.inflight))
-        if w.writer is not None:
-            w.writer.close()
-        pending = list(w.inflight)
-        w.inflight.clear()
-        self.restarts += 1
-        if self.metrics:
-            self.metrics["headrace_worker_restarts_total"].labels(str(w.index)).inc()
-        self._spawn(w)
-        try:
-            await self._connect(w)
-        except Exception as exc:  # configure failed in the new worker: keep trying on next death
-            log.error("respawned worker %d could not be configured: %s", w.index, exc)
-        first = True
-        for job in pending:
-            if job.id < 0:
-                if not job.future.done():
-                    job.future.set_result([])  # type: ignore[arg-type]
-                continue
-            if first:  # the job the worker was executing when it died
-                first = False
-                if not job.future.done():
-                    job.future.set_exception(WorkerCrashed(cause))
-                continue
-            if self.metrics:
-                self.metrics["headrace_worker_redispatched_batches_total"].inc()
-            job.resent += 1
-            task = asyncio.create_task(self._dispatch(job))
-            self._redispatch.add(task)
-            task.add_done_callback(self._redispatch.discard)
-        await self._notify()
+    def count(self, name: str, *labels: str) -> None:
+        if self.metrics is not None:
+            metric = self.metrics[name]
+            (metric.labels(*labels) if labels else metric).inc()
 
     # -- jobs ----------------------------------------------------------------------------------
     async def execute(self, segment: str, parts: list[Any]) -> Response:
-        """Run one job on the least-loaded worker; waits while every worker is full."""
+        """Run one job on the least-loaded worker that is set up; waits while none has room.
+        ``JobFailed`` when its values cannot be pickled or its answer read, ``WorkerCrashed``
+        when its worker died while executing it."""
         self._next_id += 1
         job = Job(self._next_id, segment, parts, asyncio.get_running_loop().create_future())
+        parts[0].job_id = job.id  # the worker shows it in its slot while it executes the job
+        try:
+            job.wire = pack((JOB, parts[0]), *parts[1:])  # the records' blobs follow the header as they are
+        except BaseException as exc:  # a value an upstream stage made (in a meta, or the event itself)
+            raise JobFailed(f"a value cannot be pickled to go to a worker: {describe_exception(exc)}") from None
         await self._dispatch(job)
         return await job.future
+
+    def redispatch(self, job: Job) -> None:
+        task = asyncio.create_task(self._dispatch(job))
+        self._redispatch.add(task)
+        task.add_done_callback(self._redispatch.discard)
+        self.count("headrace_worker_redispatched_batches_total")
 
     async def _dispatch(self, job: Job) -> None:
         assert self._capacity is not None
         async with self._capacity:
             while True:
-                live = [w for w in self.workers if w.alive and w.writer is not None and len(w.inflight) < self.max_inflight]
+                live = [w for w in self.workers if w.state == "ready" and len(w.inflight) < self.max_inflight]
                 if live:
                     w = min(live, key=lambda x: len(x.inflight))
                     break
                 await self._capacity.wait()
         job.started = time.monotonic()
         w.inflight.append(job)
-        head = pack((JOB, job.parts[0]), *job.parts[1:])  # the records' blobs follow the header as they are
         try:
-            await self._send(w, head)
+            await w.send(job.wire)
         except (ConnectionError, OSError):
-            pass  # the reader notices the death and re-dispatches
+            pass  # its supervisor notices the death and dispatches the job again
 
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            now = time.monotonic()
-            for w in self.workers:
-                if not w.alive or not w.inflight:
-                    continue
-                job = w.inflight[0]
-                if job.id >= 0 and now - job.started > self.stage_timeout and w.kill_reason is None:
-                    w.kill_reason = f"stage_timeout: a batch ran longer than {self.stage_timeout:g}s on worker {w.index}"
-                    log.error("%s; killing it", w.kill_reason)
-                    try:
-                        os.kill(w.proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            try:
+                self._kill_overdue(time.monotonic())
+            except Exception:  # the watchdog must outlive its own faults
+                log.exception("the stage_timeout watchdog failed")
+
+    def _kill_overdue(self, now: float) -> None:
+        for w in self.workers:
+            if not w.alive or not w.inflight or w.kill_reason is not None:
+                continue
+            job = w.inflight[0]
+            if job.id != CONFIGURE_JOB and now - job.started > self.stage_timeout:
+                w.kill(f"stage_timeout: a batch ran longer than {self.stage_timeout:g}s on worker {w.index}")
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """False while some worker cannot be started or set up (it is retried with backoff), or
+        has been setting up for longer than ``stage_timeout``."""
+        now = time.monotonic()
+        return not any(w.error is not None or (w.state == "starting" and now - w.spawned > self.stage_timeout) for w in self.workers)
 
     def healthy(self, max_job_seconds: float) -> bool:
-        """Every worker alive and none stuck on one job for longer than ``max_job_seconds``."""
+        """Ready, and no worker stuck on one job for longer than ``max_job_seconds``."""
+        if not self.ready:
+            return False
         now = time.monotonic()
-        for w in self.workers:
-            if not w.alive:
-                return False
-            if w.inflight and w.inflight[0].id >= 0 and now - w.inflight[0].started > max_job_seconds:
-                return False
-        return True
+        return not any(w.inflight and w.inflight[0].id != CONFIGURE_JOB and now - w.inflight[0].started > max_job_seconds for w in self.workers)
+
+    def down(self) -> list[int]:
+        """Indices of the workers that cannot take jobs now (dead, respawning, setting up)."""
+        return [w.index for w in self.workers if w.state != "ready"]
+
+    def states(self) -> dict[int, dict[str, Any]]:
+        """Per worker: ``state`` (down, starting, ready, retiring), ``pid`` (None unless alive), and
+        ``error``, why its last start failed (None unless it is retrying)."""
+        return {w.index: {"state": w.state, "pid": w.proc.pid if w.alive and w.proc is not None else None, "error": w.error}
+                for w in self.workers}  # fmt: skip
 
     def busy(self) -> list[int]:
         return [w.busy_ns for w in self.workers]
 
     def pids(self) -> list[int]:
-        return [w.proc.pid for w in self.workers if w.proc is not None]
+        """PIDs of the live workers only."""
+        return [w.proc.pid for w in self.workers if w.alive and w.proc is not None]
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop workers: ask, wait, then kill. Safe to call without a loop."""
@@ -283,19 +203,7 @@ class WorkerPool:
         for t in self._tasks:
             t.cancel()
         for w in self.workers:
-            try:
-                if w.writer is not None and not w.writer.is_closing():
-                    w.writer.close()
-                elif w.conn is not None and not w.conn.closed:
-                    w.conn.send_bytes(b"".join(pack((STOP, None))))
-                    w.conn.close()
-            except OSError:
-                pass
+            w.stop()
         deadline = time.monotonic() + timeout
         for w in self.workers:
-            if w.proc is None:
-                continue
-            w.proc.join(max(deadline - time.monotonic(), 0.01))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(1)
+            w.join(max(deadline - time.monotonic(), 0.01))

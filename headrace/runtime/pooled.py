@@ -4,7 +4,9 @@ Input batches are cut into chunks sized to a target CPU time per job (learned fr
 workers' reports), dispatched to the pool, and released per order group (onramp, or
 Kafka partition) in the order they were read; a slow chunk holds back only its own
 group. A chunk whose worker died is split in halves until the record that kills
-workers is alone; after ``POISON_ATTEMPTS`` deaths it goes to ``err`` with the cause.
+workers is alone; after ``POISON_ATTEMPTS`` deaths it goes to ``err`` with the cause. A
+chunk whose job fails whatever worker runs it (``JobFailed``) is split the same way, and
+its culprit goes to ``err`` at once.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from headrace.runtime.batch import Batch, join, joinable
 from headrace.runtime.events import decode_failures
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.plan import Chain
-from headrace.runtime.pool import WorkerCrashed, WorkerPool
+from headrace.runtime.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.router import Router
 from headrace.runtime.segment import UNCHANGED, NodeDef, Request, Response, SegmentSpec
 from headrace.runtime.stage import Operator
@@ -37,8 +39,12 @@ MAX_JOB_EVENTS = 4096  # a job never holds more events than this (bounded memory
 
 
 class Poisoned:
-    def __init__(self, cause: str) -> None:
+    """A record isolated by bisection: it kills workers (``WorkerCrashed``), or its job fails
+    whenever it runs (``JobFailed``: a meta that cannot cross back, a segment error)."""
+
+    def __init__(self, cause: str, kind: str = "WorkerCrashed") -> None:
         self.cause = cause
+        self.kind = kind
 
 
 Result = list[tuple[Batch, "Response | Poisoned"]]
@@ -160,18 +166,19 @@ class PooledChainRunner:
     async def run_job(self, chunk: Batch, attempts: int) -> Result:
         try:
             resp = await self.pool.execute(self.spec.id, self.request(chunk))
-        except WorkerCrashed as exc:
+        except (WorkerCrashed, JobFailed) as exc:
             n = len(chunk)
             if n > 1:
                 mid = n // 2
                 a, b = await asyncio.gather(self.run_job(slice_batch(chunk, 0, mid), 0), self.run_job(slice_batch(chunk, mid, n), 0))
                 return a + b
+            if isinstance(exc, JobFailed):  # the same every time: no retry
+                log.error("a record fails its worker segment; sending it to err: %s", exc)
+                return [(chunk, Poisoned(str(exc), "JobFailed"))]
             if attempts + 1 < POISON_ATTEMPTS:
                 return await self.run_job(chunk, attempts + 1)
             log.error("a record killed a worker %d times; sending it to err: %s", POISON_ATTEMPTS, exc)
             return [(chunk, Poisoned(f"record killed the worker {POISON_ATTEMPTS} times: {exc}"))]
-        if resp.fatal:
-            return [(chunk, Poisoned(f"segment failed: {resp.fatal}"))]
         n = len(chunk)
         if n and resp.cpu_ns:
             per = resp.cpu_ns / n
@@ -203,12 +210,12 @@ class PooledChainRunner:
             metas = []
             for i in range(len(chunk)):
                 m = dict(chunk.meta(i))
-                m["error"] = {"stage": self.chain.id, "type": "WorkerCrashed", "message": res.cause}
+                m["error"] = {"stage": self.chain.id, "type": res.kind, "message": res.cause}
                 metas.append(m)
             if refs is not None:
                 for r in refs:
                     r.pending += 1
-            r0.error("worker_crash", len(chunk))
+            r0.error("worker_crash" if res.kind == "WorkerCrashed" else "stage_exception", len(chunk))
             sends.append((first, "err", Batch(payloads=chunk.payloads, values=chunk.values, metas=metas, ingest=chunk.ingest,
                                               acks=refs, codec=chunk.codec, origin=chunk.origin, group=chunk.group)))  # fmt: skip
         else:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
-from headrace.errors import safe_str
+from headrace.errors import describe_exception, safe_str
 from headrace.metrics.defs import Metrics
 from headrace.plugins.base import Codec, Offramp, Onramp, PartialWrite, Postprocessor, Preprocessor, Rejections
 from headrace.runtime.acks import AckRef, done_each
@@ -632,7 +632,7 @@ class OfframpRunner:
                 out.append(encode_with_meta(value, batch.meta(i)) if self.with_meta else encode(value))
             except Exception as exc:
                 out.append(b"")
-                bad.append((i, f"cannot encode with {name}: {type(exc).__name__}: {safe_str(exc)}"))
+                bad.append((i, f"cannot encode with {name}: {describe_exception(exc)}"))
         return out, bad
 
     def postprocess(self, records: list[bytes]) -> tuple[list[bytes], list[tuple[int, str]]]:

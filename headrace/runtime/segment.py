@@ -21,7 +21,7 @@ from headrace.errors import safe_repr
 from headrace.plugins import registry
 from headrace.plugins.base import Codec, PluginContext, ViewLoader
 from headrace.runtime.batch import share_equal, unshare
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.runtime.stage import STAGE_ERRORS, Emit, Ev, Operator
 
 _LEN = struct.Struct("<I")
 UNCHANGED = -1
@@ -77,7 +77,8 @@ class Response:
     failures: list[tuple[int, str]]  # decode failures: input index, reason
     counts: dict[str, tuple[int, dict[str, int], int, int]]  # node -> received, sent per port, errors, dropped
     blob: bytes | memoryview = b""
-    fatal: str | None = None
+    fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
+    recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
 
 
 def pack(header: Any, *blobs: bytes | memoryview) -> list[bytes | memoryview]:
@@ -187,7 +188,7 @@ class SegmentProgram:
                 else:
                     try:
                         data = encode(ev.value)
-                    except Exception as exc:
+                    except STAGE_ERRORS as exc:
                         unencodable.setdefault(node, []).append(ev.fail(node, exc))
                         continue
                     parts.append(data)
@@ -255,7 +256,7 @@ def run_chain(stages: list[Operator], evs: list[Ev]) -> tuple[dict[tuple[str, st
         n_in = len(cur)
         try:
             cur = st.process(cur, emit)
-        except Exception as exc:
+        except STAGE_ERRORS as exc:
             cur = run.fail_all(st, cur, exc)
         run.done(st, n_in, cur, k == last)
     return run.outputs, run.counts
@@ -383,7 +384,7 @@ class FusedChain:
                 if single:  # one function: the loop below, unrolled (its received count is taken at the end)
                     try:
                         result = fn0(value, meta)
-                    except Exception as exc:
+                    except STAGE_ERRORS as exc:
                         errs[0] += 1
                         outputs.setdefault((ids[0], "err"), []).append(Ev(value, meta, i, raw, ingest[i]).fail(ids[0], exc))  # type: ignore[arg-type]
                         continue
@@ -403,7 +404,7 @@ class FusedChain:
                         entered[k] += 1
                         try:
                             result = fn(value, meta)
-                        except Exception as exc:
+                        except STAGE_ERRORS as exc:
                             errs[k] += 1
                             ev = Ev(value, meta, i, None if changed else raw, ingest[i]).fail(ids[k], exc)  # type: ignore[arg-type]
                             outputs.setdefault((ids[k], "err"), []).append(ev)
@@ -435,7 +436,7 @@ class FusedChain:
                     for ev in finals:
                         try:
                             data = encode(ev.value)
-                        except Exception as exc:
+                        except STAGE_ERRORS as exc:
                             unencodable.append(ev.fail(last, exc))
                             continue
                         parts.append(data)
@@ -447,7 +448,7 @@ class FusedChain:
                 if changed:
                     try:
                         data = encode(result)
-                    except Exception as exc:
+                    except STAGE_ERRORS as exc:
                         unencodable.append(Ev(result, meta, i, None, ingest[i]).fail(ids[-1], exc))
                         continue
                     parts.append(data)

@@ -19,10 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+from headrace.errors import safe_str, type_name
 from headrace.plugins.base import PluginConfig, PluginContext
 from headrace.runtime.acks import AckRef
 
 Placement = Literal["workers", "loop", "any"]
+
+# What a stage may raise that fails only the record it was given: every BaseException but a
+# cancellation of the task that awaits it (a SystemExit from a stage must not end a worker).
+STAGE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt, GeneratorExit)
 
 
 class Ev:
@@ -34,6 +39,7 @@ class Ev:
     """
 
     __slots__ = ("ack", "ingest", "meta", "raw", "src", "value")
+    memory_errors: ClassVar[int] = 0  # MemoryErrors failed records in this process (a worker recycles then)
 
     def __init__(self, value: Any, meta: dict[str, Any], src: int, raw: bytes | None, ingest: int, ack: AckRef | None = None) -> None:
         self.value = value
@@ -45,8 +51,10 @@ class Ev:
 
     def fail(self, stage_id: str, exc: BaseException) -> Ev:
         """Attach error metadata (stage, exception type and message) for the err port."""
+        if isinstance(exc, MemoryError):
+            Ev.memory_errors += 1
         self.meta = dict(self.meta)
-        self.meta["error"] = {"stage": stage_id, "type": type(exc).__name__, "message": str(exc)}
+        self.meta["error"] = {"stage": stage_id, "type": type_name(exc), "message": safe_str(exc)}
         return self
 
 

@@ -1,12 +1,14 @@
 """The worker process: configure segments, then execute jobs until told to stop.
 
-Workers ignore SIGINT/SIGTERM (the parent stops them), die with the parent
-(PR_SET_PDEATHSIG, and EOF on their pipe), and never touch asyncio.
+Workers ignore SIGINT/SIGTERM (the parent stops them), die with the daemon (see
+``lifeline``; and EOF on their pipe), and never touch asyncio. While a job executes, its id
+is in the worker's shared ``slot``: when the worker dies, the parent blames that job and no
+other. A worker that hit a ``MemoryError`` or grew past ``max_rss`` answers its job, says
+so in the answer (``Response.recycle``), and exits; the parent starts a fresh one.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import signal
@@ -15,30 +17,43 @@ import sys
 import traceback
 from typing import Any
 
+from headrace.errors import describe_exception
+from headrace.runtime.lifeline import die_with_parent, release_forkserver
 from headrace.runtime.segment import Request, Response, SegmentProgram, SegmentSpec, pack, unpack_header
+from headrace.runtime.stage import Ev
 
 CONFIGURE, JOB, STOP = "configure", "job", "stop"
-PR_SET_PDEATHSIG = 1
+IDLE = 0  # the slot's value between jobs
+MEMORY_ERROR, MAX_RSS = "memory_error", "max_rss"  # why a worker recycles itself
 
 
-def _die_with_parent(daemon_pid: int) -> None:
-    """Our parent is the fork server, which exits when the daemon does; SIGKILL us then."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+def _alone_or_gone(daemon_pid: int) -> None:
+    """Die with the fork server (and so with the daemon); exit now if either is gone already."""
+    release_forkserver()
+    if not die_with_parent():
+        os._exit(0)
     try:
         os.kill(daemon_pid, 0)
     except ProcessLookupError:  # the daemon died before we got here
         os._exit(0)
 
 
-def worker_main(conn: Any, index: int, parent_pid: int) -> None:
+class RssProbe:
+    """This process's resident set size, read cheaply after each job (about 1 us)."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/proc/self/statm", os.O_RDONLY)
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def __call__(self) -> int:
+        return int(os.pread(self.fd, 64, 0).split()[1]) * self.page
+
+
+def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rss: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _die_with_parent(parent_pid)
+    _alone_or_gone(daemon_pid)
     programs: dict[str, SegmentProgram] = {}
     # decoded records are many small containers that die within their job: collecting the
     # young generation every 700 of them cost a quarter of a worker's time (bench 1)
@@ -48,6 +63,7 @@ def worker_main(conn: Any, index: int, parent_pid: int) -> None:
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
     sock.close()
+    rss = RssProbe() if max_rss else None
     send = conn.send_bytes
     while True:
         try:
@@ -58,37 +74,65 @@ def worker_main(conn: Any, index: int, parent_pid: int) -> None:
         if kind == JOB:
             req: Request = payload
             req.blob, req.start = msg, start  # the message itself: records are sliced from it, not copied first
-            try:
-                resp = programs[req.segment].execute(req)
-            except Exception:
-                resp = Response(req.job_id, 0, [], [], {}, b"", fatal=traceback.format_exc(limit=5))
-            head_blob = resp.blob
-            resp.blob = b""
-            parts = pack(resp, head_blob)
-            send(b"".join(parts))
+            if slot is not None:
+                slot[0] = req.job_id
+            resp = _execute(programs, req)
+            if slot is not None:
+                slot[0] = IDLE  # from here a death blames no job: its answer is complete or it is re-run whole
+            if Ev.memory_errors:
+                resp.recycle = MEMORY_ERROR
+            elif rss is not None and rss() > max_rss:
+                resp.recycle = MAX_RSS
+            send(_answer(resp))
+            if resp.recycle:
+                break
         elif kind == CONFIGURE:
-            specs: list[SegmentSpec] = payload[0]
-            errors = []
-            for sid in payload[1]:  # segments of a previous config generation
-                old = programs.pop(sid, None)
-                if old is not None:
-                    try:
-                        old.teardown()
-                    except Exception:
-                        traceback.print_exc()
-            for spec in specs:
-                try:
-                    prog = SegmentProgram(spec)
-                    prog.setup()
-                    programs[spec.id] = prog
-                except Exception as exc:
-                    errors.append(f"{spec.id}: {type(exc).__name__}: {exc}")
-            send(b"".join(pack(("configured", errors))))
+            send(b"".join(pack(("configured", _configure(programs, payload[0], payload[1])))))
         elif kind == STOP:
             break
     for prog in programs.values():
         try:
             prog.teardown()
-        except Exception:
+        except BaseException:
             traceback.print_exc(file=sys.stderr)
     os._exit(0)
+
+
+def _execute(programs: dict[str, SegmentProgram], req: Request) -> Response:
+    try:
+        return programs[req.segment].execute(req)
+    except BaseException as exc:  # per-record failures are handled inside; this is the segment's own
+        if isinstance(exc, MemoryError):
+            Ev.memory_errors += 1
+        return Response(req.job_id, 0, [], [], {}, b"", fatal="segment failed: " + traceback.format_exc(limit=5))
+
+
+def _answer(resp: Response) -> bytes:
+    """The response as one message; a response a stage made unpicklable (a meta value) is
+    replaced by a refusal naming the cause, which the parent narrows down to the record."""
+    blob = resp.blob
+    resp.blob = b""
+    try:
+        return b"".join(pack(resp, blob))
+    except BaseException as exc:
+        why = f"a meta value cannot be pickled to return to the parent: {describe_exception(exc)}"
+        return b"".join(pack(Response(resp.job_id, resp.cpu_ns, [], [], {}, b"", fatal=why, recycle=resp.recycle)))
+
+
+def _configure(programs: dict[str, SegmentProgram], specs: list[SegmentSpec], drop: list[str]) -> list[str]:
+    errors = []
+    for sid in drop:  # segments of a previous config generation
+        old = programs.pop(sid, None)
+        if old is not None:
+            try:
+                old.teardown()
+            except BaseException:
+                traceback.print_exc(file=sys.stderr)
+    for spec in specs:
+        try:
+            prog = SegmentProgram(spec)
+            prog.setup()
+            programs[spec.id] = prog
+        except BaseException as exc:
+            errors.append(f"{spec.id}: {describe_exception(exc)}")
+    return errors

@@ -142,7 +142,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:3: unknown key 'worker' in daemon (expected one of: batch_size, loop_block_threshold, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, workers)",
+            "3:3: unknown key 'worker' in daemon (expected one of: batch_size, loop_block_threshold, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, worker_max_rss, workers)",
         ],
         id="unknown_daemon",
     ),

@@ -27,7 +27,7 @@ from pydantic import Field
 from headrace import _emit
 from headrace.config.units import Duration
 from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import Emit, Ev, Operator, Placement
+from headrace.runtime.stage import STAGE_ERRORS, Emit, Ev, Operator, Placement
 
 
 class PythonConfig(PluginConfig):
@@ -196,7 +196,7 @@ class PythonOperator(Operator):
                 value = ev.value
                 try:
                     result = fn(value, ev.meta)
-                except Exception as exc:
+                except STAGE_ERRORS as exc:
                     emit("err", ev.fail(stage_id, exc))
                     continue
                 if result is value and readonly:
@@ -226,7 +226,7 @@ class PythonOperator(Operator):
                     results[i] = await asyncio.wait_for(self.guard.timed(stage_id, coro) if self.guard is not None else coro, timeout)
                 except TimeoutError:
                     failed[i] = TimeoutError(f"the stage did not finish this event within its timeout ({timeout:g}s)")
-                except Exception as exc:
+                except STAGE_ERRORS as exc:  # a cancellation of this task is not the record's fault: it propagates
                     failed[i] = exc
                 finally:
                     _emit.unbind(token)
