@@ -77,7 +77,7 @@ def c_call(event, meta):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fn", ["python_loop", "c_call"])
-def test_row23_workers_die_with_the_daemon_whatever_the_stage_does(tmp_path: Path, fn: str, figures: Figures) -> None:
+def test_row38_workers_die_with_the_daemon_whatever_the_stage_does(tmp_path: Path, fn: str, figures: Figures) -> None:
     (tmp_path / "stuck.py").write_text(STUCK)
     append(tmp_path / "in.ndjson", range(2))  # one record per worker: both get stuck
     port = free_port()
@@ -99,7 +99,7 @@ def test_row23_workers_die_with_the_daemon_whatever_the_stage_does(tmp_path: Pat
             if alive(p):
                 os.kill(p, signal.SIGKILL)
     assert gone_after < 1.0, f"the last process of the daemon died {gone_after:.2f}s after it"
-    figures(row=23, case=f"orphans, stage stuck in a {fn}", processes=len(family), gone_after_s=round(gone_after, 3))
+    figures(row=38, case=f"orphans, stage stuck in a {fn}", processes=len(family), gone_after_s=round(gone_after, 3))
 
 
 # -- wedges (item 10) ----------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def _break(tmp_path: Path, port: int, d: Daemon, break_it: Any, n: int) -> None:
 
 
 @pytest.mark.slow
-def test_row23_respawned_workers_that_cannot_set_up_take_no_records(tmp_path: Path, figures: Figures) -> None:
+def test_row38_respawned_workers_that_cannot_set_up_take_no_records(tmp_path: Path, figures: Figures) -> None:
     (tmp_path / "needs.py").write_text(NEEDS_RESOURCE)
     n = 200
     port = free_port()
@@ -161,12 +161,12 @@ def test_row23_respawned_workers_that_cannot_set_up_take_no_records(tmp_path: Pa
     report = conserve(range(2 * n), delivered(tmp_path), dead_ids(dead(tmp_path)), guarantee=EXACTLY_ONCE, expect_dead=())
     assert report.ok, report.summary()
     assert delivered(tmp_path) == list(range(2 * n)), "order kept"
-    figures(row=23, case="setup() fails in respawned workers", lost=len(report.lost), duplicates=report.duplicates, dead_lettered=0,
+    figures(row=38, case="setup() fails in respawned workers", lost=len(report.lost), duplicates=report.duplicates, dead_lettered=0,
             ready_again_s=round(recovered, 2))  # fmt: skip
 
 
 @pytest.mark.slow
-def test_row23_respawn_without_file_descriptors_is_retried(tmp_path: Path, figures: Figures) -> None:
+def test_row38_respawn_without_file_descriptors_is_retried(tmp_path: Path, figures: Figures) -> None:
     (tmp_path / "needs.py").write_text(NEEDS_RESOURCE)
     n = 200
     port = free_port()
@@ -197,7 +197,7 @@ def test_row23_respawn_without_file_descriptors_is_retried(tmp_path: Path, figur
         assert d.stop() == 0, d.stderr()
     report = conserve(range(2 * n), delivered(tmp_path), dead_ids(dead(tmp_path)), guarantee=EXACTLY_ONCE, expect_dead=())
     assert report.ok, report.summary()
-    figures(row=23, case="EMFILE at respawn", lost=len(report.lost), duplicates=report.duplicates, delivering_again_s=round(recovered, 2))
+    figures(row=38, case="EMFILE at respawn", lost=len(report.lost), duplicates=report.duplicates, delivering_again_s=round(recovered, 2))
 
 
 # -- recycling (item 13) -------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def stage(event, meta):
 
 
 @pytest.mark.slow
-def test_row23_workers_are_recycled_after_memory_error_and_over_max_rss(tmp_path: Path, figures: Figures) -> None:
+def test_row38_workers_are_recycled_after_memory_error_and_over_max_rss(tmp_path: Path, figures: Figures) -> None:
     (tmp_path / "hungry.py").write_text(HUNGRY)
     n = 400
     append(tmp_path / "in.ndjson", range(n))
@@ -251,7 +251,7 @@ def test_row23_workers_are_recycled_after_memory_error_and_over_max_rss(tmp_path
     assert recycles["memory_error"] >= 1 and recycles["max_rss"] >= 1, recycles
     assert restarts == 0, "no worker crashed: each was replaced after answering"
     pids = {e["pid"] for e in Lines(tmp_path / "out.ndjson").events}
-    figures(row=23, case="MemoryError and worker_max_rss 160MiB", lost=len(report.lost), duplicates=report.duplicates,
+    figures(row=38, case="MemoryError and worker_max_rss 160MiB", lost=len(report.lost), duplicates=report.duplicates,
             recycled_memory_error=recycles["memory_error"], recycled_max_rss=recycles["max_rss"], worker_pids_seen=len(pids),
             peak_worker_rss_mb=round(peak))  # fmt: skip
 
@@ -298,7 +298,7 @@ def stage(event, meta):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("placement", ["workers", "loop"])
-def test_row23_any_value_a_stage_raises_or_returns_fails_its_record_only(tmp_path: Path, placement: str, figures: Figures) -> None:
+def test_row38_any_value_a_stage_raises_or_returns_fails_its_record_only(tmp_path: Path, placement: str, figures: Figures) -> None:
     (tmp_path / "bad.py").write_text(BAD_VALUES)
     n = 300
     append(tmp_path / "in.ndjson", range(n))
@@ -323,7 +323,7 @@ def test_row23_any_value_a_stage_raises_or_returns_fails_its_record_only(tmp_pat
         assert "cannot be read in the parent" in errors[3]["message"], errors[3]
         assert "cannot be pickled" in errors[5]["message"], errors[5]
     assert restarts == 0, "no worker died for it"
-    figures(row=23, case=f"bad values from a stage on the {placement}", records=n, isolated=len(bad), lost=len(report.lost),
+    figures(row=38, case=f"bad values from a stage on the {placement}", records=n, isolated=len(bad), lost=len(report.lost),
             duplicates=report.duplicates, worker_restarts=restarts)  # fmt: skip
 
 
@@ -341,7 +341,7 @@ def work(event, meta):
 
 
 @pytest.mark.slow
-def test_row23_a_value_that_cannot_reach_the_workers_fails_its_record_only(tmp_path: Path, figures: Figures) -> None:
+def test_row38_a_value_that_cannot_reach_the_workers_fails_its_record_only(tmp_path: Path, figures: Figures) -> None:
     (tmp_path / "handover.py").write_text(LOOP_THEN_WORKERS)
     n = 300
     append(tmp_path / "in.ndjson", range(n))
@@ -362,7 +362,7 @@ links: {src: [main], src/err: [dlq], main: [out], main/err: [dlq]}
     report = conserve(range(n), delivered(tmp_path), Lines(tmp_path / "dlq.ndjson").ids, guarantee=EXACTLY_ONCE, expect_dead={5})
     assert report.ok, report.summary()
     assert "a value cannot be pickled to go to a worker" in d.stderr()
-    figures(row=23, case="a loop stage hands an unpicklable meta to a worker stage", records=n, isolated=1, lost=len(report.lost))
+    figures(row=38, case="a loop stage hands an unpicklable meta to a worker stage", records=n, isolated=1, lost=len(report.lost))
 
 
 # -- external kills blame no record (item 13) ----------------------------------------------------
@@ -377,7 +377,7 @@ def stage(event, meta):
 
 
 @pytest.mark.slow
-def test_row23_workers_killed_every_100ms_blame_no_record(tmp_path: Path, figures: Figures) -> None:
+def test_row38_workers_killed_every_100ms_blame_no_record(tmp_path: Path, figures: Figures) -> None:
     """Only a record that kills workers when it runs alone is poison; a kill from outside, even
     of a worker still setting up after the last kill, blames nobody."""
     (tmp_path / "paced.py").write_text(PACED)
@@ -405,5 +405,5 @@ def test_row23_workers_killed_every_100ms_blame_no_record(tmp_path: Path, figure
     # respawned workers take jobs only once set up: the pool makes progress between kills
     assert took < 60, f"{during} of {n} delivered in 60 s of kills"
     assert delivered(tmp_path) == list(range(n)), "order kept"
-    figures(row=23, case="a worker SIGKILLed every 100 ms", records=n, kills=kills, worker_restarts=restarts, lost=len(report.lost),
+    figures(row=38, case="a worker SIGKILLed every 100 ms", records=n, kills=kills, worker_restarts=restarts, lost=len(report.lost),
             duplicates=report.duplicates, blamed=len(dead(tmp_path)), all_delivered_s=round(took, 1))  # fmt: skip
