@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
-from headrace.errors import describe_exception, safe_str
+from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
 from headrace.plugins.base import Codec, Offramp, Onramp, PartialWrite, Postprocessor, Preprocessor, Rejections
 from headrace.runtime.acks import AckRef, done_each
@@ -631,9 +631,24 @@ class OfframpRunner:
                 value = values[i] if values is not None else src_codec.decode(raw)  # type: ignore[union-attr,arg-type]
                 out.append(encode_with_meta(value, batch.meta(i)) if self.with_meta else encode(value))
             except Exception as exc:
+                kept = self._as_text(values[i] if values is not None else raw, batch.meta(i))
+                if kept is not None:  # a dead letter is kept readable rather than sent on down another err chain
+                    out.append(kept)
+                    continue
                 out.append(b"")
                 bad.append((i, f"cannot encode with {name}: {describe_exception(exc)}"))
         return out, bad
+
+    def _as_text(self, value: Any, meta: dict[str, Any]) -> bytes | None:
+        """For an event that is already an error (``meta.error``) and that this codec cannot write:
+        its text (``repr``), written with its meta; None for other events (they go to ``err`` as they came)."""
+        if "error" not in meta:
+            return None
+        try:
+            text = safe_repr(value)
+            return self.codec.encode_with_meta(text, meta) if self.with_meta else self.codec.encode(text)
+        except Exception:
+            return None
 
     def postprocess(self, records: list[bytes]) -> tuple[list[bytes], list[tuple[int, str]]]:
         """The chunks to write, and the records a postprocessor raised on (index, reason): when the
