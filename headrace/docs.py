@@ -35,7 +35,7 @@ def _type_name(field: Any) -> str:
         return "size (`4096`, `64KiB`, `16MiB`)" + optional
     for noise in ("<class '", "'>", "NoneType"):
         text = text.replace(noise, "" if noise != "NoneType" else "None")
-    return text.replace("headrace.config.model.", "").replace("headrace.plugins.base.", "")
+    return text.replace("headrace.config.model.", "").replace("headrace.contract.units.", "").replace("headrace.contract.config.", "")
 
 
 def _default(field: Any) -> str:
@@ -68,7 +68,7 @@ WHERE = {"onramps": "the onramp's `config:`", "offramps": "the offramp's `config
 
 def _component(kind: str, name: str) -> Callable[[], str]:
     def render() -> str:
-        from headrace.plugins import registry
+        from headrace import registry
 
         cls = registry.load(kind, name)  # type: ignore[arg-type]
         what = KIND_TITLES[kind]
@@ -105,7 +105,7 @@ def _config() -> str:
                          ("an onramp (`onramps.<id>:`)", OnrampConfig), ("an offramp (`offramps.<id>:`)", OfframpConfig)):  # fmt: skip
         parts += [f"## {title}", "", model_table(model)]
     parts += ["## Components", ""]
-    from headrace.plugins import registry
+    from headrace import registry
 
     for kind in registry.KINDS:
         names = sorted(registry.BUILTINS[kind])
@@ -114,7 +114,7 @@ def _config() -> str:
 
 
 def _references() -> dict[str, Callable[[], str]]:
-    from headrace.plugins import registry
+    from headrace import registry
 
     refs: dict[str, Callable[[], str]] = {"reference/metrics.md": _metrics, "reference/config.md": _config}
     for kind in registry.KINDS:

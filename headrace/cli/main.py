@@ -59,7 +59,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from headrace.plugins import registry
+    from headrace import registry
 
     for kind in registry.KINDS:
         print(f"{kind}:")

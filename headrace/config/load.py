@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from headrace import registry
 from headrace.config.errors import ConfigError, ConfigIssue, Position
-from headrace.config.expr import ExpressionError
 from headrace.config.graph import ComponentSpec, Edge, Graph, ProcessorSpec
 from headrace.config.model import Config, OfframpConfig, OnrampConfig, ProcessorRef
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import ExpressionError
 
 PIPELINE_PORTS = ("in", "out", "err")
 

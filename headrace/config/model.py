@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from headrace.config.units import Duration, Size
+from headrace.contract.units import Duration, Size
 
 MAX_WORKERS = 1024  # one process each: far beyond any machine's cores, short of exhausting its memory
 

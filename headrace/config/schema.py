@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model
 
+from headrace import registry
 from headrace.config.model import Config, OfframpConfig, OnrampConfig, Strict
-from headrace.plugins import registry
 
 
 def _variants(kind: registry.Kind, base: type[Strict], key: str) -> list[Any]:

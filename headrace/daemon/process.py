@@ -411,8 +411,8 @@ class Daemon:
 
 def _needs_pool(graph: Graph) -> bool:
     """True when some stage would run on workers (imports stage modules, as the engine will)."""
-    from headrace.plugins import registry
-    from headrace.plugins.base import PluginContext
+    from headrace import registry
+    from headrace.contract.context import PluginContext
 
     for c in graph.of_kind("node"):
         op = registry.load("operators", c.plugin)(c.id, c.config, PluginContext(c.id, graph.base_dir))

@@ -13,7 +13,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-from headrace.runtime.acks import AckRef
+from headrace.contract.acks import AckRef
 
 
 class Batch:

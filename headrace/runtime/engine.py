@@ -21,17 +21,21 @@ from typing import Any, TypeVar
 
 import orjson
 
+from headrace import registry
 from headrace.config.graph import ComponentSpec, Graph
+from headrace.contract.codec import Codec
+from headrace.contract.context import PluginContext
+from headrace.contract.framing import Postprocessor, Preprocessor
+from headrace.contract.sink import Offramp
+from headrace.contract.source import Onramp
+from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics, Tally
-from headrace.plugins import registry
-from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext, Postprocessor, Preprocessor
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort, state_dir
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.plan import plan_chains
 from headrace.runtime.router import ComponentStats, Router
 from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
-from headrace.runtime.stage import Operator
 from headrace.runtime.starting import StartFailed, describe, start_all, start_one
 
 T = TypeVar("T")
@@ -128,10 +132,7 @@ class Engine:
         self.last_resort = LastResort(state_dir(graph.daemon, graph.base_dir))
 
     def context(self, cid: str, graph: Graph) -> PluginContext:
-        ctx = PluginContext(cid, graph.base_dir)
-        ctx.extra["request_stop"] = self.request_stop
-        ctx.extra["metrics"] = self.metrics
-        return ctx
+        return PluginContext(cid, graph.base_dir, metrics=self.metrics, request_stop=self.request_stop)
 
     def codec(self, name: str, graph: Graph | None = None) -> Codec:
         if name not in self.codecs:

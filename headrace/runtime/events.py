@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from headrace.plugins.base import Codec
-from headrace.runtime.acks import AckRef
+from headrace.contract.acks import AckRef
+from headrace.contract.codec import Codec
+from headrace.contract.stage import Ev
 from headrace.runtime.batch import Batch, unshare
-from headrace.runtime.stage import Ev
 
 
 def to_events(batch: Batch, codec: Codec | None) -> tuple[list[Ev], list[tuple[int, str]]]:
@@ -85,59 +85,3 @@ def decode_failures(batch: Batch, failures: list[tuple[int, str]], component: st
             r.pending += 1
     return Batch(payloads=out_payloads, values=values, metas=metas, ingest=[batch.ingest[i] for i, _ in failures],
                  acks=acks, codec="binary", origin=batch.origin, group=batch.group)  # fmt: skip
-
-
-def _complete(shares: list[tuple[AckRef, int]]) -> None:
-    for ref, n in shares:
-        ref.done(n)
-
-
-def _complete_failed(shares: list[tuple[AckRef, int]]) -> None:
-    for ref, n in shares:
-        ref.failed = True
-        ref.done(n)
-
-
-class MergedAck(AckRef):
-    """The ref of an event made from events a stage held (a batch, a window).
-
-    It carries the shares the stage kept for those events and completes them when it
-    completes itself: delivered, dropped, or failed (then they fail too). It starts
-    with one share, like the share an input batch holds for each of its events; the
-    chain runner releases it after routing the new event (``fresh`` until then).
-    """
-
-    __slots__ = ("fresh",)
-
-    def __init__(self, shares: list[tuple[AckRef, int]]) -> None:
-        super().__init__(1, shares, _complete, _complete_failed)
-        self.fresh = True
-
-
-class HeldAcks:
-    """The delivery shares a stage keeps for the events it holds past their batch.
-
-    Without them, the source would be acked as soon as the batch an event came in was
-    routed, while the event still waits in a window. ``hold(ev)`` for each event kept;
-    ``merge()`` for the event made of them.
-    """
-
-    __slots__ = ("_shares",)
-
-    def __init__(self) -> None:
-        self._shares: dict[int, tuple[AckRef, int]] = {}
-
-    def hold(self, ev: Ev | Any) -> None:
-        """Keep a share of ``ev.ack`` (``ev``: an event, or what a stage keeps of one with its ``ack``)."""
-        ref = ev.ack
-        if ref is None:
-            return
-        ref.pending += 1
-        held = self._shares.get(id(ref))
-        self._shares[id(ref)] = (ref, held[1] + 1 if held is not None else 1)
-
-    def merge(self) -> MergedAck:
-        """The ack for the event made of the held events; this holder is empty afterwards."""
-        ack = MergedAck(list(self._shares.values()))
-        self._shares = {}
-        return ack

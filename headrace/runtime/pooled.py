@@ -20,9 +20,10 @@ from collections.abc import Hashable
 from typing import Any
 
 from headrace.config.graph import Graph
+from headrace.contract.acks import done_each
+from headrace.contract.codec import Codec
+from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Codec
-from headrace.runtime.acks import done_each
 from headrace.runtime.batch import Batch, join, joinable
 from headrace.runtime.events import decode_failures
 from headrace.runtime.inbox import Inbox
@@ -30,7 +31,6 @@ from headrace.runtime.plan import Chain
 from headrace.runtime.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.router import Router
 from headrace.runtime.segment import UNCHANGED, NodeDef, Request, Response, SegmentSpec
-from headrace.runtime.stage import Operator
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3

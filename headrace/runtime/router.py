@@ -7,8 +7,8 @@ import logging
 import time
 from typing import Any
 
+from headrace.contract.acks import add_each, done_each, fail_each
 from headrace.metrics.defs import Metrics, Tally
-from headrace.runtime.acks import add_each, done_each, fail_each
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort

@@ -16,17 +16,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
+from headrace.contract.acks import AckRef, MergedAck, done_each
+from headrace.contract.backoff import Backoff
+from headrace.contract.codec import Codec
+from headrace.contract.framing import Postprocessor, Preprocessor
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.contract.source import Onramp
+from headrace.contract.stage import Emit, Ev, Operator
 from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Codec, Offramp, Onramp, PartialWrite, Postprocessor, Preprocessor, Rejections
-from headrace.runtime.acks import AckRef, done_each
-from headrace.runtime.backoff import Backoff
 from headrace.runtime.batch import Batch, join, joinable, take
-from headrace.runtime.events import MergedAck, decode_failures, from_events, to_events
+from headrace.runtime.events import decode_failures, from_events, to_events
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.stage import Emit, Ev, Operator
 from headrace.runtime.starting import StartFailed, describe, start_one
 
 log = logging.getLogger("headrace.runtime")
@@ -348,7 +351,7 @@ class ChainRunner:
     Stages that keep time get ``tick`` about every ``TICK_INTERVAL`` and, at the end of
     input, ``flush``; what they produce runs through the rest of the chain like a batch.
     A tick never interleaves with a batch (the lock), so stage state and output order
-    stay as if single-threaded. ``context.extra["downstream_full"]`` tells a stage
+    stay as if single-threaded. ``context.downstream_full`` tells a stage
     whether the inbox after the chain is full (``backpressure``).
     """
 
@@ -364,7 +367,7 @@ class ChainRunner:
         self.stats = {s.id: (stats_from or routers)[s.id].stats for s in stages}
         for s in stages:
             s.guard = guard
-            s.context.extra["downstream_full"] = self.downstream_full
+            s.context.downstream_full = self.downstream_full
         self.closes: list[Inbox] = []  # inboxes this runner may send to; closed at its end
         self.needs_values = any(s.needs_values for s in stages)
         self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]

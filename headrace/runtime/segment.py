@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headrace import registry
+from headrace.contract.codec import Codec, ViewLoader
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator
 from headrace.errors import safe_repr
-from headrace.plugins import registry
-from headrace.plugins.base import Codec, PluginContext, ViewLoader
 from headrace.runtime.batch import share_equal, unshare
-from headrace.runtime.stage import STAGE_ERRORS, Emit, Ev, Operator
 
 _LEN = struct.Struct("<I")
 UNCHANGED = -1
@@ -289,15 +290,12 @@ class FusedChain:
 
     @classmethod
     def build(cls, prog: SegmentProgram) -> FusedChain | None:
-        from headrace.plugins.operators.python import PythonOperator
-
-        fns = []
-        for st in prog.stages:
-            if type(st) is not PythonOperator or st.is_async or st.fn is None:
-                return None
-            fns.append((st.fn, st.cfg.readonly))
-        views = all(st.cfg.readonly and st.cfg.lazy for st in prog.stages)  # type: ignore[attr-defined]
-        return cls(prog, fns, views)
+        """The fused chain of ``prog`` when every stage offers a per-record function, else None."""
+        offers = [st.per_record() for st in prog.stages]
+        if any(o is None for o in offers):
+            return None
+        fns = [(o.fn, o.readonly) for o in offers if o is not None]
+        return cls(prog, fns, all(o.views for o in offers if o is not None))
 
     def emit(self, port: str, event: Any, meta: dict[str, Any] | None) -> None:
         """``headrace.emit()`` from inside one of the functions."""

@@ -27,8 +27,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
+from headrace.contract.backoff import Backoff
 from headrace.errors import describe_exception
-from headrace.runtime.backoff import Backoff
 from headrace.runtime.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
 from headrace.runtime.segment import Response, SegmentSpec, pack, unpack
 from headrace.runtime.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main

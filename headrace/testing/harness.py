@@ -23,12 +23,15 @@ from typing import Any
 
 import yaml
 
+from headrace import registry
 from headrace.config.graph import Graph
 from headrace.config.load import load_text
+from headrace.contract.acks import AckRef, done_each
+from headrace.contract.codec import Codec
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp
+from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
-from headrace.runtime.acks import AckRef, done_each
 from headrace.runtime.batch import Batch, take
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard

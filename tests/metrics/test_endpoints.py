@@ -16,7 +16,8 @@ from tests.support.kafka_broker import KafkaBroker
 GATED = '''
 import asyncio
 
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig
+from headrace.contract.config import PluginConfig
+from headrace.contract.source import Onramp, OnrampSink
 
 
 class GatedConfig(PluginConfig):

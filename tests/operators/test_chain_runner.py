@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
+from headrace import registry
+from headrace.contract.acks import AckRef, done_each
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Emit, Ev, Operator
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
 from headrace.runtime import runners
-from headrace.runtime.acks import AckRef, done_each
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.router import ComponentStats, Router
 from headrace.runtime.runners import ChainRunner
-from headrace.runtime.stage import Emit, Ev, Operator
 from tests.operators.support import AckLog
 
 

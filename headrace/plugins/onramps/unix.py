@@ -9,7 +9,7 @@ import stat
 
 from pydantic import Field
 
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
 from headrace.plugins.sockets import Handler, Meta, StreamOnramp, StreamOnrampConfig
 
 log = logging.getLogger("headrace.plugins.unix")
