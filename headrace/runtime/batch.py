@@ -131,7 +131,7 @@ def share_equal(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     hits = 0
     keys = _KEYS
     for k, m in enumerate(metas):
-        if (k == 16 and hits < 8) or (k == SHARE_PROBE and hits < SHARE_PROBE // 2):
+        if k == SHARE_PROBE and hits < SHARE_PROBE // 2:  # mostly distinct so far (per-event offsets): not worth it
             return metas
         try:
             entry = seen.get(items := tuple(m.items()))
