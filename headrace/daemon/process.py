@@ -63,7 +63,7 @@ class Daemon:
             return EX_CONFIG
         workers = worker_count(self.graph.daemon.workers)
         if workers > 0 and _needs_pool(self.graph):
-            from headrace.runtime.pool import WorkerPool
+            from headrace.runtime.workers.pool import WorkerPool
 
             # before the loop: the fork server is started from a quiet process
             self.pool = WorkerPool(workers, self.metrics, stage_timeout=self.graph.daemon.stage_timeout,
@@ -298,7 +298,7 @@ class Daemon:
             return self._reload_failed("reload failed; running the previous config", [describe(exc)])
         try:
             if self.pool is None and _needs_pool(new) and worker_count(new.daemon.workers) > 0:
-                from headrace.runtime.pool import WorkerPool
+                from headrace.runtime.workers.pool import WorkerPool
 
                 self.pool = WorkerPool(worker_count(new.daemon.workers), self.metrics, stage_timeout=new.daemon.stage_timeout,
                                        max_rss=new.daemon.worker_max_rss or 0)  # fmt: skip

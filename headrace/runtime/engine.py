@@ -32,10 +32,12 @@ from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics, Tally
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort, state_dir
+from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
-from headrace.runtime.plan import plan_chains
+from headrace.runtime.offramp import OfframpRunner
+from headrace.runtime.onramp import OnrampRunner
+from headrace.runtime.placement import plan_chains
 from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
 from headrace.runtime.starting import StartFailed, describe, start_all, start_one
 
 T = TypeVar("T")
@@ -213,7 +215,7 @@ class Engine:
             else:
                 stages = [operators[n] for n in ch.nodes]
                 if ch.on_workers and self.pool is not None:
-                    from headrace.runtime.pooled import PooledChainRunner
+                    from headrace.runtime.workers.segment import PooledChainRunner
 
                     runner = PooledChainRunner(ch, stages, inboxes[ch.id], self.routers, self.codecs, self.metrics, self.pool, g,
                                                segment_id=f"{ch.id}@{generation}")  # fmt: skip

@@ -34,9 +34,11 @@ from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, take
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
+from headrace.runtime.offramp import OfframpRunner
+from headrace.runtime.onramp import OnrampRunner
 from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
 from headrace.testing.cases import Case, Point
 
 UNBOUNDED = 2**62  # a test injects everything before the graph runs: no inbox may make it wait

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from headrace.plugins.operators.python import PythonOperator
-from headrace.runtime.segment import UNCHANGED, NodeDef, Request, Response, SegmentProgram, SegmentSpec
+from headrace.runtime.workers.program import NodeDef, SegmentProgram, SegmentSpec
+from headrace.runtime.workers.wire import UNCHANGED, Request, Response
 
 STAGES = '''
 import headrace

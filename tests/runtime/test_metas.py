@@ -19,7 +19,8 @@ import pytest
 
 from headrace.plugins.operators.python import PythonOperator
 from headrace.runtime.batch import share_equal, unshare
-from headrace.runtime.segment import NodeDef, Request, SegmentProgram, SegmentSpec
+from headrace.runtime.workers.program import NodeDef, SegmentProgram, SegmentSpec
+from headrace.runtime.workers.wire import Request
 
 
 class Level(enum.IntEnum):

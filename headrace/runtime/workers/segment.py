@@ -25,12 +25,13 @@ from headrace.contract.codec import Codec
 from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable
-from headrace.runtime.events import decode_failures
 from headrace.runtime.inbox import Inbox
-from headrace.runtime.plan import Chain
-from headrace.runtime.pool import JobFailed, WorkerCrashed, WorkerPool
+from headrace.runtime.placement import Chain
+from headrace.runtime.records import decode_failures
 from headrace.runtime.router import Router
-from headrace.runtime.segment import UNCHANGED, NodeDef, Request, Response, SegmentSpec
+from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
+from headrace.runtime.workers.program import NodeDef, SegmentSpec
+from headrace.runtime.workers.wire import UNCHANGED, Request, Response
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3

@@ -1,0 +1,281 @@
+"""The loop chain runner: a chain of stages run in the parent, on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from headrace.contract.acks import AckRef, MergedAck, done_each
+from headrace.contract.codec import Codec
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.metrics.defs import Metrics
+from headrace.runtime.batch import Batch, take
+from headrace.runtime.inbox import Inbox
+from headrace.runtime.loopguard import LoopGuard
+from headrace.runtime.records import decode_failures, from_events, to_events
+from headrace.runtime.router import Router
+
+log = logging.getLogger("headrace.runtime")
+
+Outputs = dict[tuple[str, str], list[Ev]]
+Produce = Callable[[Operator, Emit], list[Ev]]
+
+_I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
+SAMPLE_BYTES = 4096  # what the err port keeps of a record refused for its size
+COALESCE_BYTES = 4 << 20  # a joined offramp write holds at most about this much
+TICK_INTERVAL = 0.1  # seconds between ticks of stages that keep time (windows, batch timeouts)
+
+
+def _ignore(token: Any) -> None:
+    pass
+
+
+NO_ACK = AckRef(1, None, _ignore, _ignore)  # stands in for events of a source without acks next to ones that have them
+
+
+class _Refs:
+    """The ack refs of one pass through the chain, one share per index: the input batch's,
+    then those of events that stages made without an input (a tick, a flush, a batch or
+    window result), so that ``from_events`` and the final release treat them alike."""
+
+    __slots__ = ("n", "own", "refs")
+
+    def __init__(self, refs: list[AckRef] | None, n: int) -> None:
+        self.refs = refs
+        self.n = n
+        self.own = False
+
+    def adopt(self, evs: list[Ev], every: bool) -> None:
+        """Index new events: those with a fresh ``MergedAck`` (its first share is the index's),
+        and with ``every`` (what a tick or flush made) all others too, taking a share for each."""
+        for ev in evs:
+            ack = ev.ack
+            if isinstance(ack, MergedAck) and ack.fresh:
+                ack.fresh = False
+            elif not every:
+                continue
+            elif ack is None:
+                ack = ev.ack = NO_ACK
+            else:
+                ack.pending += 1
+            if not self.own:
+                self.refs = list(self.refs) if self.refs is not None else [NO_ACK] * self.n
+                self.own = True
+            assert self.refs is not None
+            ev.src = len(self.refs)
+            self.refs.append(ack)
+
+
+class ChainRunner:
+    """A chain of stages run in the parent: on the loop, timed by the loop guard.
+
+    Stages that keep time get ``tick`` about every ``TICK_INTERVAL`` and, at the end of
+    input, ``flush``; what they produce runs through the rest of the chain like a batch.
+    A tick never interleaves with a batch (the lock), so stage state and output order
+    stay as if single-threaded. ``context.downstream_full`` tells a stage
+    whether the inbox after the chain is full (``backpressure``).
+    """
+
+    def __init__(self, cid: str, stages: list[Operator], inbox: Inbox, routers: dict[str, Router],
+                 codecs: dict[str, Codec], guard: LoopGuard, metrics: Metrics, stats_from: dict[str, Router] | None = None) -> None:  # fmt: skip
+        self.cid = cid
+        self.stages = stages
+        self.inbox = inbox
+        self.routers = routers  # stage id (and onramp ids for decode errors) -> router
+        self.codecs = codecs
+        self.guard = guard
+        # ``stats_from``: the routers of a graph being built (``routers`` holds them only once it is in effect)
+        self.stats = {s.id: (stats_from or routers)[s.id].stats for s in stages}
+        for s in stages:
+            s.guard = guard
+            s.context.downstream_full = self.downstream_full
+        self.closes: list[Inbox] = []  # inboxes this runner may send to; closed at its end
+        self.needs_values = any(s.needs_values for s in stages)
+        self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]
+        self.holding = {k for k, s in enumerate(stages) if type(s).flush is not Operator.flush}
+        self.lock = asyncio.Lock()
+        self.set_up = False
+        self.template = Batch(ingest=[], origin=cid, group=cid)  # parent of what ticks and flushes produce
+
+    def downstream_full(self) -> bool:
+        """Whether an inbox that the chain's ``out`` feeds is full (its next send would wait)."""
+        return any(inbox.full() for inbox, _ in self.routers[self.stages[-1].id].targets.get("out", ()))
+
+    async def process(self, batch: Batch) -> None:
+        async with self.lock:
+            first = self.stages[0].id
+            self.stats[first].received.inc(len(batch))
+            self.stats[first].received_bytes.inc(batch.nbytes)
+            if len(self.stages) == 1 and batch.metas is not None:
+                t0 = time.perf_counter()
+                try:
+                    routed = self.stages[0].route_metas(batch.metas)
+                except Exception:  # the fast path failed: the general path below routes each event (or to err)
+                    log.exception("stage %s: route_metas failed; using process", first)
+                    routed = None
+                if routed is not None:
+                    self.guard.report(first, time.perf_counter() - t0)
+                    await self.emit_routed(batch, routed)
+                    return
+            codec = self.codecs.get(batch.codec or "") if batch.values is None and self.needs_values else None
+            evs, failures = to_events(batch, codec)
+            if failures:
+                self.routers[batch.origin].stats.error("decode", len(failures))
+                await self.routers[batch.origin].send("err", decode_failures(batch, failures, batch.origin))
+            outputs: Outputs = {}
+            refs = _Refs(batch.acks, len(batch))
+            await self.run_stages(0, evs, outputs, refs)
+            await self.emit_outputs(batch, outputs, codec is not None or batch.values is not None, refs.refs)
+
+    async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: _Refs, produce: Produce | None = None) -> None:
+        """Stages ``start..`` on ``cur``; with ``produce`` (a tick or flush), stage ``start`` makes its input itself."""
+        last = len(self.stages) - 1
+        for k in range(start, last + 1):
+            st = self.stages[k]
+
+            def emit(port: str, ev: Ev, _id: str = st.id) -> None:
+                outputs.setdefault((_id, port), []).append(ev)
+
+            making = produce is not None and k == start
+            holding = k in self.holding
+            if holding and refs.refs is not None:  # events a python stage made carry no ack yet: the one of their source
+                for ev in cur:
+                    if ev.ack is None:
+                        ev.ack = refs.refs[ev.src]
+            n_in = len(cur)
+            if k and not making:
+                self.stats[st.id].received.inc(n_in)
+            try:
+                if making:
+                    assert produce is not None
+                    t0 = time.perf_counter()
+                    cur = produce(st, emit)
+                    self.guard.report(st.id, time.perf_counter() - t0)
+                elif st.is_async:
+                    cur = await st.process_async(cur, emit)
+                else:
+                    t0 = time.perf_counter()
+                    cur = st.process(cur, emit)
+                    self.guard.report(st.id, time.perf_counter() - t0)
+            except Exception as exc:
+                log.exception("stage %s failed on a whole batch", st.id)
+                for ev in [] if making else cur:
+                    emit("err", ev.fail(st.id, exc))
+                cur = []
+            errs = len(outputs.get((st.id, "err"), ()))
+            if errs:
+                self.stats[st.id].error("stage_exception", errs)
+            if holding or making:
+                refs.adopt(cur, making)
+                for (sid, _), evs in outputs.items():
+                    if sid == st.id:
+                        refs.adopt(evs, making)
+            if not holding and not making:  # a holding stage's input is not lost when less comes out: it waits in the stage
+                produced = len(cur) + sum(len(v) for (sid, _), v in outputs.items() if sid == st.id)
+                gone = st.dropped if st.dropped is not None else n_in - produced
+                if gone > 0:
+                    self.stats[st.id].discard("dropped" if st.name == "python" else "filtered", gone)
+            if k < last:
+                self.stats[st.id].sent("out").inc(len(cur))
+            else:
+                outputs.setdefault((st.id, "out"), []).extend(cur)
+
+    async def produce(self, k: int, fn: Produce) -> None:
+        """Run what stage ``k`` produces on its own (tick, flush) through the rest of the chain."""
+        outputs: Outputs = {}
+        refs = _Refs(None, 0)
+        await self.run_stages(k, [], outputs, refs, fn)
+        await self.emit_outputs(self.template, outputs, True, refs.refs)
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            async with self.lock:
+                now = time.time_ns()  # wall clock, like ingest times
+
+                def tick(st: Operator, emit: Emit, now: int = now) -> list[Ev]:
+                    return st.tick(now, emit)
+
+                for k in self.ticking:
+                    try:
+                        await self.produce(k, tick)
+                    except Exception:
+                        log.exception("tick of %s failed", self.stages[k].id)
+
+    async def flush(self) -> None:
+        """End of input: each holding stage, in chain order, gives up what it holds."""
+        async with self.lock:
+            for k in sorted(self.holding):
+                await self.produce(k, lambda st, emit: st.flush(emit))
+
+    async def emit_routed(self, batch: Batch, routed: dict[str, list[int]]) -> None:
+        """Column slices per port: no per-event objects (the meta-only fast path)."""
+        sid = self.stages[0].id
+        n = len(batch)
+        refs = batch.acks
+        sends = []
+        for port, idx in routed.items():
+            if not idx:
+                continue
+            if len(idx) == n:
+                part = batch
+                if refs is not None:
+                    for r in refs:
+                        r.pending += 1
+            else:
+                part = Batch(
+                    payloads=take(batch.payloads, idx) if batch.payloads is not None else None,
+                    values=take(batch.values, idx) if batch.values is not None else None,
+                    metas=take(batch.metas, idx) if batch.metas is not None else None,
+                    ingest=take(batch.ingest, idx), acks=take(refs, idx) if refs is not None else None,
+                    codec=batch.codec, origin=batch.origin, group=batch.group,
+                )  # fmt: skip
+                if part.acks is not None:
+                    for r in part.acks:
+                        r.pending += 1
+            sends.append((port, part))
+        done_each(refs)
+        for port, part in sends:
+            await self.routers[sid].send(port, part)
+
+    async def emit_outputs(self, batch: Batch, outputs: Outputs, decoded: bool, refs: list[AckRef] | None) -> None:
+        out_batches = [(sid, port, from_events(evs, batch, refs, decoded)) for (sid, port), evs in outputs.items() if evs]
+        done_each(refs)  # every output added its own pending count above
+        for sid, port, b in out_batches:
+            await self.routers[sid].send(port, b)
+
+    async def start(self) -> None:
+        """Set up the stages (once, before the first batch); what ``setup`` raises fails the start."""
+        for st in self.stages:
+            st.setup()
+        self.set_up = True
+
+    async def run(self) -> None:
+        ticker: asyncio.Task[None] | None = None
+        try:
+            if not self.set_up:  # run without start (the engine starts first; tests may not)
+                await self.start()
+            if self.ticking:
+                ticker = asyncio.create_task(self.tick_forever(), name=f"headrace:tick:{self.cid}")
+            while (batch := await self.inbox.get()) is not None:
+                await self.process(batch)
+            if ticker is not None:
+                async with self.lock:  # not in the middle of a tick: cancelling loses nothing
+                    ticker.cancel()
+            await self.flush()
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            for st in self.stages:
+                try:
+                    st.teardown()
+                except Exception:
+                    log.exception("teardown of %s failed", st.id)
+            for inbox in self.closes:
+                inbox.close()
+
+
