@@ -37,8 +37,9 @@ from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.offramp import OfframpRunner
 from headrace.runtime.onramp import OnrampRunner
 from headrace.runtime.placement import plan_chains
-from headrace.runtime.router import ComponentStats, Router
+from headrace.runtime.router import Router
 from headrace.runtime.starting import StartFailed, describe, start_all, start_one
+from headrace.runtime.stats import ComponentStats
 
 T = TypeVar("T")
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
-from collections.abc import Callable
-from typing import Any
 
-from headrace.contract.acks import AckRef, MergedAck, done_each
+from headrace.contract.acks import AckRef, done_each
 from headrace.contract.codec import Codec
 from headrace.contract.stage import Emit, Ev, Operator
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, take
+from headrace.runtime.chain import ChainExecutor, Counts, Outputs, PassRefs, Produce, apply_counts
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.records import decode_failures, from_events, to_events
@@ -21,53 +19,7 @@ from headrace.runtime.router import Router
 
 log = logging.getLogger("headrace.runtime")
 
-Outputs = dict[tuple[str, str], list[Ev]]
-Produce = Callable[[Operator, Emit], list[Ev]]
-
-_I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
-SAMPLE_BYTES = 4096  # what the err port keeps of a record refused for its size
-COALESCE_BYTES = 4 << 20  # a joined offramp write holds at most about this much
 TICK_INTERVAL = 0.1  # seconds between ticks of stages that keep time (windows, batch timeouts)
-
-
-def _ignore(token: Any) -> None:
-    pass
-
-
-NO_ACK = AckRef(1, None, _ignore, _ignore)  # stands in for events of a source without acks next to ones that have them
-
-
-class _Refs:
-    """The ack refs of one pass through the chain, one share per index: the input batch's,
-    then those of events that stages made without an input (a tick, a flush, a batch or
-    window result), so that ``from_events`` and the final release treat them alike."""
-
-    __slots__ = ("n", "own", "refs")
-
-    def __init__(self, refs: list[AckRef] | None, n: int) -> None:
-        self.refs = refs
-        self.n = n
-        self.own = False
-
-    def adopt(self, evs: list[Ev], every: bool) -> None:
-        """Index new events: those with a fresh ``MergedAck`` (its first share is the index's),
-        and with ``every`` (what a tick or flush made) all others too, taking a share for each."""
-        for ev in evs:
-            ack = ev.ack
-            if isinstance(ack, MergedAck) and ack.fresh:
-                ack.fresh = False
-            elif not every:
-                continue
-            elif ack is None:
-                ack = ev.ack = NO_ACK
-            else:
-                ack.pending += 1
-            if not self.own:
-                self.refs = list(self.refs) if self.refs is not None else [NO_ACK] * self.n
-                self.own = True
-            assert self.refs is not None
-            ev.src = len(self.refs)
-            self.refs.append(ack)
 
 
 class ChainRunner:
@@ -96,7 +48,8 @@ class ChainRunner:
         self.closes: list[Inbox] = []  # inboxes this runner may send to; closed at its end
         self.needs_values = any(s.needs_values for s in stages)
         self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]
-        self.holding = {k for k, s in enumerate(stages) if type(s).flush is not Operator.flush}
+        self.executor = ChainExecutor(stages, guard.report)
+        self.holding = self.executor.holding
         self.lock = asyncio.Lock()
         self.set_up = False
         self.template = Batch(ingest=[], origin=cid, group=cid)  # parent of what ticks and flushes produce
@@ -127,67 +80,20 @@ class ChainRunner:
                 self.routers[batch.origin].stats.error("decode", len(failures))
                 await self.routers[batch.origin].send("err", decode_failures(batch, failures, batch.origin))
             outputs: Outputs = {}
-            refs = _Refs(batch.acks, len(batch))
+            refs = PassRefs(batch.acks, len(batch))
             await self.run_stages(0, evs, outputs, refs)
             await self.emit_outputs(batch, outputs, codec is not None or batch.values is not None, refs.refs)
 
-    async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: _Refs, produce: Produce | None = None) -> None:
+    async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: PassRefs, produce: Produce | None = None) -> None:
         """Stages ``start..`` on ``cur``; with ``produce`` (a tick or flush), stage ``start`` makes its input itself."""
-        last = len(self.stages) - 1
-        for k in range(start, last + 1):
-            st = self.stages[k]
-
-            def emit(port: str, ev: Ev, _id: str = st.id) -> None:
-                outputs.setdefault((_id, port), []).append(ev)
-
-            making = produce is not None and k == start
-            holding = k in self.holding
-            if holding and refs.refs is not None:  # events a python stage made carry no ack yet: the one of their source
-                for ev in cur:
-                    if ev.ack is None:
-                        ev.ack = refs.refs[ev.src]
-            n_in = len(cur)
-            if k and not making:
-                self.stats[st.id].received.inc(n_in)
-            try:
-                if making:
-                    assert produce is not None
-                    t0 = time.perf_counter()
-                    cur = produce(st, emit)
-                    self.guard.report(st.id, time.perf_counter() - t0)
-                elif st.is_async:
-                    cur = await st.process_async(cur, emit)
-                else:
-                    t0 = time.perf_counter()
-                    cur = st.process(cur, emit)
-                    self.guard.report(st.id, time.perf_counter() - t0)
-            except Exception as exc:
-                log.exception("stage %s failed on a whole batch", st.id)
-                for ev in [] if making else cur:
-                    emit("err", ev.fail(st.id, exc))
-                cur = []
-            errs = len(outputs.get((st.id, "err"), ()))
-            if errs:
-                self.stats[st.id].error("stage_exception", errs)
-            if holding or making:
-                refs.adopt(cur, making)
-                for (sid, _), evs in outputs.items():
-                    if sid == st.id:
-                        refs.adopt(evs, making)
-            if not holding and not making:  # a holding stage's input is not lost when less comes out: it waits in the stage
-                produced = len(cur) + sum(len(v) for (sid, _), v in outputs.items() if sid == st.id)
-                gone = st.dropped if st.dropped is not None else n_in - produced
-                if gone > 0:
-                    self.stats[st.id].discard("dropped" if st.name == "python" else "filtered", gone)
-            if k < last:
-                self.stats[st.id].sent("out").inc(len(cur))
-            else:
-                outputs.setdefault((st.id, "out"), []).extend(cur)
+        counts: Counts = {}
+        await self.executor.run_async(cur, outputs, counts, start, produce, refs)
+        apply_counts(self.stats, self.stages, counts)
 
     async def produce(self, k: int, fn: Produce) -> None:
         """Run what stage ``k`` produces on its own (tick, flush) through the rest of the chain."""
         outputs: Outputs = {}
-        refs = _Refs(None, 0)
+        refs = PassRefs(None, 0)
         await self.run_stages(k, [], outputs, refs, fn)
         await self.emit_outputs(self.template, outputs, True, refs.refs)
 

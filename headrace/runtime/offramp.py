@@ -18,7 +18,8 @@ from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.records import decode_failures
-from headrace.runtime.router import ComponentStats, Router
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
 
 log = logging.getLogger("headrace.runtime")
 

@@ -38,7 +38,8 @@ from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.offramp import OfframpRunner
 from headrace.runtime.onramp import OnrampRunner
-from headrace.runtime.router import ComponentStats, Router
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
 from headrace.testing.cases import Case, Point
 
 UNBOUNDED = 2**62  # a test injects everything before the graph runs: no inbox may make it wait

@@ -21,7 +21,8 @@ from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
-from headrace.runtime.router import ComponentStats, Router
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
 from tests.operators.support import AckLog
 
 

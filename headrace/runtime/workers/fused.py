@@ -10,16 +10,13 @@ from headrace.contract.codec import ViewLoader
 from headrace.contract.stage import STAGE_ERRORS, Ev
 from headrace.errors import safe_repr
 from headrace.runtime.batch import share_equal, unshare
+from headrace.runtime.chain import ChainExecutor, Counts, NodeCounts
 from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
 
 if TYPE_CHECKING:
     from headrace.runtime.workers.program import SegmentProgram
 
 
-def run_chain(stages: Any, evs: list[Ev]) -> Any:
-    from headrace.runtime.workers.program import run_chain as run
-
-    return run(stages, evs)
 
 
 class FusedChain:
@@ -33,7 +30,7 @@ class FusedChain:
     the same routes as in the batch-wise path, with the same counts.
     """
 
-    __slots__ = ("fns", "ids", "ingest", "meta", "outputs", "prog", "src", "stage", "viewers", "views")
+    __slots__ = ("fns", "ids", "ingest", "meta", "outputs", "prog", "rests", "src", "stage", "viewers", "views")
 
     def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool]], views: bool = False) -> None:
         self.prog = prog
@@ -46,6 +43,14 @@ class FusedChain:
         self.src = 0
         self.stage = 0
         self.ingest: array[int] = array("q")
+        self.rests: dict[int, ChainExecutor] = {}
+
+    def rest(self, k: int) -> ChainExecutor:
+        """The executor of stages ``k..`` (what a fan-out's items go through, batch-wise)."""
+        ex = self.rests.get(k)
+        if ex is None:
+            ex = self.rests[k] = ChainExecutor(self.prog.stages[k:])
+        return ex
 
     @classmethod
     def build(cls, prog: SegmentProgram) -> FusedChain | None:
@@ -180,16 +185,16 @@ class FusedChain:
                     continue
                 if isinstance(result, list):  # fan-out: the items continue through the rest, batch-wise
                     evs = [Ev(item, dict(meta), i, None, ingest[i]) for item in result]
-                    rest_out, rest_counts = run_chain(prog.stages[k + 1 :], evs) if k + 1 < nst else ({}, {})
+                    rest_out, rest_counts = self.rest(k + 1).run(evs) if k + 1 < nst else ({}, {})
                     last = ids[-1]
                     finals = rest_out.pop((last, "out"), []) if k + 1 < nst else evs
                     for key, extra in rest_out.items():
                         outputs.setdefault(key, []).extend(extra)
-                    for sid, (rcv, _sent, e, d) in rest_counts.items():
+                    for sid, c in rest_counts.items():
                         j = ids.index(sid)
-                        entered[j] += rcv
-                        errs[j] += e
-                        dropped[j] += d
+                        entered[j] += c.received
+                        errs[j] += c.errors
+                        dropped[j] += c.dropped
                     for ev in finals:
                         try:
                             data = encode(ev.value)
@@ -231,12 +236,9 @@ class FusedChain:
         ids = self.ids
         last = ids[-1]
         out_src, out_lens, out_metas = out
-        counts: dict[str, tuple[int, dict[str, int], int, int]] = {}
-        for k, sid in enumerate(ids):
-            sent = {port: len(evs) for (s, port), evs in outputs.items() if s == sid}
-            # the last node sent to out what reached the encoder (an unencodable event goes on to err from there)
-            sent["out"] = sent.get("out", 0) + (entered[k + 1] if k + 1 < len(ids) else len(out_src) + len(unencodable))
-            counts[sid] = (entered[k], sent, errs[k], dropped[k])
+        counts: Counts = {}
+        for k, sid in enumerate(ids):  # a node sent to out what entered the next one (the last one's out: counted by its router)
+            counts[sid] = NodeCounts(entered[k], entered[k + 1] if k + 1 < len(ids) else 0, errs[k], dropped[k])
         outs: list[Output] = []
         if out_lens is None:  # the whole job passed through untouched
             outs.append(Output(last, "out", b"", b"", out_metas, req.codec, 0, identity=True))

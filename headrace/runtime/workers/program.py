@@ -12,9 +12,10 @@ from typing import Any
 from headrace import registry
 from headrace.contract.codec import Codec
 from headrace.contract.context import PluginContext
-from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator
+from headrace.contract.stage import STAGE_ERRORS, Ev, Operator
 from headrace.errors import safe_repr
 from headrace.runtime.batch import share_equal, unshare
+from headrace.runtime.chain import ChainExecutor, Counts, Outputs
 from headrace.runtime.workers.fused import FusedChain
 from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
 
@@ -58,6 +59,7 @@ class SegmentProgram:
         for st in self.stages:
             st.setup()
         self.fused = FusedChain.build(self)
+        self.executor = ChainExecutor(self.stages)
 
     def teardown(self) -> None:
         for st in self.stages:
@@ -96,10 +98,10 @@ class SegmentProgram:
                     failures.append((i, codec.reason(exc)))
                     continue
                 append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i]))  # type: ignore[arg-type]
-        outputs, counts = run_chain(self.stages, evs)
+        outputs, counts = self.executor.run(evs)
         return self.encode(req, outputs, counts, failures, t0)
 
-    def encode(self, req: Request, outputs: dict[tuple[str, str], list[Ev]], counts: Any, failures: list[tuple[int, str]], t0: int) -> Response:
+    def encode(self, req: Request, outputs: Outputs, counts: Counts, failures: list[tuple[int, str]], t0: int) -> Response:
         parts: list[bytes] = []
         outs: list[Output] = []
         unencodable: dict[str, list[Ev]] = {}
@@ -149,52 +151,3 @@ class SegmentProgram:
             del unencodable[node]
             add(node, "err", evs, "binary")
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
-
-
-class ChainRun:
-    """Collects what a chain of stages emits, and counts per node (shared by loop and worker)."""
-
-    def __init__(self) -> None:
-        self.outputs: dict[tuple[str, str], list[Ev]] = {}
-        self.counts: dict[str, tuple[int, dict[str, int], int, int]] = {}
-        self._before: dict[tuple[str, str], int] = {}
-
-    def emitter(self, st: Operator) -> Emit:
-        outputs = self.outputs
-        sid = st.id
-        self._before = {key: len(v) for key, v in outputs.items() if key[0] == sid}
-
-        def emit(port: str, ev: Ev) -> None:
-            outputs.setdefault((sid, port), []).append(ev)
-
-        return emit
-
-    def fail_all(self, st: Operator, evs: list[Ev], exc: BaseException) -> list[Ev]:
-        err = self.outputs.setdefault((st.id, "err"), [])
-        err.extend(ev.fail(st.id, exc) for ev in evs)
-        return []
-
-    def done(self, st: Operator, n_in: int, cur: list[Ev], last: bool) -> None:
-        sid = st.id
-        sent = {port: len(v) - self._before.get((s, port), 0) for (s, port), v in self.outputs.items() if s == sid}
-        sent["out"] = sent.get("out", 0) + len(cur)
-        dropped = st.dropped if st.dropped is not None else max(n_in - sum(sent.values()), 0)
-        self.counts[sid] = (n_in, sent, sent.get("err", 0), dropped)
-        if last:
-            self.outputs.setdefault((sid, "out"), []).extend(cur)
-
-
-def run_chain(stages: list[Operator], evs: list[Ev]) -> tuple[dict[tuple[str, str], list[Ev]], dict[str, tuple[int, dict[str, int], int, int]]]:
-    """Run ``evs`` through a chain of synchronous stages; events per exit (node, port) and counts."""
-    run = ChainRun()
-    cur = evs
-    last = len(stages) - 1
-    for k, st in enumerate(stages):
-        emit = run.emitter(st)
-        n_in = len(cur)
-        try:
-            cur = st.process(cur, emit)
-        except STAGE_ERRORS as exc:
-            cur = run.fail_all(st, cur, exc)
-        run.done(st, n_in, cur, k == last)
-    return run.outputs, run.counts

@@ -25,6 +25,7 @@ from headrace.contract.codec import Codec
 from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable
+from headrace.runtime.chain import apply_counts
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.placement import Chain
 from headrace.runtime.records import decode_failures
@@ -226,20 +227,7 @@ class PooledChainRunner:
             blob = res.blob
             for out in res.outputs:
                 sends.append((out.node, out.port, self.rebuild(chunk, out, blob)))
-            for k, st in enumerate(self.stages):
-                c = res.counts.get(st.id)
-                if c is None:
-                    continue
-                received, sent, errors, dropped = c
-                stats = self.routers[st.id].stats
-                if k:
-                    stats.received.inc(received)
-                if k < len(self.stages) - 1 and sent.get("out"):
-                    stats.sent("out").inc(sent["out"])
-                if errors:
-                    stats.error("stage_exception", errors)
-                if dropped:
-                    stats.discard("dropped" if st.name == "python" else "filtered", dropped)
+            apply_counts({st.id: self.routers[st.id].stats for st in self.stages}, self.stages, res.counts)
         done_each(refs)
         for node, port, b in sends:
             await self.routers[node].send(port, b)

@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from headrace.runtime.chain import Counts
+
 _LEN = struct.Struct("<I")
 UNCHANGED = -1
 
@@ -48,7 +50,7 @@ class Response:
     cpu_ns: int
     outputs: list[Output]
     failures: list[tuple[int, str]]  # decode failures: input index, reason
-    counts: dict[str, tuple[int, dict[str, int], int, int]]  # node -> received, sent per port, errors, dropped
+    counts: Counts  # per node: what it did with this job
     blob: bytes | memoryview = b""
     fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
     recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
