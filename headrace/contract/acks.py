@@ -24,6 +24,10 @@ class AckRef:
         self._ack = ack
         self._fail = fail
 
+    def take_share(self, n: int = 1) -> None:
+        """``n`` more deliveries are owed (a copy of the event goes somewhere else too)."""
+        self.pending += n
+
     def done(self, n: int = 1) -> None:
         self.pending -= n
         if self.pending == 0:
@@ -31,6 +35,7 @@ class AckRef:
 
 
 def add_each(refs: list[AckRef] | None, n: int) -> None:
+    """Each ref owes ``n`` more deliveries (a batch of its events goes to ``n`` more places)."""
     if refs is not None and n:
         for r in refs:
             r.pending += n

@@ -85,7 +85,7 @@ class PassRefs:
             elif ack is None:
                 ack = ev.ack = NO_ACK
             else:
-                ack.pending += 1
+                ack.take_share()
             if not self.own:
                 self.refs = list(self.refs) if self.refs is not None else [NO_ACK] * self.n
                 self.own = True

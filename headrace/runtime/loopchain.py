@@ -10,11 +10,11 @@ from headrace.contract.acks import AckRef, done_each
 from headrace.contract.codec import Codec
 from headrace.contract.stage import Emit, Ev, Operator
 from headrace.metrics.defs import Metrics
-from headrace.runtime.batch import Batch, take
+from headrace.runtime.batch import Batch
 from headrace.runtime.chain import ChainExecutor, Counts, Outputs, PassRefs, Produce, apply_counts
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
-from headrace.runtime.records import decode_failures, from_events, to_events
+from headrace.runtime.records import to_events
 from headrace.runtime.router import Router
 
 log = logging.getLogger("headrace.runtime")
@@ -52,7 +52,7 @@ class ChainRunner:
         self.holding = self.executor.holding
         self.lock = asyncio.Lock()
         self.set_up = False
-        self.template = Batch(ingest=[], origin=cid, group=cid)  # parent of what ticks and flushes produce
+        self.template = Batch.empty(cid, cid)  # parent of what ticks and flushes produce
 
     def downstream_full(self) -> bool:
         """Whether an inbox that the chain's ``out`` feeds is full (its next send would wait)."""
@@ -78,7 +78,7 @@ class ChainRunner:
             evs, failures = to_events(batch, codec)
             if failures:
                 self.routers[batch.origin].stats.error("decode", len(failures))
-                await self.routers[batch.origin].send("err", decode_failures(batch, failures, batch.origin))
+                await self.routers[batch.origin].send("err", batch.failed(failures, batch.origin, "DecodeError", as_text=True))
             outputs: Outputs = {}
             refs = PassRefs(batch.acks, len(batch))
             await self.run_stages(0, evs, outputs, refs)
@@ -121,35 +121,13 @@ class ChainRunner:
     async def emit_routed(self, batch: Batch, routed: dict[str, list[int]]) -> None:
         """Column slices per port: no per-event objects (the meta-only fast path)."""
         sid = self.stages[0].id
-        n = len(batch)
-        refs = batch.acks
-        sends = []
-        for port, idx in routed.items():
-            if not idx:
-                continue
-            if len(idx) == n:
-                part = batch
-                if refs is not None:
-                    for r in refs:
-                        r.pending += 1
-            else:
-                part = Batch(
-                    payloads=take(batch.payloads, idx) if batch.payloads is not None else None,
-                    values=take(batch.values, idx) if batch.values is not None else None,
-                    metas=take(batch.metas, idx) if batch.metas is not None else None,
-                    ingest=take(batch.ingest, idx), acks=take(refs, idx) if refs is not None else None,
-                    codec=batch.codec, origin=batch.origin, group=batch.group,
-                )  # fmt: skip
-                if part.acks is not None:
-                    for r in part.acks:
-                        r.pending += 1
-            sends.append((port, part))
-        done_each(refs)
+        sends = [(port, batch.select(idx, share=True)) for port, idx in routed.items() if idx]
+        done_each(batch.acks)  # each part took its own shares
         for port, part in sends:
             await self.routers[sid].send(port, part)
 
     async def emit_outputs(self, batch: Batch, outputs: Outputs, decoded: bool, refs: list[AckRef] | None) -> None:
-        out_batches = [(sid, port, from_events(evs, batch, refs, decoded)) for (sid, port), evs in outputs.items() if evs]
+        out_batches = [(sid, port, Batch.of_events(evs, batch, refs, decoded)) for (sid, port), evs in outputs.items() if evs]
         done_each(refs)  # every output added its own pending count above
         for sid, port, b in out_batches:
             await self.routers[sid].send(port, b)

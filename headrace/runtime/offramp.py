@@ -15,9 +15,8 @@ from headrace.contract.framing import Postprocessor
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
-from headrace.runtime.batch import Batch, join, joinable
+from headrace.runtime.batch import Batch, join, joinable, take
 from headrace.runtime.inbox import Inbox
-from headrace.runtime.records import decode_failures
 from headrace.runtime.router import Router
 from headrace.runtime.stats import ComponentStats
 
@@ -160,53 +159,33 @@ class OfframpRunner:
         if not bad:
             return batch
         self.routers[batch.origin].stats.error("decode", len(bad))
-        await self.routers[batch.origin].send("err", decode_failures(batch, bad, batch.origin))
-        if batch.acks is not None:
-            for i, _ in bad:
-                batch.acks[i].done()
-        keep = sorted(set(range(len(batch))) - {i for i, _ in bad})
-        payloads = batch.payloads or []
-        return Batch(
-            payloads=[payloads[i] for i in keep], metas=[batch.meta(i) for i in keep] if batch.metas else None,
-            ingest=[batch.ingest[i] for i in keep], acks=[batch.acks[i] for i in keep] if batch.acks is not None else None,
-            codec=batch.codec, origin=batch.origin, group=batch.group,
-        )  # fmt: skip
+        err = batch.failed(bad, batch.origin, "DecodeError", as_text=True)
+        done_each(err.acks)  # the err batch took its own shares
+        await self.routers[batch.origin].send("err", err)
+        refused = {i for i, _ in bad}
+        return batch.select([i for i in range(len(batch)) if i not in refused])
 
     def _take(self, batch: Batch, records: list[bytes], idx: list[int]) -> tuple[Batch, list[bytes]]:
-        """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records."""
-        part = [records[i] for i in idx]
-        return Batch(payloads=part, metas=[batch.meta(i) for i in idx], ingest=[batch.ingest[i] for i in idx],  # type: ignore[arg-type]
-                     acks=[batch.acks[i] for i in idx] if batch.acks is not None else None, codec=self.spec.codec,
-                     origin=batch.origin, group=batch.group), part  # fmt: skip
+        """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records; no new shares."""
+        part = take(records, idx)
+        metas = take(batch.metas, idx) if batch.metas is not None else None
+        return batch.remade(idx, part, metas, self.spec.codec, share=False), part
 
     async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False) -> tuple[Batch, list[bytes]]:
         """Send records the offramp refused for good to its err port; returns the others.
 
         ``unencoded``: the events could not be encoded: they leave as they came (their value,
-        or their bytes in the codec they came in), so that a dead letter gets the event itself.
+        or their bytes in the codec they came in), so that a dead letter gets the event itself;
+        else they were refused by the peer: valid records in this offramp's codec.
         """
         bad = dict(rejected)
         self.stats.error("rejected", len(bad))
-        idx = sorted(bad)  # payloads, metas and acks all in this one order
-        metas = []
-        for i in idx:
-            m = dict(batch.meta(i))
-            m["error"] = {"stage": self.spec.id, "type": "Rejected", "message": bad[i]}
-            metas.append(m)
-        acks = [batch.acks[i] for i in idx] if batch.acks is not None else None
+        reasons = [(i, bad[i]) for i in sorted(bad)]
         if unencoded:
-            err = Batch(payloads=[batch.payloads[i] for i in idx] if batch.payloads is not None else None,
-                        values=[batch.values[i] for i in idx] if batch.values is not None else None, metas=metas,
-                        ingest=[batch.ingest[i] for i in idx], acks=acks, codec=batch.codec, origin=batch.origin, group=batch.group)  # fmt: skip
-        else:  # refused by the peer: valid records in this offramp's codec
-            err = Batch(payloads=[records[i] for i in idx], metas=metas, ingest=[batch.ingest[i] for i in idx], acks=acks,
-                        codec=self.spec.codec, origin=batch.origin, group=batch.group)  # fmt: skip
-        if err.acks is not None:
-            for r in err.acks:
-                r.pending += 1
-        if batch.acks is not None:
-            for i in idx:
-                batch.acks[i].done()
+            err = batch.failed(reasons, self.spec.id, "Rejected")
+        else:
+            err = batch.failed(reasons, self.spec.id, "Rejected", payloads=[records[i] for i, _ in reasons], codec=self.spec.codec)
+        done_each(err.acks)  # the err batch took its own shares
         rest = self._take(batch, records, [i for i in range(len(batch)) if i not in bad])
         assert self.router is not None
         await self.router.send("err", err)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import struct
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
-from headrace.contract.acks import AckRef
+from headrace.contract.acks import AckRef, done_each
 from headrace.contract.backoff import Backoff
 from headrace.contract.framing import Preprocessor
 from headrace.contract.source import Onramp
@@ -139,17 +138,8 @@ class OnrampRunner:
             await self._send(part, [dict(meta) for _ in part] if meta else None, None, None)
 
     async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None:
-        now = time.time_ns()
-        metas = []
-        for _, reason in rejected:
-            m = dict(meta or {})
-            m["error"] = {"stage": self.spec.id, "type": "FramingError", "message": reason}
-            metas.append(m)
         self.stats.error("framing", len(rejected))
-        await self.router.send("err", Batch(
-            payloads=[r for r, _ in rejected], values=[r.decode("utf-8", "backslashreplace") for r, _ in rejected],
-            metas=metas, ingest=[now] * len(rejected), codec="binary", origin=self.spec.id, group=self.group,
-        ))  # fmt: skip
+        await self.router.send("err", Batch.rejected(rejected, self.spec.id, "FramingError", meta, origin=self.spec.id, group=self.group))
 
     async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
                       refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
@@ -161,48 +151,34 @@ class OnrampRunner:
         """
         nbytes = sum(map(len, wire[1])) if wire is not None else sum(map(len, payloads))
         self.stats.received_bytes.inc(nbytes)
-        if not refused:
-            await self._send(payloads, metas, ack, group, nbytes, wire)
+        if not payloads:
             return
-        n = len(payloads)
-        ref = AckRef(n, ack, self.plugin.ack, self.plugin.fail) if ack is not None else None
-        keep = [i for i in range(n) if i not in refused]
+        batch = self._batch(payloads, metas, ack, group, nbytes, wire if not refused else None)
+        self.stats.received.inc(len(batch))
+        if not refused:
+            await self.router.send("out", batch)
+            return
         bad = sorted(refused)
-        err_metas = []
-        for i in bad:
-            m = dict(metas[i]) if metas is not None else {}
-            m["error"] = {"stage": self.spec.id, "type": "RecordTooLarge", "message": refused[i]}
-            err_metas.append(m)
-        self.stats.received.inc(n)
         self.stats.error("framing", len(bad))
-        now = time.time_ns()
-        samples: list[bytes | None] = [payloads[i][:SAMPLE_BYTES] for i in bad]
-        await self.router.send("err", Batch(
-            payloads=samples, values=[payloads[i][:SAMPLE_BYTES].decode("utf-8", "backslashreplace") for i in bad], metas=err_metas, ingest=[now] * len(bad),
-            acks=[ref] * len(bad) if ref is not None else None, codec="binary", origin=self.spec.id, group=self.group,
-        ))  # fmt: skip
+        err = batch.failed([(i, refused[i]) for i in bad], self.spec.id, "RecordTooLarge", as_text=True, sample=SAMPLE_BYTES)
+        done_each(err.acks)  # the err batch took its own shares: the source batch's go
+        await self.router.send("err", err)
+        keep = [i for i in range(len(batch)) if i not in refused]
         if keep:
-            await self.router.send("out", Batch(
-                payloads=[payloads[i] for i in keep], metas=[metas[i] for i in keep] if metas is not None else None,
-                ingest=[now] * len(keep), acks=[ref] * len(keep) if ref is not None else None, codec=self.codec, origin=self.spec.id,
-                group=(self.group, group) if group is not None else self.group, unchecked=True,
-            ))  # fmt: skip
+            await self.router.send("out", batch.select(keep))
+
+    def _batch(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
+               wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> Batch:  # fmt: skip
+        ref = AckRef(len(payloads), ack, self.plugin.ack, self.plugin.fail) if ack is not None else None
+        return Batch.source(payloads, codec=self.codec, origin=self.spec.id, group=(self.group, group) if group is not None else self.group,
+                            ack=ref, metas=metas, nbytes=nbytes, wire=wire)  # fmt: skip
 
     async def _send(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
                     wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
-        n = len(payloads)
-        if not n:
+        if not payloads:
             return
-        acks = None
-        if ack is not None:
-            ref = AckRef(n, ack, self.plugin.ack, self.plugin.fail)
-            acks = [ref] * n
-        now = time.time_ns()
-        batch = Batch(payloads=payloads, metas=metas, ingest=[now] * n, ingest_wire=_I64.pack(now) * n, acks=acks, codec=self.codec,  # type: ignore[arg-type]
-                      nbytes=nbytes,
-                      origin=self.spec.id, group=(self.group, group) if group is not None else self.group, unchecked=True,
-                      wire=wire)  # fmt: skip
-        self.stats.received.inc(n)
+        batch = self._batch(payloads, metas, ack, group, nbytes, wire)
+        self.stats.received.inc(len(batch))
         await self.router.send("out", batch)
 
     async def _source(self) -> None:
@@ -284,5 +260,4 @@ class OnrampRunner:
             self.task.cancel()
 
 
-_I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
 SAMPLE_BYTES = 4096  # what the err port keeps of a record refused for its size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -53,7 +52,7 @@ class Router:
             if inbox.retired:  # a reload replaced it while this send waited on an earlier target
                 skipped += 1
                 continue
-            await inbox.put(batch if first or not is_node else _copy(batch))
+            await inbox.put(batch if first or not is_node else batch.fanout_copy())
             first = False
         if skipped:
             await self._redirect(port, batch, targets, skipped, first)
@@ -76,7 +75,7 @@ class Router:
         if shares > len(new):
             self.stats.discard("removed_by_reload", (shares - len(new)) * len(batch))
         for inbox, is_node in new:
-            await inbox.put(batch if first or not is_node else _copy(batch))
+            await inbox.put(batch if first or not is_node else batch.fanout_copy())
             first = False
 
     def _unlinked_err(self, batch: Batch) -> None:
@@ -107,12 +106,3 @@ class Router:
             "%d event(s) on unlinked err port of %s%s; first: %s: %s (link '%s/err' to an offramp to handle them)",
             len(batch), self.stats.cid, fate, err.get("type", "?"), err.get("message", "?"), self.stats.cid,
         )  # fmt: skip
-
-
-def _copy(batch: Batch) -> Batch:
-    """Fan-out to a second node: it may mutate decoded values and metas, so it gets its own."""
-    return Batch(
-        payloads=batch.payloads, values=copy.deepcopy(batch.values) if batch.values is not None else None,
-        metas=[dict(m) for m in batch.metas] if batch.metas is not None else None, ingest=batch.ingest,
-        acks=batch.acks, codec=batch.codec, nbytes=batch.nbytes, origin=batch.origin, group=batch.group,
-    )  # fmt: skip

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +31,7 @@ from headrace.contract.context import PluginContext
 from headrace.contract.sink import Offramp
 from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
-from headrace.runtime.batch import Batch, take
+from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
@@ -94,11 +93,7 @@ class CaptureInbox(Inbox):
         await encoder.reject(batch, records, bad, unencoded=True)  # to the offramp's err port, as in run
         refused = {i for i, _ in bad}
         keep = [i for i in range(len(batch)) if i not in refused]
-        return Batch(payloads=take(batch.payloads, keep) if batch.payloads is not None else None,
-                     values=take(batch.values, keep) if batch.values is not None else None,
-                     metas=take(batch.metas, keep) if batch.metas is not None else None, ingest=take(batch.ingest, keep),
-                     acks=take(batch.acks, keep) if batch.acks is not None else None, codec=batch.codec, origin=batch.origin,
-                     group=batch.group)  # fmt: skip
+        return batch.select(keep)
 
 
 class TapRouter(Router):
@@ -246,8 +241,7 @@ class IsolatedGraph:
     def _batch(self, values: list[Any], meta: dict[str, Any], origin: str, token: int) -> Batch:
         n = len(values)
         ref = AckRef(n, token, self.source.ack, self.source.fail) if n else None
-        return Batch(values=copy.deepcopy(values), metas=[copy.deepcopy(meta) for _ in values], ingest=[time.time_ns()] * n,
-                     acks=[ref] * n if ref is not None else None, codec="json", origin=origin, group=origin)  # fmt: skip
+        return Batch.decoded(copy.deepcopy(values), [copy.deepcopy(meta) for _ in values], codec="json", origin=origin, group=origin, ack=ref)
 
     async def _inject(self) -> set[int]:
         """Put every injection in, in order; returns the tokens that must be acked."""

@@ -283,7 +283,7 @@ class WindowOperator(Operator):
         group, items, since = entry
         ev_ack = ev.ack
         if ev_ack is not None:
-            ev_ack.pending += 1  # the share this event keeps while it is among the last `size`
+            ev_ack.take_share()  # the share this event keeps while it is among the last `size`
         items.append((Held(ev), values))
         self.bytes += ENTRY_BYTES
         if len(items) > (self.cfg.size or 0):

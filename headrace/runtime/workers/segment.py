@@ -28,7 +28,6 @@ from headrace.runtime.batch import Batch, join, joinable
 from headrace.runtime.chain import apply_counts
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.placement import Chain
-from headrace.runtime.records import decode_failures
 from headrace.runtime.router import Router
 from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
@@ -65,17 +64,6 @@ def exit_codecs(chain: Chain, stages: list[Operator], graph: Graph) -> dict[tupl
             all_off = targets and all(t.kind == "offramp" for t in targets)
             exits[(st.id, port)] = codecs.pop() if all_off and len(codecs) == 1 else None
     return exits
-
-
-def slice_batch(b: Batch, start: int, stop: int) -> Batch:
-    return Batch(
-        payloads=b.payloads[start:stop] if b.payloads is not None else None,
-        values=b.values[start:stop] if b.values is not None else None,
-        metas=b.metas[start:stop] if b.metas is not None else None,
-        ingest=b.ingest[start:stop], acks=b.acks[start:stop] if b.acks is not None else None,
-        ingest_wire=b.ingest_wire[start * 8 : stop * 8] if b.ingest_wire is not None else None,
-        codec=b.codec, origin=b.origin, group=b.group,
-    )  # fmt: skip
 
 
 class PooledChainRunner:
@@ -126,7 +114,7 @@ class PooledChainRunner:
             n = len(batch)
             size = self.chunk_size(n)
             for start in range(0, n, size):
-                chunk = batch if size >= n else slice_batch(batch, start, start + size)
+                chunk = batch if size >= n else batch.slice(start, start + size)
                 await self.slots.acquire()
                 group = batch.group
                 if batch.origin in self.unordered:
@@ -172,7 +160,7 @@ class PooledChainRunner:
             n = len(chunk)
             if n > 1:
                 mid = n // 2
-                a, b = await asyncio.gather(self.run_job(slice_batch(chunk, 0, mid), 0), self.run_job(slice_batch(chunk, mid, n), 0))
+                a, b = await asyncio.gather(self.run_job(chunk.slice(0, mid), 0), self.run_job(chunk.slice(mid, n), 0))
                 return a + b
             if isinstance(exc, JobFailed):  # the same every time: no retry
                 log.error("a record fails its worker segment; sending it to err: %s", exc)
@@ -209,21 +197,12 @@ class PooledChainRunner:
         refs = chunk.acks
         sends: list[tuple[str, str, Batch]] = []
         if isinstance(res, Poisoned):
-            metas = []
-            for i in range(len(chunk)):
-                m = dict(chunk.meta(i))
-                m["error"] = {"stage": self.chain.id, "type": res.kind, "message": res.cause}
-                metas.append(m)
-            if refs is not None:
-                for r in refs:
-                    r.pending += 1
             r0.error("worker_crash" if res.kind == "WorkerCrashed" else "stage_exception", len(chunk))
-            sends.append((first, "err", Batch(payloads=chunk.payloads, values=chunk.values, metas=metas, ingest=chunk.ingest,
-                                              acks=refs, codec=chunk.codec, origin=chunk.origin, group=chunk.group)))  # fmt: skip
+            sends.append((first, "err", chunk.failed([(i, res.cause) for i in range(len(chunk))], self.chain.id, res.kind)))
         else:
             if res.failures:
                 self.routers[chunk.origin].stats.error("decode", len(res.failures))
-                sends.append((chunk.origin, "err", decode_failures(chunk, res.failures, chunk.origin)))
+                sends.append((chunk.origin, "err", chunk.failed(res.failures, chunk.origin, "DecodeError", as_text=True)))
             blob = res.blob
             for out in res.outputs:
                 sends.append((out.node, out.port, self.rebuild(chunk, out, blob)))
@@ -234,10 +213,10 @@ class PooledChainRunner:
 
     @staticmethod
     def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes) -> Batch:
+        """The events of one output of a worker's answer, as a batch (the original bytes where unchanged)."""
         if out.identity and out.codec == chunk.codec and chunk.payloads is not None:
             # every input, in order, untouched: the original bytes as they are
-            return Batch(payloads=chunk.payloads, metas=out.metas, ingest=chunk.ingest, acks=_count(chunk.acks), codec=out.codec,
-                         nbytes=chunk.nbytes, origin=chunk.origin, group=chunk.group, wire=chunk.wire, ingest_wire=chunk.ingest_wire)  # fmt: skip
+            return chunk.remade(None, chunk.payloads, out.metas, out.codec, nbytes=chunk.nbytes)
         src = array("I")
         src.frombytes(out.src)
         lens = array("i")
@@ -246,8 +225,7 @@ class PooledChainRunner:
         n = len(src)
         if orig is not None and n == len(chunk) and out.codec == chunk.codec and lens.count(UNCHANGED) == n and src == array("I", range(n)):
             # untouched, in order: the original bytes as they are
-            return Batch(payloads=orig, metas=out.metas, ingest=chunk.ingest, acks=_count(chunk.acks), codec=out.codec,
-                         nbytes=chunk.nbytes, origin=chunk.origin, group=chunk.group)  # fmt: skip
+            return chunk.remade(None, orig, out.metas, out.codec, nbytes=chunk.nbytes)
         payloads: list[bytes | None] = []
         pos = out.start
         mv = memoryview(blob)
@@ -257,17 +235,7 @@ class PooledChainRunner:
             else:
                 payloads.append(bytes(mv[pos : pos + ln]))
                 pos += ln
-        acks = _count([chunk.acks[i] for i in src]) if chunk.acks is not None else None
-        ingest = chunk.ingest
-        return Batch(payloads=payloads, metas=out.metas, ingest=[ingest[i] for i in src], acks=acks, codec=out.codec,
-                     origin=chunk.origin, group=chunk.group)  # fmt: skip
-
-
-def _count(acks: list[Any] | None) -> list[Any] | None:
-    if acks is not None:
-        for r in acks:
-            r.pending += 1
-    return acks
+        return chunk.remade(src.tolist(), payloads, out.metas, out.codec)
 
 
 def _joinable(a: Batch, b: Batch) -> bool:
