@@ -95,6 +95,12 @@ class Operator:
         self.dropped: int | None = None
 
     @classmethod
+    def source_modules(cls, config: Any) -> tuple[str, ...]:
+        """Modules whose source defines this stage's behaviour (a python stage's): a reload
+        replaces the stage when one of them changed, and ``--watch`` watches their files."""
+        return ()
+
+    @classmethod
     def ports_for(cls, config: Any) -> tuple[str, ...]:
         """Ports besides ``out`` and ``err`` that this configuration has."""
         return ()

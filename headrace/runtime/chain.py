@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -161,9 +161,8 @@ class ChainExecutor:
         outputs: Outputs = {}
         counts: Counts = {}
         for awaitable in self.steps(evs, outputs, counts, start, produce):
-            close = getattr(awaitable, "close", None)
-            if close is not None:
-                close()  # never awaited: no warning about it
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()  # never awaited: no warning about it
             raise TypeError("an async stage's process_async cannot run outside the event loop")
         return outputs, counts
 

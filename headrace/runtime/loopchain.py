@@ -16,13 +16,14 @@ from headrace.runtime.inbox import Inbox
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.records import to_events
 from headrace.runtime.router import Router
+from headrace.runtime.runner import Runner
 
 log = logging.getLogger("headrace.runtime")
 
 TICK_INTERVAL = 0.1  # seconds between ticks of stages that keep time (windows, batch timeouts)
 
 
-class ChainRunner:
+class ChainRunner(Runner):
     """A chain of stages run in the parent: on the loop, timed by the loop guard.
 
     Stages that keep time get ``tick`` about every ``TICK_INTERVAL`` and, at the end of
@@ -34,9 +35,11 @@ class ChainRunner:
 
     def __init__(self, cid: str, stages: list[Operator], inbox: Inbox, routers: dict[str, Router],
                  codecs: dict[str, Codec], guard: LoopGuard, metrics: Metrics, stats_from: dict[str, Router] | None = None) -> None:  # fmt: skip
-        self.cid = cid
+        super().__init__()
+        self.name = self.cid = cid
+        self.nodes = tuple(st.id for st in stages)
         self.stages = stages
-        self.inbox = inbox
+        self.inbox: Inbox = inbox
         self.routers = routers  # stage id (and onramp ids for decode errors) -> router
         self.codecs = codecs
         self.guard = guard
@@ -45,7 +48,6 @@ class ChainRunner:
         for s in stages:
             s.guard = guard
             s.context.downstream_full = self.downstream_full
-        self.closes: list[Inbox] = []  # inboxes this runner may send to; closed at its end
         self.needs_values = any(s.needs_values for s in stages)
         self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]
         self.executor = ChainExecutor(stages, guard.report)
@@ -131,6 +133,10 @@ class ChainRunner:
         done_each(refs)  # every output added its own pending count above
         for sid, port, b in out_batches:
             await self.routers[sid].send(port, b)
+
+    def retire(self, routers: dict[str, Router]) -> None:
+        super().retire(routers)
+        self.routers = routers
 
     async def start(self) -> None:
         """Set up the stages (once, before the first batch); what ``setup`` raises fails the start."""

@@ -18,6 +18,7 @@ from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable, take
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.router import Router
+from headrace.runtime.runner import Runner
 from headrace.runtime.stats import ComponentStats
 
 log = logging.getLogger("headrace.runtime")
@@ -61,21 +62,22 @@ class SelfFraming:
         return out
 
 
-class OfframpRunner:
+class OfframpRunner(Runner):
     def __init__(self, spec: ComponentSpec, plugin: Offramp, codec: Codec, post: list[Postprocessor], inbox: Inbox,
                  stats: ComponentStats, codecs: dict[str, Codec], routers: dict[str, Router], metrics: Metrics,
                  with_meta: bool) -> None:  # fmt: skip
+        super().__init__()
+        self.name = spec.id
         self.spec = spec
         self.plugin = plugin
         self.codec = codec
         self.post = post
-        self.inbox = inbox
+        self.inbox: Inbox = inbox
         self.stats = stats
         self.codecs = codecs
         self.routers = routers
         self.with_meta = with_meta
         self.router: Router | None = None
-        self.closes: list[Inbox] = []
         self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
         self.framing: SelfFraming | None = None
@@ -204,6 +206,13 @@ class OfframpRunner:
         self.stats.sent("out").inc(n)
         self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
         done_each(batch.acks)
+
+    def retire(self, routers: dict[str, Router]) -> None:
+        super().retire(routers)
+        self.routers = routers
+
+    async def release(self) -> None:
+        await self.plugin.stop()
 
     async def run(self) -> None:
         try:

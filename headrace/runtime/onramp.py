@@ -16,17 +16,19 @@ from headrace.contract.framing import Preprocessor
 from headrace.contract.source import Onramp
 from headrace.errors import safe_str
 from headrace.runtime.batch import Batch
-from headrace.runtime.inbox import Inbox
 from headrace.runtime.router import Router
+from headrace.runtime.runner import Runner
 from headrace.runtime.starting import StartFailed, describe, start_one
 
 log = logging.getLogger("headrace.runtime")
 
-class OnrampRunner:
+class OnrampRunner(Runner):
     """Frames, batches and routes what an onramp reads; implements ``OnrampSink``."""
 
     def __init__(self, spec: ComponentSpec, plugin: Onramp, pre: list[Preprocessor], router: Router, batch_size: int,
                  start_timeout: float = 60.0) -> None:  # fmt: skip
+        super().__init__()
+        self.name = spec.id
         self.spec = spec
         self.plugin = plugin
         self.pre = pre
@@ -40,7 +42,6 @@ class OnrampRunner:
         self.started_future: asyncio.Future[None] | None = None  # resolved once started (or failed to)
         self.stopped = False
         self.start_timeout = start_timeout
-        self.closes: list[Inbox] = []
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         rejected: list[tuple[bytes, str]] = []
@@ -252,6 +253,9 @@ class OnrampRunner:
         finally:
             for inbox in self.closes:
                 inbox.close()
+
+    async def release(self) -> None:
+        await self.plugin.stop()
 
     def stop(self) -> None:
         """Stop intake: the source's task is cancelled, framing is flushed, targets close."""

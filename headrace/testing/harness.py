@@ -39,6 +39,7 @@ from headrace.runtime.offramp import OfframpRunner
 from headrace.runtime.onramp import OnrampRunner
 from headrace.runtime.router import Router
 from headrace.runtime.stats import ComponentStats
+from headrace.runtime.wiring import closes_for, upstream_onramps
 from headrace.testing.cases import Case, Point
 
 UNBOUNDED = 2**62  # a test injects everything before the graph runs: no inbox may make it wait
@@ -200,14 +201,11 @@ class IsolatedGraph:
             self.onramps[c.id].closes = self.routers[c.id].inboxes()
         guard = LoopGuard(g.daemon.loop_block_threshold)
         self.chains: list[ChainRunner] = []
-        upstream = self._upstream_onramps()
+        upstream = upstream_onramps(g)
         for c in g.of_kind("node"):
             op = registry.load("operators", c.plugin)(c.id, c.config, PluginContext(c.id, g.base_dir))
             runner = ChainRunner(c.id, [op], self.inboxes[c.id], self.routers, self.codecs, guard, self.metrics)
-            closes = {id(i): i for i in self.routers[c.id].inboxes()}
-            for on in upstream[c.id]:  # decode failures go out on the err port of the onramp they came from
-                closes.update({id(i): i for i, _ in self.routers[on].targets.get("err", [])})
-            runner.closes = [i for i in closes.values() if i is not self.inboxes[c.id]]
+            runner.closes = closes_for(self.routers, self.inboxes, [c.id], upstream)  # wired as the daemon wires it
             self.chains.append(runner)
         closers = [r.closes for r in self.chains] + [r.closes for r in self.onramps.values()]
         for inbox in self.inboxes.values():  # the test driver is one more producer of every inbox
@@ -223,20 +221,6 @@ class IsolatedGraph:
                                self.codecs, self.routers, self.metrics, with_meta)  # fmt: skip
         runner.router = router
         return runner
-
-    def _upstream_onramps(self) -> dict[str, set[str]]:
-        g = self.graph
-        up: dict[str, set[str]] = {cid: set() for cid in g.components}
-        for on in g.of_kind("onramp"):
-            stack, seen = [on.id], set()
-            while stack:
-                cur = stack.pop()
-                if cur not in seen:
-                    seen.add(cur)
-                    up[cur].add(on.id)
-                    for port in g.components[cur].ports or ("out", "err"):
-                        stack.extend(g.edges.get((cur, port), []))
-        return up
 
     def _batch(self, values: list[Any], meta: dict[str, Any], origin: str, token: int) -> Batch:
         n = len(values)

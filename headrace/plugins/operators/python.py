@@ -143,6 +143,10 @@ class PythonOperator(Operator):
         self.concurrency = self.cfg.concurrency
 
     @classmethod
+    def source_modules(cls, config: PythonConfig) -> tuple[str, ...]:
+        return (config.fn.partition(":")[0],)
+
+    @classmethod
     def ports_for(cls, config: PythonConfig) -> tuple[str, ...]:
         return tuple(config.ports)
 

@@ -29,6 +29,7 @@ from headrace.runtime.chain import apply_counts
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.placement import Chain
 from headrace.runtime.router import Router
+from headrace.runtime.runner import Runner
 from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
 from headrace.runtime.workers.wire import UNCHANGED, Request, Response
@@ -66,24 +67,26 @@ def exit_codecs(chain: Chain, stages: list[Operator], graph: Graph) -> dict[tupl
     return exits
 
 
-class PooledChainRunner:
+class PooledChainRunner(Runner):
     def __init__(self, chain: Chain, stages: list[Operator], inbox: Inbox, routers: dict[str, Router], codecs: dict[str, Codec],
                  metrics: Metrics, pool: WorkerPool, graph: Graph, segment_id: str | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.name = chain.id
+        self.nodes = tuple(chain.nodes)
         self.chain = chain
         self.stages = stages
-        self.inbox = inbox
+        self.inbox: Inbox = inbox
         self.routers = routers
         self.codecs = codecs
         self.pool = pool
         self.graph = graph
         base = graph.base_dir
-        self.spec = SegmentSpec(segment_id or chain.id, [NodeDef(s.id, s.name, s.config, base) for s in stages], exit_codecs(chain, stages, graph),
+        self.segment = self.spec = SegmentSpec(segment_id or chain.id, [NodeDef(s.id, s.name, s.config, base) for s in stages], exit_codecs(chain, stages, graph),
                                 dict(graph.codecs))  # fmt: skip
         self.ns_per_event: float | None = None
         self.slots = asyncio.Semaphore(pool.size * pool.max_inflight * 2)
         self.pending: dict[Hashable, deque[asyncio.Task[Result]]] = {}
         self.wake = asyncio.Event()
-        self.closes: list[Inbox] = []
         self.unordered = {c.id for c in graph.of_kind("onramp") if not c.ordered}
         self._seq = 0
 
@@ -92,8 +95,12 @@ class PooledChainRunner:
             return max(math.ceil(n / self.pool.size), 1)
         return max(min(int(TARGET_JOB_NS / max(self.ns_per_event, 1.0)), n), 1)
 
+    def retire(self, routers: dict[str, Router]) -> None:
+        super().retire(routers)
+        self.routers = routers
+
     async def run(self) -> None:
-        releaser = asyncio.create_task(self.release())
+        releaser = asyncio.create_task(self.release_results())
         intake = asyncio.create_task(self.intake())
         try:
             # a failure to release results (a bug) must fail the component, not hold its records silently
@@ -175,7 +182,8 @@ class PooledChainRunner:
             self.ns_per_event = per if self.ns_per_event is None else 0.8 * self.ns_per_event + 0.2 * per
         return [(chunk, resp)]
 
-    async def release(self) -> None:
+    async def release_results(self) -> None:
+        """Hand on the answers of finished jobs, per order group in the order their chunks were read."""
         while True:
             await self.wake.wait()
             self.wake.clear()
