@@ -17,6 +17,7 @@ from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable, take
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.records import check
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.stats import ComponentStats
@@ -149,23 +150,13 @@ class OfframpRunner(Runner):
         """Records that reach an offramp straight from an onramp were never decoded: check them
         with the source codec now, so malformed input goes to the onramp's err port here too."""
         codec = self.codecs.get(batch.codec or "")
-        if codec is None or not codec.validates:
+        if codec is None:
             return batch
-        bad = []
-        check = codec.validator()
-        for i, raw in enumerate(batch.payloads or []):
-            try:
-                check(raw)
-            except Exception as exc:  # whatever a codec raises for one record concerns that record only
-                bad.append((i, codec.reason(exc)))
-        if not bad:
-            return batch
-        self.routers[batch.origin].stats.error("decode", len(bad))
-        err = batch.failed(bad, batch.origin, "DecodeError", as_text=True)
-        done_each(err.acks)  # the err batch took its own shares
-        await self.routers[batch.origin].send("err", err)
-        refused = {i for i, _ in bad}
-        return batch.select([i for i in range(len(batch)) if i not in refused])
+        good, err = check(batch, codec)
+        if err is not None:
+            self.routers[batch.origin].stats.error("decode", len(err))
+            await self.routers[batch.origin].send("err", err)
+        return good
 
     def _take(self, batch: Batch, records: list[bytes], idx: list[int]) -> tuple[Batch, list[bytes]]:
         """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records; no new shares."""

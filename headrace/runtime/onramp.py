@@ -12,10 +12,12 @@ from typing import Any
 from headrace.config.graph import ComponentSpec
 from headrace.contract.acks import AckRef, done_each
 from headrace.contract.backoff import Backoff
+from headrace.contract.codec import Codec
 from headrace.contract.framing import Preprocessor
 from headrace.contract.source import Onramp
 from headrace.errors import safe_str
 from headrace.runtime.batch import Batch
+from headrace.runtime.records import check
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.starting import StartFailed, describe, start_one
@@ -42,6 +44,7 @@ class OnrampRunner(Runner):
         self.started_future: asyncio.Future[None] | None = None  # resolved once started (or failed to)
         self.stopped = False
         self.start_timeout = start_timeout
+        self.fanout_codec: Codec | None = None  # set by the wiring when ``out`` has several targets
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         rejected: list[tuple[bytes, str]] = []
@@ -157,7 +160,7 @@ class OnrampRunner(Runner):
         batch = self._batch(payloads, metas, ack, group, nbytes, wire if not refused else None)
         self.stats.received.inc(len(batch))
         if not refused:
-            await self.router.send("out", batch)
+            await self._out(batch)
             return
         bad = sorted(refused)
         self.stats.error("framing", len(bad))
@@ -166,7 +169,7 @@ class OnrampRunner(Runner):
         await self.router.send("err", err)
         keep = [i for i in range(len(batch)) if i not in refused]
         if keep:
-            await self.router.send("out", batch.select(keep))
+            await self._out(batch.select(keep))
 
     def _batch(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
                wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> Batch:  # fmt: skip
@@ -180,6 +183,18 @@ class OnrampRunner(Runner):
             return
         batch = self._batch(payloads, metas, ack, group, nbytes, wire)
         self.stats.received.inc(len(batch))
+        await self._out(batch)
+
+    async def _out(self, batch: Batch) -> None:
+        """To the ``out`` port. When it fans out to several targets, the records are checked here,
+        once: each target would otherwise report every malformed record on this onramp's err port."""
+        if self.fanout_codec is not None:
+            batch, err = check(batch, self.fanout_codec)
+            if err is not None:
+                self.stats.error("decode", len(err))
+                await self.router.send("err", err)
+            if not len(batch):
+                return
         await self.router.send("out", batch)
 
     async def _source(self) -> None:

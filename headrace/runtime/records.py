@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from headrace.contract.acks import done_each
 from headrace.contract.codec import Codec
 from headrace.contract.stage import Ev
 from headrace.runtime.batch import Batch, unshare
@@ -37,3 +38,28 @@ def to_events(batch: Batch, codec: Codec | None) -> tuple[list[Ev], list[tuple[i
             continue
         evs.append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i], acks[i] if acks is not None else None))
     return evs, failures
+
+
+def check(batch: Batch, codec: Codec) -> tuple[Batch, Batch | None]:
+    """Records straight from a source, checked with their codec without keeping the values:
+    the valid ones (marked checked, so nobody checks them again) and the failures as an err
+    batch for their onramp (or None). The shares of the failed records pass to the err batch."""
+    if not codec.validates or batch.payloads is None:
+        batch.unchecked = False
+        return batch, None
+    bad = []
+    validate = codec.validator()
+    for i, raw in enumerate(batch.payloads):
+        try:
+            validate(raw)
+        except Exception as exc:  # whatever a codec raises for one record concerns that record only
+            bad.append((i, codec.reason(exc)))
+    if not bad:
+        batch.unchecked = False
+        return batch, None
+    err = batch.failed(bad, batch.origin, "DecodeError", as_text=True)
+    done_each(err.acks)  # the err batch took its own shares: the source batch's go
+    refused = {i for i, _ in bad}
+    good = batch.select([i for i in range(len(batch)) if i not in refused])
+    good.unchecked = False
+    return good, err

@@ -398,3 +398,37 @@ links: {{src: [out]}}
     finally:
         d.stop()
     assert [json.loads(x)["id"] for x in d.stdout_path.read_bytes().splitlines()] == list(range(n))
+
+
+@pytest.mark.parametrize("targets", ["two offramps", "an offramp and a pipeline", "two pipelines"])
+def test_each_malformed_record_is_reported_once_whatever_the_fan_out(tmp_path: Path, targets: str) -> None:
+    """An onramp linked to several targets: each would find the same malformed records; they
+    reach the onramp's err port once (they were reported once per target)."""
+    from tests.support.daemon import Daemon
+
+    lines = [json.dumps({"id": i}) for i in range(10)] + ["not json", "{broken", '{"id": 99']
+    (tmp_path / "in.ndjson").write_text("\n".join(lines) + "\n")
+    (tmp_path / "stages.py").write_text("def same(event, meta):\n    return event\n")
+    pipelines, links = {
+        "two offramps": ("", "src: [a, b]"),
+        "an offramp and a pipeline": ("p1: [{op: python, fn: 'stages:same'}]", "src: [a, p1], p1: [b]"),
+        "two pipelines": ("p1: [{op: python, fn: 'stages:same'}], p2: [{op: python, fn: 'stages:same'}]", "src: [p1, p2], p1: [a], p2: [b]"),
+    }[targets]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson}}}}}}
+pipelines: {{{pipelines}}}
+offramps:
+  a: {{type: file, config: {{path: a.ndjson}}}}
+  b: {{type: file, config: {{path: b.ndjson}}}}
+  dlq: {{type: file, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{{links}, src/err: [dlq]}}
+""")
+    d = Daemon(cfg)
+    assert d.wait(60) == 0, d.stderr()
+    dead = [json.loads(x) for x in (tmp_path / "dlq.ndjson").read_text().splitlines()]
+    assert sorted(e["event"] for e in dead) == sorted(["not json", "{broken", '{"id": 99']), dead
+    for name in ("a", "b"):
+        assert len((tmp_path / f"{name}.ndjson").read_text().splitlines()) == 10
