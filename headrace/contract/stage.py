@@ -45,21 +45,35 @@ class PerRecord:
 class Ev:
     """One event inside the runtime: value, metadata, input index, original bytes (if unmodified).
 
-    ``ack`` is the delivery ref of the event (None when its source does not ack). It
-    lets a stage that holds events past their batch (batch, window) keep their
-    deliveries owed: see ``headrace.contract.acks.HeldAcks``.
+    ``raw`` is the record as it came, while it still says what ``value`` holds: assigning
+    ``ev.value`` a new object clears it (the record is then encoded again where it leaves).
+    A stage that changes a value in place (``ev.value["x"] = 1``) must set ``ev.raw = None``
+    itself; the operator contract suite (``headrace.testing.contract``) catches one that does
+    not. ``ack`` is the delivery ref of the event (None when its source does not ack). It lets
+    a stage that holds events past their batch (batch, window) keep their deliveries owed:
+    see ``headrace.contract.acks.HeldAcks``.
     """
 
-    __slots__ = ("ack", "ingest", "meta", "raw", "src", "value")
+    __slots__ = ("_value", "ack", "ingest", "meta", "raw", "src")
     memory_errors: ClassVar[int] = 0  # MemoryErrors failed records in this process (a worker recycles then)
 
     def __init__(self, value: Any, meta: dict[str, Any], src: int, raw: bytes | None, ingest: int, ack: AckRef | None = None) -> None:
-        self.value = value
+        self._value = value
         self.meta = meta
         self.src = src
         self.raw = raw
         self.ingest = ingest
         self.ack = ack
+
+    @property
+    def value(self) -> Any:
+        return self._value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        if value is not self._value:
+            self.raw = None  # the original bytes no longer say what the event holds
+        self._value = value
 
     def fail(self, stage_id: str, exc: BaseException) -> Ev:
         """Attach error metadata (stage, exception type and message) for the err port."""
@@ -79,7 +93,6 @@ class Operator:
     summary: ClassVar[str] = ""
     example: ClassVar[str] = ""
     default_placement: ClassVar[Placement] = "any"
-    modifies: ClassVar[bool] = False  # True when out events are new values (raw bytes dropped)
     needs_values: ClassVar[bool] = True  # False: the stage reads only meta, so events need not be decoded
     uses_out: ClassVar[bool] = True  # False: events leave only by named ports (``route``): a link from ``out`` carries nothing
 

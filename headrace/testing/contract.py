@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from headrace.contract.codec import Codec, DecodeError
@@ -71,8 +72,12 @@ def _check_outputs(what: str, op: Operator, ports: set[str], out: Any, emitted: 
             assert isinstance(error, dict) and error.get("stage") == op.id, (
                 f"{what}: events on err must carry meta['error'] naming the stage (use Ev.fail(stage_id, exc))"
             )
-    for ev in out:
+    for ev in [*out, *(ev for _, ev in emitted.got)]:
         assert isinstance(ev.meta, dict), f"{what}: {call} returned an event whose meta is not a dict"
+        if ev.raw is not None and _json(ev.value) is not None:
+            assert orjson.loads(ev.raw) == _plain(ev.value), (
+                f"{what}: {call} changed an event's value in place but kept its original bytes, which would leave "
+                f"unchanged: assign ev.value (that clears ev.raw) or set ev.raw = None")
 
 
 def operator_contract(op_cls: type[Operator], config: dict[str, Any], events: Iterable[tuple[Any, dict[str, Any]]] | None = None,
@@ -95,8 +100,8 @@ def operator_contract(op_cls: type[Operator], config: dict[str, Any], events: It
     op.check()
     pairs = list(events) if events is not None else sample_events()
 
-    def feed() -> list[Ev]:
-        return [Ev(_copy(v), dict(m), i, None, 1_000 + i) for i, (v, m) in enumerate(pairs)]
+    def feed() -> list[Ev]:  # with their original bytes, as a source gives them
+        return [Ev(_copy(v), dict(m), i, _json(v), 1_000 + i) for i, (v, m) in enumerate(pairs)]
 
     op.setup()
     op.setup()  # a second setup (a reload, a respawned worker) must not fail
@@ -125,6 +130,24 @@ def operator_contract(op_cls: type[Operator], config: dict[str, Any], events: It
     _check_outputs(what, op, ports, op.process(feed(), emitted), emitted, "process after teardown and setup")
     op.flush(_Ports())
     op.teardown()
+
+
+def _json(value: Any) -> bytes | None:
+    try:
+        return orjson.dumps(value, default=_plain_default)
+    except TypeError:
+        return None
+
+
+def _plain_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists), for comparing with its original bytes."""
+    return orjson.loads(orjson.dumps(value, default=_plain_default))
 
 
 def _copy(value: Any) -> Any:

@@ -20,12 +20,19 @@ def tag(event, meta):
         return None
     event["tagged"] = True
     return event
+
+
+def look(event, meta):  # a read-only stage: reads, writes only meta
+    if event["id"] == 5:
+        raise ValueError("five")
+    meta["seen"] = event["level"]
+    return event
 """
 
 AGGS = {"n": {"fn": "count"}, "total": {"fn": "sum", "field": "event['v']"}, "p9": {"fn": "percentile", "field": "event['v']", "p": 0.9}}
 
 OPERATORS: dict[str, list[dict[str, Any]]] = {
-    "python": [{"fn": "contract_stage:tag"}, {"fn": "contract_stage:tag", "readonly": True, "ports": ["extra"]}],
+    "python": [{"fn": "contract_stage:tag"}, {"fn": "contract_stage:look", "readonly": True, "ports": ["extra"]}],
     "filter": [{"where": "event['level'] != 'debug'"}, {"where": "event['missing'] > 1"}],  # the second errs on every event
     "route": [{"routes": {"errors": "event['level'] == 'error'", "debug": "meta['class'] == 'debug'"}}],
     "set": [{"set": {"x": "event['id'] * 2", "meta.y": "'z'"}}, {"set": {"tags.k": "1"}}],  # tags is a list: err
@@ -166,3 +173,34 @@ def test_codec_contract_catches() -> None:
         codec_contract(_LossyCodec, [4, 5])
     with pytest.raises(AssertionError, match="accepted garbage"):
         codec_contract(_LossyCodec, [4], [b"6"])
+
+
+def test_the_operator_contract_catches_a_value_changed_in_place_with_its_bytes_kept(tmp_path: Path) -> None:
+    """An operator that changes ``ev.value`` in place and keeps ``ev.raw`` would send the old
+    bytes on: the contract suite must fail it, and pass the same operator once it assigns."""
+    from typing import ClassVar
+
+    from headrace.contract.config import NoConfig
+    from headrace.contract.stage import Emit, Ev, Operator
+
+    class InPlace(Operator):
+        name = "in_place"
+        Config = NoConfig
+        summary = "adds a field in place"
+        example = "{op: in_place}"
+        assign: ClassVar[bool] = False
+
+        def process(self, evs: list[Ev], emit: Emit) -> list[Ev]:
+            for ev in evs:
+                if self.assign:
+                    ev.value = {**ev.value, "x": 1}
+                else:
+                    ev.value["x"] = 1
+            return evs
+
+    class Assigning(InPlace):
+        assign = True
+
+    with pytest.raises(AssertionError, match="changed an event's value in place but kept its original bytes"):
+        operator_contract(InPlace, {}, base_dir=tmp_path)
+    operator_contract(Assigning, {}, base_dir=tmp_path)

@@ -37,7 +37,6 @@ class BatchOperator(Operator):
     summary = "collect `count` events (or what arrived within `timeout`) into one event holding the list of their values"
     example = "{op: batch, count: 100, timeout: 1s}"
     default_placement = "loop"
-    modifies = True
 
     def __init__(self, node_id: str, config: BatchConfig, context: PluginContext, clock: Callable[[], int] = time.time_ns) -> None:
         super().__init__(node_id, config, context)

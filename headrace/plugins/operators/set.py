@@ -22,7 +22,6 @@ class SetOperator(Operator):
     Config = SetConfig
     summary = "set event fields (dotted paths) or meta keys from expressions"
     example = "{op: set, set: {host: \"meta.get('host', 'unknown')\", meta.seen: 'True'}}"
-    modifies = True
 
     def __init__(self, node_id: str, config: SetConfig, context: PluginContext) -> None:
         super().__init__(node_id, config, context)

@@ -190,7 +190,6 @@ class WindowOperator(Operator):
         "{op: window, interval: 10s, group_by: \"event['host']\", aggregates: {p99: {fn: percentile, field: \"event['ms']\", p: 0.99}}}"
     )
     default_placement = "loop"
-    modifies = True
 
     def __init__(self, node_id: str, config: WindowConfig, context: PluginContext, clock: Callable[[], int] = time.time_ns) -> None:
         super().__init__(node_id, config, context)
