@@ -35,6 +35,7 @@ class ComponentSpec:
     codec: str = "json"
     processors: list[ProcessorSpec] = field(default_factory=list)
     ordered: bool = True
+    with_meta: bool = False  # an offramp writing each event as {event, meta}
 
 
 Edge = tuple[str, str]  # (component id, port)
@@ -55,5 +56,3 @@ class Graph:
     def of_kind(self, kind: Kind) -> list[ComponentSpec]:
         return [c for c in self.components.values() if c.kind == kind]
 
-    def inputs(self, cid: str) -> list[Edge]:
-        return [e for e, targets in self.edges.items() if cid in targets]

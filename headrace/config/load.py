@@ -119,7 +119,7 @@ class _Builder:
         ports = ("out", "err") if kind == "onramp" else ("err",)
         self.components[cid] = ComponentSpec(
             cid, kind, spec.type, cfg, self.data[section][cid], pos, ports, None, codec_key, procs,  # type: ignore[arg-type]
-            getattr(spec, "ordered", True),
+            spec.ordered if isinstance(spec, OnrampConfig) else True, spec.with_meta if isinstance(spec, OfframpConfig) else False,
         )
 
     # -- pipelines ---------------------------------------------------------------------------

@@ -87,11 +87,6 @@ class OfframpConfig(Strict):
     with_meta: bool = Field(False, description="write each event as {event, meta} (meta holds the error of err-port events)")
 
 
-class GraphPipeline(Strict):
-    nodes: dict[str, dict[str, Any]]
-    links: dict[str, list[str] | str]
-
-
 class Config(Strict):
     version: Literal[1] = 1
     daemon: DaemonConfig = Field(default_factory=lambda: DaemonConfig())

@@ -21,14 +21,12 @@ class LoopGuard:
     def __init__(self, threshold: float, on_blocked: Callable[[str, float], None] | None = None) -> None:
         self.threshold = threshold
         self.on_blocked = on_blocked
-        self.blocked: dict[str, float] = {}
         self._last_warn: dict[str, float] = {}
         self.lag_samples: list[float] = []
 
     def report(self, component_id: str, seconds: float) -> None:
         if seconds < self.threshold:
             return
-        self.blocked[component_id] = self.blocked.get(component_id, 0.0) + seconds
         if self.on_blocked:
             self.on_blocked(component_id, seconds)
         now = time.monotonic()

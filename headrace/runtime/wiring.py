@@ -189,7 +189,7 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
             r2 = e.offramps[c.id]
         else:
             plugin_off, post = _construct(c.id, _offramp, e, c, g)
-            with_meta = bool((g.raw.get("offramps") or {}).get(c.id, {}).get("with_meta", False))
+            with_meta = c.with_meta
             r2 = OfframpRunner(c, plugin_off, e.codec(c.codec, g), post, inboxes[c.id], routers[c.id].stats,
                                e.codecs, e.routers, e.metrics, with_meta)  # fmt: skip
             fresh.append(r2)

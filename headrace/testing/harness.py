@@ -215,7 +215,7 @@ class IsolatedGraph:
         """The offramp's runtime runner, only for its checks and encoding (its plugin is never started)."""
         g = self.graph
         c = g.components[cid]
-        with_meta = bool((g.raw.get("offramps") or {}).get(cid, {}).get("with_meta", False))
+        with_meta = c.with_meta
         router = self.routers[cid]
         runner = OfframpRunner(c, Offramp(None, PluginContext(cid, g.base_dir)), self.codecs[c.codec], [], self.captures[cid], router.stats,
                                self.codecs, self.routers, self.metrics, with_meta)  # fmt: skip

@@ -181,7 +181,7 @@ def test_the_operator_contract_catches_a_value_changed_in_place_with_its_bytes_k
     from typing import ClassVar
 
     from headrace.contract.config import NoConfig
-    from headrace.contract.stage import Emit, Ev, Operator
+    from headrace.contract.stage import Operator
 
     class InPlace(Operator):
         name = "in_place"

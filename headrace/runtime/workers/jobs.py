@@ -35,5 +35,4 @@ class Job:
     parts: list[Any]
     future: asyncio.Future[Response]
     started: float = 0.0
-    resent: int = 0
     wire: list[Any] = field(default_factory=list)  # the job message, pickled once

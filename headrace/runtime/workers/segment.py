@@ -55,13 +55,12 @@ Result = list[tuple[Batch, "Response | Poisoned"]]
 def exit_codecs(chain: Chain, stages: list[Operator], graph: Graph) -> dict[tuple[str, str], str | None]:
     """Per exit port: the codec to encode with in the worker when every target is an offramp using it."""
     exits: dict[tuple[str, str], str | None] = {}
-    offramps = graph.raw.get("offramps") or {}
     for k, st in enumerate(stages):
         for port in graph.components[st.id].ports:
             if port == "out" and k < len(stages) - 1:
                 continue
             targets = [graph.components[t] for t in graph.edges.get((st.id, port), [])]
-            codecs = {t.codec for t in targets if t.kind == "offramp" and not (offramps.get(t.id) or {}).get("with_meta")}
+            codecs = {t.codec for t in targets if t.kind == "offramp" and not t.with_meta}
             all_off = targets and all(t.kind == "offramp" for t in targets)
             exits[(st.id, port)] = codecs.pop() if all_off and len(codecs) == 1 else None
     return exits

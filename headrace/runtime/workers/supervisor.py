@@ -324,7 +324,6 @@ class WorkerSupervisor:
                 job.future.set_result([])  # type: ignore[arg-type]  # the next worker gets every segment
             return
         if not job.future.done():
-            job.resent += 1
             self.pool.redispatch(job)
 
     def stop(self) -> None:
