@@ -10,6 +10,7 @@ from headrace.config.errors import ConfigError, ConfigIssue, Position
 from headrace.config.expr import ExpressionError
 from headrace.config.graph import ComponentSpec, Edge, Graph, ProcessorSpec
 from headrace.config.model import Config, OfframpConfig, OnrampConfig, ProcessorRef
+from headrace.config.paths import SettingError, check_folder_path
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
 from headrace.plugins import registry
@@ -114,6 +115,8 @@ class _Builder:
             return
         try:
             cls(cfg, self.context(cid)).check()
+        except SettingError as exc:
+            self.err(self.smap.at((*path, "config", exc.key)), f"{kind} '{cid}': {exc.key}: {exc}")
         except (ValueError, OSError, ImportError) as exc:
             self.err(pos, f"{kind} '{cid}': {exc}")
         ports = ("out", "err") if kind == "onramp" else ("err",)
@@ -143,6 +146,8 @@ class _Builder:
         fn_pos = self.smap.at((*path, "fn")) if "fn" in raw else pos  # import errors point at the module:callable
         try:
             cls(cid, cfg, self.context(cid)).check()
+        except SettingError as exc:
+            self.err(self.smap.at((*path, exc.key)), f"node '{cid}': {exc.key}: {exc}")
         except ExpressionError as exc:  # point at the offending expression and name its key
             sub = _find(options, exc.text) if exc.text else None
             if sub is None:
@@ -307,7 +312,16 @@ class _Builder:
                 out.extend(self.resolve(pipe, target, stack))
         return out
 
+    def state_dir(self) -> None:
+        if self.cfg.daemon.state_dir is None:  # the default is made when first needed, beside the config or by systemd
+            return
+        try:
+            check_folder_path("state_dir", self.base_dir / self.cfg.daemon.state_dir)
+        except SettingError as exc:
+            self.err(self.smap.at(("daemon", "state_dir")), f"daemon.state_dir: {exc}")
+
     def build(self) -> Graph:
+        self.state_dir()
         for cid, on in self.cfg.onramps.items():
             self.connector("onramp", cid, on)
         for cid, off in self.cfg.offramps.items():

@@ -1186,3 +1186,32 @@ def test_broken_plugin_is_an_issue_not_a_crash(tmp_path: Path, monkeypatch: pyte
     assert issues_of(path) == [
         f"{path}:3:29: codec 'hr-broken' cannot be loaded: AttributeError: module 'headrace.plugins.codecs.json' has no attribute 'NoSuchCodec'"
     ]
+
+
+def test_paths_that_can_never_exist_are_reported_at_their_setting(tmp_path: Path) -> None:
+    """Paths under a regular file (and a file path naming a folder) fail at start-up whatever is retried: check says so."""
+    (tmp_path / "blocker.txt").write_text("a file, not a folder\n")
+    (tmp_path / "plain.txt").write_text("not a socket\n")
+    path = write_config(tmp_path, """\
+version: 1
+daemon: {state_dir: blocker.txt/state}
+onramps:
+  src: {type: file, config: {path: blocker.txt/in.ndjson}}
+  sock: {type: unix, config: {path: plain.txt}}
+  tail: {type: file, config: {path: ., follow: true}}
+pipelines: {main: [{op: filter, where: 'True'}]}
+offramps:
+  out: {type: file, config: {path: blocker.txt/out.ndjson}}
+  daily: {type: file, config: {path: "blocker.txt/sub/%Y-%m-%d.ndjson"}}
+  ok: {type: file, config: {path: "out/{meta.host}.ndjson"}}
+links: {src: [main], sock: [main], tail: [main], main: [out, daily, ok]}
+""")
+    blocker = tmp_path / "blocker.txt"
+    assert issues_of(path) == [
+        f"{path}:2:21: daemon.state_dir: {blocker / 'state'} can never be a folder: {blocker} is a file",
+        f"{path}:4:36: onramp 'src': path: {blocker / 'in.ndjson'} can never exist: {blocker} is a file, not a folder",
+        f"{path}:5:37: onramp 'sock': path: {tmp_path / 'plain.txt'} exists and is not a socket (the server replaces only a stale socket)",
+        f"{path}:6:37: onramp 'tail': path: {tmp_path} is a folder, not a file",
+        f"{path}:9:36: offramp 'out': path: {blocker / 'out.ndjson'} can never exist: {blocker} is a file, not a folder",
+        f"{path}:10:38: offramp 'daily': path: {blocker / 'sub'} can never be a folder: {blocker} is a file",
+    ]

@@ -36,6 +36,7 @@ from typing import IO, Any, Literal
 
 from pydantic import Field
 
+from headrace.config.paths import check_file_path, check_folder_path
 from headrace.config.units import Duration, Size
 from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
 
@@ -119,6 +120,9 @@ class FileOfframp(Offramp):
             raise ValueError("path contains a NUL byte")
         if not self.templated:
             self._confine(self.path)
+            check_file_path("path", self.path)
+        else:
+            check_folder_path("root" if self.cfg.root else "path", self.root)
 
     def _confine(self, path: Path) -> Path:
         """``path`` made absolute and checked to lie inside ``root`` (symlinks resolved)."""

@@ -6,10 +6,12 @@ import asyncio
 import gzip
 import lzma
 import os
+from pathlib import Path
 from typing import IO, Any, cast
 
 from pydantic import Field
 
+from headrace.config.paths import check_file_path
 from headrace.config.units import Duration, Size
 from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
 
@@ -45,6 +47,9 @@ class FileOnramp(Onramp):
         self.path = str(context.resolve(config.path))
         self.finite = not config.follow
         self.file: IO[bytes] | None = None
+
+    def check(self) -> None:
+        check_file_path("path", Path(self.path))
 
     async def start(self) -> None:
         """A file read once must exist now (start-up fails naming it otherwise); a followed one may appear later."""
