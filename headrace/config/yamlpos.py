@@ -18,7 +18,8 @@ from headrace.config.errors import ConfigError, ConfigIssue, Position
 Path = tuple[str | int, ...]
 
 MAX_NODES = 200_000
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
+_ENV = ENV_REFERENCE
 
 
 class SourceMap:
