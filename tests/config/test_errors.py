@@ -127,7 +127,7 @@ links: {src: [main], main: [out]}
 onramp: {}
 """,
         [
-            "6:1: unknown key 'onramp' in the top level (expected one of: daemon, links, offramps, onramps, pipelines, tests, version)",
+            "6:1: unknown key 'onramp' in the top level: did you mean 'onramps'? (expected one of: daemon, links, offramps, onramps, pipelines, tests, version)",
         ],
         id="unknown_top",
     ),
@@ -142,7 +142,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:3: unknown key 'worker' in daemon (expected one of: batch_size, loop_block_threshold, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, worker_max_rss, workers)",
+            "3:3: unknown key 'worker' in daemon: did you mean 'workers'? (expected one of: batch_size, loop_block_threshold, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, worker_max_rss, workers)",
         ],
         id="unknown_daemon",
     ),
@@ -156,7 +156,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "2:20: unknown key 'listn' in daemon.metrics (expected one of: allowed_hosts, listen)",
+            "2:20: unknown key 'listn' in daemon.metrics: did you mean 'listen'? (expected one of: allowed_hosts, listen)",
         ],
         id="unknown_metrics",
     ),
@@ -172,7 +172,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:5: unknown key 'cdec' in onramps.src (expected one of: codec, config, ordered, preprocessors, type)",
+            "5:5: unknown key 'cdec' in onramps.src: did you mean 'codec'? (expected one of: codec, config, ordered, preprocessors, type)",
         ],
         id="unknown_onramp_key",
     ),
@@ -186,7 +186,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            "5:23: unknown key 'with_mta' in offramps.out (expected one of: codec, config, postprocessors, type, with_meta)",
+            "5:23: unknown key 'with_mta' in offramps.out: did you mean 'with_meta'? (expected one of: codec, config, postprocessors, type, with_meta)",
         ],
         id="unknown_offramp_key",
     ),
@@ -201,7 +201,7 @@ links: {src: [main], main: [out]}
 """,
         [
             "3:21: missing required key 'path' in onramp 'src' (file) config",
-            f"3:30: unknown key 'pth' in onramp 'src' (file) config (expected one of: {FILE_ONRAMP_FIELDS})",
+            f"3:30: unknown key 'pth' in onramp 'src' (file) config: did you mean 'path'? (expected one of: {FILE_ONRAMP_FIELDS})",
         ],
         id="unknown_plugin_config_key",
     ),
@@ -216,7 +216,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:35: unknown key 'wehre' in operator 'filter' of node 'main.filter_0' (expected one of: where)",
+            "5:35: unknown key 'wehre' in operator 'filter' of node 'main.filter_0': did you mean 'where'? (expected one of: id, op, where)",
         ],
         id="unknown_operator_option",
     ),
@@ -233,7 +233,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:37: unknown key 'slot' in operator 'bucket' of node 'main.lim' (expected one of: max_groups, slots, window)",
+            "6:37: unknown key 'slot' in operator 'bucket' of node 'main.lim': did you mean 'slots'? (expected one of: max_groups, op, slots, window)",
         ],
         id="unknown_graph_node_option",
     ),
@@ -249,7 +249,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:5: unknown key 'node' in pipeline 'main' (expected: nodes, links, or a list of stages)",
+            "5:5: unknown key 'node' in pipeline 'main': did you mean 'nodes'? (expected: nodes, links, or a list of stages)",
         ],
         id="unknown_graph_pipeline_key",
     ),
@@ -263,7 +263,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:52: unknown key 'max_bytes' in preprocessor 'lines' (expected one of: max_line_bytes, separator)",
+            "3:52: unknown key 'max_bytes' in preprocessor 'lines': did you mean 'max_line_bytes'? (expected one of: max_line_bytes, separator)",
         ],
         id="unknown_processor_option",
     ),
@@ -486,7 +486,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"3:15: unknown onramp 'fiel' (known: {ONRAMPS})",
+            f"3:15: unknown onramp 'fiel': did you mean 'file'? (known: {ONRAMPS})",
         ],
         id="unknown_onramp_type",
     ),
@@ -500,7 +500,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:15: unknown offramp 'stdot' (known: {OFFRAMPS})",
+            f"5:15: unknown offramp 'stdot': did you mean 'stdout'? (known: {OFFRAMPS})",
         ],
         id="unknown_offramp_type",
     ),
@@ -514,7 +514,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"3:29: unknown codec 'jsonn' (known: {CODECS})",
+            f"3:29: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
         ],
         id="unknown_codec",
     ),
@@ -530,7 +530,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:28: unknown preprocessor 'line' (known: {PREPROCESSORS})",
+            f"5:28: unknown preprocessor 'line': did you mean 'lines'? (known: {PREPROCESSORS})",
         ],
         id="unknown_preprocessor",
     ),
@@ -544,7 +544,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:40: unknown postprocessor 'gzipp' (known: {POSTPROCESSORS})",
+            f"5:40: unknown postprocessor 'gzipp': did you mean 'gzip'? (known: {POSTPROCESSORS})",
         ],
         id="unknown_postprocessor",
     ),
@@ -560,7 +560,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"6:12: unknown operator 'filtr' (known: {OPERATORS})",
+            f"6:12: unknown operator 'filtr': did you mean 'filter'? (known: {OPERATORS})",
         ],
         id="unknown_operator",
     ),
@@ -626,7 +626,7 @@ links:
   mian/err: [out]
 """,
         [
-            "8:3: link from unknown component 'mian'",
+            "8:3: link from unknown component 'mian': did you mean 'main'?",
         ],
         id="link_from_unknown",
     ),
@@ -641,7 +641,7 @@ links:
   main: [out, ouptut]
 """,
         [
-            "7:15: link to unknown component 'ouptut'",
+            "7:15: link to unknown component 'ouptut': did you mean 'out'?",
         ],
         id="link_to_unknown",
     ),
@@ -675,7 +675,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "9:14: link to unknown node 'kept' in pipeline 'main'",
+            "9:14: link to unknown node 'kept' in pipeline 'main': did you mean 'keep'?",
         ],
         id="graph_link_to_unknown_node",
     ),
@@ -695,7 +695,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "10:7: link from unknown node 'kept' in pipeline 'main'",
+            "10:7: link from unknown node 'kept' in pipeline 'main': did you mean 'keep'?",
         ],
         id="graph_link_from_unknown_node",
     ),
@@ -714,6 +714,29 @@ links:
             "8:3: pipeline 'main' has no port 'overflow' (ports: err, out)",
         ],
         id="pipeline_port_missing",
+    ),
+    pytest.param(
+        """\
+version: 1
+onramps: {src: {type: stdin}}
+pipelines:
+  main:
+    - op: route
+      routes: {alerts: "True"}
+  graph:
+    nodes: {r: {op: route, routes: {alerts: "True"}}}
+    links: {in: [r], r/alert: [out], r/defualt: [out]}
+offramps: {out: {type: stdout}}
+links: {src: [main, graph], main/alerst: [out], main/default: [out], graph: [out], srv/err: [out], src/eror: [out]}
+""",
+        [
+            "9:22: node 'graph.r' (route) has no port 'alert': did you mean 'alerts'? (ports: out, err, alerts, default)",
+            "9:38: node 'graph.r' (route) has no port 'defualt': did you mean 'default'? (ports: out, err, alerts, default)",
+            "11:29: pipeline 'main' has no port 'alerst': did you mean 'alerts'? (ports: alerts, default, err, out)",
+            "11:84: link from unknown component 'srv': did you mean 'src'?",
+            "11:100: onramp 'src' has no port 'eror': did you mean 'err'? (ports: out, err)",
+        ],
+        id="port_typos",
     ),
     pytest.param(
         """\
@@ -1099,8 +1122,8 @@ offramps: {out: {type: stdot}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"3:29: unknown codec 'jsonn' (known: {CODECS})",
-            f"5:24: unknown offramp 'stdot' (known: {OFFRAMPS})",
+            f"3:29: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
+            f"5:24: unknown offramp 'stdot': did you mean 'stdout'? (known: {OFFRAMPS})",
             "4:20: missing required key 'where' in operator 'filter' of node 'main.filter_0'",
         ],
         id="several_at_once",
@@ -1167,8 +1190,8 @@ def test_error_text_is_one_line_per_issue(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_file(path, env={})
     assert str(info.value).splitlines() == [
-        f"{path}:3:13: unknown onramp 'fiel' (known: {ONRAMPS})",
-        f"{path}:4:27: unknown codec 'jsonn' (known: {CODECS})",
+        f"{path}:3:13: unknown onramp 'fiel': did you mean 'file'? (known: {ONRAMPS})",
+        f"{path}:4:27: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
     ]
 
 
