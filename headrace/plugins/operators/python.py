@@ -1,4 +1,4 @@
-"""``op: python``: a user function or class as a stage (DESIGN.md section 3).
+"""``op: python``: a user function or class as a stage (how to write one: [docs/stages.md](../../stages.md)).
 
 ``def f(event, meta)`` is a CPU stage (runs on workers); ``async def`` is an I/O stage
 (runs on the loop with ``concurrency`` in flight). A class with ``setup()`` /
