@@ -51,7 +51,7 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
             start = number
         line = raw.strip()
         if line.endswith("\\"):
-            pending += line[:-1] + " "
+            pending += line[:-1].rstrip() + " "
             continue
         line, pending = pending + line, ""
         if line and line[0] not in "#;":
