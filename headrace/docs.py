@@ -124,7 +124,9 @@ def _config() -> str:
     for title, model in (("Top level", Config), ("`daemon:`", DaemonConfig), ("`daemon.metrics:`", MetricsConfig),
                          ("an onramp (`onramps.<id>:`)", OnrampConfig), ("an offramp (`offramps.<id>:`)", OfframpConfig)):  # fmt: skip
         parts += [f"## {title}", "", model_table(model)]
-    parts += ["## Components", ""]
+    from headrace.config.names import REFERENCE as PIPELINES
+
+    parts += [PIPELINES, "## Components", ""]
     from headrace.plugins import registry
 
     for kind in registry.KINDS:

@@ -11,6 +11,7 @@ from headrace.config.errors import ConfigError, ConfigIssue, Position, did_you_m
 from headrace.config.expr import ExpressionError
 from headrace.config.graph import ComponentSpec, Edge, Graph, ProcessorSpec
 from headrace.config.model import Config, OfframpConfig, OnrampConfig, ProcessorRef
+from headrace.config.names import list_node_ids
 from headrace.config.paths import SettingError, check_folder_path
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
@@ -129,14 +130,19 @@ class _Builder:
         )
 
     # -- pipelines ---------------------------------------------------------------------------
+    @staticmethod
+    def stage_name(pipe: str, nid: str, path: tuple[str | int, ...], listed: bool) -> str:
+        """How a message names a node that has no name of its own yet (no op, no function): by position in a list."""
+        return f"stage {int(path[-1]) + 1} of pipeline '{pipe}'" if listed else f"node '{nid}' in pipeline '{pipe}'"
+
     def node(self, pipe: str, nid: str, raw: Any, path: tuple[str | int, ...], *, listed: bool) -> ComponentSpec | None:
         """A node of pipeline ``pipe``; ``listed``: written in a list (it may carry an ``id:``)."""
         pos = self.smap.at(path)
         if not isinstance(raw, dict):
-            self.err(pos, f"node '{nid}' in pipeline '{pipe}' must be a mapping with an 'op' key")
+            self.err(pos, f"{self.stage_name(pipe, nid, path, listed)} must be a mapping with an 'op' key")
             return None
         if "op" not in raw:
-            self.err(pos, f"node '{nid}' in pipeline '{pipe}' has no 'op' (known: {', '.join(registry.names('operators'))})")
+            self.err(pos, f"{self.stage_name(pipe, nid, path, listed)} has no 'op' (known: {', '.join(registry.names('operators'))})")
             return None
         op = raw["op"]
         cls = self.plugin("operators", str(op), self.smap.at((*path, "op")))
@@ -173,13 +179,12 @@ class _Builder:
         exposed = {"out", "err"}
         if isinstance(raw, list):
             nodes: list[ComponentSpec] = []
-            seen: set[str] = set()
-            for i, item in enumerate(raw):
-                nid = str(item.get("id")) if isinstance(item, dict) and "id" in item else f"{item.get('op', 'node') if isinstance(item, dict) else 'node'}_{i}"
-                if nid in seen or nid in PIPELINE_PORTS:
-                    self.err(self.smap.at((*path, i)), f"duplicate node id '{nid}' in pipeline '{pipe}'")
+            ids, refused = list_node_ids(raw)
+            for i, why in refused:
+                self.err(self.smap.at((*path, i, "id")), f"{why} in pipeline '{pipe}'")
+            for i, (item, nid) in enumerate(zip(raw, ids, strict=True)):
+                if nid is None:
                     continue
-                seen.add(nid)
                 spec = self.node(pipe, nid, item, (*path, i), listed=True)
                 if spec is not None:
                     nodes.append(spec)

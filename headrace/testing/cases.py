@@ -255,7 +255,7 @@ tests:
 | `expect` | `PIPELINE[/PORT]`, `PIPELINE.NODE[/PORT]`, `ONRAMP[/PORT]` | what leaves that port (default `out`): `err`, a route's names, `overflow` ... |
 
 Nodes are named as in metrics and logs: the `id:` of a stage, or its function's name
-(python) or operator (see the config reference). `headrace graph` draws them.
+(python) or operator ([config reference](config.md#a-pipeline-pipelinesid)). `headrace graph` draws them.
 
 ## A test file
 

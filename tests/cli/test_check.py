@@ -77,7 +77,7 @@ def test_errors_in_file_order_with_the_path_as_given(tmp_path: Path) -> None:
     r = headrace("check", "etc/../etc/headrace.yaml", cwd=tmp_path)
     assert r.returncode == 78
     assert r.stderr.decode().splitlines() == [
-        "etc/../etc/headrace.yaml:4:35: unknown key 'wehre' in operator 'filter' of node 'main.filter_0': did you mean 'where'? "
+        "etc/../etc/headrace.yaml:4:35: unknown key 'wehre' in operator 'filter' of node 'main.filter': did you mean 'where'? "
         "(expected one of: id, op, where)",
         "etc/../etc/headrace.yaml:6:15: unknown onramp 'stdn': did you mean 'stdin'? "
         "(known: blaster, file, http, kafka, metronome, stdin, tcp, udp, unix)",

@@ -102,15 +102,15 @@ digraph headrace {
   "console" [label="console\\n(stdout)", shape=box3d];
   subgraph "cluster_main" {
     label="pipeline main";
-    "main.filter_0" [label="filter_0\\n[filter]", shape=box, style=rounded];
-    "main.route_1" [label="route_1\\n[route]", shape=box, style=rounded];
+    "main.filter" [label="filter\\n[filter]", shape=box, style=rounded];
+    "main.route" [label="route\\n[route]", shape=box, style=rounded];
   }
-  "in" -> "main.filter_0";
-  "main.filter_0" -> "console" [label="err", color=red, style=dashed];
-  "main.filter_0" -> "main.route_1";
-  "main.route_1" -> "console" [label="err", color=red, style=dashed];
-  "main.route_1" -> "alerts" [label="alerts"];
-  "main.route_1" -> "console" [label="default"];
+  "in" -> "main.filter";
+  "main.filter" -> "console" [label="err", color=red, style=dashed];
+  "main.filter" -> "main.route";
+  "main.route" -> "console" [label="err", color=red, style=dashed];
+  "main.route" -> "alerts" [label="alerts"];
+  "main.route" -> "console" [label="default"];
 }
 """
 
@@ -120,8 +120,8 @@ flowchart LR
   n3[["alerts<br/>(file)"]]
   n4[["console<br/>(stdout)"]]
   subgraph main["pipeline main"]
-    n1("filter_0<br/>[filter]")
-    n2("route_1<br/>[route]")
+    n1("filter<br/>[filter]")
+    n2("route<br/>[route]")
   end
   n0 --> n1
   n1 -.->|err| n4

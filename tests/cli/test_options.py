@@ -41,7 +41,7 @@ def test_log_level_before_or_after_the_verb_or_from_the_environment(tmp_path: Pa
     # debug shows what was loaded: the file, each plugin and where it comes from, the resolved edges
     assert any("headrace.config: config c.yaml (" in line for line in lines), lines
     assert any("headrace.plugins: operator 'filter': headrace.plugins.operators.filter:FilterOperator (built-in)" in line for line in lines)
-    assert any("headrace.config: c.yaml: src/out -> main.filter_0" in line for line in lines), lines
+    assert any("headrace.config: c.yaml: src/out -> main.filter" in line for line in lines), lines
 
 
 def test_info_shows_no_debug_and_the_flag_after_the_verb_wins(tmp_path: Path) -> None:

@@ -216,7 +216,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:35: unknown key 'wehre' in operator 'filter' of node 'main.filter_0': did you mean 'where'? (expected one of: id, op, where)",
+            "5:35: unknown key 'wehre' in operator 'filter' of node 'main.filter': did you mean 'where'? (expected one of: id, op, where)",
         ],
         id="unknown_operator_option",
     ),
@@ -442,7 +442,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:7: missing required key 'where' in operator 'filter' of node 'main.filter_0'",
+            "5:7: missing required key 'where' in operator 'filter' of node 'main.filter'",
         ],
         id="filter_without_where",
     ),
@@ -457,7 +457,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:7: missing required key 'fn' in operator 'python' of node 'main.python_0'",
+            "5:7: missing required key 'fn' in operator 'python' of node 'main.python'",
         ],
         id="python_without_fn",
     ),
@@ -472,7 +472,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:7: node 'node_0' in pipeline 'main' has no 'op' (known: {OPERATORS})",
+            f"5:7: stage 1 of pipeline 'main' has no 'op' (known: {OPERATORS})",
         ],
         id="stage_without_op",
     ),
@@ -610,7 +610,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:7: duplicate node id 'f' in pipeline 'main'",
+            "6:12: duplicate node id 'f' in pipeline 'main'",
         ],
         id="duplicate_node_id",
     ),
@@ -820,7 +820,7 @@ links:
   b/err: [out]
 """,
         [
-            "4:7: cycle: a.filter_0 -> b.filter_0 -> a.filter_0",
+            "4:7: cycle: a.filter -> b.filter -> a.filter",
         ],
         id="cycle_between_pipelines",
     ),
@@ -950,7 +950,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: name '__import__' is not allowed",
+            "6:14: node 'main.filter': where: name '__import__' is not allowed",
         ],
         id="expr_import",
     ),
@@ -966,7 +966,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: attribute '__class__' is not allowed",
+            "6:14: node 'main.filter': where: attribute '__class__' is not allowed",
         ],
         id="expr_dunder_attribute",
     ),
@@ -982,7 +982,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: unknown name 'open' (available: event, meta)",
+            "6:14: node 'main.filter': where: unknown name 'open' (available: event, meta)",
         ],
         id="expr_open",
     ),
@@ -998,7 +998,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: Lambda is not allowed in expressions",
+            "6:14: node 'main.filter': where: Lambda is not allowed in expressions",
         ],
         id="expr_lambda",
     ),
@@ -1014,7 +1014,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: invalid expression: '[' was never closed",
+            "6:14: node 'main.filter': where: invalid expression: '[' was never closed",
         ],
         id="expr_syntax_error",
     ),
@@ -1032,7 +1032,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main/ok: [out], main/bad: [out], main/default: [out]}
 """,
         [
-            "8:14: node 'main.route_0': routes.bad: attribute '__dict__' is not allowed",
+            "8:14: node 'main.route': routes.bad: attribute '__dict__' is not allowed",
         ],
         id="expr_in_route",
     ),
@@ -1048,7 +1048,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:38: node 'main.set_0': set.host: dunder strings are not allowed",
+            "6:38: node 'main.set': set.host: dunder strings are not allowed",
         ],
         id="expr_in_set",
     ),
@@ -1063,7 +1063,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:24: node 'main.python_0': cannot load hr_no_such_module:classify: ModuleNotFoundError: No module named 'hr_no_such_module'",
+            "5:24: node 'main.classify': cannot load hr_no_such_module:classify: ModuleNotFoundError: No module named 'hr_no_such_module'",
         ],
         id="python_module_missing",
     ),
@@ -1078,7 +1078,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:24: node 'main.python_0': loading failed: RuntimeError: database is down",
+            "5:24: node 'main.classify': loading failed: RuntimeError: database is down",
         ],
         id="python_module_raises",
     ),
@@ -1093,7 +1093,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:24: node 'main.python_0': cannot load hr_stage_ok:clasify: ImportError: module 'hr_stage_ok' has no attribute 'clasify'",
+            "5:24: node 'main.clasify': cannot load hr_stage_ok:clasify: ImportError: module 'hr_stage_ok' has no attribute 'clasify'",
         ],
         id="python_attribute_missing",
     ),
@@ -1124,7 +1124,7 @@ links: {src: [main], main: [out]}
         [
             f"3:29: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
             f"5:24: unknown offramp 'stdot': did you mean 'stdout'? (known: {OFFRAMPS})",
-            "4:20: missing required key 'where' in operator 'filter' of node 'main.filter_0'",
+            "4:20: missing required key 'where' in operator 'filter' of node 'main.filter'",
         ],
         id="several_at_once",
     ),
@@ -1138,9 +1138,9 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "4:27: node 'main.python_0': cannot load hr_one_arg:classify: TypeError: hr_one_arg:classify must take (event, meta); its signature is (event)",
-            "4:68: node 'main.python_1': cannot load hr_one_arg:Stage: TypeError: hr_one_arg:Stage.process must take (event, meta); its signature is (event)",
-            "4:106: node 'main.python_2': cannot load http:work: ImportError: the stage module 'http' beside the config has the name of a module "
+            "4:27: node 'main.classify': cannot load hr_one_arg:classify: TypeError: hr_one_arg:classify must take (event, meta); its signature is (event)",
+            "4:68: node 'main.Stage': cannot load hr_one_arg:Stage: TypeError: hr_one_arg:Stage.process must take (event, meta); its signature is (event)",
+            "4:106: node 'main.work': cannot load http:work: ImportError: the stage module 'http' beside the config has the name of a module "
             "of Python's standard library; rename it (e.g. 'http_stages')",
         ],
         id="stage_signature_and_shadowing_module",

@@ -5,7 +5,8 @@
 ``teardown()`` and ``process(event, meta)`` (or ``__call__``) is instantiated once per
 process. Return the event (-> out), None (dropped, counted), a list (several
 events), or raise (-> err with the cause). ``headrace.emit(port, event)`` targets a
-named port declared in ``ports:``.
+named port declared in ``ports:``. In a list pipeline the node is named after the
+callable (``fn: "stages:classify"`` -> ``main.classify``) unless ``id:`` names it.
 """
 
 from __future__ import annotations
