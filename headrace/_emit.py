@@ -28,7 +28,7 @@ def unbind(token: contextvars.Token[tuple[Any, str] | None]) -> None:
 
 
 def emit(port: str, event: Any, meta: dict[str, Any] | None = None) -> None:
-    from headrace.runtime.stage import Ev
+    from headrace.contract.stage import Ev
 
     fused = sync.fused
     if fused is not None:

@@ -88,7 +88,7 @@ def module_doc(cls: Any) -> str:
 
 def _component(kind: str, name: str) -> Callable[[], str]:
     def render() -> str:
-        from headrace.plugins import registry
+        from headrace import registry
 
         cls = registry.load(kind, name)  # type: ignore[arg-type]
         what = KIND_TITLES[kind]
@@ -127,7 +127,7 @@ def _config() -> str:
     from headrace.config.names import REFERENCE as PIPELINES
 
     parts += [PIPELINES, "## Components", ""]
-    from headrace.plugins import registry
+    from headrace import registry
 
     for kind in registry.KINDS:
         names = sorted(registry.BUILTINS[kind])
@@ -136,7 +136,7 @@ def _config() -> str:
 
 
 def _references() -> dict[str, Callable[[], str]]:
-    from headrace.plugins import registry
+    from headrace import registry
 
     refs: dict[str, Callable[[], str]] = {"reference/metrics.md": _metrics, "reference/config.md": _config, "reference/cli.md": _cli,
                                           "reference/tests.md": _tests}  # fmt: skip

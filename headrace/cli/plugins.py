@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Any
 
+from headrace import registry
 from headrace.config.errors import did_you_mean
-from headrace.plugins import registry
 
 EX_NO_PLUGIN = 1
 

@@ -7,16 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from headrace import registry
 from headrace.config.errors import ConfigError, ConfigIssue, Position, did_you_mean
-from headrace.config.expr import ExpressionError
 from headrace.config.graph import ComponentSpec, Edge, Graph, ProcessorSpec
 from headrace.config.model import Config, OfframpConfig, OnrampConfig, ProcessorRef
 from headrace.config.names import list_node_ids
-from headrace.config.paths import SettingError, check_folder_path
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import ExpressionError
+from headrace.contract.paths import SettingError, check_folder_path
 
 PIPELINE_PORTS = ("in", "out", "err")
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from headrace.config.schema_types import text_or
-from headrace.config.units import Duration, Size
+from headrace.contract.units import Duration, Size
 
 MAX_WORKERS = 1024  # one process each: far beyond any machine's cores, short of exhausting its memory
 WORKERS_SCHEMA = text_or({"type": "integer", "minimum": 0, "maximum": MAX_WORKERS}, r"auto|\s*[0-9]+\s*")

@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from headrace import registry
 from headrace.config.model import Config, OfframpConfig, OnrampConfig
 from headrace.config.schema_types import LaxJsonSchema, or_env
-from headrace.plugins import registry
 
 SCHEMA_ID = "urn:headrace:config:v1"
 TESTS_SCHEMA_ID = "urn:headrace:tests:v1"

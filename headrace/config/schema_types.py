@@ -19,8 +19,8 @@ from typing import Any, cast
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from headrace.config.units import DURATION_TEXT, SIZE_TEXT, parse_duration, parse_size
 from headrace.config.yamlpos import ENV_REFERENCE
+from headrace.contract.units import DURATION_TEXT, SIZE_TEXT, parse_duration, parse_size
 
 ENV = ENV_REFERENCE.pattern  # a string holding a ${VAR} reference may become anything: its value is checked at load
 # the strings pydantic's lax mode turns into a number or a boolean

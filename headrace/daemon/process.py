@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headrace.config.errors import ConfigError
 from headrace.config.graph import Graph
@@ -22,6 +22,9 @@ from headrace.metrics.defs import Metrics
 from headrace.runtime.engine import Engine, RollbackFailed
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.starting import StartFailed, describe
+
+if TYPE_CHECKING:
+    from headrace.runtime.workers.pool import WorkerPool
 
 log = logging.getLogger("headrace.daemon")
 
@@ -45,7 +48,7 @@ class Daemon:
         self.metrics = Metrics()
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.engine: Engine | None = None
-        self.pool: Any = None
+        self.pool: WorkerPool | None = None
         self.graph: Graph | None = None
         self.exit_code = EX_OK
         self.stop_requested = False
@@ -63,7 +66,7 @@ class Daemon:
             return EX_CONFIG
         workers = worker_count(self.graph.daemon.workers)
         if workers > 0 and _needs_pool(self.graph):
-            from headrace.runtime.pool import WorkerPool
+            from headrace.runtime.workers.pool import WorkerPool
 
             # before the loop: the fork server is started from a quiet process
             self.pool = WorkerPool(workers, self.metrics, stage_timeout=self.graph.daemon.stage_timeout,
@@ -270,6 +273,15 @@ class Daemon:
 
         return build_status(self)
 
+    @property
+    def workers(self) -> WorkerPool | None:
+        return self.pool
+
+    def placements(self) -> list[tuple[list[str], str]]:
+        if self.engine is None:
+            return []
+        return [(list(r.nodes), "workers" if r.segment is not None else "loop") for r in self.engine.chains.values()]
+
     def is_ready(self) -> bool:
         return self._ready()
 
@@ -298,7 +310,7 @@ class Daemon:
             return self._reload_failed("reload failed; running the previous config", [describe(exc)])
         try:
             if self.pool is None and _needs_pool(new) and worker_count(new.daemon.workers) > 0:
-                from headrace.runtime.pool import WorkerPool
+                from headrace.runtime.workers.pool import WorkerPool
 
                 self.pool = WorkerPool(worker_count(new.daemon.workers), self.metrics, stage_timeout=new.daemon.stage_timeout,
                                        max_rss=new.daemon.worker_max_rss or 0)  # fmt: skip
@@ -380,13 +392,13 @@ class Daemon:
 
     def _stage_files(self) -> list[Path]:
         """The source files of the python stages' modules in the running config."""
-        from headrace.runtime.engine import module_file
+        from headrace import registry
+        from headrace.runtime.wiring import module_file
 
         files = []
         for c in self.graph.of_kind("node") if self.graph is not None else []:
-            fn = getattr(c.config, "fn", None)
-            if c.plugin == "python" and isinstance(fn, str):
-                found = module_file(fn.partition(":")[0])
+            for module in registry.load("operators", c.plugin).source_modules(c.config):
+                found = module_file(module)
                 if found is not None:
                     files.append(found)
         return files
@@ -411,8 +423,8 @@ class Daemon:
 
 def _needs_pool(graph: Graph) -> bool:
     """True when some stage would run on workers (imports stage modules, as the engine will)."""
-    from headrace.plugins import registry
-    from headrace.plugins.base import PluginContext
+    from headrace import registry
+    from headrace.contract.context import PluginContext
 
     for c in graph.of_kind("node"):
         op = registry.load("operators", c.plugin)(c.id, c.config, PluginContext(c.id, graph.base_dir))

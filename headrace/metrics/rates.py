@@ -139,7 +139,7 @@ def _rate(cur: float, prev: float, window: float) -> float:
 _trackers: weakref.WeakKeyDictionary[Any, RateTracker] = weakref.WeakKeyDictionary()
 
 
-def tracker_for(daemon: Any) -> RateTracker:
+def tracker_for(daemon: object) -> RateTracker:
     """The rate tracker of one daemon (created on first use, dropped with the daemon)."""
     tracker = _trackers.get(daemon)
     if tracker is None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from headrace.metrics.rates import tracker_for
+from headrace.metrics.source import DaemonView
 
 log = logging.getLogger("headrace.metrics")
 
@@ -47,7 +48,7 @@ class BusyRatio:
         return ratios
 
 
-async def run_sampler(daemon: Any, interval: float = 1.0) -> None:
+async def run_sampler(daemon: DaemonView, interval: float = 1.0) -> None:
     """Runs until cancelled; a failing sample is logged (once) and never stops the daemon."""
     busy = BusyRatio(daemon.metrics["headrace_worker_busy_ratio"])
     rates = tracker_for(daemon)
@@ -55,7 +56,7 @@ async def run_sampler(daemon: Any, interval: float = 1.0) -> None:
     failed = False
     while True:
         try:
-            pool = daemon.pool
+            pool = daemon.workers
             busy.sample(pool.busy() if pool is not None else None)
             rates.sample(daemon.metrics)
         except Exception:

@@ -11,10 +11,12 @@ from typing import Any
 
 from headrace import __version__
 from headrace.metrics.rates import series, tracker_for
+from headrace.metrics.source import DaemonView
 
 
-def build_status(daemon: Any) -> dict[str, Any]:
+def build_status(daemon: DaemonView) -> dict[str, Any]:
     g = daemon.graph
+    assert g is not None, "no status before the config is loaded"
     metrics = daemon.metrics
     tracker = tracker_for(daemon)
     totals = tracker.sample(metrics)
@@ -22,6 +24,7 @@ def build_status(daemon: Any) -> dict[str, Any]:
     q_events = series(metrics, "headrace_queue_events")
     q_bytes = series(metrics, "headrace_queue_bytes")
     max_events, max_bytes = g.daemon.queue_events, g.daemon.queue_bytes
+    pool = daemon.workers
     components: dict[str, Any] = {}
     for cid, c in g.components.items():
         entry: dict[str, Any] = {"kind": c.kind, "type": c.plugin}
@@ -43,33 +46,18 @@ def build_status(daemon: Any) -> dict[str, Any]:
         "ready": daemon.is_ready(),
         "components": components,
         "edges": [{"from": f"{s}/{p}", "to": t} for (s, p), t in g.edges.items()],
-        "chains": _chains(daemon),
+        "chains": [{"nodes": nodes, "placement": where} for nodes, where in daemon.placements()],
         "rates_window_s": window,
         "queue_limits": {"events": max_events, "bytes": max_bytes},
-        "workers": daemon.pool.size if daemon.pool else 0,
-        "worker_pids": daemon.pool.pids() if daemon.pool else [],  # live workers only
-        "workers_down": daemon.pool.down() if daemon.pool else [],  # indices of workers not taking jobs now
-        "worker_states": {str(i): v for i, v in daemon.pool.states().items()} if daemon.pool else {},  # state, pid, error per worker
-        "worker_restarts": daemon.pool.restarts if daemon.pool else 0,
+        "workers": pool.size if pool else 0,
+        "worker_pids": pool.pids() if pool else [],  # live workers only
+        "workers_down": pool.down() if pool else [],  # indices of workers not taking jobs now
+        "worker_states": {str(i): v for i, v in pool.states().items()} if pool else {},  # state, pid, error per worker
+        "worker_restarts": pool.restarts if pool else 0,
         "worker_busy": {w: v for (w,), v in sorted(series(metrics, "headrace_worker_busy_ratio").items())},
         "loop_lag_p99_ms": daemon.loop_lag_p99() * 1000,
         "kafka": _kafka(series(metrics, "headrace_kafka_consumer_lag"), series(metrics, "headrace_kafka_committed_offset")),
     }
-
-
-def _chains(daemon: Any) -> list[dict[str, Any]]:
-    """How nodes were placed: each chain runs as one unit, on the workers or on the loop."""
-    engine = daemon.engine
-    if engine is None:
-        return []
-    out = []
-    for runner in engine.chains.values():
-        chain = getattr(runner, "chain", None)
-        if chain is not None:  # a worker segment
-            out.append({"nodes": list(chain.nodes), "placement": "workers" if chain.on_workers else "loop"})
-        else:
-            out.append({"nodes": [s.id for s in runner.stages], "placement": "loop"})
-    return out
 
 
 def _kafka(lag: dict[tuple[str, ...], float], committed: dict[tuple[str, ...], float]) -> list[dict[str, Any]]:

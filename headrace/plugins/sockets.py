@@ -26,10 +26,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 
-from headrace.config.units import Duration, Size
+from headrace.contract.backoff import Backoff
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp, Rejections
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Duration, Size
 from headrace.metrics.refusals import Refusals
-from headrace.plugins.base import Offramp, Onramp, OnrampSink, PluginConfig, PluginContext, Rejections
-from headrace.runtime.backoff import Backoff
 
 log = logging.getLogger("headrace.plugins.sockets")
 
@@ -93,7 +96,7 @@ class StreamOnramp(Onramp):
         self.writers: set[asyncio.StreamWriter] = set()
         self.sink: FramingSink | None = None
         self.sink_set = asyncio.Event()
-        self.refused = Refusals(context.component_id, context.extra.get("metrics"), log)
+        self.refused = Refusals(context.component_id, context.metrics, log)
 
     # -- transport ----------------------------------------------------------------------------
     def where(self) -> str:

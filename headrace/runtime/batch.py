@@ -4,16 +4,31 @@ A batch is columnar. ``payloads`` holds encoded records in ``codec`` (an entry i
 once that event was modified); ``values`` holds decoded values when some stage needed
 them. ``acks`` (one ref per event, or None for sources without acks) carry delivery
 tracking. ``origin`` names the onramp, whose ``err`` port receives decode failures.
+
+The runtime makes batches only through this module's verbs: ``Batch.source`` (what an
+onramp read), ``select`` and ``slice`` (some of the events), ``join`` (several batches as
+one), ``fanout_copy`` (for a second node that may modify), ``failed`` (events to an ``err``
+port, with the reason in their meta), ``Batch.rejected`` (chunks that never became records),
+``Batch.of_events`` (what stages emitted) and ``remade`` (events with new encodings, from a
+worker). Verbs whose batch will be sent on take one delivery share per event (``share=True``,
+or always for ``failed`` and ``of_events``): the sender's own share is released by whoever
+held it, through ``headrace.contract.acks``.
 """
 
 from __future__ import annotations
 
+import struct
+import time
 from collections.abc import Hashable
 from itertools import chain
 from operator import itemgetter
 from typing import Any
 
-from headrace.runtime.acks import AckRef
+from headrace.contract.acks import AckRef, add_each
+from headrace.contract.stage import Ev
+
+_I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
+_I64_BYTES = _I64.size
 
 
 class Batch:
@@ -57,6 +72,140 @@ class Batch:
 
     def meta(self, i: int) -> dict[str, Any]:
         return self.metas[i] if self.metas is not None else {}
+
+    # -- verbs ---------------------------------------------------------------------------------
+    @classmethod
+    def source(cls, payloads: list[bytes], *, codec: str, origin: str, group: Hashable, ack: AckRef | None = None,
+               metas: list[dict[str, Any]] | None = None, nbytes: int | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None,
+               ingest_ns: int | None = None) -> Batch:  # fmt: skip
+        """What an onramp read: records not decoded (validated) yet, all of one ingest time, one ack ref."""
+        n = len(payloads)
+        now = time.time_ns() if ingest_ns is None else ingest_ns
+        return cls(payloads=payloads, metas=metas, ingest=[now] * n, ingest_wire=_I64.pack(now) * n,  # type: ignore[arg-type]
+                   acks=[ack] * n if ack is not None else None, codec=codec, nbytes=nbytes, origin=origin, group=group,
+                   unchecked=True, wire=wire)  # fmt: skip
+
+    @classmethod
+    def decoded(cls, values: list[Any], metas: list[dict[str, Any]] | None, *, codec: str, origin: str, group: Hashable,
+                ack: AckRef | None = None) -> Batch:  # fmt: skip
+        """Events given as values (a test's injections), all of one ingest time, one ack ref."""
+        n = len(values)
+        return cls(values=values, metas=metas, ingest=[time.time_ns()] * n, acks=[ack] * n if ack is not None else None, codec=codec,
+                   origin=origin, group=group)  # fmt: skip
+
+    @classmethod
+    def empty(cls, origin: str, group: Hashable) -> Batch:
+        """No events: the parent of what a stage makes by itself (a tick, a flush)."""
+        return cls(ingest=[], origin=origin, group=group)
+
+    @classmethod
+    def rejected(cls, chunks: list[tuple[bytes, str]], stage: str, kind: str, meta: dict[str, Any] | None, *, origin: str,
+                 group: Hashable) -> Batch:  # fmt: skip
+        """Input that never became records (framing refused it), for an ``err`` port: each chunk
+        (a sample) as text, with the reason in its meta. No ack: the source reads on."""
+        metas = []
+        for _, reason in chunks:
+            m = dict(meta or {})
+            m["error"] = {"stage": stage, "type": kind, "message": reason}
+            metas.append(m)
+        now = time.time_ns()
+        payloads: list[bytes | None] = [c for c, _ in chunks]
+        return cls(payloads=payloads, values=[c.decode("utf-8", "backslashreplace") for c, _ in chunks], metas=metas,
+                   ingest=[now] * len(chunks), codec="binary", origin=origin, group=group)  # fmt: skip
+
+    @classmethod
+    def of_events(cls, evs: list[Ev], parent: Batch, refs: list[AckRef] | None, decoded: bool = True) -> Batch:
+        """What stages emitted on one port; original bytes are kept for events no stage modified.
+        ``decoded`` is False when the stages only read meta (the events are still just bytes).
+        An event's own ``ack`` wins over ``refs[ev.src]`` (an event made from held events carries
+        a ``MergedAck``). Takes a share of each ack."""
+        acks = [ev.ack if ev.ack is not None else refs[ev.src] for ev in evs] if refs is not None else None
+        add_each(acks, 1)
+        return cls(payloads=[ev.raw for ev in evs], values=[ev.value for ev in evs] if decoded else None, metas=[ev.meta for ev in evs],
+                   ingest=[ev.ingest for ev in evs], acks=acks, codec=parent.codec, origin=parent.origin, group=parent.group)  # fmt: skip
+
+    def select(self, idx: list[int], share: bool = False) -> Batch:
+        """The events at ``idx`` (in that order), every column kept; ``share``: take a share of their acks."""
+        if len(idx) == len(self) and idx == list(range(len(self))):
+            part = self
+        else:
+            part = Batch(
+                payloads=take(self.payloads, idx) if self.payloads is not None else None,
+                values=take(self.values, idx) if self.values is not None else None,
+                metas=take(self.metas, idx) if self.metas is not None else None,
+                ingest=take(self.ingest, idx), acks=take(self.acks, idx) if self.acks is not None else None,
+                codec=self.codec, origin=self.origin, group=self.group, unchecked=self.unchecked,
+            )  # fmt: skip
+        if share:
+            add_each(part.acks, 1)
+        return part
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Events ``start:stop``, with their wire form when they have one (a worker job's chunk)."""
+        return Batch(
+            payloads=self.payloads[start:stop] if self.payloads is not None else None,
+            values=self.values[start:stop] if self.values is not None else None,
+            metas=self.metas[start:stop] if self.metas is not None else None,
+            ingest=self.ingest[start:stop], acks=self.acks[start:stop] if self.acks is not None else None,
+            ingest_wire=self.ingest_wire[start * _I64_BYTES : stop * _I64_BYTES] if self.ingest_wire is not None else None,
+            codec=self.codec, origin=self.origin, group=self.group, unchecked=self.unchecked,
+        )  # fmt: skip
+
+    def fanout_copy(self) -> Batch:
+        """The same events for a second node, which may modify decoded values and metas: its own copies."""
+        import copy
+
+        return Batch(
+            payloads=self.payloads, values=copy.deepcopy(self.values) if self.values is not None else None,
+            metas=[dict(m) for m in self.metas] if self.metas is not None else None, ingest=self.ingest,
+            acks=self.acks, codec=self.codec, nbytes=self.nbytes, origin=self.origin, group=self.group, unchecked=self.unchecked,
+        )  # fmt: skip
+
+    def failed(self, reasons: list[tuple[int, str]], stage: str, kind: str, *, as_text: bool = False, sample: int | None = None,
+               payloads: list[bytes] | None = None, codec: str | None = None) -> Batch:  # fmt: skip
+        """The events at the indices of ``reasons`` for an ``err`` port, each with
+        ``meta.error = {stage, type: kind, message: reason}``; takes a share of their acks.
+
+        ``as_text``: records that are not valid in their codec travel as text (their bytes,
+        ``sample`` of them at most). ``payloads``/``codec``: their encodings in another codec
+        (what an offramp made), replacing theirs."""
+        idx = [i for i, _ in reasons]
+        metas = []
+        for i, reason in reasons:
+            m = dict(self.meta(i))
+            m["error"] = {"stage": stage, "type": kind, "message": reason}
+            metas.append(m)
+        acks = take(self.acks, idx) if self.acks is not None else None
+        add_each(acks, 1)
+        ingest = take(self.ingest, idx)
+        if payloads is not None:
+            return Batch(payloads=payloads, metas=metas, ingest=ingest, acks=acks, codec=codec, origin=self.origin, group=self.group)  # type: ignore[arg-type]
+        if as_text:
+            raws = [(self.payloads[i] or b"") if self.payloads is not None else b"" for i in idx]
+            if sample is not None:
+                raws = [r[:sample] for r in raws]
+            return Batch(payloads=raws, values=[r.decode("utf-8", "backslashreplace") for r in raws], metas=metas, ingest=ingest,  # type: ignore[arg-type]
+                         acks=acks, codec="binary", origin=self.origin, group=self.group)  # fmt: skip
+        return Batch(payloads=take(self.payloads, idx) if self.payloads is not None else None,
+                     values=take(self.values, idx) if self.values is not None else None, metas=metas, ingest=ingest, acks=acks,
+                     codec=self.codec, origin=self.origin, group=self.group)  # fmt: skip
+
+    def remade(self, src: list[int] | None, payloads: list[bytes | None] | list[bytes], metas: list[dict[str, Any]] | None, codec: str,
+               nbytes: int | None = None, share: bool = True) -> Batch:  # fmt: skip
+        """Events of this batch (``src``: their indices, repeats allowed; None: all, in order) with new
+        encodings and metas (a worker's answer, an offramp's records); ``share``: take a share of each ack."""
+        if src is None:
+            acks = self.acks
+            if share:
+                add_each(acks, 1)
+            same = payloads is self.payloads
+            return Batch(payloads=payloads, metas=metas, ingest=self.ingest, acks=acks, codec=codec, nbytes=nbytes, origin=self.origin,  # type: ignore[arg-type]
+                         group=self.group, wire=self.wire if same else None, ingest_wire=self.ingest_wire if same else None)  # fmt: skip
+        acks = take(self.acks, src) if self.acks is not None else None
+        if share:
+            add_each(acks, 1)
+        return Batch(payloads=payloads, metas=metas, ingest=take(self.ingest, src), acks=acks, codec=codec, nbytes=nbytes,  # type: ignore[arg-type]
+                     origin=self.origin, group=self.group)  # fmt: skip
 
 
 def _size(payloads: list[bytes | None]) -> int:
@@ -131,7 +280,7 @@ def share_equal(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     hits = 0
     keys = _KEYS
     for k, m in enumerate(metas):
-        if (k == 16 and hits < 8) or (k == SHARE_PROBE and hits < SHARE_PROBE // 2):
+        if k == SHARE_PROBE and hits < SHARE_PROBE // 2:  # mostly distinct so far (per-event offsets): not worth it
             return metas
         try:
             entry = seen.get(items := tuple(m.items()))

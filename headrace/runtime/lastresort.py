@@ -22,14 +22,14 @@ import datetime
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from headrace import registry
 from headrace.config.model import DaemonConfig
-from headrace.plugins.codecs.json import to_json
 from headrace.runtime.batch import Batch
 
 log = logging.getLogger("headrace.lastresort")
@@ -54,6 +54,7 @@ class LastResort:
         self.state = state  # the state dir
         self.folder = state / "last-resort"
         self.fds: dict[str, int] = {}
+        self.json = registry.make_codec("json")  # writes bytes as text or {"base64": ...}, big integers exact
 
     def path(self, component: str) -> Path:
         name = _UNSAFE.sub("_", component).lstrip(".") or "_"
@@ -61,7 +62,7 @@ class LastResort:
 
     def keep(self, component: str, batch: Batch) -> None:
         """Append the events of ``batch``; returns once the kernel has them, raises ``OSError`` if it cannot."""
-        data = b"".join(_lines(component, batch))
+        data = b"".join(_lines(component, batch, self.json.encode))
         fd = self.fds.get(component)
         if fd is None:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -84,7 +85,7 @@ class LastResort:
         self.fds.clear()
 
 
-def _lines(component: str, batch: Batch) -> Iterator[bytes]:
+def _lines(component: str, batch: Batch, to_json: Callable[[Any], bytes]) -> Iterator[bytes]:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     for i in range(len(batch)):
         raw = batch.payloads[i] if batch.payloads is not None else None

@@ -2,71 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from typing import Any
 
-from headrace.metrics.defs import Metrics, Tally
-from headrace.runtime.acks import add_each, done_each, fail_each
+from headrace.contract.acks import add_each, done_each, fail_each
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort
+from headrace.runtime.stats import ComponentStats
 
 log = logging.getLogger("headrace.router")
-
-
-class ComponentStats:
-    """Labelled metric children of one component, resolved once (not per batch)."""
-
-    def __init__(self, metrics: Metrics, cid: str, kind: str) -> None:
-        self.metrics = metrics
-        self.cid = cid
-        self.kind = kind
-        self.received = Tally(metrics["headrace_component_received_events_total"].labels(cid, kind))
-        self.received_bytes = Tally(metrics["headrace_component_received_bytes_total"].labels(cid, kind))
-        self.sent_bytes = Tally(metrics["headrace_component_sent_bytes_total"].labels(cid, kind))
-        self._sent: dict[str, Any] = {}
-        self._errors: dict[str, Any] = {}
-        self._discarded: dict[str, Any] = {}
-
-    def sent(self, port: str) -> Any:
-        c = self._sent.get(port)
-        if c is None:
-            c = self._sent[port] = Tally(self.metrics["headrace_component_sent_events_total"].labels(self.cid, self.kind, port))
-        return c
-
-    def error(self, error_type: str, n: int = 1) -> None:
-        c = self._errors.get(error_type)
-        if c is None:
-            c = self._errors[error_type] = self.metrics["headrace_component_errors_total"].labels(self.cid, self.kind, error_type)
-        c.inc(n)
-
-    def forget(self) -> None:
-        """Remove every series of this component (it was removed by a reload)."""
-        m = self.metrics
-        doomed: list[tuple[str, tuple[str, ...]]] = [
-            ("headrace_component_received_events_total", (self.cid, self.kind)),
-            ("headrace_component_received_bytes_total", (self.cid, self.kind)),
-            ("headrace_component_sent_bytes_total", (self.cid, self.kind)),
-            ("headrace_queue_events", (self.cid,)), ("headrace_queue_bytes", (self.cid,)),
-            ("headrace_event_latency_seconds", (self.cid,)), ("headrace_loop_blocked_seconds_total", (self.cid,)),
-            ("headrace_component_buffered_bytes", (self.cid,)),
-        ]  # fmt: skip
-        doomed += [("headrace_component_sent_events_total", (self.cid, self.kind, p)) for p in self._sent]
-        doomed += [("headrace_component_errors_total", (self.cid, self.kind, e)) for e in self._errors]
-        doomed += [("headrace_component_discarded_events_total", (self.cid, r)) for r in self._discarded]
-        for name, labels in doomed:
-            try:
-                m[name].remove(*labels)
-            except KeyError:
-                pass
-
-    def discard(self, reason: str, n: int) -> None:
-        c = self._discarded.get(reason)
-        if c is None:
-            c = self._discarded[reason] = self.metrics["headrace_component_discarded_events_total"].labels(self.cid, reason)
-        c.inc(n)
 
 
 class Router:
@@ -107,7 +52,7 @@ class Router:
             if inbox.retired:  # a reload replaced it while this send waited on an earlier target
                 skipped += 1
                 continue
-            await inbox.put(batch if first or not is_node else _copy(batch))
+            await inbox.put(batch if first or not is_node else batch.fanout_copy())
             first = False
         if skipped:
             await self._redirect(port, batch, targets, skipped, first)
@@ -130,7 +75,7 @@ class Router:
         if shares > len(new):
             self.stats.discard("removed_by_reload", (shares - len(new)) * len(batch))
         for inbox, is_node in new:
-            await inbox.put(batch if first or not is_node else _copy(batch))
+            await inbox.put(batch if first or not is_node else batch.fanout_copy())
             first = False
 
     def _unlinked_err(self, batch: Batch) -> None:
@@ -161,12 +106,3 @@ class Router:
             "%d event(s) on unlinked err port of %s%s; first: %s: %s (link '%s/err' to an offramp to handle them)",
             len(batch), self.stats.cid, fate, err.get("type", "?"), err.get("message", "?"), self.stats.cid,
         )  # fmt: skip
-
-
-def _copy(batch: Batch) -> Batch:
-    """Fan-out to a second node: it may mutate decoded values and metas, so it gets its own."""
-    return Batch(
-        payloads=batch.payloads, values=copy.deepcopy(batch.values) if batch.values is not None else None,
-        metas=[dict(m) for m in batch.metas] if batch.metas is not None else None, ingest=batch.ingest,
-        acks=batch.acks, codec=batch.codec, nbytes=batch.nbytes, origin=batch.origin, group=batch.group,
-    )  # fmt: skip

@@ -14,10 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headrace.config.errors import ConfigError, ConfigIssue, Position, did_you_mean
-from headrace.config.expr import ExpressionError, compile_expr
 from headrace.config.graph import Graph
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
+from headrace.contract.expr import ExpressionError, compile_expr
 
 
 class _Strict(BaseModel):

@@ -21,8 +21,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from headrace.plugins.base import Codec, DecodeError, PluginConfig, PluginContext
-from headrace.runtime.stage import Ev, Operator
+from headrace.contract.codec import Codec, DecodeError
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Ev, Operator
 
 UNKNOWN_KEY = "no_such_option_in_any_plugin"
 NODE_ID = "contract.node"

@@ -17,23 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from headrace import registry
 from headrace.config.graph import Graph
 from headrace.config.load import load_text
+from headrace.contract.acks import AckRef, done_each
+from headrace.contract.codec import Codec
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp
+from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
-from headrace.runtime.acks import AckRef, done_each
-from headrace.runtime.batch import Batch, take
+from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
-from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
+from headrace.runtime.offramp import OfframpRunner
+from headrace.runtime.onramp import OnrampRunner
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
+from headrace.runtime.wiring import closes_for, upstream_onramps
 from headrace.testing.cases import Case, Point
 
 UNBOUNDED = 2**62  # a test injects everything before the graph runs: no inbox may make it wait
@@ -88,11 +94,7 @@ class CaptureInbox(Inbox):
         await encoder.reject(batch, records, bad, unencoded=True)  # to the offramp's err port, as in run
         refused = {i for i, _ in bad}
         keep = [i for i in range(len(batch)) if i not in refused]
-        return Batch(payloads=take(batch.payloads, keep) if batch.payloads is not None else None,
-                     values=take(batch.values, keep) if batch.values is not None else None,
-                     metas=take(batch.metas, keep) if batch.metas is not None else None, ingest=take(batch.ingest, keep),
-                     acks=take(batch.acks, keep) if batch.acks is not None else None, codec=batch.codec, origin=batch.origin,
-                     group=batch.group)  # fmt: skip
+        return batch.select(keep)
 
 
 class TapRouter(Router):
@@ -199,14 +201,11 @@ class IsolatedGraph:
             self.onramps[c.id].closes = self.routers[c.id].inboxes()
         guard = LoopGuard(g.daemon.loop_block_threshold)
         self.chains: list[ChainRunner] = []
-        upstream = self._upstream_onramps()
+        upstream = upstream_onramps(g)
         for c in g.of_kind("node"):
             op = registry.load("operators", c.plugin)(c.id, c.config, PluginContext(c.id, g.base_dir))
             runner = ChainRunner(c.id, [op], self.inboxes[c.id], self.routers, self.codecs, guard, self.metrics)
-            closes = {id(i): i for i in self.routers[c.id].inboxes()}
-            for on in upstream[c.id]:  # decode failures go out on the err port of the onramp they came from
-                closes.update({id(i): i for i, _ in self.routers[on].targets.get("err", [])})
-            runner.closes = [i for i in closes.values() if i is not self.inboxes[c.id]]
+            runner.closes = closes_for(self.routers, self.inboxes, [c.id], upstream)  # wired as the daemon wires it
             self.chains.append(runner)
         closers = [r.closes for r in self.chains] + [r.closes for r in self.onramps.values()]
         for inbox in self.inboxes.values():  # the test driver is one more producer of every inbox
@@ -223,25 +222,10 @@ class IsolatedGraph:
         runner.router = router
         return runner
 
-    def _upstream_onramps(self) -> dict[str, set[str]]:
-        g = self.graph
-        up: dict[str, set[str]] = {cid: set() for cid in g.components}
-        for on in g.of_kind("onramp"):
-            stack, seen = [on.id], set()
-            while stack:
-                cur = stack.pop()
-                if cur not in seen:
-                    seen.add(cur)
-                    up[cur].add(on.id)
-                    for port in g.components[cur].ports or ("out", "err"):
-                        stack.extend(g.edges.get((cur, port), []))
-        return up
-
     def _batch(self, values: list[Any], meta: dict[str, Any], origin: str, token: int) -> Batch:
         n = len(values)
         ref = AckRef(n, token, self.source.ack, self.source.fail) if n else None
-        return Batch(values=copy.deepcopy(values), metas=[copy.deepcopy(meta) for _ in values], ingest=[time.time_ns()] * n,
-                     acks=[ref] * n if ref is not None else None, codec="json", origin=origin, group=origin)  # fmt: skip
+        return Batch.decoded(copy.deepcopy(values), [copy.deepcopy(meta) for _ in values], codec="json", origin=origin, group=origin, ack=ref)
 
     async def _inject(self) -> set[int]:
         """Put every injection in, in order; returns the tokens that must be acked."""

@@ -25,9 +25,9 @@ from typing import Any, TextIO
 import yaml
 
 from headrace.config.errors import ConfigError
-from headrace.config.expr import compile_expr
 from headrace.config.graph import Graph
 from headrace.config.load import load_file
+from headrace.contract.expr import compile_expr
 from headrace.errors import EX_CONFIG
 from headrace.testing.cases import Expectation, LoadedCase, case_files, load_cases
 from headrace.testing.harness import Captured, IsolatedGraph

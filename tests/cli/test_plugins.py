@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from headrace.plugins import registry
+from headrace import registry
 from headrace.plugins.offramps.file import FileOfframp
 from headrace.plugins.onramps.kafka import KafkaOnramp
 from tests.support.daemon import headrace

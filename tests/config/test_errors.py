@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from headrace import registry
 from headrace.config.errors import ConfigError
 from headrace.config.load import load_file
-from headrace.plugins import registry
 from headrace.plugins.onramps.file import FileOnramp
 
 ONRAMPS = ", ".join(registry.names("onramps"))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from headrace.config.expr import ExpressionError, compile_expr
+from headrace.contract.expr import ExpressionError, compile_expr
 
 EVENT = {"level": "error", "msg": "Disk Full", "n": 7, "tags": ["a", "b"], "nested": {"x": 1}}
 META = {"class": "ops", "kafka_partition": 3}

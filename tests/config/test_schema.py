@@ -20,13 +20,13 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from headrace import registry
 from headrace.config.errors import ConfigError
 from headrace.config.load import load_text
 from headrace.config.schema import SCHEMA_ID, json_schema
 from headrace.config.schema_types import LaxJsonSchema
-from headrace.config.units import Duration, Size
 from headrace.config.yamlpos import load_yaml
-from headrace.plugins import registry
+from headrace.contract.units import Duration, Size
 from tests.config.test_errors import INVALID, STAGE_FILES
 from tests.config.test_valid import ENV_CONFIG, VALID
 from tests.support.configs import ROOT, ConfigText, embedded_configs, example_configs, stub_stage_modules

@@ -10,7 +10,7 @@ import pytest
 
 from headrace.config.graph import Edge
 from headrace.config.load import load_file
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
 from headrace.plugins.offramps.file import FileOfframp
 from headrace.plugins.onramps.file import FileOnramp
 

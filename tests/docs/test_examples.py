@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from headrace.config.load import load_file
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
 from headrace.plugins.offramps.file import FileOfframp
 
 ROOT = Path(__file__).resolve().parents[2]

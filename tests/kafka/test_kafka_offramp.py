@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from headrace.plugins.base import PartialWrite, PluginContext
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import PartialWrite
 from headrace.plugins.offramps.kafka import KafkaOfframp, KafkaOfframpConfig, topic_problem
 from tests.support.daemon import Daemon
 from tests.support.kafka_broker import KafkaBroker

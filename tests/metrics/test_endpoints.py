@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped, unused-ignore]
+
 from tests.metrics.conftest import Counted, Ticking, http, wait_until
 from tests.support.daemon import Daemon, free_port, headrace
 from tests.support.kafka_broker import KafkaBroker
@@ -16,7 +18,8 @@ from tests.support.kafka_broker import KafkaBroker
 GATED = '''
 import asyncio
 
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig
+from headrace.contract.config import PluginConfig
+from headrace.contract.source import Onramp, OnrampSink
 
 
 class GatedConfig(PluginConfig):
@@ -107,7 +110,10 @@ links: {{in: [out]}}
             assert http(port, "/ready") == (503, {"ready": False})
             time.sleep(0.1)
         broker.start()
-        broker.create_topic("events", partitions=1)
+        try:
+            broker.create_topic("events", partitions=1)
+        except TopicAlreadyExistsError:  # the daemon's consumer got there first (the broker creates topics on demand)
+            pass
         assert wait_until(d, lambda: http(port, "/ready")[0] == 200, timeout=40)
         assert http(port, "/status")[1]["ready"] is True
     finally:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
-from headrace.runtime.acks import AckRef
-from headrace.runtime.stage import Ev, Operator
+from headrace import registry
+from headrace.contract.acks import AckRef
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Ev, Operator
 
 
 class Clock:

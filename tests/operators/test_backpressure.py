@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from headrace.contract.stage import Operator
 from headrace.plugins.operators.backpressure import BackpressureOperator
-from headrace.runtime.stage import Operator
 from tests.operators.support import Clock, Ports, evs, make
 
 
@@ -20,7 +20,7 @@ def setup() -> tuple[Clock, Downstream, BackpressureOperator]:
     down = Downstream()
     op = make("backpressure", clock, steps=["100ms", "200ms", "400ms"])
     assert isinstance(op, BackpressureOperator)
-    op.context.extra["downstream_full"] = down
+    op.context.downstream_full = down
     return clock, down, op
 
 

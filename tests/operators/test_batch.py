@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from headrace.runtime.acks import done_each
+from headrace.contract.acks import done_each
 from tests.operators.support import AckLog, Clock, Ports, evs, make, values
 
 

@@ -11,17 +11,18 @@ from typing import Any
 
 import pytest
 
+from headrace import registry
+from headrace.contract.acks import AckRef, done_each
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Emit, Ev, Operator
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
-from headrace.runtime import runners
-from headrace.runtime.acks import AckRef, done_each
+from headrace.runtime import loopchain
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
-from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
 from tests.operators.support import AckLog
 
 
@@ -154,7 +155,7 @@ async def test_python_made_events_before_a_holder_keep_their_source_ack(tmp_path
 
 @sync
 async def test_ticks_emit_timed_out_batches_without_new_input(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runners, "TICK_INTERVAL", 0.01)
+    monkeypatch.setattr(loopchain, "TICK_INTERVAL", 0.01)
     h = Harness([op("batch", "p.batch", count=100, timeout="30ms"), op("set", "p.set", set={"meta.seen": "True"})])
     task = asyncio.create_task(h.runner.run())
     await h.inbox.put(batch(["a", "b"]))
@@ -212,7 +213,7 @@ class _Heartbeat(Operator):
 
 @sync
 async def test_what_a_tick_makes_from_nothing_never_touches_source_acks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runners, "TICK_INTERVAL", 0.005)
+    monkeypatch.setattr(loopchain, "TICK_INTERVAL", 0.005)
     log = AckLog()
     beat = _Heartbeat("p.beat", None, PluginContext("p.beat", Path(".")))
     h = Harness([beat, op("set", "p.set", set={"x": "1"})])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from headrace.runtime.acks import done_each
+from headrace.contract.acks import done_each
 from tests.operators.support import AckLog, Clock, Ports, evs, make
 
 AGGS: dict[str, Any] = {
@@ -243,7 +243,7 @@ def test_bad_config(options: dict[str, Any]) -> None:
 
 
 def test_expression_errors_are_found_at_construction() -> None:
-    from headrace.config.expr import ExpressionError
+    from headrace.contract.expr import ExpressionError
 
     with pytest.raises(ExpressionError):
         make("window", size=2, group_by="__import__('os')", aggregates={"n": {"fn": "count"}})

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from headrace.plugins import registry
-from headrace.plugins.base import Codec
+from headrace import registry
+from headrace.contract.codec import Codec
 
 ERROR = {"stage": "main.classify", "type": "ValueError", "message": 'boom "quoted"\nsecond line'}
 ONRAMP_METAS: dict[str, dict[str, Any]] = {

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace.plugins.base import DecodeError
+from headrace.contract.codec import DecodeError
 from headrace.plugins.codecs.csv import CsvCodec, CsvConfig
 from headrace.plugins.codecs.influx import InfluxCodec
 from headrace.plugins.codecs.yaml import YamlCodec

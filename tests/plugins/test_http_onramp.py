@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
 from headrace.plugins.onramps.http import HttpOnramp, HttpOnrampConfig
 from tests.plugins.peers import json_lines, wait_connectable, wait_until
 from tests.support.daemon import Daemon, free_port, metric

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace.plugins.base import Postprocessor, Preprocessor
+from headrace.contract.framing import Postprocessor, Preprocessor
 from headrace.plugins.processors.base64 import Base64Config, Base64Postprocessor, Base64Preprocessor
 from headrace.plugins.processors.compress import (
     STEP,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
+from headrace import registry
+from headrace.contract.context import PluginContext
 from tests.support.daemon import Daemon, free_port
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from headrace.plugins import registry
+from headrace import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from headrace.contract.context import PluginContext
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import PluginContext
 from headrace.plugins.onramps.tcp import TcpOnramp, TcpOnrampConfig
 from headrace.plugins.processors.lines import LinesPreprocessor
 from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_until
@@ -157,7 +157,7 @@ def test_tcp_server_resets_connections_over_max_connections_and_counts_them(tmp_
     async def scenario() -> None:
         port = free_port()
         metrics = Metrics()
-        onramp = TcpOnramp(TcpOnrampConfig(port=port, max_connections=1), PluginContext("src", tmp_path, extra={"metrics": metrics}))
+        onramp = TcpOnramp(TcpOnrampConfig(port=port, max_connections=1), PluginContext("src", tmp_path, metrics=metrics))
         sink = LineSink()
         task = asyncio.create_task(onramp.run(sink))
         while not onramp.ready:

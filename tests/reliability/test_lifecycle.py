@@ -193,7 +193,8 @@ def test_row24_a_reload_that_cannot_start_keeps_the_running_graph(tmp_path: Path
 
 FLAKY = '''
 import asyncio, os
-from headrace.plugins.base import Onramp, PluginConfig
+from headrace.contract.config import PluginConfig
+from headrace.contract.source import Onramp
 
 class Config(PluginConfig):
     records: int = 20
@@ -253,7 +254,8 @@ links: {{src: [out]}}
 
 BRITTLE = '''
 import orjson
-from headrace.plugins.base import Codec, Preprocessor, Postprocessor
+from headrace.contract.codec import Codec
+from headrace.contract.framing import Postprocessor, Preprocessor
 
 class Brittle(Codec):
     """JSON, except that it raises a KeyError on records holding "boom" and cannot encode "bang"."""

@@ -19,11 +19,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from headrace import registry
 from headrace.config.errors import ConfigError
 from headrace.config.graph import Graph
 from headrace.config.load import load_text
-from headrace.plugins import registry
-from headrace.plugins.base import DecodeError
+from headrace.contract.codec import DecodeError
 
 SETTINGS = settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 HERE = Path(__file__).resolve().parent / "_property_config.yaml"  # never read: a name for positions; stage modules resolve beside it

@@ -23,8 +23,9 @@ import pytest
 
 from headrace.metrics.defs import Metrics
 from headrace.plugins.operators.python import PythonOperator
-from headrace.runtime.pool import WorkerCrashed, WorkerPool
-from headrace.runtime.segment import NodeDef, Request, Response, SegmentSpec
+from headrace.runtime.workers.pool import WorkerCrashed, WorkerPool
+from headrace.runtime.workers.program import NodeDef, SegmentSpec
+from headrace.runtime.workers.wire import Request, Response
 from tests.support.daemon import alive
 
 STAGE = '''

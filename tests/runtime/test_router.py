@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from headrace.contract.acks import AckRef
 from headrace.metrics.defs import Metrics
-from headrace.runtime.acks import AckRef
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
-from headrace.runtime.router import ComponentStats, Router
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
 
 
 def _batch(n: int, acks: list[AckRef] | None = None) -> Batch:

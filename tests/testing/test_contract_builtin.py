@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from headrace.plugins import registry
-from headrace.plugins.base import Codec, DecodeError
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace import registry
+from headrace.contract.codec import Codec, DecodeError
+from headrace.contract.stage import Emit, Ev, Operator
 from headrace.testing.contract import codec_contract, operator_contract
 
 STAGE = """
@@ -147,7 +147,7 @@ def test_operator_contract_catches(cls: type[Operator], message: str) -> None:
 def test_operator_contract_catches_configs_that_accept_unknown_keys() -> None:
     from pydantic import ConfigDict
 
-    from headrace.plugins.base import PluginConfig
+    from headrace.contract.config import PluginConfig
 
     class Lax(PluginConfig):
         model_config = ConfigDict(extra="allow", frozen=True)

@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import Field
 
-from headrace.plugins.base import Codec, DecodeError, PluginConfig, PluginContext
+from headrace.contract.codec import Codec, DecodeError
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
 from headrace.plugins.codecs.json import text_or_base64, to_json
 
 

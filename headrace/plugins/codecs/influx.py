@@ -17,7 +17,7 @@ import math
 import re
 from typing import Any
 
-from headrace.plugins.base import Codec, DecodeError
+from headrace.contract.codec import Codec, DecodeError
 from headrace.plugins.codecs.json import to_json
 
 _MEASUREMENT = re.compile(r"(?:\\.|[^\\, ])+", re.S)

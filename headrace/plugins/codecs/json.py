@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from headrace.plugins.base import Codec, DecodeError, ViewLoader
+from headrace.contract.codec import Codec, DecodeError, ViewLoader
 
 simdjson: Any
 try:

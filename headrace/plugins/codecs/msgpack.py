@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from headrace.plugins.base import Codec, DecodeError
+from headrace.contract.codec import Codec, DecodeError
 
 
 class MsgpackCodec(Codec):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headrace.plugins.base import Codec, DecodeError
+from headrace.contract.codec import Codec, DecodeError
 from headrace.plugins.codecs.json import to_json
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from headrace.plugins.base import Codec, DecodeError
+from headrace.contract.codec import Codec, DecodeError
 
 _FastLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SAFE_FAST = 1000  # records with at most this many of "[{-?:" nest at most this deep: safe for libyaml

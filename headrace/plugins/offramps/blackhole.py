@@ -18,8 +18,10 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from headrace.config.units import Duration
-from headrace.plugins.base import Offramp, PluginConfig, PluginContext
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp
+from headrace.contract.units import Duration
 
 log = logging.getLogger("headrace.blackhole")
 
@@ -100,7 +102,7 @@ class BlackholeOfframp(Offramp):
         except OSError as exc:
             log.error("blackhole %s: cannot write its report: %s", self.context.component_id, exc)
         finally:
-            stop = self.context.extra.get("request_stop")
+            stop = self.context.request_stop
             if self.cfg.stop_daemon and stop is not None:
                 stop()
 

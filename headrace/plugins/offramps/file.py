@@ -36,9 +36,11 @@ from typing import IO, Any, Literal
 
 from pydantic import Field
 
-from headrace.config.paths import check_file_path, check_folder_path
-from headrace.config.units import Duration, Size
-from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.paths import check_file_path, check_folder_path
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.contract.units import Duration, Size
 
 _PLACEHOLDER = re.compile(r"\{meta\.([A-Za-z_][A-Za-z0-9_]*)\}")
 

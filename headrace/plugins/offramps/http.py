@@ -28,9 +28,11 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import Field
 
-from headrace.config.units import Duration
-from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
-from headrace.runtime.backoff import Backoff
+from headrace.contract.backoff import Backoff
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.contract.units import Duration
 
 log = logging.getLogger("headrace.plugins.http")
 

@@ -32,9 +32,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from headrace.config.expr import compile_expr
-from headrace.config.units import Duration, Size
-from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import compile_expr
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.contract.units import Duration, Size
 
 log = logging.getLogger("headrace.kafka")
 PARTITIONS_TTL = 30.0

@@ -20,7 +20,8 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Any, TextIO
 
-from headrace.plugins.base import Offramp, PartialWrite, PluginContext
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp, PartialWrite
 
 
 class StdoutOfframp(Offramp):

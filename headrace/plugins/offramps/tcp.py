@@ -18,7 +18,7 @@ import asyncio
 
 from pydantic import Field
 
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
 from headrace.plugins.sockets import StreamOfframp, StreamOfframpConfig
 
 

@@ -21,8 +21,10 @@ from typing import Any, NoReturn
 
 from pydantic import Field
 
-from headrace.config.units import Size
-from headrace.plugins.base import Offramp, PartialWrite, PluginConfig, PluginContext, Rejections
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.contract.units import Size
 from headrace.plugins.onramps.udp import MAX_UDP
 
 log = logging.getLogger("headrace.plugins.udp")

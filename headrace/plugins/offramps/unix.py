@@ -14,8 +14,8 @@ import asyncio
 
 from pydantic import Field
 
-from headrace.config.paths import check_file_path
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
+from headrace.contract.paths import check_file_path
 from headrace.plugins.onramps.unix import MAX_PATH
 from headrace.plugins.sockets import StreamOfframp, StreamOfframpConfig
 

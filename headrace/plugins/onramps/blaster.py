@@ -8,7 +8,9 @@ from array import array
 
 from pydantic import Field
 
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.source import Onramp, OnrampSink
 from headrace.plugins.onramps.file import open_any
 
 

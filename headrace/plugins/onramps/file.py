@@ -11,9 +11,11 @@ from typing import IO, Any, cast
 
 from pydantic import Field
 
-from headrace.config.paths import check_file_path
-from headrace.config.units import Duration, Size
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.paths import check_file_path
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Duration, Size
 
 
 class FileOnrampConfig(PluginConfig):

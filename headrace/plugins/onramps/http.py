@@ -38,10 +38,12 @@ from typing import Any
 from aiohttp import ClientPayloadError, web
 from pydantic import Field
 
-from headrace.config.units import Duration, Size
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Duration, Size
 from headrace.metrics.defs import Tally
 from headrace.metrics.refusals import Refusals
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
 from headrace.plugins.onramps.http_server import CappedServer, busy_answer, listen
 from headrace.plugins.sockets import FramingSink, Meta, framing_sink
 
@@ -112,8 +114,8 @@ class HttpOnramp(Onramp):
         self.listener: asyncio.AbstractServer | None = None
         self.sink: FramingSink | None = None
         self.sink_set = asyncio.Event()
-        self.refused = Refusals(context.component_id, context.extra.get("metrics"), log)
-        metrics = context.extra.get("metrics")
+        self.refused = Refusals(context.component_id, context.metrics, log)
+        metrics = context.metrics
         self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(context.component_id)) if metrics else None
         self.any_origin = "*" in config.allowed_origins
         self.origins = {o.rstrip("/").lower() for o in config.allowed_origins}

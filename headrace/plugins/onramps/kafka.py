@@ -26,9 +26,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from headrace.config.units import Duration, Size
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
-from headrace.runtime.backoff import Backoff
+from headrace.contract.backoff import Backoff
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Duration, Size
 
 log = logging.getLogger("headrace.kafka")
 
@@ -98,7 +100,7 @@ class KafkaOnramp(Onramp):
         self.epoch = 0
         self.paused = False
         self._commit_task: asyncio.Task[None] | None = None
-        self.metrics = context.extra.get("metrics")
+        self.metrics = context.metrics
 
     def check(self) -> None:
         from aiokafka import AIOKafkaConsumer  # a missing dependency is a config error, found by check

@@ -8,8 +8,10 @@ import time
 import orjson
 from pydantic import Field
 
-from headrace.config.units import Duration
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Duration
 
 
 class MetronomeConfig(PluginConfig):

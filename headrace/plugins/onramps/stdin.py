@@ -9,8 +9,10 @@ import threading
 
 from pydantic import Field
 
-from headrace.config.units import Size
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Size
 
 
 class StdinConfig(PluginConfig):

@@ -6,7 +6,7 @@ import asyncio
 
 from pydantic import Field
 
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
 from headrace.plugins.sockets import Handler, Meta, StreamOnramp, StreamOnrampConfig
 
 

@@ -15,10 +15,12 @@ from typing import Any
 
 from pydantic import Field
 
-from headrace.config.units import Size
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.source import Onramp, OnrampSink
+from headrace.contract.units import Size
 from headrace.metrics.defs import Tally
 from headrace.metrics.refusals import LogEvery
-from headrace.plugins.base import Onramp, OnrampSink, PluginConfig, PluginContext
 from headrace.plugins.sockets import SAMPLE, Meta, framing_sink
 
 log = logging.getLogger("headrace.plugins.udp")
@@ -61,7 +63,7 @@ class UdpOnramp(Onramp):
         self.queued_bytes = 0
         self.dropped = 0
         self.drop_log_due = LogEvery()
-        metrics = context.extra.get("metrics")
+        metrics = context.metrics
         self.drop_counter = (
             metrics["headrace_component_discarded_events_total"].labels(context.component_id, "queue_full") if metrics else None
         )

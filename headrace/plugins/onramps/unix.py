@@ -9,8 +9,8 @@ import stat
 
 from pydantic import Field
 
-from headrace.config.paths import SettingError, check_file_path
-from headrace.plugins.base import PluginContext
+from headrace.contract.context import PluginContext
+from headrace.contract.paths import SettingError, check_file_path
 from headrace.plugins.sockets import Handler, Meta, StreamOnramp, StreamOnrampConfig
 
 log = logging.getLogger("headrace.plugins.unix")

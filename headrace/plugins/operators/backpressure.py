@@ -6,7 +6,7 @@ downstream is still full when the period ends, the next, longer step of ``steps`
 applies; every batch that finds it with room again steps the backoff back down. So
 a slow sink never stalls what is upstream: its share of the traffic is shed or sent
 elsewhere (an unlinked overflow drops and counts). The runner tells the operator
-about the downstream through ``context.extra["downstream_full"]``.
+about the downstream through ``context.downstream_full``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 
 from pydantic import Field
 
-from headrace.config.units import Duration
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.contract.units import Duration
 
 
 class BackpressureConfig(PluginConfig):
@@ -55,7 +56,7 @@ class BackpressureOperator(Operator):
         now = self.clock()
         if now < self.until:
             return "overflow"
-        full: Callable[[], bool] = self.context.extra.get("downstream_full", _never_full)
+        full: Callable[[], bool] = self.context.downstream_full
         if full():
             self.level = min(self.level + 1, len(self.steps_ns))
             self.until = now + self.steps_ns[self.level - 1]

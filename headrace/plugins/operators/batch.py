@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from headrace.config.expr_bounds import approx_bytes
-from headrace.config.units import Duration, Size
+from headrace.contract.acks import HeldAcks
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.expr_bounds import approx_bytes
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.contract.units import Duration, Size
 from headrace.metrics.defs import Tally
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.events import HeldAcks
-from headrace.runtime.stage import Emit, Ev, Operator
 
 
 class BatchConfig(PluginConfig):
@@ -47,7 +48,7 @@ class BatchOperator(Operator):
         self.acks = HeldAcks()
         self.since = 0  # when the oldest held event arrived
         self.bytes = 0  # of the held events
-        metrics = context.extra.get("metrics")
+        metrics = context.metrics
         self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(node_id)) if metrics is not None else None
 
     def _due(self, now_ns: int) -> bool:

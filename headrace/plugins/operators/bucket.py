@@ -16,9 +16,10 @@ from typing import Any
 
 from pydantic import Field
 
-from headrace.config.units import Duration
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.contract.units import Duration
 
 _FLIP = bytes([1, 0]) + bytes(254)  # admitted flags -> overflow flags
 

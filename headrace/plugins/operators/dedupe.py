@@ -17,13 +17,14 @@ from collections.abc import Callable, Hashable
 
 from pydantic import Field
 
-from headrace.config.expr import compile_expr
-from headrace.config.expr_bounds import approx_bytes
-from headrace.config.units import Duration, Size
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import compile_expr
+from headrace.contract.expr_bounds import approx_bytes
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.contract.units import Duration, Size
 from headrace.metrics.defs import Tally
-from headrace.plugins.base import PluginConfig, PluginContext
 from headrace.plugins.operators.window import freeze
-from headrace.runtime.stage import Emit, Ev, Operator
 
 KEY_BYTES = 150  # approximate bytes of one remembered key's entry, besides the key itself
 KEY_DEPTH = 64  # levels of a structured key whose items count by their size (deeper ones by their number)
@@ -52,7 +53,7 @@ class DedupeOperator(Operator):
         self.window_ns = int(config.window * 1e9)
         self.seen: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()  # key -> (time of its first event, its bytes), oldest first
         self.bytes = 0
-        metrics = context.extra.get("metrics")
+        metrics = context.metrics
         self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(node_id)) if metrics is not None else None
 
     def _forget_oldest(self) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from headrace.config.expr import compile_expr
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import compile_expr
+from headrace.contract.stage import Emit, Ev, Operator
 
 
 class FilterConfig(PluginConfig):

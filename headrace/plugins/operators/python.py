@@ -26,9 +26,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from headrace import _emit
-from headrace.config.units import Duration
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import STAGE_ERRORS, Emit, Ev, Operator, Placement
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator, PerRecord, Placement
+from headrace.contract.units import Duration
 
 
 class PythonConfig(PluginConfig):
@@ -143,6 +144,10 @@ class PythonOperator(Operator):
         self.concurrency = self.cfg.concurrency
 
     @classmethod
+    def source_modules(cls, config: PythonConfig) -> tuple[str, ...]:
+        return (config.fn.partition(":")[0],)
+
+    @classmethod
     def ports_for(cls, config: PythonConfig) -> tuple[str, ...]:
         return tuple(config.ports)
 
@@ -160,6 +165,11 @@ class PythonOperator(Operator):
             self.fn = getattr(self.instance, "process", None) or self.instance
         else:
             self.fn = self.target
+
+    def per_record(self) -> PerRecord | None:
+        if self.is_async or self.fn is None:
+            return None
+        return PerRecord(self.fn, self.cfg.readonly, self.cfg.readonly and self.cfg.lazy)
 
     def teardown(self) -> None:
         if self.instance is not None and hasattr(self.instance, "teardown"):

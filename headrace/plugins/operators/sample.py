@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from headrace.config.expr import compile_expr
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.stage import Emit, Ev, Operator
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import compile_expr
+from headrace.contract.stage import Emit, Ev, Operator
 
 
 class SampleConfig(PluginConfig):

@@ -14,10 +14,11 @@ from typing import Any
 
 from pydantic import Field
 
-from headrace.config.units import Duration
-from headrace.plugins.base import PluginConfig, PluginContext
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.contract.units import Duration
 from headrace.plugins.operators.bucket import SlidingWindow
-from headrace.runtime.stage import Emit, Ev, Operator
 
 
 class ThrottleConfig(PluginConfig):

@@ -31,13 +31,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from headrace.config.expr import compile_expr
-from headrace.config.units import Duration, Size
+from headrace.contract.acks import HeldAcks
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.expr import compile_expr
+from headrace.contract.stage import Emit, Ev, Operator
+from headrace.contract.units import Duration, Size
 from headrace.metrics.defs import Tally
-from headrace.plugins.base import PluginConfig, PluginContext
 from headrace.plugins.operators.quantiles import QuantileSketch
-from headrace.runtime.events import HeldAcks
-from headrace.runtime.stage import Emit, Ev, Operator
 
 RESERVED = ("group", "window_start", "window_end")
 MAX_OVERLAP = 1000  # sliding time windows open at once per group (interval / slide)
@@ -207,7 +208,7 @@ class WindowOperator(Operator):
         self.open: OrderedDict[Hashable, dict[int, Open]] = OrderedDict()  # group -> window start -> window
         self.recent: OrderedDict[Hashable, tuple[Any, deque[tuple[Held, tuple[Any, ...]]], int]] = OrderedDict()  # sliding by count
         self.bytes = 0  # approximate bytes of every open window and kept event
-        metrics = context.extra.get("metrics")
+        metrics = context.metrics
         self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(node_id)) if metrics is not None else None
 
     def _read(self, ev: Ev) -> tuple[Hashable, Any, tuple[Any, ...]]:
@@ -282,7 +283,7 @@ class WindowOperator(Operator):
         group, items, since = entry
         ev_ack = ev.ack
         if ev_ack is not None:
-            ev_ack.pending += 1  # the share this event keeps while it is among the last `size`
+            ev_ack.take_share()  # the share this event keeps while it is among the last `size`
         items.append((Held(ev), values))
         self.bytes += ENTRY_BYTES
         if len(items) > (self.cfg.size or 0):

@@ -8,7 +8,8 @@ import re
 
 from pydantic import Field
 
-from headrace.plugins.base import PluginConfig, Postprocessor, Preprocessor
+from headrace.contract.config import PluginConfig
+from headrace.contract.framing import Postprocessor, Preprocessor
 
 SAMPLE = 1024
 _WHITESPACE = b" \t\r\n"

@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import Field
 
-from headrace.config.units import Size
-from headrace.plugins.base import PluginConfig, Postprocessor, Preprocessor
+from headrace.contract.config import PluginConfig
+from headrace.contract.framing import Postprocessor, Preprocessor
+from headrace.contract.units import Size
 
 STEP = 1 << 20  # decompressed bytes one feed/resume call produces at most (plus, for zstd, one slice's worth)
 ZSTD_SLICE = 256  # zstd input per call: a zstd block expands at most 32 768:1, so a slice to at most 8 MiB

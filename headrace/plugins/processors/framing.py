@@ -11,8 +11,9 @@ import struct
 
 from pydantic import Field
 
-from headrace.config.units import Size
-from headrace.plugins.base import PluginConfig, Postprocessor, Preprocessor
+from headrace.contract.config import PluginConfig
+from headrace.contract.framing import Postprocessor, Preprocessor
+from headrace.contract.units import Size
 
 SAMPLE = 1024
 HEADER = 4

@@ -14,7 +14,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from headrace.runtime.segment import Response
+from headrace.runtime.workers.wire import Response
 
 CONFIGURE_JOB = -1  # the id of a set-up message, answered in order with the jobs
 

@@ -27,14 +27,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
+from headrace.contract.backoff import Backoff
 from headrace.errors import describe_exception
-from headrace.runtime.backoff import Backoff
-from headrace.runtime.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
-from headrace.runtime.segment import Response, SegmentSpec, pack, unpack
-from headrace.runtime.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main
+from headrace.runtime.workers.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
+from headrace.runtime.workers.program import SegmentSpec
+from headrace.runtime.workers.wire import Response, pack, unpack
+from headrace.runtime.workers.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main
 
 if TYPE_CHECKING:
-    from headrace.runtime.pool import WorkerPool
+    from headrace.runtime.workers.pool import WorkerPool
 
 log = logging.getLogger("headrace.pool")
 _I = struct.Struct("!i")

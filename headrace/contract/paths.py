@@ -1,5 +1,8 @@
 """What ``check`` can tell about a path the daemon will write, create or bind, touching nothing.
 
+A plugin's ``check()`` raises ``SettingError(key, message)`` for a problem with one of its
+settings: ``headrace check`` reports it at that setting's position.
+
 A path under a regular file can never exist (``mkdir`` fails with ``EEXIST``, ``open`` with
 ``ENOTDIR``), and a file path that names a folder can never be opened as a file: both fail
 at start-up whatever is retried, so ``check`` reports them, at the setting's position.

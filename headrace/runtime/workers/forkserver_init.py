@@ -3,6 +3,6 @@ the fork server dies with the daemon that started it (see ``lifeline``)."""
 
 from __future__ import annotations
 
-from headrace.runtime.lifeline import die_with_parent
+from headrace.runtime.workers.lifeline import die_with_parent
 
 die_with_parent()

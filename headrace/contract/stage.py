@@ -17,11 +17,13 @@ Methods:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from headrace.contract.acks import AckRef
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
 from headrace.errors import safe_str, type_name
-from headrace.plugins.base import PluginConfig, PluginContext
-from headrace.runtime.acks import AckRef
 
 Placement = Literal["workers", "loop", "any"]
 
@@ -30,12 +32,22 @@ Placement = Literal["workers", "loop", "any"]
 STAGE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt, GeneratorExit)
 
 
+@dataclass(frozen=True)
+class PerRecord:
+    """What ``Operator.per_record`` offers: the function, whether it never modifies its event
+    (``readonly``: the original bytes leave), and whether it may read lazy views of records."""
+
+    fn: Callable[[Any, dict[str, Any]], Any]
+    readonly: bool = False
+    views: bool = False
+
+
 class Ev:
     """One event inside the runtime: value, metadata, input index, original bytes (if unmodified).
 
     ``ack`` is the delivery ref of the event (None when its source does not ack). It
     lets a stage that holds events past their batch (batch, window) keep their
-    deliveries owed: see ``headrace.runtime.events.HeldAcks``.
+    deliveries owed: see ``headrace.contract.acks.HeldAcks``.
     """
 
     __slots__ = ("ack", "ingest", "meta", "raw", "src", "value")
@@ -83,6 +95,12 @@ class Operator:
         self.dropped: int | None = None
 
     @classmethod
+    def source_modules(cls, config: Any) -> tuple[str, ...]:
+        """Modules whose source defines this stage's behaviour (a python stage's): a reload
+        replaces the stage when one of them changed, and ``--watch`` watches their files."""
+        return ()
+
+    @classmethod
     def ports_for(cls, config: Any) -> tuple[str, ...]:
         """Ports besides ``out`` and ``err`` that this configuration has."""
         return ()
@@ -99,6 +117,14 @@ class Operator:
 
     def process(self, evs: list[Ev], emit: Emit) -> list[Ev]:
         raise NotImplementedError
+
+    def per_record(self) -> PerRecord | None:
+        """A function the runtime may call once per record instead of ``process`` (the fused fast
+        path of a worker: decode, call every stage's function, encode, one record at a time). It
+        follows the python stage's rules: ``fn(value, meta)`` returns the event (-> out), None
+        (dropped), a list (several events), or raises (-> err); ``headrace.emit`` reaches other
+        ports. None (the default): the stage runs through ``process`` only. Call after ``setup``."""
+        return None
 
     def route_metas(self, metas: list[dict[str, Any]]) -> dict[str, list[int]] | None:
         """Optional fast path for stages that read only meta and never change events:

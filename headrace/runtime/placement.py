@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headrace.config.graph import Graph
-from headrace.runtime.stage import Operator
+from headrace.contract.stage import Operator
 
 
 @dataclass

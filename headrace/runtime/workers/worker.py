@@ -17,10 +17,11 @@ import sys
 import traceback
 from typing import Any
 
+from headrace.contract.stage import Ev
 from headrace.errors import describe_exception
-from headrace.runtime.lifeline import die_with_parent, release_forkserver
-from headrace.runtime.segment import Request, Response, SegmentProgram, SegmentSpec, pack, unpack_header
-from headrace.runtime.stage import Ev
+from headrace.runtime.workers.lifeline import die_with_parent, release_forkserver
+from headrace.runtime.workers.program import SegmentProgram, SegmentSpec
+from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
 
 CONFIGURE, JOB, STOP = "configure", "job", "stop"
 IDLE = 0  # the slot's value between jobs

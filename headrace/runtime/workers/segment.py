@@ -20,17 +20,19 @@ from collections.abc import Hashable
 from typing import Any
 
 from headrace.config.graph import Graph
+from headrace.contract.acks import done_each
+from headrace.contract.codec import Codec
+from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Codec
-from headrace.runtime.acks import done_each
 from headrace.runtime.batch import Batch, join, joinable
-from headrace.runtime.events import decode_failures
+from headrace.runtime.chain import apply_counts
 from headrace.runtime.inbox import Inbox
-from headrace.runtime.plan import Chain
-from headrace.runtime.pool import JobFailed, WorkerCrashed, WorkerPool
+from headrace.runtime.placement import Chain
 from headrace.runtime.router import Router
-from headrace.runtime.segment import UNCHANGED, NodeDef, Request, Response, SegmentSpec
-from headrace.runtime.stage import Operator
+from headrace.runtime.runner import Runner
+from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
+from headrace.runtime.workers.program import NodeDef, SegmentSpec
+from headrace.runtime.workers.wire import UNCHANGED, Request, Response
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3
@@ -65,35 +67,26 @@ def exit_codecs(chain: Chain, stages: list[Operator], graph: Graph) -> dict[tupl
     return exits
 
 
-def slice_batch(b: Batch, start: int, stop: int) -> Batch:
-    return Batch(
-        payloads=b.payloads[start:stop] if b.payloads is not None else None,
-        values=b.values[start:stop] if b.values is not None else None,
-        metas=b.metas[start:stop] if b.metas is not None else None,
-        ingest=b.ingest[start:stop], acks=b.acks[start:stop] if b.acks is not None else None,
-        ingest_wire=b.ingest_wire[start * 8 : stop * 8] if b.ingest_wire is not None else None,
-        codec=b.codec, origin=b.origin, group=b.group,
-    )  # fmt: skip
-
-
-class PooledChainRunner:
+class PooledChainRunner(Runner):
     def __init__(self, chain: Chain, stages: list[Operator], inbox: Inbox, routers: dict[str, Router], codecs: dict[str, Codec],
                  metrics: Metrics, pool: WorkerPool, graph: Graph, segment_id: str | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.name = chain.id
+        self.nodes = tuple(chain.nodes)
         self.chain = chain
         self.stages = stages
-        self.inbox = inbox
+        self.inbox: Inbox = inbox
         self.routers = routers
         self.codecs = codecs
         self.pool = pool
         self.graph = graph
         base = graph.base_dir
-        self.spec = SegmentSpec(segment_id or chain.id, [NodeDef(s.id, s.name, s.config, base) for s in stages], exit_codecs(chain, stages, graph),
+        self.segment = self.spec = SegmentSpec(segment_id or chain.id, [NodeDef(s.id, s.name, s.config, base) for s in stages], exit_codecs(chain, stages, graph),
                                 dict(graph.codecs))  # fmt: skip
         self.ns_per_event: float | None = None
         self.slots = asyncio.Semaphore(pool.size * pool.max_inflight * 2)
         self.pending: dict[Hashable, deque[asyncio.Task[Result]]] = {}
         self.wake = asyncio.Event()
-        self.closes: list[Inbox] = []
         self.unordered = {c.id for c in graph.of_kind("onramp") if not c.ordered}
         self._seq = 0
 
@@ -102,8 +95,12 @@ class PooledChainRunner:
             return max(math.ceil(n / self.pool.size), 1)
         return max(min(int(TARGET_JOB_NS / max(self.ns_per_event, 1.0)), n), 1)
 
+    def retire(self, routers: dict[str, Router]) -> None:
+        super().retire(routers)
+        self.routers = routers
+
     async def run(self) -> None:
-        releaser = asyncio.create_task(self.release())
+        releaser = asyncio.create_task(self.release_results())
         intake = asyncio.create_task(self.intake())
         try:
             # a failure to release results (a bug) must fail the component, not hold its records silently
@@ -124,7 +121,7 @@ class PooledChainRunner:
             n = len(batch)
             size = self.chunk_size(n)
             for start in range(0, n, size):
-                chunk = batch if size >= n else slice_batch(batch, start, start + size)
+                chunk = batch if size >= n else batch.slice(start, start + size)
                 await self.slots.acquire()
                 group = batch.group
                 if batch.origin in self.unordered:
@@ -170,7 +167,7 @@ class PooledChainRunner:
             n = len(chunk)
             if n > 1:
                 mid = n // 2
-                a, b = await asyncio.gather(self.run_job(slice_batch(chunk, 0, mid), 0), self.run_job(slice_batch(chunk, mid, n), 0))
+                a, b = await asyncio.gather(self.run_job(chunk.slice(0, mid), 0), self.run_job(chunk.slice(mid, n), 0))
                 return a + b
             if isinstance(exc, JobFailed):  # the same every time: no retry
                 log.error("a record fails its worker segment; sending it to err: %s", exc)
@@ -185,7 +182,8 @@ class PooledChainRunner:
             self.ns_per_event = per if self.ns_per_event is None else 0.8 * self.ns_per_event + 0.2 * per
         return [(chunk, resp)]
 
-    async def release(self) -> None:
+    async def release_results(self) -> None:
+        """Hand on the answers of finished jobs, per order group in the order their chunks were read."""
         while True:
             await self.wake.wait()
             self.wake.clear()
@@ -207,48 +205,26 @@ class PooledChainRunner:
         refs = chunk.acks
         sends: list[tuple[str, str, Batch]] = []
         if isinstance(res, Poisoned):
-            metas = []
-            for i in range(len(chunk)):
-                m = dict(chunk.meta(i))
-                m["error"] = {"stage": self.chain.id, "type": res.kind, "message": res.cause}
-                metas.append(m)
-            if refs is not None:
-                for r in refs:
-                    r.pending += 1
             r0.error("worker_crash" if res.kind == "WorkerCrashed" else "stage_exception", len(chunk))
-            sends.append((first, "err", Batch(payloads=chunk.payloads, values=chunk.values, metas=metas, ingest=chunk.ingest,
-                                              acks=refs, codec=chunk.codec, origin=chunk.origin, group=chunk.group)))  # fmt: skip
+            sends.append((first, "err", chunk.failed([(i, res.cause) for i in range(len(chunk))], self.chain.id, res.kind)))
         else:
             if res.failures:
                 self.routers[chunk.origin].stats.error("decode", len(res.failures))
-                sends.append((chunk.origin, "err", decode_failures(chunk, res.failures, chunk.origin)))
+                sends.append((chunk.origin, "err", chunk.failed(res.failures, chunk.origin, "DecodeError", as_text=True)))
             blob = res.blob
             for out in res.outputs:
                 sends.append((out.node, out.port, self.rebuild(chunk, out, blob)))
-            for k, st in enumerate(self.stages):
-                c = res.counts.get(st.id)
-                if c is None:
-                    continue
-                received, sent, errors, dropped = c
-                stats = self.routers[st.id].stats
-                if k:
-                    stats.received.inc(received)
-                if k < len(self.stages) - 1 and sent.get("out"):
-                    stats.sent("out").inc(sent["out"])
-                if errors:
-                    stats.error("stage_exception", errors)
-                if dropped:
-                    stats.discard("dropped" if st.name == "python" else "filtered", dropped)
+            apply_counts({st.id: self.routers[st.id].stats for st in self.stages}, self.stages, res.counts)
         done_each(refs)
         for node, port, b in sends:
             await self.routers[node].send(port, b)
 
     @staticmethod
     def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes) -> Batch:
+        """The events of one output of a worker's answer, as a batch (the original bytes where unchanged)."""
         if out.identity and out.codec == chunk.codec and chunk.payloads is not None:
             # every input, in order, untouched: the original bytes as they are
-            return Batch(payloads=chunk.payloads, metas=out.metas, ingest=chunk.ingest, acks=_count(chunk.acks), codec=out.codec,
-                         nbytes=chunk.nbytes, origin=chunk.origin, group=chunk.group, wire=chunk.wire, ingest_wire=chunk.ingest_wire)  # fmt: skip
+            return chunk.remade(None, chunk.payloads, out.metas, out.codec, nbytes=chunk.nbytes)
         src = array("I")
         src.frombytes(out.src)
         lens = array("i")
@@ -257,8 +233,7 @@ class PooledChainRunner:
         n = len(src)
         if orig is not None and n == len(chunk) and out.codec == chunk.codec and lens.count(UNCHANGED) == n and src == array("I", range(n)):
             # untouched, in order: the original bytes as they are
-            return Batch(payloads=orig, metas=out.metas, ingest=chunk.ingest, acks=_count(chunk.acks), codec=out.codec,
-                         nbytes=chunk.nbytes, origin=chunk.origin, group=chunk.group)  # fmt: skip
+            return chunk.remade(None, orig, out.metas, out.codec, nbytes=chunk.nbytes)
         payloads: list[bytes | None] = []
         pos = out.start
         mv = memoryview(blob)
@@ -268,17 +243,7 @@ class PooledChainRunner:
             else:
                 payloads.append(bytes(mv[pos : pos + ln]))
                 pos += ln
-        acks = _count([chunk.acks[i] for i in src]) if chunk.acks is not None else None
-        ingest = chunk.ingest
-        return Batch(payloads=payloads, metas=out.metas, ingest=[ingest[i] for i in src], acks=acks, codec=out.codec,
-                     origin=chunk.origin, group=chunk.group)  # fmt: skip
-
-
-def _count(acks: list[Any] | None) -> list[Any] | None:
-    if acks is not None:
-        for r in acks:
-            r.pending += 1
-    return acks
+        return chunk.remade(src.tolist(), payloads, out.metas, out.codec)
 
 
 def _joinable(a: Batch, b: Batch) -> bool:

@@ -20,16 +20,17 @@ import multiprocess
 
 from headrace.errors import describe_exception
 from headrace.metrics.defs import Metrics
-from headrace.runtime.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
-from headrace.runtime.segment import Response, SegmentSpec, pack
-from headrace.runtime.supervisor import WorkerSupervisor
-from headrace.runtime.worker import JOB, MAX_RSS, MEMORY_ERROR
+from headrace.runtime.workers.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
+from headrace.runtime.workers.program import SegmentSpec
+from headrace.runtime.workers.supervisor import WorkerSupervisor
+from headrace.runtime.workers.wire import Response, pack
+from headrace.runtime.workers.worker import JOB, MAX_RSS, MEMORY_ERROR
 
 __all__ = ["JobFailed", "WorkerCrashed", "WorkerPool"]
 
 log = logging.getLogger("headrace.pool")
 # imported by the fork server before it forks anyone: it dies with the daemon, and workers start with these loaded
-FORKSERVER_PRELOAD = ["headrace.runtime.forkserver_init", "headrace.runtime.worker"]
+FORKSERVER_PRELOAD = ["headrace.runtime.workers.forkserver_init", "headrace.runtime.workers.worker"]
 
 
 class WorkerPool:

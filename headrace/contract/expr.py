@@ -4,7 +4,7 @@ The config is trusted like code, but expressions are still limited: no imports, 
 dunder access, no calls except to a fixed set of builtins and value methods. What event
 data could blow up (``9**9**9``, ``"a" * n``, ``"%900000000d" % 1``, ``range(10**18)``, a
 comprehension over a large list) is bounded at run time: the AST is rewritten to call the
-guards of ``headrace.config.expr_bounds``. Expressions without those operators and loops
+guards of ``headrace.contract.expr_bounds``. Expressions without those operators and loops
 are compiled as written, so they cost nothing extra.
 """
 
@@ -14,7 +14,7 @@ import ast
 from collections.abc import Callable
 from typing import Any
 
-from headrace.config import expr_bounds as bounds
+from headrace.contract import expr_bounds as bounds
 
 _SAFE_FUNCS: dict[str, Any] = {
     "len": len, "str": str, "int": int, "float": float, "bool": bool, "abs": abs,

@@ -1,5 +1,5 @@
 """Run-time bounds of expressions: whatever the event data, one evaluation takes bounded time
-and memory. ``headrace.config.expr`` rewrites the allow-listed AST to call these.
+and memory. ``headrace.contract.expr`` rewrites the allow-listed AST to call these.
 
 - Operators that can make a result much larger than their operands (``**``, ``*``, ``<<``,
   ``%`` on strings) and the methods that can (``replace``, ``join``), ``range`` and format

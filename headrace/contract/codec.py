@@ -1,0 +1,84 @@
+"""``Codec``: bytes <-> value, one record at a time (``decode`` may raise ``DecodeError``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from headrace.contract.config import NoConfig, PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.errors import safe_str
+
+
+class DecodeError(ValueError):
+    """A record that the codec cannot decode; it goes to the onramp's err port."""
+
+
+class ViewLoader(Protocol):
+    """Read-only views of records: ``parse`` is the fast path; whatever it raises (one of
+    ``errors``) goes to ``recover``, which returns a value or raises what ``Codec.loader``'s
+    function would, so that accepting and refusing are the same as without views."""
+
+    errors: tuple[type[Exception], ...]
+    parse: Callable[[bytes], Any]
+
+    def recover(self, raw: bytes, exc: BaseException) -> Any: ...
+
+    def __call__(self, raw: bytes) -> Any: ...
+
+
+class Codec:
+    name: ClassVar[str] = ""
+    validates: ClassVar[bool] = True  # False: any bytes are a valid record (nothing to check)
+    takes_buffer: ClassVar[bool] = False  # True: decode() accepts a memoryview (workers then skip a copy)
+
+    Config: ClassVar[type[PluginConfig]] = NoConfig
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: PluginConfig | None = None, context: PluginContext | None = None) -> None:
+        self.config = config or self.Config()
+        self.max_depth = context.max_event_depth if context else 1024
+
+    def decode(self, data: bytes) -> Any:
+        raise NotImplementedError
+
+    def encode(self, value: Any) -> bytes:
+        """One record. Raise (any exception) for a value this codec cannot carry: it goes to the
+        offramp's err port with the reason. Every codec writes every meta value a built-in onramp
+        produces (``bytes`` included; how, its page says)."""
+        raise NotImplementedError
+
+    def encode_with_meta(self, value: Any, meta: dict[str, Any]) -> bytes:
+        """The event and its meta as one record (an offramp's ``with_meta: true``): by default
+        ``{"event": value, "meta": meta}``; codecs whose records cannot nest override it."""
+        return self.encode({"event": value, "meta": meta})
+
+    def loader(self) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
+        """A function equivalent to ``decode`` and the exceptions it raises for bad input; codecs
+        with a C-level parser return it here so workers call it with no Python frame per record."""
+        return self.decode, (DecodeError,)
+
+    def validator(self) -> Callable[[Any], Any]:
+        """A function that raises for a record ``decode`` would refuse; its result is not used
+        (records going straight from an onramp to an offramp are checked, not decoded)."""
+        return self.loader()[0]
+
+    def loader_for(self, blob: bytes | memoryview) -> tuple[Callable[[Any], Any], tuple[type[Exception], ...]]:
+        """``loader()`` for the records of ``blob`` (a worker job): a codec may pick a faster
+        function when it can tell from the whole blob at once that it suffices."""
+        return self.loader()
+
+    def view_loader(self) -> ViewLoader | None:
+        """A loader of read-only views for stages that never modify events (``readonly``), or
+        None. Views only need to be read (``[]``, ``get``, ``in``, iteration, ``len``)."""
+        return None
+
+    def reason(self, exc: BaseException) -> str:
+        """Why a record did not decode, for its err event (``exc`` may be anything the codec raised)."""
+        if isinstance(exc, RecursionError):
+            return "nesting too deep"
+        if isinstance(exc, DecodeError):
+            return safe_str(exc)
+        return f"codec {self.name or type(self).__name__} failed: {type(exc).__name__}: {safe_str(exc)}"
+
+

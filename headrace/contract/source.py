@@ -1,0 +1,63 @@
+"""``Onramp``: produces records through an ``OnrampSink``; ``finite`` ones end by themselves."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from headrace.contract.config import NoConfig, PluginConfig
+from headrace.contract.context import PluginContext
+
+
+class OnrampSink(Protocol):
+    """Where an onramp puts what it reads. Both methods wait while the graph is full."""
+
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        """A piece of a byte stream, framed by the onramp's preprocessors."""
+
+    async def records(
+        self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
+        refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None,
+    ) -> None:
+        """Whole records (one message each); ``ack`` is handed back to ``Onramp.ack`` when all are done.
+        ``refused`` (index -> reason): records sent to the onramp's ``err`` port (with a sample) instead.
+        ``wire``: the same records as (lengths as ``array('I')`` bytes, blobs of them joined), when the
+        source has them so anyway; workers then get them without a copy per record."""
+
+    async def end_of_stream(self) -> None:
+        """Flush framing state at the end of one stream (a file, a connection)."""
+
+
+class Onramp:
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = NoConfig
+    summary: ClassVar[str] = ""
+    default_preprocessors: ClassVar[tuple[str, ...]] = ()
+    example: ClassVar[str] = ""
+
+    def __init__(self, config: Any, context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+        self.finite = False
+        self.ready = False
+
+    def check(self) -> None:
+        """Validate what the model cannot, without touching files, sockets or brokers."""
+
+    async def start(self) -> None:
+        """Connect; set ``self.ready`` when intake can begin."""
+        self.ready = True
+
+    async def run(self, sink: OnrampSink) -> None:
+        """Produce until the source ends (finite) or the task is cancelled."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Release resources; called after ``run`` returned or was cancelled."""
+
+    def ack(self, token: Any) -> None:
+        """All events of ``token`` are done."""
+
+    def fail(self, token: Any) -> None:
+        """Events of ``token`` could not be delivered (retry is the source's choice)."""
+
+

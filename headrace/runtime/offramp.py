@@ -1,0 +1,314 @@
+"""The offramp runner: encodes, frames and writes batches; retries, partial writes, err routing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from headrace.config.graph import ComponentSpec
+from headrace.contract.acks import done_each
+from headrace.contract.backoff import Backoff
+from headrace.contract.codec import Codec
+from headrace.contract.framing import Postprocessor
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.errors import describe_exception, safe_repr, safe_str
+from headrace.metrics.defs import Metrics
+from headrace.runtime.batch import Batch, join, joinable, take
+from headrace.runtime.inbox import Inbox
+from headrace.runtime.router import Router
+from headrace.runtime.runner import Runner
+from headrace.runtime.stats import ComponentStats
+
+log = logging.getLogger("headrace.runtime")
+
+class SelfFraming:
+    """The postprocessors, as given to an offramp that frames groups of records itself (a file
+    per path). A record they raise on is left out of what the offramp writes and remembered,
+    so that the runner sends it to err after the write instead of retrying it forever."""
+
+    def __init__(self, post: list[Postprocessor]) -> None:
+        self.post = post
+        self.refused: dict[int, str] = {}  # id() of a record object -> why
+
+    def run(self, records: list[bytes]) -> list[bytes]:
+        for p in self.post:
+            records = p.process(records)
+        return records
+
+    def __call__(self, records: list[bytes]) -> list[bytes]:
+        try:
+            return self.run(records)
+        except Exception as exc:
+            failure = exc
+        ok = []
+        for r in records:
+            try:
+                self.run([r])
+                ok.append(r)
+            except Exception as exc:
+                self.refused[id(r)] = f"postprocessor failed: {type(exc).__name__}: {safe_str(exc)}"
+        if len(ok) == len(records):  # only the group as a whole fails: no record to blame
+            raise failure
+        return self.run(ok) if ok else []
+
+    def take_refused(self, chunks: list[bytes]) -> list[tuple[int, str]]:
+        """(index in ``chunks``, reason) of the records left out of the last write."""
+        if not self.refused:
+            return []
+        out = [(i, self.refused[id(c)]) for i, c in enumerate(chunks) if id(c) in self.refused]
+        self.refused.clear()
+        return out
+
+
+class OfframpRunner(Runner):
+    def __init__(self, spec: ComponentSpec, plugin: Offramp, codec: Codec, post: list[Postprocessor], inbox: Inbox,
+                 stats: ComponentStats, codecs: dict[str, Codec], routers: dict[str, Router], metrics: Metrics,
+                 with_meta: bool) -> None:  # fmt: skip
+        super().__init__()
+        self.name = spec.id
+        self.spec = spec
+        self.plugin = plugin
+        self.codec = codec
+        self.post = post
+        self.inbox: Inbox = inbox
+        self.stats = stats
+        self.codecs = codecs
+        self.routers = routers
+        self.with_meta = with_meta
+        self.router: Router | None = None
+        self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
+        self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
+        self.framing: SelfFraming | None = None
+        if plugin.frames_itself:  # it gets one record per event and frames groups of them itself
+            self.framing = plugin.postprocess = SelfFraming(post)
+
+    def encode(self, batch: Batch) -> tuple[list[bytes], list[tuple[int, str]]]:
+        """Encoded records (b"" where encoding failed), and the failures with their reasons."""
+        name = self.spec.codec
+        encode = self.codec.encode
+        encode_with_meta = self.codec.encode_with_meta
+        payloads, values = batch.payloads, batch.values
+        if not self.with_meta and payloads is not None and batch.codec == name and None not in payloads:
+            return payloads, []  # type: ignore[return-value]
+        out: list[bytes] = []
+        bad: list[tuple[int, str]] = []
+        src_codec = self.codecs.get(batch.codec or "")
+        for i in range(len(batch)):
+            raw = payloads[i] if payloads is not None else None
+            try:
+                if raw is not None and batch.codec == name and not self.with_meta:
+                    out.append(raw)
+                    continue
+                value = values[i] if values is not None else src_codec.decode(raw)  # type: ignore[union-attr,arg-type]
+                out.append(encode_with_meta(value, batch.meta(i)) if self.with_meta else encode(value))
+            except Exception as exc:
+                kept = self._as_text(values[i] if values is not None else raw, batch.meta(i))
+                if kept is not None:  # a dead letter is kept readable rather than sent on down another err chain
+                    out.append(kept)
+                    continue
+                out.append(b"")
+                bad.append((i, f"cannot encode with {name}: {describe_exception(exc)}"))
+        return out, bad
+
+    def _as_text(self, value: Any, meta: dict[str, Any]) -> bytes | None:
+        """For an event that is already an error (``meta.error``) and that this codec cannot write:
+        its text (``repr``), written with its meta; None for other events (they go to ``err`` as they came)."""
+        if "error" not in meta:
+            return None
+        try:
+            text = safe_repr(value)
+            return self.codec.encode_with_meta(text, meta) if self.with_meta else self.codec.encode(text)
+        except Exception:
+            return None
+
+    def postprocess(self, records: list[bytes]) -> tuple[list[bytes], list[tuple[int, str]]]:
+        """The chunks to write, and the records a postprocessor raised on (index, reason): when the
+        batch fails, each record is tried alone to find them (the others are then written)."""
+        chunks = records
+        try:
+            for p in self.post:
+                chunks = p.process(chunks)
+            return chunks, []
+        except Exception as exc:
+            failure = exc
+        bad = []
+        for i, r in enumerate(records):
+            one = [r]
+            try:
+                for p in self.post:
+                    one = p.process(one)
+            except Exception as exc:
+                bad.append((i, f"postprocessor {p.name or type(p).__name__} failed: {type(exc).__name__}: {safe_str(exc)}"))
+        if not bad:  # only the batch as a whole fails: no record to blame, so the offramp fails (loudly)
+            raise failure
+        return [], bad
+
+    async def validate(self, batch: Batch) -> Batch:
+        """Records that reach an offramp straight from an onramp were never decoded: check them
+        with the source codec now, so malformed input goes to the onramp's err port here too."""
+        codec = self.codecs.get(batch.codec or "")
+        if codec is None or not codec.validates:
+            return batch
+        bad = []
+        check = codec.validator()
+        for i, raw in enumerate(batch.payloads or []):
+            try:
+                check(raw)
+            except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                bad.append((i, codec.reason(exc)))
+        if not bad:
+            return batch
+        self.routers[batch.origin].stats.error("decode", len(bad))
+        err = batch.failed(bad, batch.origin, "DecodeError", as_text=True)
+        done_each(err.acks)  # the err batch took its own shares
+        await self.routers[batch.origin].send("err", err)
+        refused = {i for i, _ in bad}
+        return batch.select([i for i in range(len(batch)) if i not in refused])
+
+    def _take(self, batch: Batch, records: list[bytes], idx: list[int]) -> tuple[Batch, list[bytes]]:
+        """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records; no new shares."""
+        part = take(records, idx)
+        metas = take(batch.metas, idx) if batch.metas is not None else None
+        return batch.remade(idx, part, metas, self.spec.codec, share=False), part
+
+    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False) -> tuple[Batch, list[bytes]]:
+        """Send records the offramp refused for good to its err port; returns the others.
+
+        ``unencoded``: the events could not be encoded: they leave as they came (their value,
+        or their bytes in the codec they came in), so that a dead letter gets the event itself;
+        else they were refused by the peer: valid records in this offramp's codec.
+        """
+        bad = dict(rejected)
+        self.stats.error("rejected", len(bad))
+        reasons = [(i, bad[i]) for i in sorted(bad)]
+        if unencoded:
+            err = batch.failed(reasons, self.spec.id, "Rejected")
+        else:
+            err = batch.failed(reasons, self.spec.id, "Rejected", payloads=[records[i] for i, _ in reasons], codec=self.spec.codec)
+        done_each(err.acks)  # the err batch took its own shares
+        rest = self._take(batch, records, [i for i in range(len(batch)) if i not in bad])
+        assert self.router is not None
+        await self.router.send("err", err)
+        return rest
+
+    def accepted(self, batch: Batch, records: list[bytes]) -> None:
+        """The peer confirmed these events: latency, counts, acks."""
+        n = len(batch)
+        if not n:
+            return
+        now = time.time_ns()
+        ing = batch.ingest
+        step = max(n // 4, 1)
+        for i in range(0, n, step):
+            self.latency.observe((now - ing[i]) / 1e9)
+        self.stats.sent("out").inc(n)
+        self.stats.sent_bytes.inc(batch.nbytes if records is batch.payloads else sum(map(len, records)))
+        done_each(batch.acks)
+
+    def retire(self, routers: dict[str, Router]) -> None:
+        super().retire(routers)
+        self.routers = routers
+
+    async def release(self) -> None:
+        await self.plugin.stop()
+
+    async def run(self) -> None:
+        try:
+            limit = self.plugin.coalesce_events
+            while (batch := await self.inbox.get()) is not None:
+                if limit:
+                    batch = self.coalesce(batch, limit)
+                await self.deliver(batch)
+            if self.started:
+                await self.plugin.flush()
+        finally:
+            for inbox in self.closes:
+                inbox.close()
+
+    def coalesce(self, batch: Batch, limit: int) -> Batch:
+        """Join the batches queued behind ``batch`` (same codec and origin) into one write."""
+        parts = [batch]
+        total, nbytes = len(batch), batch.nbytes
+        while total < limit and nbytes < COALESCE_BYTES:
+            nxt = self.inbox.peek()
+            if nxt is None or len(nxt) + total > limit or not joinable(batch, nxt):
+                break
+            parts.append(self.inbox.take())
+            total += len(nxt)
+            nbytes += nxt.nbytes
+        return parts[0] if len(parts) == 1 else join(parts)
+
+    async def deliver(self, batch: Batch) -> None:
+        self.stats.received.inc(len(batch))
+        self.stats.received_bytes.inc(batch.nbytes)
+        if batch.unchecked and batch.payloads is not None and batch.values is None:
+            batch = await self.validate(batch)
+            if not len(batch):
+                return
+        records, bad = self.encode(batch)
+        if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
+            log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
+            batch, records = await self.reject(batch, records, bad, unencoded=True)
+            if not len(batch):
+                return
+        backoff = Backoff()
+        while True:
+            try:
+                rejected = await self.write(batch, records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                cause: BaseException = exc
+                if isinstance(exc, PartialWrite):  # what the peer confirmed is done; only the rest is tried again
+                    cause = exc.cause
+                    batch, records = await self.partly_done(batch, records, exc)
+                n = len(batch)
+                if not n:
+                    return
+                self.stats.error(type(cause).__name__, n)
+                if not self.plugin.retryable(cause):
+                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, cause)
+                    rejected = [(i, f"{type(cause).__name__}: {cause}") for i in range(n)]
+                    break
+                delay = backoff.next()
+                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, cause)
+                await asyncio.sleep(delay)
+                continue
+            break
+        if rejected:
+            batch, records = await self.reject(batch, records, rejected)
+        self.accepted(batch, records)
+
+    async def write(self, batch: Batch, records: list[bytes]) -> Rejections:
+        """One attempt at writing ``batch`` (``records``: its events in this offramp's codec)."""
+        chunks = records
+        if not self.plugin.frames_itself and self.post:
+            chunks, bad = self.postprocess(records)
+            if bad:  # a record a postprocessor cannot take goes to err; the rest is written
+                raise PartialWrite(ValueError("a postprocessor refused records"), delivered=[], rejected=bad)
+        if self.plugin.takes_nbytes:
+            known = batch.nbytes if chunks is batch.payloads else None
+            rejected = await self.plugin.write(chunks, len(batch), batch.ingest, batch.metas, nbytes=known)  # type: ignore[call-arg]
+        else:
+            rejected = await self.plugin.write(chunks, len(batch), batch.ingest, batch.metas)
+        if self.framing is not None and (refused := self.framing.take_refused(records)):  # left out of the write
+            rejected = sorted({**dict(refused), **dict(rejected or [])}.items())
+        return rejected
+
+    async def partly_done(self, batch: Batch, records: list[bytes], partial: PartialWrite) -> tuple[Batch, list[bytes]]:
+        """Settle what a ``PartialWrite`` says: delivered ones accepted, rejected ones to err; returns the rest."""
+        done = set(partial.delivered)
+        refused = self.framing.take_refused(records) if self.framing is not None else []
+        self.accepted(*self._take(batch, records, sorted(done)))
+        rest = [i for i in range(len(batch)) if i not in done]
+        bad = {i: reason for i, reason in [*refused, *partial.rejected] if i not in done}
+        batch, records = self._take(batch, records, rest)
+        if bad:
+            at = {i: k for k, i in enumerate(rest)}
+            batch, records = await self.reject(batch, records, [(at[i], reason) for i, reason in bad.items()])
+        return batch, records
+
+
+COALESCE_BYTES = 4 << 20  # a joined offramp write holds at most about this much

@@ -1,0 +1,267 @@
+"""The onramp runner: frames, batches and routes what a source reads; implements ``OnrampSink``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from headrace.config.graph import ComponentSpec
+from headrace.contract.acks import AckRef, done_each
+from headrace.contract.backoff import Backoff
+from headrace.contract.framing import Preprocessor
+from headrace.contract.source import Onramp
+from headrace.errors import safe_str
+from headrace.runtime.batch import Batch
+from headrace.runtime.router import Router
+from headrace.runtime.runner import Runner
+from headrace.runtime.starting import StartFailed, describe, start_one
+
+log = logging.getLogger("headrace.runtime")
+
+class OnrampRunner(Runner):
+    """Frames, batches and routes what an onramp reads; implements ``OnrampSink``."""
+
+    def __init__(self, spec: ComponentSpec, plugin: Onramp, pre: list[Preprocessor], router: Router, batch_size: int,
+                 start_timeout: float = 60.0) -> None:  # fmt: skip
+        super().__init__()
+        self.name = spec.id
+        self.spec = spec
+        self.plugin = plugin
+        self.pre = pre
+        self.router = router
+        self.batch_size = batch_size
+        self.stats = router.stats
+        self.codec = spec.codec
+        self.group = spec.id
+        self.task: asyncio.Future[None] | None = None
+        self.started = False  # the plugin's start() returned (``run`` starts it unless the engine did)
+        self.started_future: asyncio.Future[None] | None = None  # resolved once started (or failed to)
+        self.stopped = False
+        self.start_timeout = start_timeout
+
+    def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        rejected: list[tuple[bytes, str]] = []
+        return self._through(0, [data], rejected), rejected
+
+    def _through(self, first: int, chunks: list[bytes], rejected: list[tuple[bytes, str]]) -> list[bytes]:
+        for k in range(first, len(self.pre)):
+            out: list[bytes] = []
+            for c in chunks:
+                try:
+                    self.pre[k].feed(c, out, rejected)
+                except Exception as exc:
+                    self._failed(k, exc, c, rejected)
+            chunks = out
+        return chunks
+
+    def _failed(self, k: int, exc: Exception, chunk: bytes, rejected: list[tuple[bytes, str]]) -> None:
+        """A preprocessor raised: what it was given goes to err (a sample), and it starts afresh so
+        that the rest of the stream is framed again (whatever it held back is named in the reason)."""
+        p = self.pre[k]
+        rejected.append((chunk[:SAMPLE_BYTES], f"preprocessor {p.name or type(p).__name__} failed: {type(exc).__name__}: "
+                                               f"{safe_str(exc)} (it was reset; input it held back is lost)"))  # fmt: skip
+        log.error("onramp %s: preprocessor %s failed on a chunk (to err, reset): %s", self.spec.id, p.name, describe(exc))
+        self.pre[k] = type(p)(p.config)
+
+    def _pending(self) -> int:
+        """The last preprocessor that kept input back (its output comes before that of earlier ones), or -1."""
+        for i in range(len(self.pre) - 1, -1, -1):
+            if self.pre[i].has_pending():
+                return i
+        return -1
+
+    def _resume(self, i: int) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        rejected: list[tuple[bytes, str]] = []
+        out: list[bytes] = []
+        try:
+            self.pre[i].resume(out, rejected)
+        except Exception as exc:
+            self._failed(i, exc, b"", rejected)
+        return self._through(i + 1, out, rejected), rejected
+
+    def _steps(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        """(records, rejected) of ``data``: first what framing it gives, then each further step of
+        a decompressor that kept input back (taken by the caller before the next is made)."""
+        yield self._frame(data)
+        while (i := self._pending()) >= 0:
+            yield self._resume(i)
+
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        self.stats.received_bytes.inc(len(data))
+        for records, rejected in self._steps(data):  # the next step once the graph took the last one
+            await self._emit(records, rejected, meta)
+
+    async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
+        records, rejected = self._finish()
+        await self._emit(records, rejected, meta)
+
+    def _finish(self) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        records: list[bytes] = []
+        rejected: list[tuple[bytes, str]] = []
+        for i in range(len(self.pre)):
+            tail: list[bytes] = []
+            try:
+                self.pre[i].finish(tail, rejected)
+            except Exception as exc:
+                self._failed(i, exc, b"", rejected)
+            records.extend(self._through(i + 1, tail, rejected))
+        return records, rejected
+
+    def stream(self) -> OnrampRunner:
+        """A sink for one of several concurrent streams (a connection): its own framing state, the same routing."""
+        view = copy.copy(self)
+        view.pre = [type(p)(p.config) for p in self.pre]
+        return view
+
+    def frame(self, data: bytes) -> Iterator[tuple[list[bytes], list[tuple[bytes, str]]]]:
+        """Frame one whole message (a request body, a datagram) with fresh framing state: (records, rejected)
+        a step at a time. The caller hands each step on before it takes the next, so a message that
+        decompresses to a lot costs about one step of memory, not all of its records at once.
+
+        The message is in memory whole, so each preprocessor is told (``whole_message``): a
+        decompressor then bounds its expansion by its ``max_message_bytes``."""
+        view = self.stream()
+        for p in view.pre:
+            p.whole_message()
+        yield from view._steps(data)
+        yield view._finish()
+
+    async def _emit(self, records: list[bytes], rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None) -> None:
+        if rejected:
+            await self.reject(rejected, meta)
+        bs = self.batch_size
+        for start in range(0, len(records), bs):
+            part = records[start : start + bs]
+            await self._send(part, [dict(meta) for _ in part] if meta else None, None, None)
+
+    async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None:
+        self.stats.error("framing", len(rejected))
+        await self.router.send("err", Batch.rejected(rejected, self.spec.id, "FramingError", meta, origin=self.spec.id, group=self.group))
+
+    async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
+                      refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
+        """Whole records from the source (their bytes count as received; streams count in ``chunk``).
+
+        ``refused``: records the source will not pass on (index -> reason, e.g. over a size
+        limit); they go to the onramp's ``err`` port with a sample of their bytes and count
+        toward the same ack as the rest.
+        """
+        nbytes = sum(map(len, wire[1])) if wire is not None else sum(map(len, payloads))
+        self.stats.received_bytes.inc(nbytes)
+        if not payloads:
+            return
+        batch = self._batch(payloads, metas, ack, group, nbytes, wire if not refused else None)
+        self.stats.received.inc(len(batch))
+        if not refused:
+            await self.router.send("out", batch)
+            return
+        bad = sorted(refused)
+        self.stats.error("framing", len(bad))
+        err = batch.failed([(i, refused[i]) for i in bad], self.spec.id, "RecordTooLarge", as_text=True, sample=SAMPLE_BYTES)
+        done_each(err.acks)  # the err batch took its own shares: the source batch's go
+        await self.router.send("err", err)
+        keep = [i for i in range(len(batch)) if i not in refused]
+        if keep:
+            await self.router.send("out", batch.select(keep))
+
+    def _batch(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
+               wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> Batch:  # fmt: skip
+        ref = AckRef(len(payloads), ack, self.plugin.ack, self.plugin.fail) if ack is not None else None
+        return Batch.source(payloads, codec=self.codec, origin=self.spec.id, group=(self.group, group) if group is not None else self.group,
+                            ack=ref, metas=metas, nbytes=nbytes, wire=wire)  # fmt: skip
+
+    async def _send(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
+                    wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
+        if not payloads:
+            return
+        batch = self._batch(payloads, metas, ack, group, nbytes, wire)
+        self.stats.received.inc(len(batch))
+        await self.router.send("out", batch)
+
+    async def _source(self) -> None:
+        """Run the source; a source that fails at run time is restarted with backoff for up to
+        ``start_timeout`` (a finite one, such as a file read once, is not: it fails the daemon)."""
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            try:
+                await self.plugin.run(self)
+                return
+            except Exception as exc:
+                if self.plugin.finite or self.stopped:
+                    raise
+                failed_at = time.monotonic()
+                self.stats.error("restart")
+                await self.end_of_stream()  # a record cut short by the failure is not glued to what comes after
+                try:
+                    await self.plugin.stop()
+                except Exception:
+                    log.exception("onramp %s: stop after a failure failed", self.spec.id)
+                while True:
+                    delay = backoff.next()
+                    log.error("onramp %s failed: %s; restarting it in %.1fs", self.spec.id, describe(exc), delay)
+                    await asyncio.sleep(delay)
+                    try:
+                        await start_one(f"onramp {self.spec.id}", self.plugin.start, self.start_timeout)
+                        break
+                    except StartFailed as again:
+                        if time.monotonic() - failed_at > self.start_timeout:
+                            raise
+                        exc = again
+
+    async def _start(self) -> bool:
+        """Start the plugin (within ``start_timeout``) unless it was; resolves ``started_future``.
+        False: it could not start, or a stop came first."""
+        failure: BaseException | None = None
+        if not self.started:
+            self.task = asyncio.ensure_future(start_one(f"onramp {self.spec.id}", self.plugin.start, self.start_timeout))
+            try:
+                await asyncio.shield(self.task)
+                self.started = True
+            except asyncio.CancelledError:
+                if not self.task.cancelled():  # this runner was cancelled, not just its start
+                    self.task.cancel()
+                    raise
+                failure = StartFailed(f"onramp {self.spec.id}", "stopped while starting")
+            except StartFailed as exc:
+                failure = exc
+        fut = self.started_future
+        if fut is not None and not fut.done():
+            if failure is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(failure)
+                fut.exception()  # retrieved: nobody may be waiting any more (a stop during start-up)
+        return failure is None and not self.stopped
+
+    async def run(self) -> None:
+        try:
+            if self.stopped or not await self._start():
+                return
+            # the source runs in a task of its own: a stop cancels it, and framing is still flushed
+            self.task = asyncio.ensure_future(self._source())
+            try:
+                await asyncio.shield(self.task)
+            except asyncio.CancelledError:
+                if not self.task.cancelled():
+                    self.task.cancel()
+                    raise
+            await self.end_of_stream()
+        finally:
+            for inbox in self.closes:
+                inbox.close()
+
+    async def release(self) -> None:
+        await self.plugin.stop()
+
+    def stop(self) -> None:
+        """Stop intake: the source's task is cancelled, framing is flushed, targets close."""
+        self.stopped = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+SAMPLE_BYTES = 4096  # what the err port keeps of a record refused for its size

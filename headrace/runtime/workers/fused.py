@@ -1,0 +1,260 @@
+"""The fused per-record fast path of a worker segment (see ``FusedChain``)."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from typing import TYPE_CHECKING, Any
+
+from headrace.contract.codec import ViewLoader
+from headrace.contract.stage import STAGE_ERRORS, Ev
+from headrace.errors import safe_repr
+from headrace.runtime.batch import share_equal, unshare
+from headrace.runtime.chain import ChainExecutor, Counts, NodeCounts
+from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
+
+if TYPE_CHECKING:
+    from headrace.runtime.workers.program import SegmentProgram
+
+
+
+
+class FusedChain:
+    """A chain of plain synchronous python stages, run one event at a time through all of them.
+
+    The common segment (decode -> ``def`` stages -> encode) needs no ``Ev`` per event and no
+    list per stage: each record is decoded, passed through every function, and either
+    noted as unchanged (its input index only: the parent sends its original bytes) or
+    encoded, before the next record is decoded. Its objects die while still in cache.
+    Results other than "the event" (None, a list, an exception, ``headrace.emit``) take
+    the same routes as in the batch-wise path, with the same counts.
+    """
+
+    __slots__ = ("fns", "ids", "ingest", "meta", "outputs", "prog", "rests", "src", "stage", "viewers", "views")
+
+    def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool]], views: bool = False) -> None:
+        self.prog = prog
+        self.fns = fns
+        self.views = views  # every stage is readonly and accepts a lazy view of the record
+        self.viewers: dict[str, ViewLoader | None] = {}  # codec name -> its view loader (None: it has none)
+        self.ids = [st.id for st in prog.stages]
+        self.outputs: dict[tuple[str, str], list[Ev]] = {}
+        self.meta: dict[str, Any] = {}
+        self.src = 0
+        self.stage = 0
+        self.ingest: array[int] = array("q")
+        self.rests: dict[int, ChainExecutor] = {}
+
+    def rest(self, k: int) -> ChainExecutor:
+        """The executor of stages ``k..`` (what a fan-out's items go through, batch-wise)."""
+        ex = self.rests.get(k)
+        if ex is None:
+            ex = self.rests[k] = ChainExecutor(self.prog.stages[k:])
+        return ex
+
+    @classmethod
+    def build(cls, prog: SegmentProgram) -> FusedChain | None:
+        """The fused chain of ``prog`` when every stage offers a per-record function, else None."""
+        offers = [st.per_record() for st in prog.stages]
+        if any(o is None for o in offers):
+            return None
+        fns = [(o.fn, o.readonly) for o in offers if o is not None]
+        return cls(prog, fns, all(o.views for o in offers if o is not None))
+
+    def emit(self, port: str, event: Any, meta: dict[str, Any] | None) -> None:
+        """``headrace.emit()`` from inside one of the functions."""
+        base = dict(self.meta)
+        if meta:
+            base.update(meta)
+        sid = self.ids[self.stage]
+        self.outputs.setdefault((sid, port), []).append(Ev(event, base, self.src, None, self.ingest[self.src]))
+
+    def execute(self, req: Request, ingest: array[int], t0: int) -> Response:
+        from headrace import _emit
+
+        prog = self.prog
+        codec = prog.codec(req.codec)
+        decode, errors = codec.loader() if self.views else codec.loader_for(req.blob)  # views: the view loader decides
+        viewer = None
+        if self.views:
+            if req.codec not in self.viewers:
+                self.viewers[req.codec] = codec.view_loader()
+            viewer = self.viewers[req.codec]
+        plain: tuple[type[BaseException], ...] = (*errors, RecursionError)
+        caught = plain
+        if viewer is not None:  # its parser straight, its recovery only for what that refuses
+            decode, caught = viewer.parse, (*viewer.errors, RecursionError)
+        encode = codec.encode
+        lens = array("I")
+        lens.frombytes(req.lens)
+        # simdjson parses a bytes slice with ~3k fewer instructions than a memoryview slice (it pads
+        # a copy of the view); orjson takes views about as fast, and then the blob needs no copy
+        mv: bytes | memoryview = req.blob
+        pos = req.start
+        if not codec.takes_buffer or viewer is not None:
+            if not isinstance(mv, bytes):  # a view: bytes once (the worker hands over the message itself)
+                mv, pos = bytes(memoryview(mv)[pos:]), 0
+        elif pos:
+            mv, pos = memoryview(mv)[pos:], 0
+        metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
+        fns = self.fns
+        ids = self.ids
+        nst = len(fns)
+        single = nst == 1
+        fn0, ro0 = fns[0]
+        outputs: dict[tuple[str, str], list[Ev]] = {}
+        self.outputs = outputs
+        self.ingest = ingest
+        entered = [0] * nst  # events each stage received
+        errs = [0] * nst
+        dropped = [0] * nst
+        failures: list[tuple[int, str]] = []
+        out_src: array[int] = array("I")
+        out_metas: list[dict[str, Any]] = []
+        changed_at: list[tuple[int, int]] = []  # (position in out, length of its new encoding); the rest are unchanged
+        parts: list[bytes] = []
+        unencodable: list[Ev] = []
+        nbytes = 0
+        sync = _emit.sync
+        sync.fused = self
+        value = result = None
+        try:
+            for i, n in enumerate(lens):
+                end = pos + n
+                raw = mv[pos:end]
+                pos = end
+                value = result = None  # the previous record's view dies first: its parser is reused
+                try:
+                    value = decode(raw)
+                except caught as exc:
+                    if viewer is None:
+                        failures.append((i, codec.reason(exc)))
+                        continue
+                    try:
+                        value = viewer.recover(raw, exc)  # type: ignore[arg-type]
+                    except Exception as exc2:
+                        failures.append((i, codec.reason(exc2)))
+                        continue
+                    finally:
+                        decode = viewer.parse  # recovery may have taken a fresh parser
+                except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                    failures.append((i, codec.reason(exc)))
+                    continue
+                meta = {} if metas is None else metas[i]
+                self.meta = meta
+                self.src = i
+                if single:  # one function: the loop below, unrolled (its received count is taken at the end)
+                    try:
+                        result = fn0(value, meta)
+                    except STAGE_ERRORS as exc:
+                        errs[0] += 1
+                        outputs.setdefault((ids[0], "err"), []).append(Ev(value, meta, i, raw, ingest[i]).fail(ids[0], exc))  # type: ignore[arg-type]
+                        continue
+                    if result is value and ro0:
+                        out_src.append(i)
+                        out_metas.append(meta)
+                        continue
+                    changed = True
+                    k = 0
+                else:
+                    changed = False
+                    k = -1
+                    result = value
+                    for k in range(nst):
+                        fn, ro = fns[k]
+                        self.stage = k
+                        entered[k] += 1
+                        try:
+                            result = fn(value, meta)
+                        except STAGE_ERRORS as exc:
+                            errs[k] += 1
+                            ev = Ev(value, meta, i, None if changed else raw, ingest[i]).fail(ids[k], exc)  # type: ignore[arg-type]
+                            outputs.setdefault((ids[k], "err"), []).append(ev)
+                            result = _FAILED
+                            break
+                        if result is value and ro:
+                            continue
+                        changed = True
+                        if result is None or isinstance(result, list):
+                            break
+                        value = result
+                    if result is _FAILED:
+                        continue
+                if result is None:
+                    dropped[k] += 1
+                    continue
+                if isinstance(result, list):  # fan-out: the items continue through the rest, batch-wise
+                    evs = [Ev(item, dict(meta), i, None, ingest[i]) for item in result]
+                    rest_out, rest_counts = self.rest(k + 1).run(evs) if k + 1 < nst else ({}, {})
+                    last = ids[-1]
+                    finals = rest_out.pop((last, "out"), []) if k + 1 < nst else evs
+                    for key, extra in rest_out.items():
+                        outputs.setdefault(key, []).extend(extra)
+                    for sid, c in rest_counts.items():
+                        j = ids.index(sid)
+                        entered[j] += c.received
+                        errs[j] += c.errors
+                        dropped[j] += c.dropped
+                    for ev in finals:
+                        try:
+                            data = encode(ev.value)
+                        except STAGE_ERRORS as exc:
+                            unencodable.append(ev.fail(last, exc))
+                            continue
+                        parts.append(data)
+                        out_src.append(i)
+                        changed_at.append((len(out_src) - 1, len(data)))
+                        out_metas.append(ev.meta)
+                        nbytes += len(data)
+                    continue
+                if changed:
+                    try:
+                        data = encode(result)
+                    except STAGE_ERRORS as exc:
+                        unencodable.append(Ev(result, meta, i, None, ingest[i]).fail(ids[-1], exc))
+                        continue
+                    parts.append(data)
+                    changed_at.append((len(out_src), len(data)))
+                    nbytes += len(data)
+                out_src.append(i)
+                out_metas.append(meta)
+        finally:
+            sync.fused = None
+        if single:
+            entered[0] += len(lens) - len(failures)
+        out_lens: array[int] | None = None
+        if changed_at or len(out_src) != len(lens):  # else each input came out once, in order, unchanged
+            out_lens = array("i", [UNCHANGED]) * len(out_src)
+            for at, ln in changed_at:
+                out_lens[at] = ln
+        return self._respond(req, t0, outputs, entered, errs, dropped, failures, (out_src, out_lens, share_equal(out_metas) if any(out_metas) else None),
+                             parts, nbytes, unencodable)  # fmt: skip
+
+    def _respond(self, req: Request, t0: int, outputs: dict[tuple[str, str], list[Ev]], entered: list[int], errs: list[int],
+                 dropped: list[int], failures: list[tuple[int, str]], out: tuple[array[int], array[int] | None, list[dict[str, Any]] | None],
+                 parts: list[bytes], nbytes: int, unencodable: list[Ev]) -> Response:  # fmt: skip
+        ids = self.ids
+        last = ids[-1]
+        out_src, out_lens, out_metas = out
+        counts: Counts = {}
+        for k, sid in enumerate(ids):  # a node sent to out what entered the next one (the last one's out: counted by its router)
+            counts[sid] = NodeCounts(entered[k], entered[k + 1] if k + 1 < len(ids) else 0, errs[k], dropped[k])
+        outs: list[Output] = []
+        if out_lens is None:  # the whole job passed through untouched
+            outs.append(Output(last, "out", b"", b"", out_metas, req.codec, 0, identity=True))
+        elif len(out_src):
+            outs.append(Output(last, "out", out_src.tobytes(), out_lens.tobytes(), out_metas, req.codec, 0))
+        blob = b"".join(parts)
+        if outputs or unencodable:  # err and emitted ports: the batch-wise encoder, after the out blob
+            for ev in unencodable:
+                ev.value, ev.raw = safe_repr(ev.value), None
+                outputs.setdefault((ev.meta["error"]["stage"], "err"), []).append(ev)
+            more = self.prog.encode(req, outputs, counts, [], t0)
+            for o in more.outputs:
+                o.start += nbytes
+            outs.extend(more.outputs)
+            blob += more.blob
+        return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, blob)
+
+
+_FAILED = object()

@@ -1,0 +1,153 @@
+"""A worker segment: decode -> chain of stages -> encode, executed inside a worker process
+(the parent side is ``segment``; what crosses between them, ``wire``)."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headrace import registry
+from headrace.contract.codec import Codec
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import STAGE_ERRORS, Ev, Operator
+from headrace.errors import safe_repr
+from headrace.runtime.batch import share_equal, unshare
+from headrace.runtime.chain import ChainExecutor, Counts, Outputs
+from headrace.runtime.workers.fused import FusedChain
+from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
+
+
+@dataclass
+class NodeDef:
+    id: str
+    op: str
+    config: Any
+    base_dir: Path
+
+
+@dataclass
+class SegmentSpec:
+    id: str
+    nodes: list[NodeDef]
+    # exit (node, port) -> codec to encode with there; None = the input codec
+    exits: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    codecs: dict[str, Any] = field(default_factory=dict)  # codec key -> ProcessorSpec, for codecs with options
+
+
+class SegmentProgram:
+    """The instantiated stages of one segment inside one process."""
+
+    def __init__(self, spec: SegmentSpec) -> None:
+        self.spec = spec
+        self.stages: list[Operator] = []
+        for nd in spec.nodes:
+            cls = registry.load("operators", nd.op)
+            self.stages.append(cls(nd.id, nd.config, PluginContext(nd.id, nd.base_dir)))
+        self.codecs: dict[str, Codec] = {}
+        self.fused: FusedChain | None = None
+
+    def codec(self, name: str) -> Codec:
+        c = self.codecs.get(name)
+        if c is None:
+            c = self.codecs[name] = registry.make_codec(name, self.spec.codecs)
+        return c
+
+    def setup(self) -> None:
+        for st in self.stages:
+            st.setup()
+        self.fused = FusedChain.build(self)
+        self.executor = ChainExecutor(self.stages)
+
+    def teardown(self) -> None:
+        for st in self.stages:
+            st.teardown()
+
+    def execute(self, req: Request) -> Response:
+        t0 = time.process_time_ns()
+        ingest = array("q")
+        ingest.frombytes(req.ingest)
+        if self.fused is not None and req.values is None and self.spec.exits.get((self.stages[-1].id, "out")) in (None, req.codec):
+            return self.fused.execute(req, ingest, t0)
+        metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
+        evs: list[Ev] = []
+        failures: list[tuple[int, str]] = []
+        if req.values is not None:
+            for i, v in enumerate(req.values):
+                evs.append(Ev(v, metas[i] if metas is not None else {}, i, None, ingest[i]))
+        else:
+            lens = array("I")
+            lens.frombytes(req.lens)
+            codec = self.codec(req.codec)
+            # the codec's raw loader when it has one (no Python frame per record), else decode(); the whole
+            # message is looked at, not sliced: a false alarm from the header costs only speed
+            decode, _errors = codec.loader_for(req.blob)
+            view = memoryview(req.blob)[req.start :]  # a view avoids a copy per record
+            mv: bytes | memoryview = view if codec.takes_buffer else bytes(view)
+            pos = 0
+            append = evs.append
+            for i, n in enumerate(lens):
+                end = pos + n
+                raw = mv[pos:end]
+                pos = end
+                try:
+                    value = decode(raw)
+                except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                    failures.append((i, codec.reason(exc)))
+                    continue
+                append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i]))  # type: ignore[arg-type]
+        outputs, counts = self.executor.run(evs)
+        return self.encode(req, outputs, counts, failures, t0)
+
+    def encode(self, req: Request, outputs: Outputs, counts: Counts, failures: list[tuple[int, str]], t0: int) -> Response:
+        parts: list[bytes] = []
+        outs: list[Output] = []
+        unencodable: dict[str, list[Ev]] = {}
+        pos = 0
+
+        def add(node: str, port: str, evs: list[Ev], codec: str | None = None) -> None:
+            nonlocal pos
+            target = codec or self.spec.exits.get((node, port)) or req.codec
+            same = target == req.codec and req.values is None
+            encode = self.codec(target).encode
+            start = pos
+            metas = [ev.meta for ev in evs]
+            any_meta = any(metas)
+            if same and all(ev.raw is not None for ev in evs):  # nothing to encode: indices only
+                src = array("I", [ev.src for ev in evs])
+                outs.append(Output(node, port, src.tobytes(), array("i", [UNCHANGED]).tobytes() * len(evs), share_equal(metas) if any_meta else None,
+                                   target, start))  # fmt: skip
+                return
+            src, lens = array("I"), array("i")
+            metas = []
+            for ev in evs:
+                if same and ev.raw is not None:
+                    lens.append(UNCHANGED)
+                else:
+                    try:
+                        data = encode(ev.value)
+                    except STAGE_ERRORS as exc:
+                        unencodable.setdefault(node, []).append(ev.fail(node, exc))
+                        continue
+                    parts.append(data)
+                    lens.append(len(data))
+                    pos += len(data)
+                src.append(ev.src)
+                metas.append(ev.meta)
+            if len(src):
+                outs.append(Output(node, port, src.tobytes(), lens.tobytes(), share_equal(metas) if any_meta else None, target, start))
+
+        for (node, port), evs in outputs.items():
+            if evs:
+                add(node, port, evs)
+        for node, evs in list(unencodable.items()):
+            del unencodable[node]
+            for ev in evs:
+                ev.value, ev.raw = safe_repr(ev.value), None
+            add(node, "err", evs)  # as text, which nearly every codec carries
+        for node, evs in list(unencodable.items()):  # not even as text in that codec: as the text's bytes
+            del unencodable[node]
+            add(node, "err", evs, "binary")
+        return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))

@@ -1,0 +1,73 @@
+"""The wire format between the parent and a worker: a pickled header, then blobs.
+
+A request carries the records as one joined blob with their lengths (or pickled values when
+an upstream loop stage already decoded them), plus metas and ingest times; a response carries,
+per exit port, the input index of each output event and either its new encoding or
+``UNCHANGED`` ("use your original bytes"), so untouched events are never re-encoded or copied back.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from headrace.runtime.chain import Counts
+
+_LEN = struct.Struct("<I")
+UNCHANGED = -1
+
+
+@dataclass
+class Request:
+    job_id: int
+    segment: str
+    codec: str
+    lens: bytes  # array('I') of payload lengths
+    blob: bytes | memoryview
+    metas: list[dict[str, Any]] | None
+    ingest: bytes  # array('q')
+    values: list[Any] | None = None
+    start: int = 0  # the records begin at this offset of ``blob`` (a worker passes the whole message)
+
+
+@dataclass
+class Output:
+    node: str
+    port: str
+    src: bytes  # array('I') of input indices
+    lens: bytes  # array('i'); UNCHANGED = original bytes
+    metas: list[dict[str, Any]] | None
+    codec: str
+    start: int  # offset of this output's encodings in the response blob
+    identity: bool = False  # every input, in order, unchanged: src and lens are left empty
+
+
+@dataclass
+class Response:
+    job_id: int
+    cpu_ns: int
+    outputs: list[Output]
+    failures: list[tuple[int, str]]  # decode failures: input index, reason
+    counts: Counts  # per node: what it did with this job
+    blob: bytes | memoryview = b""
+    fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
+    recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
+
+
+def pack(header: Any, *blobs: bytes | memoryview) -> list[bytes | memoryview]:
+    """A message: the pickled header, then the blobs (the reader sees them as one)."""
+    head = pickle.dumps(header, protocol=5)
+    return [_LEN.pack(len(head)), head, *blobs]
+
+
+def unpack(msg: bytes | memoryview) -> tuple[Any, memoryview]:
+    header, start = unpack_header(msg)
+    return header, memoryview(msg)[start:]
+
+
+def unpack_header(msg: bytes | memoryview) -> tuple[Any, int]:
+    """The header, and the offset in ``msg`` where the blobs begin."""
+    (n,) = _LEN.unpack_from(msg, 0)
+    return pickle.loads(memoryview(msg)[4 : 4 + n]), 4 + n
