@@ -8,6 +8,7 @@ when a committed file differs from what would be generated (for CI).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,20 @@ def _metrics() -> str:
     return reference_markdown()
 
 
-def _type_name(field: Any) -> str:
+def _cli() -> str:
+    from headrace.cli.main import reference_markdown
+
+    return reference_markdown()
+
+
+def _tests() -> str:
+    from headrace.testing.cases import reference_markdown
+
+    return reference_markdown()
+
+
+def type_text(field: Any) -> str:
+    """A field's type as a user writes it: `duration (...)`, `size (...)`, `int`, `Literal['a', 'b']` ..."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     examples = extra.get("examples") or []
     if "250ms" in examples:
@@ -35,10 +49,10 @@ def _type_name(field: Any) -> str:
         return "size (`4096`, `64KiB`, `16MiB`)" + optional
     for noise in ("<class '", "'>", "NoneType"):
         text = text.replace(noise, "" if noise != "NoneType" else "None")
-    return text.replace("headrace.config.model.", "").replace("headrace.contract.units.", "").replace("headrace.contract.config.", "")
+    return re.sub(r"\b(?:[a-z_]\w*\.)+([A-Z]\w*)", r"\1", text)  # headrace.testing.cases.Case -> Case
 
 
-def _default(field: Any) -> str:
+def default_text(field: Any) -> str:
     if field.is_required():
         return "**required**"
     if field.default_factory is not None:
@@ -54,7 +68,7 @@ def model_table(model: Any) -> str:
     """A markdown table of a pydantic model's fields: name, type, default, description."""
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
-        cells = [f"`{name}`", _type_name(field), _default(field), field.description or ""]
+        cells = [f"`{name}`", type_text(field), default_text(field), field.description or ""]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -66,6 +80,12 @@ WHERE = {"onramps": "the onramp's `config:`", "offramps": "the offramp's `config
          "operators": "the node itself, beside `op:`"}  # fmt: skip
 
 
+def module_doc(cls: Any) -> str:
+    """The docstring of the module a plugin class lives in (its user documentation)."""
+    module = sys.modules.get(cls.__module__) if cls.__module__ else None
+    return ((module.__doc__ if module else None) or "").strip()
+
+
 def _component(kind: str, name: str) -> Callable[[], str]:
     def render() -> str:
         from headrace import registry
@@ -73,7 +93,7 @@ def _component(kind: str, name: str) -> Callable[[], str]:
         cls = registry.load(kind, name)  # type: ignore[arg-type]
         what = KIND_TITLES[kind]
         lines = [f"# {what} `{name}`", "", "Generated from the plugin's config model (`make docs`).", "", cls.summary or "", ""]
-        doc = ((cls.__module__ and sys.modules[cls.__module__].__doc__) or "").strip()
+        doc = module_doc(cls)
         if doc:
             lines += [doc, ""]
         fields = getattr(cls, "Config", None)
@@ -104,7 +124,9 @@ def _config() -> str:
     for title, model in (("Top level", Config), ("`daemon:`", DaemonConfig), ("`daemon.metrics:`", MetricsConfig),
                          ("an onramp (`onramps.<id>:`)", OnrampConfig), ("an offramp (`offramps.<id>:`)", OfframpConfig)):  # fmt: skip
         parts += [f"## {title}", "", model_table(model)]
-    parts += ["## Components", ""]
+    from headrace.config.names import REFERENCE as PIPELINES
+
+    parts += [PIPELINES, "## Components", ""]
     from headrace import registry
 
     for kind in registry.KINDS:
@@ -116,7 +138,8 @@ def _config() -> str:
 def _references() -> dict[str, Callable[[], str]]:
     from headrace import registry
 
-    refs: dict[str, Callable[[], str]] = {"reference/metrics.md": _metrics, "reference/config.md": _config}
+    refs: dict[str, Callable[[], str]] = {"reference/metrics.md": _metrics, "reference/config.md": _config, "reference/cli.md": _cli,
+                                          "reference/tests.md": _tests}  # fmt: skip
     for kind in registry.KINDS:
         for name in sorted(registry.BUILTINS[kind]):  # built-ins only: the output must not depend on what is installed
             refs[f"reference/{kind}/{name}.md"] = _component(kind, name)

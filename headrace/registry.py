@@ -7,8 +7,11 @@ package is not installed (running from a source tree), the built-in table stands
 from __future__ import annotations
 
 import importlib
+import logging
 from importlib.metadata import entry_points
 from typing import Any, Literal
+
+from headrace.config.errors import did_you_mean
 
 Kind = Literal["onramps", "offramps", "codecs", "preprocessors", "postprocessors", "operators"]
 KINDS: tuple[Kind, ...] = ("onramps", "offramps", "codecs", "preprocessors", "postprocessors", "operators")
@@ -77,9 +80,13 @@ BUILTINS: dict[Kind, dict[str, str]] = {
 }
 
 
+log = logging.getLogger("headrace.plugins")
+_logged: dict[Kind, set[str]] = {kind: set() for kind in KINDS}  # each plugin is named once in a debug log
+
+
 class UnknownPlugin(LookupError):
     def __init__(self, kind: Kind, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown {kind[:-1]} '{name}' (known: {', '.join(known)})")
+        super().__init__(f"unknown {kind[:-1]} '{name}'{did_you_mean(name, known)} (known: {', '.join(known)})")
 
 
 def _table(kind: Kind) -> dict[str, str]:
@@ -104,6 +111,9 @@ def load(kind: Kind, name: str) -> Any:
         raise UnknownPlugin(kind, name, sorted(table)) from ImportError(
             f"{kind[:-1]} '{name}' needs the missing module '{exc.name}' (install headrace with the matching extra)"
         )
+    if name not in _logged[kind]:
+        _logged[kind].add(name)
+        log.debug("%s '%s': %s (%s)", kind[:-1], name, table[name], "built-in" if BUILTINS[kind].get(name) == table[name] else "installed plugin")
     return getattr(mod, attr)
 
 

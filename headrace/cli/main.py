@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import platform
 import sys
 
 from headrace import __version__
 from headrace.daemon.logs import setup_logging
 from headrace.errors import EX_CONFIG
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+log = logging.getLogger("headrace.cli")
+
+EPILOG = """\
+Global options may come before or after the verb. Environment: HEADRACE_LOG_LEVEL and
+HEADRACE_LOG_FORMAT set the defaults of --log-level and --log-format.
+Exit codes: 0 ok, 1 runtime failure (or a test failed), 2 usage error, 78 invalid config."""
+
 
 def _check(args: argparse.Namespace) -> int:
-    from headrace.config.errors import ConfigError
-    from headrace.config.load import load_file
+    from headrace.cli.check import run_check
 
-    try:
-        graph = load_file(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EX_CONFIG
-    for src, port in graph.unlinked:
-        comp = graph.components[src]
-        if port != "err" and not (comp.plugin == "route" and port == "out"):  # route never uses out
-            print(f"warning: port {src}/{port} is not linked; its events will be counted and dropped", file=sys.stderr)
-    print(f"{args.config}: ok ({len(graph.of_kind('onramp'))} onramps, {len(graph.of_kind('node'))} nodes, {len(graph.of_kind('offramp'))} offramps)")
-    return 0
+    return run_check(args.configs, env_files=args.env_file, unit=args.unit, deny_warnings=args.deny_warnings, fmt=args.format)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -54,29 +55,20 @@ def _graph(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     from headrace.config.schema import json_schema
 
-    print(json.dumps(json_schema(), indent=2))
+    print(json.dumps(json_schema(args.target), indent=2))
     return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from headrace import registry
+    from headrace.cli.plugins import run_plugins
 
-    for kind in registry.KINDS:
-        print(f"{kind}:")
-        for name in registry.names(kind):
-            try:
-                cls = registry.load(kind, name)
-                summary = getattr(cls, "summary", "")
-            except Exception as exc:  # a broken third-party plugin must not hide the others
-                summary = f"(cannot load: {exc.__cause__ or exc})"
-            print(f"  {name:<14} {summary}  [{registry.origin(kind, name)}]")
-    return 0
+    return run_plugins(args.name, args.format)
 
 
 def _test(args: argparse.Namespace) -> int:
     from headrace.testing.runner import run_config_tests
 
-    return run_config_tests(args.config)
+    return run_config_tests(args.paths, names=args.name, junit_xml=args.junit_xml)
 
 
 def _top(args: argparse.Namespace) -> int:
@@ -85,34 +77,91 @@ def _top(args: argparse.Namespace) -> int:
     return run_top(args.url, args.interval, args.once)
 
 
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SystemExit(f"headrace: {name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def _global_options(p: argparse.ArgumentParser, *, after_verb: bool) -> None:
+    """The options every verb takes; after the verb they override the ones before it only when given."""
+    level = _env_choice("HEADRACE_LOG_LEVEL", "info", LOG_LEVELS)
+    fmt = _env_choice("HEADRACE_LOG_FORMAT", "text", LOG_FORMATS)
+    p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS if after_verb else fmt,
+                   help=f"log lines as text (UTC ISO 8601 times) or one JSON object each (default: {fmt}; HEADRACE_LOG_FORMAT)")  # fmt: skip
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS if after_verb else level,
+                   help=f"least severe level logged; debug shows the config as loaded: files, plugins, edges (default: {level}; "
+                        "HEADRACE_LOG_LEVEL)")  # fmt: skip
+
+
+def _version() -> str:
+    return f"headrace {__version__} (Python {platform.python_version()}, {platform.python_implementation()}, {sys.platform})"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="headrace", description="declarative stream-processing daemon")
-    p.add_argument("--version", action="version", version=f"headrace {__version__}")
-    p.add_argument("--log-format", choices=["text", "json"], default="text")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the daemon")
-    r.add_argument("config")
-    r.add_argument("--watch", action="store_true", help="reload when the config file changes")
+    p = argparse.ArgumentParser(prog="headrace", description="declarative stream-processing daemon", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--version", action="version", version=_version())
+    _global_options(p, after_verb=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, after_verb=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="VERB")
+
+    def verb(name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description or help, parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+    r = verb("run", "run the daemon (Ctrl-C/SIGTERM drain; SIGHUP reloads)")
+    r.add_argument("config", help="the config file")
+    r.add_argument("--watch", action="store_true", help="reload when the config file or a stage module beside it changes")
     r.set_defaults(fn=_run)
-    c = sub.add_parser("check", help="validate a config (exit 0, or 78 with file:line:col errors)")
-    c.add_argument("config")
+
+    c = verb("check", "validate configs (exit 0, or 78 with file:line:col errors)", description="""\
+validate configs without touching files, sockets or brokers. Errors and warnings are
+printed as FILE:LINE:COL: message, in file order, with FILE as given. Exit 0 when every
+config is valid, 78 otherwise.
+
+  headrace check headrace.yaml
+  headrace check 'conf.d/*.yaml' --deny-warnings --format json
+  sudo headrace check --unit /etc/systemd/system/headrace.service /etc/headrace/headrace.yaml""")
+    c.add_argument("configs", nargs="+", metavar="CONFIG", help="config files, or quoted globs such as 'conf.d/**/*.yaml'")
+    c.add_argument("--deny-warnings", action="store_true", help="exit 78 when there is a warning (e.g. a port whose events are dropped)")
+    c.add_argument("--format", choices=["text", "json"], default="text",
+                   help="text lines on stderr (default), or one JSON document on stdout: {ok, files: [{file, ok, errors, warnings, ...}]}")  # fmt: skip
+    c.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="read KEY=value lines for ${VAR} (systemd's EnvironmentFile= format); may be repeated; they override the environment")  # fmt: skip
+    c.add_argument("--unit", metavar="UNIT_FILE",
+                   help="use the environment this systemd unit (and its .d/*.conf drop-ins) gives the service instead of this shell's: "
+                        "Environment=, EnvironmentFile=, StateDirectory= ($STATE_DIRECTORY) ...")  # fmt: skip
     c.set_defaults(fn=_check)
-    t = sub.add_parser("test", help="run the config's unit tests")
-    t.add_argument("config")
+
+    t = verb("test", "run configs' unit tests (a tests: list, or NAME_test.yaml beside the config)")
+    t.add_argument("paths", nargs="+", metavar="PATH", help="config files, or folders searched recursively for configs that have tests")
+    t.add_argument("--name", action="append", default=[], metavar="TEXT",
+                   help="run only the tests whose name contains TEXT or matches it as a shell pattern ('*errors*'); may be repeated")  # fmt: skip
+    t.add_argument("--junit-xml", metavar="FILE", help="also write the results to FILE as JUnit XML (for CI)")
     t.set_defaults(fn=_test)
-    g = sub.add_parser("graph", help="draw the graph")
-    g.add_argument("config")
-    g.add_argument("--format", choices=["dot", "mermaid"], default="dot")
+
+    g = verb("graph", "draw the graph of a config")
+    g.add_argument("config", help="the config file")
+    g.add_argument("--format", choices=["dot", "mermaid"], default="dot", help="Graphviz dot (default) or Mermaid")
     g.set_defaults(fn=_graph)
-    s = sub.add_parser("schema", help="print the JSON Schema of the config")
+
+    s = verb("schema", "print the JSON Schema of the config (for editors; see docs/editors.md)")
+    s.add_argument("--for", dest="target", choices=["config", "tests"], default="config",
+                   help="config files (default), or test files (NAME_test.yaml)")  # fmt: skip
     s.set_defaults(fn=_schema)
-    top = sub.add_parser("top", help="live per-component rates from a running daemon")
-    top.add_argument("url", nargs="?", default="http://127.0.0.1:9898")
-    top.add_argument("--interval", type=float, default=1.0)
+
+    top = verb("top", "live per-component rates from a running daemon")
+    top.add_argument("url", nargs="?", default="http://127.0.0.1:9898", help="the daemon's metrics address (default: %(default)s)")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="seconds between refreshes (default: %(default)s)")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.set_defaults(fn=_top)
-    pl = sub.add_parser("plugins", help="list onramps, offramps, codecs, processors, operators")
+
+    pl = verb("plugins", "list onramps, offramps, codecs, processors, operators; or show one plugin's settings")
+    pl.add_argument("name", nargs="?", metavar="NAME", help="a plugin name, or KIND/NAME (onramp/file): show its settings")
+    pl.add_argument("--format", choices=["text", "json"], default="text", help="text (default) or JSON")
     pl.set_defaults(fn=_plugins)
     return p
 
@@ -120,5 +169,23 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
+    log.debug("%s; verb %s; log level %s", _version(), args.command, args.log_level)
     rc: int = args.fn(args)
     return rc
+
+
+def reference_markdown() -> str:
+    """docs/reference/cli.md: every verb's --help, as the command prints it (``make docs``)."""
+    saved = {k: os.environ.pop(k, None) for k in ("COLUMNS", "HEADRACE_LOG_LEVEL", "HEADRACE_LOG_FORMAT")}
+    os.environ["COLUMNS"] = "100"  # the same text whatever the terminal and the environment of whoever generates it
+    try:
+        top = parser()
+        sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+        parts = ["# Command line reference", "", "Generated from the command's own `--help` (`make docs`); "
+                 "[cli.md](../cli.md) explains the verbs with examples.", "", "## headrace", "", "```", top.format_help().rstrip(), "```", ""]  # fmt: skip
+        for name, verb in sub.choices.items():
+            parts += [f"## headrace {name}", "", "```", verb.format_help().rstrip(), "```", ""]
+        return "\n".join(parts)
+    finally:
+        os.environ.pop("COLUMNS", None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from headrace.config.errors import Position
+from headrace.config.errors import ConfigIssue, Position
 from headrace.config.model import DaemonConfig
 
 Kind = Literal["onramp", "node", "offramp"]
@@ -52,6 +52,7 @@ class Graph:
     tests: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     codecs: dict[str, ProcessorSpec] = field(default_factory=dict)  # codec key -> name and options (codecs with options)
+    warnings: list[ConfigIssue] = field(default_factory=list)  # what check warns about (ports whose events are dropped)
 
     def of_kind(self, kind: Kind) -> list[ComponentSpec]:
         return [c for c in self.components.values() if c.kind == kind]

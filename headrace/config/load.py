@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from headrace import registry
-from headrace.config.errors import ConfigError, ConfigIssue, Position
+from headrace.config.errors import ConfigError, ConfigIssue, Position, did_you_mean
 from headrace.config.graph import ComponentSpec, Edge, Graph, ProcessorSpec
 from headrace.config.model import Config, OfframpConfig, OnrampConfig, ProcessorRef
+from headrace.config.names import list_node_ids
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
 from headrace.contract.context import PluginContext
 from headrace.contract.expr import ExpressionError
+from headrace.contract.paths import SettingError, check_folder_path
 
 PIPELINE_PORTS = ("in", "out", "err")
+
+log = logging.getLogger("headrace.config")
 
 
 def _find(value: Any, text: str, sub: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
@@ -69,8 +74,8 @@ class _Builder:
             self.err(pos, f"{kind[:-1]} '{name}' cannot be loaded: {type(exc).__name__}: {exc}")
             return None
 
-    def plugin_config(self, cls: Any, data: Any, path: tuple[str | int, ...], what: str) -> Any:
-        obj, issues = validate_model(cls.Config, data if data is not None else {}, path, self.smap, what)
+    def plugin_config(self, cls: Any, data: Any, path: tuple[str | int, ...], what: str, also: tuple[str, ...] = ()) -> Any:
+        obj, issues = validate_model(cls.Config, data if data is not None else {}, path, self.smap, what, also)
         self.issues.extend(issues)
         return obj
 
@@ -114,6 +119,8 @@ class _Builder:
             return
         try:
             cls(cfg, self.context(cid)).check()
+        except SettingError as exc:
+            self.err(self.smap.at((*path, "config", exc.key)), f"{kind} '{cid}': {exc.key}: {exc}")
         except (ValueError, OSError, ImportError) as exc:
             self.err(pos, f"{kind} '{cid}': {exc}")
         ports = ("out", "err") if kind == "onramp" else ("err",)
@@ -123,26 +130,35 @@ class _Builder:
         )
 
     # -- pipelines ---------------------------------------------------------------------------
-    def node(self, pipe: str, nid: str, raw: Any, path: tuple[str | int, ...]) -> ComponentSpec | None:
+    @staticmethod
+    def stage_name(pipe: str, nid: str, path: tuple[str | int, ...], listed: bool) -> str:
+        """How a message names a node that has no name of its own yet (no op, no function): by position in a list."""
+        return f"stage {int(path[-1]) + 1} of pipeline '{pipe}'" if listed else f"node '{nid}' in pipeline '{pipe}'"
+
+    def node(self, pipe: str, nid: str, raw: Any, path: tuple[str | int, ...], *, listed: bool) -> ComponentSpec | None:
+        """A node of pipeline ``pipe``; ``listed``: written in a list (it may carry an ``id:``)."""
         pos = self.smap.at(path)
         if not isinstance(raw, dict):
-            self.err(pos, f"node '{nid}' in pipeline '{pipe}' must be a mapping with an 'op' key")
+            self.err(pos, f"{self.stage_name(pipe, nid, path, listed)} must be a mapping with an 'op' key")
             return None
         if "op" not in raw:
-            self.err(pos, f"node '{nid}' in pipeline '{pipe}' has no 'op' (known: {', '.join(registry.names('operators'))})")
+            self.err(pos, f"{self.stage_name(pipe, nid, path, listed)} has no 'op' (known: {', '.join(registry.names('operators'))})")
             return None
         op = raw["op"]
         cls = self.plugin("operators", str(op), self.smap.at((*path, "op")))
         if cls is None:
             return None
-        options = {k: v for k, v in raw.items() if k not in ("op", "id")}
-        cfg = self.plugin_config(cls, options, path, f"operator '{op}' of node '{pipe}.{nid}'")
+        taken = ("id", "op") if listed else ("op",)  # in a graph, the node's key is its id
+        options = {k: v for k, v in raw.items() if k not in taken}
+        cfg = self.plugin_config(cls, options, path, f"operator '{op}' of node '{pipe}.{nid}'", also=taken)
         if cfg is None:
             return None
         cid = f"{pipe}.{nid}"
         fn_pos = self.smap.at((*path, "fn")) if "fn" in raw else pos  # import errors point at the module:callable
         try:
             cls(cid, cfg, self.context(cid)).check()
+        except SettingError as exc:
+            self.err(self.smap.at((*path, exc.key)), f"node '{cid}': {exc.key}: {exc}")
         except ExpressionError as exc:  # point at the offending expression and name its key
             sub = _find(options, exc.text) if exc.text else None
             if sub is None:
@@ -163,14 +179,13 @@ class _Builder:
         exposed = {"out", "err"}
         if isinstance(raw, list):
             nodes: list[ComponentSpec] = []
-            seen: set[str] = set()
-            for i, item in enumerate(raw):
-                nid = str(item.get("id")) if isinstance(item, dict) and "id" in item else f"{item.get('op', 'node') if isinstance(item, dict) else 'node'}_{i}"
-                if nid in seen or nid in PIPELINE_PORTS:
-                    self.err(self.smap.at((*path, i)), f"duplicate node id '{nid}' in pipeline '{pipe}'")
+            ids, refused = list_node_ids(raw)
+            for i, why in refused:
+                self.err(self.smap.at((*path, i, "id")), f"{why} in pipeline '{pipe}'")
+            for i, (item, nid) in enumerate(zip(raw, ids, strict=True)):
+                if nid is None:
                     continue
-                seen.add(nid)
-                spec = self.node(pipe, nid, item, (*path, i))
+                spec = self.node(pipe, nid, item, (*path, i), listed=True)
                 if spec is not None:
                     nodes.append(spec)
             prev = ("in", "out")
@@ -188,7 +203,8 @@ class _Builder:
         elif isinstance(raw, dict):
             unknown = set(raw) - {"nodes", "links"}
             for key in sorted(unknown):
-                self.err(self.smap.at((*path, key), key=True), f"unknown key '{key}' in pipeline '{pipe}' (expected: nodes, links, or a list of stages)")
+                self.err(self.smap.at((*path, key), key=True),
+                         f"unknown key '{key}' in pipeline '{pipe}'{did_you_mean(key, ('nodes', 'links'))} (expected: nodes, links, or a list of stages)")
             nodes_raw = raw.get("nodes") or {}
             if not isinstance(nodes_raw, dict):
                 self.err(self.smap.at((*path, "nodes")), f"pipeline '{pipe}': nodes must be a mapping of id -> stage")
@@ -197,7 +213,7 @@ class _Builder:
                 if nid in PIPELINE_PORTS or "." in nid or "/" in nid:
                     self.err(self.smap.at((*path, "nodes", nid), key=True), f"node id '{nid}' is reserved or contains '.' or '/'")
                     continue
-                spec = self.node(pipe, nid, item, (*path, "nodes", nid))
+                spec = self.node(pipe, nid, item, (*path, "nodes", nid), listed=False)
                 if spec is not None:
                     self.components[spec.id] = spec
             link_raw = raw.get("links") or {}
@@ -217,10 +233,11 @@ class _Builder:
                     comp = self.components.get(f"{pipe}.{src}")
                     if comp is None:
                         if src not in nodes_raw:
-                            self.err(self.smap.at(kpath, key=True), f"link from unknown node '{src}' in pipeline '{pipe}'")
+                            self.err(self.smap.at(kpath, key=True), f"link from unknown node '{src}' in pipeline '{pipe}'{did_you_mean(src, ['in', *nodes_raw])}")
                         continue
                     if port not in comp.ports:
-                        self.err(self.smap.at(kpath, key=True), f"node '{comp.id}' ({comp.plugin}) has no port '{port}' (ports: {', '.join(comp.ports)})")
+                        self.err(self.smap.at(kpath, key=True), f"node '{comp.id}' ({comp.plugin}) has no port '{port}'{did_you_mean(port, comp.ports)} "
+                                                                f"(ports: {', '.join(comp.ports)})")  # fmt: skip
                         continue
                     if port == "out" and self._unused_out(comp):
                         self.err(self.smap.at(kpath, key=True), f"node '{src}' ({comp.plugin}) sends nothing to 'out': its events leave by "
@@ -235,7 +252,7 @@ class _Builder:
                     elif f"{pipe}.{tgt}" in self.components:
                         links.setdefault(skey, []).append(("node", f"{pipe}.{tgt}"))
                     elif tgt not in nodes_raw:
-                        self.err(self.smap.at(tpath), f"link to unknown node '{tgt}' in pipeline '{pipe}'")
+                        self.err(self.smap.at(tpath), f"link to unknown node '{tgt}' in pipeline '{pipe}'{did_you_mean(tgt, ['out', 'err', *nodes_raw])}")
             for comp in [c for c in self.components.values() if c.pipeline == pipe]:
                 if (comp.id, "err") not in links:
                     links[(comp.id, "err")] = [("pipe", "err")]
@@ -251,11 +268,12 @@ class _Builder:
             port = port or "out"
             if src in self.cfg.onramps:
                 if port not in ("out", "err"):
-                    self.err(self.smap.at(kpath, key=True), f"onramp '{src}' has no port '{port}' (ports: out, err)")
+                    self.err(self.smap.at(kpath, key=True), f"onramp '{src}' has no port '{port}'{did_you_mean(port, ('out', 'err'))} (ports: out, err)")
                     continue
             elif src in self.pipeline_ports:
                 if port not in self.pipeline_ports[src]:
-                    self.err(self.smap.at(kpath, key=True), f"pipeline '{src}' has no port '{port}' (ports: {', '.join(sorted(self.pipeline_ports[src]))})")
+                    ports = sorted(self.pipeline_ports[src])
+                    self.err(self.smap.at(kpath, key=True), f"pipeline '{src}' has no port '{port}'{did_you_mean(port, ports)} (ports: {', '.join(ports)})")
                     continue
                 last = self.dead_out.get(src)
                 if port == "out" and last is not None:
@@ -267,7 +285,8 @@ class _Builder:
                     self.err(self.smap.at(kpath, key=True), f"offramp '{src}' has only an 'err' port (for records it rejects)")
                     continue
             else:
-                self.err(self.smap.at(kpath, key=True), f"link from unknown component '{src}'")
+                known = [*self.cfg.onramps, *self.pipeline_ports, *self.cfg.offramps]
+                self.err(self.smap.at(kpath, key=True), f"link from unknown component '{src}'{did_you_mean(src, known)}")
                 continue
             tlist = [targets] if isinstance(targets, str) else list(targets)
             for j, tgt in enumerate(tlist):
@@ -278,7 +297,7 @@ class _Builder:
                 elif tname in self.cfg.onramps:
                     self.err(self.smap.at(tpath), f"onramp '{tname}' cannot be the target of a link")
                 elif tname not in self.pipeline_ports and tname not in self.cfg.offramps:
-                    self.err(self.smap.at(tpath), f"link to unknown component '{tgt}'")
+                    self.err(self.smap.at(tpath), f"link to unknown component '{tgt}'{did_you_mean(tname, [*self.pipeline_ports, *self.cfg.offramps])}")
                 else:
                     self.top.setdefault((src, port), []).append((tname, tpath))
 
@@ -307,7 +326,16 @@ class _Builder:
                 out.extend(self.resolve(pipe, target, stack))
         return out
 
+    def state_dir(self) -> None:
+        if self.cfg.daemon.state_dir is None:  # the default is made when first needed, beside the config or by systemd
+            return
+        try:
+            check_folder_path("state_dir", self.base_dir / self.cfg.daemon.state_dir)
+        except SettingError as exc:
+            self.err(self.smap.at(("daemon", "state_dir")), f"daemon.state_dir: {exc}")
+
     def build(self) -> Graph:
+        self.state_dir()
         for cid, on in self.cfg.onramps.items():
             self.connector("onramp", cid, on)
         for cid, off in self.cfg.offramps.items():
@@ -345,7 +373,24 @@ class _Builder:
             raise ConfigError(self.issues)
         unlinked = [e for e, t in edges.items() if not t]
         comps = {cid: self.components[cid] for cid in order}
-        return Graph(self.file, self.base_dir, self.cfg.daemon, comps, {e: t for e, t in edges.items() if t}, unlinked, self.cfg.tests, self.data, self.codecs)
+        graph = Graph(self.file, self.base_dir, self.cfg.daemon, comps, {e: t for e, t in edges.items() if t}, unlinked, self.cfg.tests,
+                      self.data, self.codecs, self.warnings(unlinked))  # fmt: skip
+        log.debug("%s: %d component(s), %d edge(s); order %s", self.smap.file, len(comps), len(graph.edges), ", ".join(comps))
+        for (src, port), targets in graph.edges.items():
+            log.debug("%s: %s/%s -> %s", self.smap.file, src, port, ", ".join(targets))
+        return graph
+
+    def warnings(self, unlinked: list[Edge]) -> list[ConfigIssue]:
+        """Ports whose events would be counted and dropped (an unlinked err port has its last-resort file)."""
+        out = []
+        for src, port in unlinked:
+            comp = self.components[src]
+            if port == "err" or (port == "out" and self._unused_out(comp)):
+                continue
+            listed = comp.pipeline is not None and isinstance(self.cfg.pipelines.get(comp.pipeline), list)
+            name = f"{comp.pipeline}/{port}" if listed else f"{src}/{port}"  # a list's node ports are the pipeline's
+            out.append(ConfigIssue(comp.position, f"port {name} is not linked: its events will be counted and dropped"))
+        return out
 
     def toposort(self, edges: dict[Edge, list[str]]) -> list[str]:
         succ: dict[str, list[str]] = {cid: [] for cid in self.components}
@@ -390,17 +435,20 @@ class _Builder:
                 self.err(comp.position, f"{what} is not reachable from any onramp")
 
 
-def load_text(text: str, file: Path, env: dict[str, str] | None = None) -> Graph:
+def load_text(text: str, file: Path, env: dict[str, str] | None = None, shown: str | None = None) -> Graph:
+    """The graph of the config ``text`` read from ``file`` (relative paths resolve beside it);
+    ``env`` replaces os.environ for ``${VAR}``; ``shown`` names the file in messages (default: ``file``)."""
+    name = str(file) if shown is None else shown
     try:
-        return _load_text(text, file, env)
+        return _load_text(text, file, env, name)
     except RecursionError:  # the YAML parser, the model and the graph builder all recurse on nesting
-        raise ConfigError([ConfigIssue(Position(str(file), 1, 1), "the document is nested too deeply to be a config")]) from None
+        raise ConfigError([ConfigIssue(Position(name, 1, 1), "the document is nested too deeply to be a config")]) from None
 
 
-def _load_text(text: str, file: Path, env: dict[str, str] | None) -> Graph:
-    data, smap = load_yaml(text, str(file), env)
+def _load_text(text: str, file: Path, env: dict[str, str] | None, name: str) -> Graph:
+    data, smap = load_yaml(text, name, env)
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(Position(str(file), 1, 1), "the config must be a mapping with onramps, pipelines, offramps and links")])
+        raise ConfigError([ConfigIssue(Position(name, 1, 1), "the config must be a mapping with onramps, pipelines, offramps and links")])
     cfg, issues = validate_model(Config, data, (), smap)
     if cfg is None:
         raise ConfigError(issues)
@@ -410,9 +458,11 @@ def _load_text(text: str, file: Path, env: dict[str, str] | None) -> Graph:
 
 
 def load_file(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Graph:
+    """The graph of the config file ``path``; messages name it as given (not resolved)."""
     file = Path(path).resolve()
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue(Position(str(path), 1, 1), f"cannot read config: {exc}")]) from None
-    return load_text(text, file, env)
+    log.debug("config %s (%s): %d bytes", path, file, len(text))
+    return load_text(text, file, env, shown=str(path))

@@ -6,13 +6,15 @@ operator's options) is validated by the plugin's model in ``headrace.config.load
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
+from headrace.config.schema_types import text_or
 from headrace.contract.units import Duration, Size
 
 MAX_WORKERS = 1024  # one process each: far beyond any machine's cores, short of exhausting its memory
+WORKERS_SCHEMA = text_or({"type": "integer", "minimum": 0, "maximum": MAX_WORKERS}, r"auto|\s*[0-9]+\s*")
 
 
 class Strict(BaseModel):
@@ -35,7 +37,8 @@ class DaemonConfig(Strict):
     """Process-wide settings."""
 
     metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(), description="metrics and admin endpoint")
-    workers: Literal["auto"] | int = Field("auto", description="CPU worker processes; auto = usable cores; 0 runs CPU stages on the loop")
+    workers: Annotated[Literal["auto"] | int, WithJsonSchema(WORKERS_SCHEMA)] = Field(
+        "auto", description="CPU worker processes; auto = usable cores; 0 runs CPU stages on the loop")
     shutdown_timeout: Duration = Field(20.0, description="drain deadline on SIGTERM before a forced exit")
     batch_size: int = Field(256, ge=1, le=65536, description="events per batch read from onramps")
     queue_events: int = Field(8192, ge=1, description="bound of every edge queue, in events")

@@ -7,7 +7,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from headrace.config.errors import ConfigIssue
+from headrace.config.errors import ConfigIssue, did_you_mean
 from headrace.config.yamlpos import Path, SourceMap
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,7 +47,10 @@ def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def validate_model(model: type[M], data: Any, path: Path, smap: SourceMap, what: str = "") -> tuple[M | None, list[ConfigIssue]]:
+def validate_model(model: type[M], data: Any, path: Path, smap: SourceMap, what: str = "",
+                   also: tuple[str, ...] = ()) -> tuple[M | None, list[ConfigIssue]]:  # fmt: skip
+    """``data`` validated by ``model``, or the issues found, at their positions. ``also``: keys the
+    caller took out of ``data`` before (named among the allowed ones in an unknown key's message)."""
     try:
         return model.model_validate(data), []
     except ValidationError as exc:
@@ -60,9 +63,10 @@ def validate_model(model: type[M], data: Any, path: Path, smap: SourceMap, what:
             name = ".".join(str(p) for p in full) or "config"
             parent = what or ".".join(str(p) for p in full[:-1]) or "the top level"
             if kind == "extra_forbidden":
-                allowed = _allowed(model, loc[:-1])
+                allowed = sorted({*_allowed(model, loc[:-1]), *(also if len(loc) == 1 else ())})
+                key = str(loc[-1]) if loc else name
                 hint = f" (expected one of: {', '.join(allowed)})" if allowed else ""
-                issues.append(ConfigIssue(smap.at(full, key=True), f"unknown key '{loc[-1] if loc else name}' in {parent}{hint}"))
+                issues.append(ConfigIssue(smap.at(full, key=True), f"unknown key '{key}' in {parent}{did_you_mean(key, allowed)}{hint}"))
             elif kind == "missing":
                 issues.append(ConfigIssue(smap.at(full[:-1], key=True), f"missing required key '{loc[-1]}' in {parent}"))
             elif loc not in seen:  # a union reports each member's error at the same place: keep the first

@@ -18,7 +18,8 @@ from headrace.config.errors import ConfigError, ConfigIssue, Position
 Path = tuple[str | int, ...]
 
 MAX_NODES = 200_000
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")  # ${VAR} or ${VAR:-default}
+_ENV = ENV_REFERENCE
 
 
 class SourceMap:
@@ -62,6 +63,26 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     return _ENV.sub(sub, text)
 
 
+def _unquoted_reference(text: str, mark: yaml.Mark) -> str | None:
+    """What to write instead, when the parser stopped at the ``{`` of an unquoted ``${VAR}`` in a flow collection."""
+    lines = text.splitlines()
+    if mark.line >= len(lines):
+        return None
+    line, col = lines[mark.line], mark.column
+    if not (0 < col < len(line) and line[col - 1 : col + 1] == "${"):
+        return None
+    start = col - 1
+    while start > 0 and line[start - 1] not in " ,[{":
+        start -= 1
+    end, depth = col - 1, 0
+    while end < len(line) and (depth > 0 or line[end] not in ",]}"):
+        depth += {"{": 1, "}": -1}.get(line[end], 0)
+        end += 1
+    value = line[start:end].rstrip()
+    return (f"{value} must be quoted inside {{...}} or [...] (a flow collection, where {{ and }} are YAML syntax): "
+            f'write "{value}"')  # fmt: skip
+
+
 def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[Any, SourceMap]:
     smap = SourceMap(file)
     try:
@@ -69,6 +90,9 @@ def load_yaml(text: str, file: str, env: dict[str, str] | None = None) -> tuple[
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         pos = _pos(file, mark) if mark else Position(file, 1, 1)
+        hint = _unquoted_reference(text, mark) if mark else None
+        if hint is not None:
+            raise ConfigError([ConfigIssue(pos, hint)]) from None
         where = exc.context_mark
         context = f" ({exc.context} at line {where.line + 1}, column {where.column + 1})" if exc.context and where and where != mark else ""
         raise ConfigError([ConfigIssue(pos, f"invalid YAML: {exc.problem or exc}{context}")]) from None

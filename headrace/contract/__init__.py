@@ -9,6 +9,8 @@ built-in plugins: it is the layer both stand on.
 - ``PluginConfig`` (``config``), ``PluginContext`` (``context``): configuration and services.
 - ``AckRef``, ``HeldAcks`` (``acks``): delivery tracking, for stages that hold events.
 - ``Duration``, ``Size`` (``units``), ``compile_expr`` (``expr``), ``Backoff`` (``backoff``).
+- ``SettingError``, ``check_file_path``, ``check_folder_path`` (``paths``): what a plugin's
+  ``check()`` raises about one setting, and checks of paths that can never exist.
 
 Third-party plugins import from ``headrace.contract``. (``headrace.plugins.base`` and
 ``headrace.contract.stage``, the paths before 0.2, are gone; see docs/plugins.md.)
@@ -23,6 +25,7 @@ from headrace.contract.config import NoConfig, PluginConfig
 from headrace.contract.context import MetricRegistry, PluginContext
 from headrace.contract.expr import ExpressionError, compile_expr
 from headrace.contract.framing import Postprocessor, Preprocessor
+from headrace.contract.paths import SettingError, check_file_path, check_folder_path
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator, Placement
@@ -53,7 +56,10 @@ __all__ = [
     "Postprocessor",
     "Preprocessor",
     "Rejections",
+    "SettingError",
     "Size",
     "ViewLoader",
+    "check_file_path",
+    "check_folder_path",
     "compile_expr",
 ]

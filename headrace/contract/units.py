@@ -7,9 +7,12 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+# the forms a string may take (unanchored, for the JSON Schema too)
+DURATION_TEXT = r"\s*([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|m|h)?\s*"
+SIZE_TEXT = r"\s*([0-9]+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*"
+_DUR = re.compile(f"^{DURATION_TEXT}$")
 _DUR_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE = re.compile(f"^{SIZE_TEXT}$")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20, "GB": 10**9, "GiB": 2**30}
 
 
@@ -30,6 +33,8 @@ def parse_size(value: object) -> int:
         raise ValueError("expected a size such as 4096, 64KiB or 16MiB")
     if isinstance(value, int):
         return value
+    if isinstance(value, float) and value.is_integer():  # 4096.0: JSON (and so the schema) cannot tell it from 4096
+        return int(value)
     if isinstance(value, str):
         m = _SIZE.match(value)
         if m:

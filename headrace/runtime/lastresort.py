@@ -5,7 +5,7 @@ offramp refused or could not encode) used to count its events as done, so a Kafk
 offset was committed for a record that was nowhere. Now each such event is appended to
 ``<state_dir>/last-resort/<component>.ndjson``, one JSON object per line::
 
-    {"time": "2026-12-03T10:00:00.123456Z", "component": "main.python_0", "codec": "json",
+    {"time": "2026-12-03T10:00:00.123456Z", "component": "main.classify", "codec": "json",
      "event": {...}, "raw": "...", "meta": {..., "error": {"stage": ..., "type": ..., "message": ...}}}
 
 ``event`` is the decoded value when there is one, ``raw`` the record's bytes as the

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from headrace.config.errors import ConfigError, ConfigIssue, Position
+from headrace.config.errors import ConfigError, ConfigIssue, Position, did_you_mean
 from headrace.config.graph import Graph
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
@@ -113,7 +113,8 @@ class _Resolver:
             return Point(kind, at)
         if at in self.pipes:
             return Point("pipeline", at)
-        return f"cannot inject at '{at}': not an onramp, pipeline or node (known: {', '.join(self.known(('onramp', 'node')))})"
+        known = self.known(("onramp", "node"))
+        return f"cannot inject at '{at}'{did_you_mean(at, known)}: not an onramp, pipeline or node (known: {', '.join(known)})"
 
     def expectation(self, at: str) -> Point | str:
         cid, _, port = at.partition("/")
@@ -125,13 +126,15 @@ class _Resolver:
         if kind == "onramp" or kind == "node":
             ports = self.graph.components[cid].ports or ("out", "err")
             if (port or "out") not in ports:
-                return f"{kind} '{cid}' has no port '{port}' (ports: {', '.join(ports)})"
+                return f"{kind} '{cid}' has no port '{port}'{did_you_mean(port, ports)} (ports: {', '.join(ports)})"
             return Point(kind, cid, port or "out")
         if cid in self.pipes:
             if (port or "out") not in self.pipes[cid]:
-                return f"pipeline '{cid}' has no port '{port}' (ports: {', '.join(sorted(self.pipes[cid]))})"
+                names = sorted(self.pipes[cid])
+                return f"pipeline '{cid}' has no port '{port}'{did_you_mean(port, names)} (ports: {', '.join(names)})"
             return Point("pipeline", cid, port or "out")
-        return f"nothing to observe at '{at}' (known: {', '.join(self.known(('offramp', 'node', 'onramp')))})"
+        known = self.known(("offramp", "node", "onramp"))
+        return f"nothing to observe at '{at}'{did_you_mean(cid, known)} (known: {', '.join(known)})"
 
     def known(self, kinds: tuple[str, ...]) -> list[str]:
         return sorted([c for c, k in self.kinds.items() if k in kinds] + list(self.pipes))
@@ -169,24 +172,29 @@ def _cases(data: Any, path: tuple[str | int, ...], smap: SourceMap, resolver: _R
     return out, issues
 
 
-def load_cases(graph: Graph) -> list[LoadedCase]:
-    """Every test of the config, checked against its graph; raises ConfigError with positions."""
+def load_cases(graph: Graph, shown_dir: Path | None = None) -> list[LoadedCase]:
+    """Every test of the config, checked against its graph; raises ConfigError with positions.
+    ``shown_dir``: the config's folder as the user named it (messages name files under it)."""
     resolver = _Resolver(graph)
     cases: list[LoadedCase] = []
     issues: list[ConfigIssue] = []
+
+    def shown(file: Path) -> str:
+        return str(file if shown_dir is None else shown_dir / file.name)
+
     if graph.tests:
-        _, smap = load_yaml(graph.file.read_text(encoding="utf-8"), str(graph.file))
+        _, smap = load_yaml(graph.file.read_text(encoding="utf-8"), shown(graph.file))
         found, problems = _cases(graph.tests, ("tests",), smap, resolver)
         cases += found
         issues += problems
     for file in case_files(graph.file):
         try:
-            data, smap = load_yaml(file.read_text(encoding="utf-8"), str(file))
+            data, smap = load_yaml(file.read_text(encoding="utf-8"), shown(file))
         except ConfigError as exc:
             issues += exc.issues
             continue
         except (OSError, UnicodeDecodeError) as exc:
-            issues.append(ConfigIssue(Position(str(file), 1, 1), f"cannot read test file: {exc}"))
+            issues.append(ConfigIssue(Position(shown(file), 1, 1), f"cannot read test file: {exc}"))
             continue
         if not isinstance(data, dict) or set(data) != {"tests"}:
             issues.append(ConfigIssue(smap.at(()), "a test file is a mapping with one key, tests: a list of tests"))
@@ -202,3 +210,77 @@ def load_cases(graph: Graph) -> list[LoadedCase]:
     if issues:
         raise ConfigError(issues)
     return cases
+
+
+REFERENCE = """\
+# Config tests reference (`tests:`)
+
+Generated from `headrace/testing/cases.py` (`make docs`). `headrace test` runs them
+([cli.md](../cli.md#headrace-test)); `headrace schema --for tests` is their JSON Schema.
+
+Tests live in the config's top-level `tests:` list, or in files beside the config named
+`<config>_test.yaml` or `<config>_<anything>_test.yaml` (a mapping with one key, `tests`).
+Each test builds the config's graph in the process, with no onramp or offramp started:
+its `inject` batches go in where they say, the graph drains (the end of input flushes
+windows and batches), then each `expect` is checked against what arrived at its point.
+Python stages run as in `run`, and what reaches an offramp is encoded by its codec, so a
+record the codec cannot write goes to the offramp's `err` port as it would in `run`.
+
+```yaml
+# quickstart_test.yaml, beside quickstart.yaml
+tests:
+  - name: errors are routed to the errors offramp
+    inject:
+      - at: logs                     # an onramp: events go through its codec
+        events: [{level: error, host: db-1.example, msg: "connection reset"}]
+      - at: logs                     # raw data, framed by its preprocessors and decoded
+        raw: "not JSON\\n"
+    expect:
+      - at: errors                   # an offramp: what it writes
+        count: 1
+        where: "meta['class'] == 'error'"
+      - at: logs/err                 # a port: component/port
+        events: ["not JSON"]
+```
+
+## Where `at` points
+
+| in | `at` | what it is |
+| --- | --- | --- |
+| `inject` | `ONRAMP` | events (or `raw` data) as read by the onramp, through its codec (and preprocessors for `raw`) |
+| `inject` | `PIPELINE` | events into the pipeline's `in` |
+| `inject` | `PIPELINE.NODE` | events into one node |
+| `expect` | `OFFRAMP` | what the offramp writes (encoded by its codec, then decoded for the comparison) |
+| `expect` | `OFFRAMP/err` | what the offramp refused (its codec could not encode it) |
+| `expect` | `PIPELINE[/PORT]`, `PIPELINE.NODE[/PORT]`, `ONRAMP[/PORT]` | what leaves that port (default `out`): `err`, a route's names, `overflow` ... |
+
+Nodes are named as in metrics and logs: the `id:` of a stage, or its function's name
+(python) or operator ([config reference](config.md#a-pipeline-pipelinesid)). `headrace graph` draws them.
+
+## A test file
+
+@CASE_FILE@
+## A test (`tests: [...]`)
+
+@CASE@
+## An injection (`inject: [...]`)
+
+@INJECTION@
+## An expectation (`expect: [...]`)
+
+@EXPECTATION@
+An expectation holds when all of `events`, `count` and `where` that it gives hold. A failed
+`events` prints a diff of the pretty JSON; a failed `where` names the first events it does
+not hold for. `headrace test` exits 0 when every test passed, 1 when one failed (or none
+ran), 78 when the config or a test file is invalid (with `file:line:col` messages).
+"""
+
+
+def reference_markdown() -> str:
+    """docs/reference/tests.md: the format of config tests, from the models above."""
+    from headrace.docs import model_table
+
+    text = REFERENCE
+    for mark, model in (("@CASE_FILE@", CaseFile), ("@CASE@", Case), ("@INJECTION@", Injection), ("@EXPECTATION@", Expectation)):
+        text = text.replace(mark, model_table(model))
+    return text

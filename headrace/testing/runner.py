@@ -1,21 +1,28 @@
-"""``headrace test CONFIG``: run the config's unit tests and report each as PASS or FAIL.
+"""``headrace test PATH...``: run configs' unit tests and report each as PASS or FAIL.
 
-Each test gets a fresh in-process graph (``IsolatedGraph``): its injections go in, the
-graph drains (end of input flushes windows and batches), then every expectation is
-checked against what arrived. A failed ``events`` expectation prints a unified diff
-of the pretty JSON. Exit code: 0 all passed, 1 a test failed (or there are none),
-78 the config or a test file is invalid.
+A PATH is a config, or a folder searched recursively for configs that have tests (a
+``tests:`` list, or ``<name>_test.yaml`` / ``<name>_*_test.yaml`` beside them; hidden folders
+are skipped). Each test gets a fresh in-process graph (``IsolatedGraph``): its injections go
+in, the graph drains (end of input flushes windows and batches), then every expectation is
+checked against what arrived. A failed ``events`` expectation prints a unified diff of the
+pretty JSON. ``--name`` runs only the tests whose name contains a text (or matches it as a
+shell pattern); ``--junit-xml`` also writes the results as JUnit XML for CI. Exit code: 0 all
+passed, 1 a test failed (or none ran), 78 a config or a test file is invalid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
+import fnmatch
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
+
+import yaml
 
 from headrace.config.errors import ConfigError
 from headrace.config.graph import Graph
@@ -24,6 +31,7 @@ from headrace.contract.expr import compile_expr
 from headrace.errors import EX_CONFIG
 from headrace.testing.cases import Expectation, LoadedCase, case_files, load_cases
 from headrace.testing.harness import Captured, IsolatedGraph
+from headrace.testing.junit import CaseResult, SuiteResult, write_junit
 
 SHOWN = 3  # events shown when a where does not hold
 
@@ -102,28 +110,86 @@ def run_case(graph: Graph, lc: LoadedCase) -> list[str]:
     return failures
 
 
-def run_config_tests(path: str, out: TextIO | None = None) -> int:
-    stream = out or sys.stdout
+def _has_tests(config: Path) -> bool:
+    if case_files(config):
+        return True
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "onramps" in data and bool(data.get("tests"))
+
+
+def discover(paths: list[str]) -> list[str]:
+    """The configs to test: each file given, and under each folder the configs that have tests (as paths under it)."""
+    found: list[str] = []
+    for given in paths:
+        root = Path(given)
+        if not root.is_dir():
+            found.append(given)
+            continue
+        for path in sorted([*root.rglob("*.yaml"), *root.rglob("*.yml")]):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or path.stem.endswith("_test") or not _has_tests(path):
+                continue
+            found.append(str(root / rel))
+    return list(dict.fromkeys(found))
+
+
+def selected(name: str, patterns: list[str]) -> bool:
+    return not patterns or any(p in name or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def run_suite(path: str, names: list[str], stream: TextIO) -> SuiteResult:
+    """The tests of one config, printed as they run."""
+    began = time.perf_counter()
+    suite = SuiteResult(path)
     try:
         graph = load_file(path)
-        cases = load_cases(graph)
+        cases = load_cases(graph, shown_dir=Path(path).parent)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return EX_CONFIG
+        suite.error = str(exc)
+        return suite
+    chosen = [lc for lc in cases if selected(lc.case.name, names)]
     if not cases:
         print(f"{path}: no tests (add a tests: list, or {Path(path).stem}_test.yaml beside it)", file=sys.stderr)
-        return 1
+        return suite
     sources = ", ".join([*(["the config"] if graph.tests else []), *(p.name for p in case_files(graph.file))])
-    print(f"{path}: {len(cases)} test(s) from {sources}", file=stream)
-    failed = 0
-    for lc in cases:
+    picked = f" ({len(chosen)} selected by --name)" if names else ""
+    print(f"{path}: {len(cases)} test(s) from {sources}{picked}", file=stream)
+    for lc in chosen:
+        t0 = time.perf_counter()
         failures = run_case(graph, lc)
+        suite.cases.append(CaseResult(lc.case.name, lc.position, failures, time.perf_counter() - t0))
         if failures:
-            failed += 1
             print(f"FAIL  {lc.case.name}  ({lc.position})", file=stream)
             for line in failures:
                 print(f"      {line}", file=stream)
         else:
             print(f"PASS  {lc.case.name}", file=stream)
-    print(f"{len(cases) - failed} passed, {failed} failed", file=stream)
-    return 1 if failed else 0
+    suite.seconds = time.perf_counter() - began
+    print(f"{suite.passed} passed, {suite.failed} failed", file=stream)
+    return suite
+
+
+def run_config_tests(paths: str | list[str], out: TextIO | None = None, *, names: list[str] | None = None,
+                     junit_xml: str | None = None) -> int:  # fmt: skip
+    stream = out or sys.stdout
+    given = [paths] if isinstance(paths, str) else paths
+    configs = discover(given)
+    if not configs:
+        print(f"no config with tests under {', '.join(given)}", file=sys.stderr)
+        return 1
+    suites = [run_suite(path, names or [], stream) for path in configs]
+    if len(suites) > 1:
+        passed, failed = sum(s.passed for s in suites), sum(s.failed for s in suites)
+        print(f"total: {passed} passed, {failed} failed in {len(suites)} config(s)", file=stream)
+    if junit_xml is not None:
+        write_junit(junit_xml, suites)
+    if any(s.error for s in suites):
+        return EX_CONFIG
+    ran = sum(len(s.cases) for s in suites)
+    if names and not ran:
+        print(f"no test name matches {' or '.join(repr(n) for n in names)}", file=sys.stderr)
+    return 1 if not ran or any(s.failed for s in suites) else 0

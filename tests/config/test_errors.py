@@ -127,7 +127,7 @@ links: {src: [main], main: [out]}
 onramp: {}
 """,
         [
-            "6:1: unknown key 'onramp' in the top level (expected one of: daemon, links, offramps, onramps, pipelines, tests, version)",
+            "6:1: unknown key 'onramp' in the top level: did you mean 'onramps'? (expected one of: daemon, links, offramps, onramps, pipelines, tests, version)",
         ],
         id="unknown_top",
     ),
@@ -142,7 +142,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:3: unknown key 'worker' in daemon (expected one of: batch_size, loop_block_threshold, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, worker_max_rss, workers)",
+            "3:3: unknown key 'worker' in daemon: did you mean 'workers'? (expected one of: batch_size, loop_block_threshold, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, worker_max_rss, workers)",
         ],
         id="unknown_daemon",
     ),
@@ -156,7 +156,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "2:20: unknown key 'listn' in daemon.metrics (expected one of: allowed_hosts, listen)",
+            "2:20: unknown key 'listn' in daemon.metrics: did you mean 'listen'? (expected one of: allowed_hosts, listen)",
         ],
         id="unknown_metrics",
     ),
@@ -172,7 +172,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:5: unknown key 'cdec' in onramps.src (expected one of: codec, config, ordered, preprocessors, type)",
+            "5:5: unknown key 'cdec' in onramps.src: did you mean 'codec'? (expected one of: codec, config, ordered, preprocessors, type)",
         ],
         id="unknown_onramp_key",
     ),
@@ -186,7 +186,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            "5:23: unknown key 'with_mta' in offramps.out (expected one of: codec, config, postprocessors, type, with_meta)",
+            "5:23: unknown key 'with_mta' in offramps.out: did you mean 'with_meta'? (expected one of: codec, config, postprocessors, type, with_meta)",
         ],
         id="unknown_offramp_key",
     ),
@@ -201,7 +201,7 @@ links: {src: [main], main: [out]}
 """,
         [
             "3:21: missing required key 'path' in onramp 'src' (file) config",
-            f"3:30: unknown key 'pth' in onramp 'src' (file) config (expected one of: {FILE_ONRAMP_FIELDS})",
+            f"3:30: unknown key 'pth' in onramp 'src' (file) config: did you mean 'path'? (expected one of: {FILE_ONRAMP_FIELDS})",
         ],
         id="unknown_plugin_config_key",
     ),
@@ -216,7 +216,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:35: unknown key 'wehre' in operator 'filter' of node 'main.filter_0' (expected one of: where)",
+            "5:35: unknown key 'wehre' in operator 'filter' of node 'main.filter': did you mean 'where'? (expected one of: id, op, where)",
         ],
         id="unknown_operator_option",
     ),
@@ -233,7 +233,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:37: unknown key 'slot' in operator 'bucket' of node 'main.lim' (expected one of: max_groups, slots, window)",
+            "6:37: unknown key 'slot' in operator 'bucket' of node 'main.lim': did you mean 'slots'? (expected one of: max_groups, op, slots, window)",
         ],
         id="unknown_graph_node_option",
     ),
@@ -249,7 +249,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:5: unknown key 'node' in pipeline 'main' (expected: nodes, links, or a list of stages)",
+            "5:5: unknown key 'node' in pipeline 'main': did you mean 'nodes'? (expected: nodes, links, or a list of stages)",
         ],
         id="unknown_graph_pipeline_key",
     ),
@@ -263,7 +263,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:52: unknown key 'max_bytes' in preprocessor 'lines' (expected one of: max_line_bytes, separator)",
+            "3:52: unknown key 'max_bytes' in preprocessor 'lines': did you mean 'max_line_bytes'? (expected one of: max_line_bytes, separator)",
         ],
         id="unknown_processor_option",
     ),
@@ -442,7 +442,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:7: missing required key 'where' in operator 'filter' of node 'main.filter_0'",
+            "5:7: missing required key 'where' in operator 'filter' of node 'main.filter'",
         ],
         id="filter_without_where",
     ),
@@ -457,7 +457,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:7: missing required key 'fn' in operator 'python' of node 'main.python_0'",
+            "5:7: missing required key 'fn' in operator 'python' of node 'main.python'",
         ],
         id="python_without_fn",
     ),
@@ -472,7 +472,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:7: node 'node_0' in pipeline 'main' has no 'op' (known: {OPERATORS})",
+            f"5:7: stage 1 of pipeline 'main' has no 'op' (known: {OPERATORS})",
         ],
         id="stage_without_op",
     ),
@@ -486,7 +486,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"3:15: unknown onramp 'fiel' (known: {ONRAMPS})",
+            f"3:15: unknown onramp 'fiel': did you mean 'file'? (known: {ONRAMPS})",
         ],
         id="unknown_onramp_type",
     ),
@@ -500,7 +500,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:15: unknown offramp 'stdot' (known: {OFFRAMPS})",
+            f"5:15: unknown offramp 'stdot': did you mean 'stdout'? (known: {OFFRAMPS})",
         ],
         id="unknown_offramp_type",
     ),
@@ -514,7 +514,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"3:29: unknown codec 'jsonn' (known: {CODECS})",
+            f"3:29: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
         ],
         id="unknown_codec",
     ),
@@ -530,7 +530,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:28: unknown preprocessor 'line' (known: {PREPROCESSORS})",
+            f"5:28: unknown preprocessor 'line': did you mean 'lines'? (known: {PREPROCESSORS})",
         ],
         id="unknown_preprocessor",
     ),
@@ -544,7 +544,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            f"5:40: unknown postprocessor 'gzipp' (known: {POSTPROCESSORS})",
+            f"5:40: unknown postprocessor 'gzipp': did you mean 'gzip'? (known: {POSTPROCESSORS})",
         ],
         id="unknown_postprocessor",
     ),
@@ -560,7 +560,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"6:12: unknown operator 'filtr' (known: {OPERATORS})",
+            f"6:12: unknown operator 'filtr': did you mean 'filter'? (known: {OPERATORS})",
         ],
         id="unknown_operator",
     ),
@@ -610,7 +610,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:7: duplicate node id 'f' in pipeline 'main'",
+            "6:12: duplicate node id 'f' in pipeline 'main'",
         ],
         id="duplicate_node_id",
     ),
@@ -626,7 +626,7 @@ links:
   mian/err: [out]
 """,
         [
-            "8:3: link from unknown component 'mian'",
+            "8:3: link from unknown component 'mian': did you mean 'main'?",
         ],
         id="link_from_unknown",
     ),
@@ -641,7 +641,7 @@ links:
   main: [out, ouptut]
 """,
         [
-            "7:15: link to unknown component 'ouptut'",
+            "7:15: link to unknown component 'ouptut': did you mean 'out'?",
         ],
         id="link_to_unknown",
     ),
@@ -675,7 +675,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "9:14: link to unknown node 'kept' in pipeline 'main'",
+            "9:14: link to unknown node 'kept' in pipeline 'main': did you mean 'keep'?",
         ],
         id="graph_link_to_unknown_node",
     ),
@@ -695,7 +695,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "10:7: link from unknown node 'kept' in pipeline 'main'",
+            "10:7: link from unknown node 'kept' in pipeline 'main': did you mean 'keep'?",
         ],
         id="graph_link_from_unknown_node",
     ),
@@ -714,6 +714,29 @@ links:
             "8:3: pipeline 'main' has no port 'overflow' (ports: err, out)",
         ],
         id="pipeline_port_missing",
+    ),
+    pytest.param(
+        """\
+version: 1
+onramps: {src: {type: stdin}}
+pipelines:
+  main:
+    - op: route
+      routes: {alerts: "True"}
+  graph:
+    nodes: {r: {op: route, routes: {alerts: "True"}}}
+    links: {in: [r], r/alert: [out], r/defualt: [out]}
+offramps: {out: {type: stdout}}
+links: {src: [main, graph], main/alerst: [out], main/default: [out], graph: [out], srv/err: [out], src/eror: [out]}
+""",
+        [
+            "9:22: node 'graph.r' (route) has no port 'alert': did you mean 'alerts'? (ports: out, err, alerts, default)",
+            "9:38: node 'graph.r' (route) has no port 'defualt': did you mean 'default'? (ports: out, err, alerts, default)",
+            "11:29: pipeline 'main' has no port 'alerst': did you mean 'alerts'? (ports: alerts, default, err, out)",
+            "11:84: link from unknown component 'srv': did you mean 'src'?",
+            "11:100: onramp 'src' has no port 'eror': did you mean 'err'? (ports: out, err)",
+        ],
+        id="port_typos",
     ),
     pytest.param(
         """\
@@ -797,7 +820,7 @@ links:
   b/err: [out]
 """,
         [
-            "4:7: cycle: a.filter_0 -> b.filter_0 -> a.filter_0",
+            "4:7: cycle: a.filter -> b.filter -> a.filter",
         ],
         id="cycle_between_pipelines",
     ),
@@ -927,7 +950,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: name '__import__' is not allowed",
+            "6:14: node 'main.filter': where: name '__import__' is not allowed",
         ],
         id="expr_import",
     ),
@@ -943,7 +966,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: attribute '__class__' is not allowed",
+            "6:14: node 'main.filter': where: attribute '__class__' is not allowed",
         ],
         id="expr_dunder_attribute",
     ),
@@ -959,7 +982,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: unknown name 'open' (available: event, meta)",
+            "6:14: node 'main.filter': where: unknown name 'open' (available: event, meta)",
         ],
         id="expr_open",
     ),
@@ -975,7 +998,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: Lambda is not allowed in expressions",
+            "6:14: node 'main.filter': where: Lambda is not allowed in expressions",
         ],
         id="expr_lambda",
     ),
@@ -991,7 +1014,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:14: node 'main.filter_0': where: invalid expression: '[' was never closed",
+            "6:14: node 'main.filter': where: invalid expression: '[' was never closed",
         ],
         id="expr_syntax_error",
     ),
@@ -1009,7 +1032,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main/ok: [out], main/bad: [out], main/default: [out]}
 """,
         [
-            "8:14: node 'main.route_0': routes.bad: attribute '__dict__' is not allowed",
+            "8:14: node 'main.route': routes.bad: attribute '__dict__' is not allowed",
         ],
         id="expr_in_route",
     ),
@@ -1025,7 +1048,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "6:38: node 'main.set_0': set.host: dunder strings are not allowed",
+            "6:38: node 'main.set': set.host: dunder strings are not allowed",
         ],
         id="expr_in_set",
     ),
@@ -1040,7 +1063,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:24: node 'main.python_0': cannot load hr_no_such_module:classify: ModuleNotFoundError: No module named 'hr_no_such_module'",
+            "5:24: node 'main.classify': cannot load hr_no_such_module:classify: ModuleNotFoundError: No module named 'hr_no_such_module'",
         ],
         id="python_module_missing",
     ),
@@ -1055,7 +1078,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:24: node 'main.python_0': loading failed: RuntimeError: database is down",
+            "5:24: node 'main.classify': loading failed: RuntimeError: database is down",
         ],
         id="python_module_raises",
     ),
@@ -1070,7 +1093,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:24: node 'main.python_0': cannot load hr_stage_ok:clasify: ImportError: module 'hr_stage_ok' has no attribute 'clasify'",
+            "5:24: node 'main.clasify': cannot load hr_stage_ok:clasify: ImportError: module 'hr_stage_ok' has no attribute 'clasify'",
         ],
         id="python_attribute_missing",
     ),
@@ -1099,9 +1122,9 @@ offramps: {out: {type: stdot}}
 links: {src: [main], main: [out]}
 """,
         [
-            f"3:29: unknown codec 'jsonn' (known: {CODECS})",
-            f"5:24: unknown offramp 'stdot' (known: {OFFRAMPS})",
-            "4:20: missing required key 'where' in operator 'filter' of node 'main.filter_0'",
+            f"3:29: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
+            f"5:24: unknown offramp 'stdot': did you mean 'stdout'? (known: {OFFRAMPS})",
+            "4:20: missing required key 'where' in operator 'filter' of node 'main.filter'",
         ],
         id="several_at_once",
     ),
@@ -1115,9 +1138,9 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "4:27: node 'main.python_0': cannot load hr_one_arg:classify: TypeError: hr_one_arg:classify must take (event, meta); its signature is (event)",
-            "4:68: node 'main.python_1': cannot load hr_one_arg:Stage: TypeError: hr_one_arg:Stage.process must take (event, meta); its signature is (event)",
-            "4:106: node 'main.python_2': cannot load http:work: ImportError: the stage module 'http' beside the config has the name of a module "
+            "4:27: node 'main.classify': cannot load hr_one_arg:classify: TypeError: hr_one_arg:classify must take (event, meta); its signature is (event)",
+            "4:68: node 'main.Stage': cannot load hr_one_arg:Stage: TypeError: hr_one_arg:Stage.process must take (event, meta); its signature is (event)",
+            "4:106: node 'main.work': cannot load http:work: ImportError: the stage module 'http' beside the config has the name of a module "
             "of Python's standard library; rename it (e.g. 'http_stages')",
         ],
         id="stage_signature_and_shadowing_module",
@@ -1167,8 +1190,8 @@ def test_error_text_is_one_line_per_issue(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_file(path, env={})
     assert str(info.value).splitlines() == [
-        f"{path}:3:13: unknown onramp 'fiel' (known: {ONRAMPS})",
-        f"{path}:4:27: unknown codec 'jsonn' (known: {CODECS})",
+        f"{path}:3:13: unknown onramp 'fiel': did you mean 'file'? (known: {ONRAMPS})",
+        f"{path}:4:27: unknown codec 'jsonn': did you mean 'json'? (known: {CODECS})",
     ]
 
 
@@ -1185,4 +1208,33 @@ def test_broken_plugin_is_an_issue_not_a_crash(tmp_path: Path, monkeypatch: pyte
     path = write_config(tmp_path, "version: 1\nonramps:\n  src: {type: stdin, codec: hr-broken}\n")
     assert issues_of(path) == [
         f"{path}:3:29: codec 'hr-broken' cannot be loaded: AttributeError: module 'headrace.plugins.codecs.json' has no attribute 'NoSuchCodec'"
+    ]
+
+
+def test_paths_that_can_never_exist_are_reported_at_their_setting(tmp_path: Path) -> None:
+    """Paths under a regular file (and a file path naming a folder) fail at start-up whatever is retried: check says so."""
+    (tmp_path / "blocker.txt").write_text("a file, not a folder\n")
+    (tmp_path / "plain.txt").write_text("not a socket\n")
+    path = write_config(tmp_path, """\
+version: 1
+daemon: {state_dir: blocker.txt/state}
+onramps:
+  src: {type: file, config: {path: blocker.txt/in.ndjson}}
+  sock: {type: unix, config: {path: plain.txt}}
+  tail: {type: file, config: {path: ., follow: true}}
+pipelines: {main: [{op: filter, where: 'True'}]}
+offramps:
+  out: {type: file, config: {path: blocker.txt/out.ndjson}}
+  daily: {type: file, config: {path: "blocker.txt/sub/%Y-%m-%d.ndjson"}}
+  ok: {type: file, config: {path: "out/{meta.host}.ndjson"}}
+links: {src: [main], sock: [main], tail: [main], main: [out, daily, ok]}
+""")
+    blocker = tmp_path / "blocker.txt"
+    assert issues_of(path) == [
+        f"{path}:2:21: daemon.state_dir: {blocker / 'state'} can never be a folder: {blocker} is a file",
+        f"{path}:4:36: onramp 'src': path: {blocker / 'in.ndjson'} can never exist: {blocker} is a file, not a folder",
+        f"{path}:5:37: onramp 'sock': path: {tmp_path / 'plain.txt'} exists and is not a socket (the server replaces only a stale socket)",
+        f"{path}:6:37: onramp 'tail': path: {tmp_path} is a folder, not a file",
+        f"{path}:9:36: offramp 'out': path: {blocker / 'out.ndjson'} can never exist: {blocker} is a file, not a folder",
+        f"{path}:10:38: offramp 'daily': path: {blocker / 'sub'} can never be a folder: {blocker} is a file",
     ]

@@ -37,11 +37,11 @@ offramps: {out: {type: stdout}, dlq: {type: stderr}}
 links: {src: [main], main: [out], main/err: [dlq]}
 """,
         {
-            ("src", "out"): ["main.filter_0"],
-            ("main.filter_0", "out"): ["main.set_1"],
-            ("main.filter_0", "err"): ["dlq"],
-            ("main.set_1", "out"): ["out"],
-            ("main.set_1", "err"): ["dlq"],
+            ("src", "out"): ["main.filter"],
+            ("main.filter", "out"): ["main.set"],
+            ("main.filter", "err"): ["dlq"],
+            ("main.set", "out"): ["out"],
+            ("main.set", "err"): ["dlq"],
         },
         [("src", "err"), ("out", "err"), ("dlq", "err")],
         id="linear",
@@ -98,11 +98,11 @@ links:
   main/default: [console]
 """,
         {
-            ("src", "out"): ["main.route_0"],
-            ("main.route_0", "alerts"): ["archive", "pager"],
-            ("main.route_0", "default"): ["console"],
+            ("src", "out"): ["main.route"],
+            ("main.route", "alerts"): ["archive", "pager"],
+            ("main.route", "default"): ["console"],
         },
-        [("src", "err"), ("main.route_0", "err"), ("main.route_0", "out"), ("console", "err"), ("archive", "err"), ("pager", "err")],
+        [("src", "err"), ("main.route", "err"), ("main.route", "out"), ("console", "err"), ("archive", "err"), ("pager", "err")],
         id="fan_out_one_port_to_two_offramps",
     ),
     pytest.param(
@@ -116,11 +116,11 @@ offramps: {out: {type: stdout}}
 links: {a: [main], b: main, main: [out]}
 """,
         {
-            ("a", "out"): ["main.filter_0"],
-            ("b", "out"): ["main.filter_0"],
-            ("main.filter_0", "out"): ["out"],
+            ("a", "out"): ["main.filter"],
+            ("b", "out"): ["main.filter"],
+            ("main.filter", "out"): ["out"],
         },
-        [("a", "err"), ("b", "err"), ("main.filter_0", "err"), ("out", "err")],
+        [("a", "err"), ("b", "err"), ("main.filter", "err"), ("out", "err")],
         id="fan_in_two_onramps",
     ),
     pytest.param(
@@ -139,12 +139,12 @@ links:
   second: [out]
 """,
         {
-            ("src", "out"): ["first.filter_0"],
-            ("first.filter_0", "out"): ["second.set_0"],
-            ("second.set_0", "out"): ["second.filter_1"],
-            ("second.filter_1", "out"): ["out"],
+            ("src", "out"): ["first.filter"],
+            ("first.filter", "out"): ["second.set"],
+            ("second.set", "out"): ["second.filter"],
+            ("second.filter", "out"): ["out"],
         },
-        [("src", "err"), ("first.filter_0", "err"), ("second.set_0", "err"), ("second.filter_1", "err"), ("out", "err")],
+        [("src", "err"), ("first.filter", "err"), ("second.set", "err"), ("second.filter", "err"), ("out", "err")],
         id="pipeline_to_pipeline",
     ),
 ]
@@ -184,7 +184,7 @@ def test_env_interpolation_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (graph.daemon.workers, graph.daemon.batch_size, graph.daemon.metrics.listen) == (0, 64, "127.0.0.1:9898")
     src = graph.components["src"]
     assert (src.codec, src.config.path, src.config.follow) == ("json", "data/in.ndjson", False)
-    assert graph.components["main.filter_0"].config.where == "event['x'] == 'none'"
+    assert graph.components["main.filter"].config.where == "event['x'] == 'none'"
 
 
 def test_env_interpolation_set_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +205,7 @@ def test_env_interpolation_set_values(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (graph.daemon.workers, graph.daemon.batch_size, graph.daemon.metrics.listen) == (3, 500, "127.0.0.1:19898")
     src = graph.components["src"]
     assert (src.codec, src.config.path, src.config.follow) == ("string", "/srv/in/in.ndjson", True)
-    assert graph.components["main.filter_0"].config.where == "event['x'] == 'y'"
+    assert graph.components["main.filter"].config.where == "event['x'] == 'y'"
     # an explicit env mapping replaces os.environ; an empty value takes the default
     graph = load_file(path, env={"HR_DIR": "d", "HR_CODEC": ""})
     assert (graph.components["src"].codec, graph.components["src"].config.path, graph.daemon.workers) == ("json", "d/in.ndjson", 0)
@@ -228,7 +228,7 @@ links: {src: [main], main: [out]}
     graph = load_file(Path("..") / "etc" / "headrace" / "headrace.yaml", env={})
     assert graph.base_dir == conf
     assert graph.file == conf / "headrace.yaml"
-    assert graph.edges == {("src", "out"): ["main.python_0"], ("main.python_0", "out"): ["out"]}
+    assert graph.edges == {("src", "out"): ["main.tag"], ("main.tag", "out"): ["out"]}
     onramp = FileOnramp(graph.components["src"].config, PluginContext("src", graph.base_dir))
     assert onramp.path == str(conf / "data" / "in.ndjson")
     offramp = FileOfframp(graph.components["out"].config, PluginContext("out", graph.base_dir))

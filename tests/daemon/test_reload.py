@@ -162,7 +162,7 @@ links: {{tick: [main], main: [out]}}
         assert pids_before <= kids_before
         write("stages.py", 'import os\n\ndef work(event, meta):\n    event["v"] = 2\n    event["pid"] = os.getpid()\n    return event\n')
         body = json.loads(urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST", headers=RELOAD_HEADERS), timeout=20).read())
-        assert body["diff"]["changed"] == ["main.python_0"], body
+        assert body["diff"]["changed"] == ["main.work"], body
         assert body["diff"]["unchanged"] == ["tick", "out"], body
         d.wait_for(lambda: sum(e["v"] == 2 for e in events()) > 20)
         assert set(d.children()) == kids_before, "no process restarted"

@@ -26,11 +26,11 @@ def test_events_per_component_and_port(counted: Counted) -> None:
         sent("src", "onramp", "out"): c.total,
         sent("src", "onramp", "err"): n_bad,  # decode failures go to the err port of the onramp they came from
         # the first node of a worker chain receives the records before they are decoded (in the worker)
-        received("main.python_0", "node"): c.total,
-        sent("main.python_0", "node", "out"): n_good + n_filtered,
-        sent("main.python_0", "node", "err"): n_raise,
-        received("main.filter_1", "node"): n_good + n_filtered,
-        sent("main.filter_1", "node", "out"): n_good,
+        received("main.check", "node"): c.total,
+        sent("main.check", "node", "out"): n_good + n_filtered,
+        sent("main.check", "node", "err"): n_raise,
+        received("main.filter", "node"): n_good + n_filtered,
+        sent("main.filter", "node", "out"): n_good,
         received("out", "offramp"): n_good,
         sent("out", "offramp", "out"): n_good,
         received("dlq", "offramp"): n_bad + n_raise,
@@ -47,14 +47,14 @@ def test_errors_and_discards_by_type(counted: Counted) -> None:
     m, c = counted.metrics, counted
     errors = {k: v for k, v in m.items() if k.startswith("headrace_component_errors_total{")}
     assert errors == {
-        key("headrace_component_errors_total", component_id="main.python_0", component_kind="node", error_type="stage_exception"): len(c.raising),
+        key("headrace_component_errors_total", component_id="main.check", component_kind="node", error_type="stage_exception"): len(c.raising),
         # records that do not decode count at the onramp they came from (they leave through its err port)
         key("headrace_component_errors_total", component_id="src", component_kind="onramp", error_type="decode"): len(c.malformed),
     }
     discarded = {k: v for k, v in m.items() if k.startswith("headrace_component_discarded_events_total{")}
     assert discarded == {
-        key("headrace_component_discarded_events_total", component_id="main.python_0", reason="dropped"): len(c.dropped),
-        key("headrace_component_discarded_events_total", component_id="main.filter_1", reason="filtered"): len(c.filtered),
+        key("headrace_component_discarded_events_total", component_id="main.check", reason="dropped"): len(c.dropped),
+        key("headrace_component_discarded_events_total", component_id="main.filter", reason="filtered"): len(c.filtered),
     }
 
 
@@ -86,10 +86,10 @@ def test_status_totals_agree_with_the_scrape(counted: Counted) -> None:
     assert code == 200
     comps = st["components"]
     assert comps["src"]["totals"]["events_in"] == counted.total
-    assert comps["main.python_0"]["totals"]["error_types"] == {"stage_exception": len(counted.raising)}
+    assert comps["main.check"]["totals"]["error_types"] == {"stage_exception": len(counted.raising)}
     assert comps["src"]["totals"]["error_types"] == {"decode": len(counted.malformed)}
-    assert comps["main.filter_1"]["totals"]["discard_reasons"] == {"filtered": len(counted.filtered)}
+    assert comps["main.filter"]["totals"]["discard_reasons"] == {"filtered": len(counted.filtered)}
     assert comps["out"]["totals"]["events_out"] == len(counted.good)
     assert comps["dlq"]["totals"]["events_in"] == len(counted.malformed) + len(counted.raising)
-    assert st["chains"] == [{"nodes": ["main.python_0", "main.filter_1"], "placement": "workers"}]
+    assert st["chains"] == [{"nodes": ["main.check", "main.filter"], "placement": "workers"}]
     assert st["workers"] == 2 and set(st["worker_busy"]) == {"0", "1"}

@@ -133,14 +133,14 @@ def test_status_has_rates_and_the_graph(ticking: Ticking) -> None:
     st = wait_until(ticking.daemon, steady)
     comps = st["components"]
     # a metronome every 10 ms: about 100 events/s everywhere on the path
-    for cid, field in (("tick", "events_in"), ("tick", "events_out"), ("main.python_0", "events_in"), ("out", "events_out")):
+    for cid, field in (("tick", "events_in"), ("tick", "events_out"), ("main.check", "events_in"), ("out", "events_out")):
         assert 30 < comps[cid]["rates"][field] < 200, (cid, comps[cid]["rates"])
     assert comps["out"]["rates"]["bytes_out"] > 0
     assert comps["tick"]["rates"]["errors"] == 0
     assert 0.5 <= st["rates_window_s"] <= 3
     assert comps["out"]["queue"]["fill"] < 0.5
     assert comps["tick"]["queue"] is None
-    assert {e["from"]: e["to"] for e in st["edges"]}["tick/out"] == ["main.python_0"]
+    assert {e["from"]: e["to"] for e in st["edges"]}["tick/out"] == ["main.check"]
     assert {c["kind"] for c in comps.values()} == {"onramp", "node", "offramp"}
     assert st["ready"] is True and st["workers"] == 2 and len(st["worker_pids"]) == 2
     assert isinstance(st["loop_lag_p99_ms"], float)
@@ -150,12 +150,12 @@ def test_top_once_prints_every_component(counted: Counted, ticking: Ticking) -> 
     res = headrace("top", "--once", f"http://127.0.0.1:{ticking.port}", timeout=30)
     assert res.returncode == 0, res.stderr.decode()
     out = res.stdout.decode()
-    for word in ("tick", "main.python_0", "out", "onramp", "offramp", "in/s", "out/s", "queue", "workers", "loop lag"):
+    for word in ("tick", "main.check", "out", "onramp", "offramp", "in/s", "out/s", "queue", "workers", "loop lag"):
         assert word in out, out
     # a bare host:port works too
     res = headrace("top", "--once", f"127.0.0.1:{counted.port}", timeout=30)
     assert res.returncode == 0, res.stderr.decode()
-    for cid in ("src", "main.python_0", "main.filter_1", "out", "dlq"):
+    for cid in ("src", "main.check", "main.filter", "out", "dlq"):
         assert cid in res.stdout.decode()
 
 

@@ -24,7 +24,7 @@ DASHBOARD_JSON = DASHBOARDS / "headrace.json"
 ALERTS = DASHBOARDS / "alerts.yaml"
 ALERTS_TEST = DASHBOARDS / "alerts_test.yaml"
 
-# DESIGN.md section 6: every core metric must be shown somewhere on the dashboard.
+# every core metric (the first ones of docs/reference/metrics.md) must be shown somewhere on the dashboard.
 CORE_METRICS = [
     "headrace_component_received_events_total",
     "headrace_component_sent_events_total",

@@ -29,7 +29,7 @@ UNIT = REPO / "systemd" / "headrace.service"
 DROPIN = REPO / "systemd" / "headrace-notify-reload.conf"
 INSTALLED_BINARY = "/usr/local/bin/headrace"
 MAX_EXPOSURE = 2.0
-DEFAULT_SHUTDOWN_TIMEOUT_S = 20  # daemon.shutdown_timeout default, DESIGN.md section 2
+DEFAULT_SHUTDOWN_TIMEOUT_S = 20  # daemon.shutdown_timeout default, docs/reference/config.md
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd is Linux-only")
 

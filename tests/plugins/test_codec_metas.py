@@ -15,7 +15,7 @@ import pytest
 from headrace import registry
 from headrace.contract.codec import Codec
 
-ERROR = {"stage": "main.python_0", "type": "ValueError", "message": 'boom "quoted"\nsecond line'}
+ERROR = {"stage": "main.classify", "type": "ValueError", "message": 'boom "quoted"\nsecond line'}
 ONRAMP_METAS: dict[str, dict[str, Any]] = {
     "kafka": {"kafka_topic": "orders", "kafka_partition": 3, "kafka_offset": 17, "kafka_key": b"\xff\x00key",
               "kafka_headers": {"trace": b"abc-1", "bin": b"\x80\x81"}, "kafka_timestamp": 1_700_000_000_000},

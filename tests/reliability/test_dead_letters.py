@@ -96,15 +96,17 @@ def test_row33_kafka_keys_and_headers_reach_a_json_dead_letter(tmp_path: Path, k
 
 def test_row33b_unlinked_err_goes_to_the_last_resort_file_or_is_not_committed(tmp_path: Path, kafka_broker: KafkaBroker, kafka_topic: Any,
                                                                              watcher: OffsetWatcher, figures: Figures) -> None:  # fmt: skip
-    """``main/err`` linked nowhere. First run: the state dir cannot be created (a file is in the way),
-    so the failing records are failed, not acked: no offset past them is committed (acks are per batch). Second
-    run, with the way clear: they are read again and land in the last-resort file; nothing is lost."""
+    """``main/err`` linked nowhere. First run: the state dir cannot be created (a file is put in the way once
+    the daemon runs: `check` refuses a state dir under a file), so the failing records are failed, not acked: no
+    offset past them is committed (acks are per batch). Second run, with the way clear: they are read again and
+    land in the last-resort file; nothing is lost."""
     src = kafka_topic(len(PARTS), prefix="unlinked")
     n = 200
-    run_async(_produce(kafka_broker.bootstrap, src, n))
-    (tmp_path / "blocker").write_text("a file where the state dir should be\n")
     d = Daemon(config(tmp_path, kafka_broker, src, "g-unlinked", dead_letter=False, state_dir="blocker/state"))
     try:
+        wait_until(lambda: "headrace.daemon: running" in d.stderr(), 60, "the daemon running", daemon=d)
+        (tmp_path / "blocker").write_text("a file where the state dir should be\n")
+        run_async(_produce(kafka_broker.bootstrap, src, n))
         wait_until(lambda: len(file_ids(tmp_path / "out.ndjson")) >= n - n // 4, 60, "the good records written", daemon=d)
         wait_until(lambda: "they are failed, their source not acked" in d.stderr(), 30, "the failed write logged", daemon=d)
         committed_first = watcher.total("g-unlinked", src, PARTS)
@@ -117,8 +119,8 @@ def test_row33b_unlinked_err_goes_to_the_last_resort_file_or_is_not_committed(tm
         wait_until(lambda: watcher.total("g-unlinked", src, PARTS) >= n, 60, "everything committed after the restart", interval=0.2, daemon=d)
     finally:
         assert d.stop() == 0, d.stderr()
-    kept = [json.loads(x) for x in (tmp_path / "blocker" / "state" / "last-resort" / "main.python_0.ndjson").read_text().splitlines()]
-    assert all(k["meta"]["error"]["type"] == "ValueError" and k["component"] == "main.python_0" for k in kept), kept[:1]
+    kept = [json.loads(x) for x in (tmp_path / "blocker" / "state" / "last-resort" / "main.judge.ndjson").read_text().splitlines()]
+    assert all(k["meta"]["error"]["type"] == "ValueError" and k["component"] == "main.judge" for k in kept), kept[:1]
     kept_ids = [k["event"]["id"] for k in kept]
     failing = {i for i in range(n) if i % 4 == 3}
     report = conserve(range(n), file_ids(tmp_path / "out.ndjson"), kept_ids, window=n, guarantee=AT_LEAST_ONCE, expect_dead=failing)

@@ -46,14 +46,14 @@ links: {{src: [main], main: [out]}}
             time.sleep(0.5)
             m = scrape(port)
             sent = m['headrace_component_sent_events_total{component_id="src",component_kind="onramp",port="out"}']
-            received = m['headrace_component_received_events_total{component_id="main.python_0",component_kind="node"}']
+            received = m['headrace_component_received_events_total{component_id="main.slow",component_kind="node"}']
             samples.append((sent, received, rss_kib(d.pid)))
         # the blaster could emit millions per second; it is held to what the stage took plus one queue
         for sent, received, _ in samples:
             assert sent - received <= 2000 + 100, samples
         assert samples[-1][0] < 20_000, samples
         assert max(r for _, _, r in samples) - samples[0][2] < 20_000, samples  # RSS grows < 20 MiB
-        queue = scrape(port)['headrace_queue_events{edge="main.python_0"}']
+        queue = scrape(port)['headrace_queue_events{edge="main.slow"}']
         assert 1900 <= queue <= 2100
         ok = True
     finally:

@@ -83,7 +83,7 @@ links: {in: [out]}
 """)
     res = headrace("check", str(cfg))
     assert res.returncode == 78
-    assert "node 'up.set_0' is not reachable from any onramp" in res.stderr.decode()
+    assert "node 'up.set' is not reachable from any onramp" in res.stderr.decode()
 
 
 def test_fan_out_and_fan_in(tmp_path: Path, write: Any) -> None:
@@ -148,7 +148,7 @@ links: {{src: [main], src/err: [dlq], main: [out], main/err: [dlq]}}
     assert len(decode_errors) == len(bad_json) + 1
     assert all(e["meta"]["error"]["stage"] == "src" for e in decode_errors)
     assert sorted(e["event"]["id"] for e in stage_errors) == [1000 + i for i in range(7)]
-    assert all(e["meta"]["error"]["stage"] == "main.python_0" and e["meta"]["error"]["message"].startswith("boom on") for e in stage_errors)
+    assert all(e["meta"]["error"]["stage"] == "main.tag" and e["meta"]["error"]["message"].startswith("boom on") for e in stage_errors)
     filtered = 150
     total_in = len(good) + len(bad_json) + len(boom) + 1
     assert total_in == len(out) + len(dlq) + filtered
@@ -186,7 +186,7 @@ links: {src: [main], main: [out]}
 """)
     d = Daemon(cfg)
     assert d.wait(30) == 0
-    assert "1 event(s) on unlinked err port of main.python_0, written to the last-resort file" in d.stderr()
+    assert "1 event(s) on unlinked err port of main.tag, written to the last-resort file" in d.stderr()
     assert "ValueError: boom on 9" in d.stderr()
     assert len(lines(tmp_path / "out.ndjson")) == 3
 
@@ -211,9 +211,9 @@ links: {src: [main], main: [out]}
     d = Daemon(cfg, env={"STATE_DIRECTORY": str(state)})
     assert d.wait(30) == 0, d.stderr()
     kept = {p.name: lines(p) for p in (state / "last-resort").iterdir()}
-    assert sorted(kept) == ["main.python_0.ndjson", "src.ndjson"]
-    [stage_err] = kept["main.python_0.ndjson"]
-    assert stage_err["event"] == {"id": 9, "boom": True, "key": "\u00e9"} and stage_err["component"] == "main.python_0"
+    assert sorted(kept) == ["main.tag.ndjson", "src.ndjson"]
+    [stage_err] = kept["main.tag.ndjson"]
+    assert stage_err["event"] == {"id": 9, "boom": True, "key": "\u00e9"} and stage_err["component"] == "main.tag"
     assert stage_err["meta"]["error"]["type"] == "ValueError" and stage_err["meta"]["error"]["message"] == "boom on 9"
     [decode_err] = kept["src.ndjson"]
     assert decode_err["raw"] == "not json" and decode_err["meta"]["error"]["type"] == "DecodeError"

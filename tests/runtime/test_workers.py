@@ -213,7 +213,7 @@ links: {src: [main], main: [out]}
     d = Daemon(cfg)
     assert d.wait(30) == 0
     err = d.stderr()
-    assert "stage main.python_0 held the event loop for" in err
+    assert "stage main.busy held the event loop for" in err
     assert "placement: workers" in err
     assert len(lines(tmp_path / "out.ndjson")) == 5
 

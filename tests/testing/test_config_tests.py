@@ -22,7 +22,7 @@ tests:
   - name: negative values are filtered before the sums
     inject: [{at: in, events: [{v: 1}, {v: -5}, {v: 2}, {v: 3}]}]
     expect:
-      - {at: main.filter_0/out, count: 3}
+      - {at: main.filter/out, count: 3}
       - {at: out, count: 2, where: "event['total'] == 3 and meta['window_events'] in (1, 2)"}
 """
 
@@ -102,7 +102,7 @@ tests:
   - name: broken
     inject:
       - {at: nowhere, events: [1]}
-      - {at: main.filter_0, raw: "x"}
+      - {at: main.filter, raw: "x"}
     expect:
       - {at: main/nope, count: 1}
       - {at: out, where: "event['v'] +"}
@@ -125,7 +125,7 @@ tests:
   - name: broken
     inject:
       - {at: nowhere, events: [1]}
-      - {at: main.filter_0, raw: "x"}
+      - {at: main.filter, raw: "x"}
     expect:
       - {at: main/nope, count: 1}
       - {at: out, where: "event['v'] +"}
@@ -136,7 +136,7 @@ tests:
     assert res.returncode == 78, err
     test_file = cfg2.parent / "d_test.yaml"
     assert f"{test_file}:5:14: cannot inject at 'nowhere'" in err
-    assert f"{test_file}:6:29: raw data can only be injected at an onramp" in err
+    assert f"{test_file}:6:27: raw data can only be injected at an onramp" in err
     assert f"{test_file}:8:14: pipeline 'main' has no port 'nope' (ports: err, out)" in err
     assert f"{test_file}:9:26: where: invalid expression" in err
 

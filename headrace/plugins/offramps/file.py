@@ -38,6 +38,7 @@ from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.paths import check_file_path, check_folder_path
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Duration, Size
 
@@ -121,6 +122,9 @@ class FileOfframp(Offramp):
             raise ValueError("path contains a NUL byte")
         if not self.templated:
             self._confine(self.path)
+            check_file_path("path", self.path)
+        else:
+            check_folder_path("root" if self.cfg.root else "path", self.root)
 
     def _confine(self, path: Path) -> Path:
         """``path`` made absolute and checked to lie inside ``root`` (symlinks resolved)."""

@@ -2,6 +2,10 @@
 
 Records are grouped per topic and partition into producer batches (``send_batch``).
 
+The record key is ``meta['kafka_key']`` (what the Kafka onramp read: bytes) or what the
+``key`` expression gives; ``headers`` gives a dict of name to value. Bytes are sent as
+they are, ``None`` as no key (an empty header value), anything else as its text in UTF-8.
+
 **Confirmed** means: the broker acknowledged the record's produce request with the
 configured ``acks`` (``all`` by default: every in-sync replica has it; with ``acks: 0``
 nothing is confirmed: the record counts once the client sent it). Per topic and

@@ -15,6 +15,7 @@ import asyncio
 from pydantic import Field
 
 from headrace.contract.context import PluginContext
+from headrace.contract.paths import check_file_path
 from headrace.plugins.onramps.unix import MAX_PATH
 from headrace.plugins.sockets import StreamOfframp, StreamOfframpConfig
 
@@ -36,6 +37,7 @@ class UnixOfframp(StreamOfframp):
     def check(self) -> None:
         if len(str(self.path).encode()) > MAX_PATH:
             raise ValueError(f"socket path {self.path} is longer than {MAX_PATH} bytes")
+        check_file_path("path", self.path)
 
     def where(self) -> str:
         return str(self.path)

@@ -6,12 +6,14 @@ import asyncio
 import gzip
 import lzma
 import os
+from pathlib import Path
 from typing import IO, Any, cast
 
 from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.paths import check_file_path
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.contract.units import Duration, Size
 
@@ -47,6 +49,9 @@ class FileOnramp(Onramp):
         self.path = str(context.resolve(config.path))
         self.finite = not config.follow
         self.file: IO[bytes] | None = None
+
+    def check(self) -> None:
+        check_file_path("path", Path(self.path))
 
     async def start(self) -> None:
         """A file read once must exist now (start-up fails naming it otherwise); a followed one may appear later."""

@@ -6,6 +6,14 @@ batches (on an interval, on revoke, and on stop) and never past an undelivered
 record. When the graph is full the partitions are paused; on revoke the onramp stops
 dispatching them, waits a bounded time for their in-flight events, commits what is
 done, and forgets them (late acks of partitions no longer owned are dropped).
+
+Each event's meta: ``kafka_topic`` (str), ``kafka_partition``, ``kafka_offset`` (int),
+``kafka_timestamp`` (int, milliseconds since the epoch), ``kafka_key`` and
+``kafka_headers`` (a dict of header name to value). **Keys and header values are bytes**
+(``None`` for a record without a key), as Kafka carries them: compare them with bytes
+(``meta['kafka_key'] == b'k1'``) or decode them (``meta['kafka_key'].decode()``). Written
+as JSON (an offramp's ``with_meta: true``, or bytes a stage put into an event), bytes
+become their text when they are valid UTF-8, else ``{"base64": "..."}`` (codec ``json``).
 """
 
 from __future__ import annotations

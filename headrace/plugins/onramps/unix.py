@@ -10,6 +10,7 @@ import stat
 from pydantic import Field
 
 from headrace.contract.context import PluginContext
+from headrace.contract.paths import SettingError, check_file_path
 from headrace.plugins.sockets import Handler, Meta, StreamOnramp, StreamOnrampConfig
 
 log = logging.getLogger("headrace.plugins.unix")
@@ -36,6 +37,9 @@ class UnixOnramp(StreamOnramp):
     def check(self) -> None:
         if len(str(self.path).encode()) > MAX_PATH:
             raise ValueError(f"socket path {self.path} is longer than {MAX_PATH} bytes")
+        check_file_path("path", self.path)
+        if self.cfg.mode == "server" and self.path.exists() and not self.path.is_socket():
+            raise SettingError("path", f"{self.path} exists and is not a socket (the server replaces only a stale socket)")
 
     def where(self) -> str:
         return str(self.path)

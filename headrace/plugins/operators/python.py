@@ -1,11 +1,12 @@
-"""``op: python``: a user function or class as a stage (DESIGN.md section 3).
+"""``op: python``: a user function or class as a stage (how to write one: [docs/stages.md](../../stages.md)).
 
 ``def f(event, meta)`` is a CPU stage (runs on workers); ``async def`` is an I/O stage
 (runs on the loop with ``concurrency`` in flight). A class with ``setup()`` /
 ``teardown()`` and ``process(event, meta)`` (or ``__call__``) is instantiated once per
 process. Return the event (-> out), None (dropped, counted), a list (several
 events), or raise (-> err with the cause). ``headrace.emit(port, event)`` targets a
-named port declared in ``ports:``.
+named port declared in ``ports:``. In a list pipeline the node is named after the
+callable (``fn: "stages:classify"`` -> ``main.classify``) unless ``id:`` names it.
 """
 
 from __future__ import annotations
