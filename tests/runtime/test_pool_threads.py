@@ -124,13 +124,13 @@ class ThreadContext:
         self.workers: list[ThreadWorker] = []
         self.broken_setup = False
 
-    def RawArray(self, typecode: str, size: int) -> list[int]:  # noqa: N802  # the name the pool calls
+    def RawArray(self, typecode: str, size: int) -> list[int]:  # the name the pool calls
         return [0] * size
 
-    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:  # noqa: N802
+    def Pipe(self, duplex: bool = True) -> tuple[Any, Any]:
         return multiprocess.Pipe(duplex)  # a socket pair: no process
 
-    def Process(self, target: Any, args: tuple[Any, ...], name: str, daemon: bool) -> ThreadWorker:  # noqa: N802
+    def Process(self, target: Any, args: tuple[Any, ...], name: str, daemon: bool) -> ThreadWorker:
         worker = ThreadWorker(target, args, name, daemon)
         worker.broken_setup = self.broken_setup
         self.workers.append(worker)
