@@ -230,7 +230,7 @@ def test_a_segment_that_cannot_be_set_up_is_refused_and_forgotten(tmp_path: Path
         async with thread_pool(tmp_path, size=2) as (pool, _):
             bad = segment(tmp_path, "bad")
             bad.nodes[0].config = PythonOperator.Config.model_validate({"fn": "threadstage:Missing"})
-            with pytest.raises(RuntimeError, match="bad: .*Missing"):
+            with pytest.raises(RuntimeError, match=r"bad: .*Missing"):
                 await pool.configure(add=[bad])
             assert [s.id for s in pool.specs] == ["seg"]
             (answer,) = await asyncio.gather(pool.execute("seg", job({"id": 1})))
