@@ -22,7 +22,7 @@ from typing import Any, cast
 from headrace.config.load import load_text
 from headrace.metrics.defs import Metrics
 from headrace.plugins import registry
-from headrace.plugins.base import Codec, Onramp, PluginContext
+from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
 from headrace.runtime.acks import done_each
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
@@ -31,9 +31,10 @@ from headrace.runtime.plan import Chain, plan_chains
 from headrace.runtime.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.pooled import PooledChainRunner
 from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner, OnrampRunner
+from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
 from headrace.runtime.segment import Request, Response, SegmentSpec, pack, unpack, unpack_header
 from headrace.runtime.worker import JOB, _answer, _configure, _execute
+from headrace.testing.harness import CaptureInbox, snapshot
 
 Hook = Callable[[list[Any]], "BaseException | float | None"]  # a job's records -> raise this, or sleep so long first
 
@@ -102,8 +103,6 @@ class Capture(Inbox):
         self.batches: list[Batch] = []
 
     async def put(self, batch: Batch) -> None:
-        from headrace.testing.harness import snapshot
-
         self.batches.append(batch)
         self.got += snapshot(batch, self.codecs)
         done_each(batch.acks)
@@ -125,7 +124,10 @@ class Source(Onramp):
 
 
 class Rig:
-    """One onramp ``src`` (options ``onramp``) linked to pipeline ``main`` (``pipeline``, YAML) linked to offramp ``out``."""
+    """One onramp ``src`` (options ``onramp``) linked to pipeline ``main`` (``pipeline``, YAML) linked to offramp ``out``.
+
+    The offramp checks and encodes what reaches it as ``headrace run`` does (``CaptureInbox``), so
+    that an event its codec cannot write goes to ``out/err``; it writes nothing."""
 
     def __init__(self, tmp_path: Path, pipeline: str, onramp: str = "", workers: int = 2, pool: InProcessPool | None = None) -> None:
         self.graph = load_text(f"""
@@ -143,15 +145,22 @@ links: {{src: [main], main: [out]}}
         self.inbox = Inbox(self.chain.id, 2**62, 2**62, producers=1)
         self.captures: dict[tuple[str, str], Capture] = {}
         self.routers: dict[str, Router] = {}
+        self.offramp = CaptureInbox("out", self.codecs)  # what the offramp would write; what it cannot encode goes to out/err
         for c in g.components.values():
             targets: dict[str, list[tuple[Inbox, bool]]] = {}
             for port in c.ports:
                 if c.id == "src" and port == "out":
                     targets[port] = [(self.inbox, True)]
+                elif "out" in g.edges.get((c.id, port), ()):
+                    targets[port] = [(self.offramp, False)]
                 else:
                     capture = self.captures[(c.id, port)] = Capture(f"{c.id}/{port}", self.codecs)
                     targets[port] = [(capture, False)]
             self.routers[c.id] = Router(ComponentStats(self.metrics, c.id, c.kind), targets)
+        out = g.components["out"]
+        self.offramp.encoder = OfframpRunner(out, Offramp(None, PluginContext("out", g.base_dir)), self.codecs[out.codec], [], self.offramp,
+                                             self.routers["out"].stats, self.codecs, self.routers, self.metrics, False)  # fmt: skip
+        self.offramp.encoder.router = self.routers["out"]
         self.source = Source()
         self.onramp = OnrampRunner(g.components["src"], self.source, [], self.routers["src"], g.daemon.batch_size)
         self.pool = pool
@@ -172,12 +181,16 @@ links: {{src: [main], main: [out]}}
         await asyncio.wait_for(task, 30)
 
     def got(self, cid: str, port: str) -> Captured:
+        """What ``cid`` sent on ``port`` (for the port linked to the offramp: what the offramp would write)."""
+        if "out" in self.graph.edges.get((cid, port), ()):
+            return self.offramp.captured
         capture = self.captures.get((cid, port))
         return capture.got if capture is not None else []
 
     def outputs(self) -> dict[str, Captured]:
-        """Every event every port of every component sent, by ``component/port``."""
-        return {f"{cid}/{port}": c.got for (cid, port), c in self.captures.items() if c.got}
+        """Every event every port of every component sent, by ``component/port``, and what the offramp would write (``out``)."""
+        got = {f"{cid}/{port}": c.got for (cid, port), c in self.captures.items() if c.got}
+        return {**got, "out": self.offramp.captured} if self.offramp.captured else got
 
     def counts(self) -> dict[str, float]:
         """The runtime's per-component counters, as /metrics shows them (series at 0 left out)."""
