@@ -80,7 +80,8 @@ OFFRAMPS: dict[str, Setup] = {
     "kafka": _kafka_offramp,
     "tcp": lambda tmp, _: [(_port, peers.LineServer(), {})],
     "unix": lambda tmp, _: [(lambda: {"path": str(tmp / "out.sock")}, peers.LineServer(tmp / "out.sock"), {})],
-    "udp": lambda tmp, _: [(_port, peers.DatagramServer(), {})],
+    "udp": lambda tmp, _: [(_port, peers.DatagramServer(), {}),
+                           (lambda: {"max_datagram_bytes": 36, **_port()}, peers.DatagramServer(), {})],  # ids from 10 up: to err
     "http": _http_offramp,
 }
 
@@ -105,7 +106,7 @@ def _params(kind: registry.Kind, table: dict[str, Setup]) -> list[Any]:
 
 
 CASES = {("onramps", "file"): 2, ("onramps", "metronome"): 2, ("onramps", "blaster"): 2, ("onramps", "tcp"): 2, ("onramps", "unix"): 2,
-         ("offramps", "file"): 2, ("offramps", "http"): 2}  # fmt: skip
+         ("offramps", "file"): 2, ("offramps", "http"): 2, ("offramps", "udp"): 2}  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "case"), _params("onramps", ONRAMPS))
