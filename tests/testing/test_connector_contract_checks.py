@@ -16,7 +16,7 @@ from headrace.plugins.onramps.tcp import TcpOnramp
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from headrace.testing.onramp_contract import Expected
 from tests.support.daemon import free_port
-from tests.testing.connector_peers import StreamClient
+from tests.testing.onramp_peers import StreamClient
 
 RECORDS = [b"a", b"b", b"c"]
 

@@ -13,7 +13,7 @@ import pytest
 from headrace.plugins import registry
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from tests.support.daemon import free_port
-from tests.testing import connector_peers as peers
+from tests.testing import offramp_peers, onramp_peers
 
 Options = Callable[[], dict[str, Any]]
 OnrampCase = tuple[Options, OnrampPeer, dict[str, Any]]
@@ -27,7 +27,7 @@ def _port() -> dict[str, Any]:
 
 def _kafka_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
     broker = request.getfixturevalue("kafka_broker")
-    peer = peers.KafkaRecords(broker)
+    peer = onramp_peers.KafkaRecords(broker)
     options = {"brokers": broker.bootstrap, "topics": [peer.topic], "group_id": f"contract-{uuid.uuid4().hex[:8]}",
                "commit_interval": "60s", "batch": 16, "session_timeout": "1s", "heartbeat_interval": "200ms"}  # fmt: skip
     # commits only at stop (a long interval): after the restart the group must read on after what stop committed;
@@ -37,51 +37,51 @@ def _kafka_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]
 
 ONRAMPS: dict[str, Setup] = {
     "file": lambda tmp, _: [
-        (lambda: {"path": str(tmp / "in.ndjson")}, peers.FileLines(tmp / "in.ndjson"), {}),
-        (lambda: {"path": str(tmp / "tail.ndjson"), "follow": True, "poll_interval": "20ms"}, peers.FileLines(tmp / "tail.ndjson"), {}),
+        (lambda: {"path": str(tmp / "in.ndjson")}, onramp_peers.FileLines(tmp / "in.ndjson"), {}),
+        (lambda: {"path": str(tmp / "tail.ndjson"), "follow": True, "poll_interval": "20ms"}, onramp_peers.FileLines(tmp / "tail.ndjson"), {}),
     ],
-    "stdin": lambda tmp, _: [(lambda: {}, peers.Stdin(tmp / "stdin.ndjson"), {})],
-    "metronome": lambda tmp, _: [(lambda: {"interval": "5ms", "iters": 6}, peers.MadeByItself(6), {}),
-                                 (lambda: {"interval": "5ms"}, peers.MadeByItself(4), {})],
+    "stdin": lambda tmp, _: [(lambda: {}, onramp_peers.Stdin(tmp / "stdin.ndjson"), {})],
+    "metronome": lambda tmp, _: [(lambda: {"interval": "5ms", "iters": 6}, onramp_peers.MadeByItself(6), {}),
+                                 (lambda: {"interval": "5ms"}, onramp_peers.MadeByItself(4), {})],
     "blaster": lambda tmp, _: [
-        (lambda: {"source": str(tmp / "b.ndjson"), "iters": 3, "batch": 7}, peers.FileLines(tmp / "b.ndjson", copies=3), {}),
-        (lambda: {"source": str(tmp / "r.ndjson"), "batch": 6}, peers.Replayed(tmp / "r.ndjson"), {}),
+        (lambda: {"source": str(tmp / "b.ndjson"), "iters": 3, "batch": 7}, onramp_peers.FileLines(tmp / "b.ndjson", copies=3), {}),
+        (lambda: {"source": str(tmp / "r.ndjson"), "batch": 6}, onramp_peers.Replayed(tmp / "r.ndjson"), {}),
     ],
     "kafka": _kafka_onramp,
-    "tcp": lambda tmp, _: [(_port, peers.StreamClient(), {}), (lambda: {"mode": "client", **_port()}, peers.StreamServer(), {})],
-    "unix": lambda tmp, _: [(lambda: {"path": str(tmp / "in.sock")}, peers.StreamClient(tmp / "in.sock"), {}),
-                            (lambda: {"path": str(tmp / "up.sock"), "mode": "client"}, peers.StreamServer(tmp / "up.sock"), {})],
-    "udp": lambda tmp, _: [(_port, peers.Datagrams(), {})],
-    "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, peers.HttpClient(), {})],
+    "tcp": lambda tmp, _: [(_port, onramp_peers.StreamClient(), {}), (lambda: {"mode": "client", **_port()}, onramp_peers.StreamServer(), {})],
+    "unix": lambda tmp, _: [(lambda: {"path": str(tmp / "in.sock")}, onramp_peers.StreamClient(tmp / "in.sock"), {}),
+                            (lambda: {"path": str(tmp / "up.sock"), "mode": "client"}, onramp_peers.StreamServer(tmp / "up.sock"), {})],
+    "udp": lambda tmp, _: [(_port, onramp_peers.Datagrams(), {})],
+    "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, onramp_peers.HttpClient(), {})],
 }
 
 
 def _kafka_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
     broker = request.getfixturevalue("kafka_broker")
-    peer = peers.KafkaTopic(broker)
+    peer = offramp_peers.KafkaTopic(broker)
     return [(lambda: {"brokers": broker.bootstrap, "topic": peer.topic, "key": "meta.get('kafka_key')"}, peer, {"timeout": 30.0})]
 
 
 def _http_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
     port = free_port()
     fast = {"url": f"http://127.0.0.1:{port}/in", "retries": 1, "backoff_initial": "10ms", "timeout": "5s"}
-    return [(lambda: fast, peers.HttpServer(), {}),
-            (lambda: {**fast, "batch": False}, peers.HttpServer(), {"postprocessors": []})]  # fmt: skip
+    return [(lambda: fast, offramp_peers.HttpServer(), {}),
+            (lambda: {**fast, "batch": False}, offramp_peers.HttpServer(), {"postprocessors": []})]  # fmt: skip
 
 
 OFFRAMPS: dict[str, Setup] = {
-    "stdout": lambda tmp, _: [(lambda: {}, peers.StdStream("stdout", tmp / "stdout.txt"), {})],
-    "stderr": lambda tmp, _: [(lambda: {}, peers.StdStream("stderr", tmp / "stderr.txt"), {})],
+    "stdout": lambda tmp, _: [(lambda: {}, offramp_peers.StdStream("stdout", tmp / "stdout.txt"), {})],
+    "stderr": lambda tmp, _: [(lambda: {}, offramp_peers.StdStream("stderr", tmp / "stderr.txt"), {})],
     "file": lambda tmp, _: [
-        (lambda: {"path": str(tmp / "plain" / "out.ndjson")}, peers.Folder(tmp / "plain"), {}),
-        (lambda: {"path": str(tmp / "tpl" / "{meta.k}.ndjson")}, peers.Folder(tmp / "tpl"), {}),  # metas=None: every record to err
+        (lambda: {"path": str(tmp / "plain" / "out.ndjson")}, offramp_peers.Folder(tmp / "plain"), {}),
+        (lambda: {"path": str(tmp / "tpl" / "{meta.k}.ndjson")}, offramp_peers.Folder(tmp / "tpl"), {}),  # metas=None: every record to err
     ],
-    "blackhole": lambda tmp, _: [(lambda: {"warmup_secs": 0, "stop_after_secs": 60, "stop_daemon": False}, peers.OfframpPeer(), {})],
+    "blackhole": lambda tmp, _: [(lambda: {"warmup_secs": 0, "stop_after_secs": 60, "stop_daemon": False}, OfframpPeer(), {})],
     "kafka": _kafka_offramp,
-    "tcp": lambda tmp, _: [(_port, peers.LineServer(), {})],
-    "unix": lambda tmp, _: [(lambda: {"path": str(tmp / "out.sock")}, peers.LineServer(tmp / "out.sock"), {})],
-    "udp": lambda tmp, _: [(_port, peers.DatagramServer(), {}),
-                           (lambda: {"max_datagram_bytes": 36, **_port()}, peers.DatagramServer(), {})],  # ids from 10 up: to err
+    "tcp": lambda tmp, _: [(_port, offramp_peers.LineServer(), {})],
+    "unix": lambda tmp, _: [(lambda: {"path": str(tmp / "out.sock")}, offramp_peers.LineServer(tmp / "out.sock"), {})],
+    "udp": lambda tmp, _: [(_port, offramp_peers.DatagramServer(), {}),
+                           (lambda: {"max_datagram_bytes": 36, **_port()}, offramp_peers.DatagramServer(), {})],  # ids from 10 up: to err
     "http": _http_offramp,
 }
 
