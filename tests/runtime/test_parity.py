@@ -1,0 +1,213 @@
+"""Parity of the loop and the workers: a random chain of built-in operators and python stages (ones
+that raise, drop, fan out, emit to a port, replace or modify events) gives the same events on every
+port (values, metas, ``err`` metas, order), the same per-component counts and the same acks,
+whether it runs on the event loop (``ChainRunner``) or as a worker segment (``PooledChainRunner``
+with ``SegmentProgram`` executing each job as a worker does, fused or batch-wise, in this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from headrace.runtime.runners import OnrampRunner
+from tests.runtime.inprocess import InProcessPool, Rig
+
+STAGES = '''
+import headrace
+
+
+def keep(event, meta):
+    return event
+
+
+def bump(event, meta):
+    event["n"] = event.get("n", 0) + 1
+    return event
+
+
+def tag(event, meta):
+    meta["seen"] = meta.get("seen", 0) + 1
+    return event
+
+
+class Drop:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        return None if event["id"] % self.k == 0 else event
+
+
+class Raise:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        if event["id"] % self.k == 0:
+            raise ValueError(f"no {event['id']}")
+        return event
+
+
+class FanOut:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        if event["id"] % self.k == 0:
+            return [event, {"id": event["id"], "copy": True}]
+        return event
+
+
+class Side:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        if event["id"] % self.k == 0:
+            headrace.emit("side", {"id": event["id"], "side": True}, {"why": "k"})
+        return event
+
+
+class Empty:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        return [] if event["id"] % self.k == 0 else event
+
+
+class Unencodable:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        return {"id": event["id"], "bad": {1, 2}} if event["id"] % self.k == 0 else event
+
+
+class Replace:
+    def __init__(self, k):
+        self.k = k
+
+    def process(self, event, meta):
+        return {"id": event["id"], "replaced": True} if event["id"] % self.k == 0 else event
+'''
+
+MODULE = "paritystages"
+PYTHON = {
+    "keep": '{op: python, fn: "paritystages:keep", readonly: true}',
+    "bump": '{op: python, fn: "paritystages:bump"}',
+    "tag": '{op: python, fn: "paritystages:tag"}',
+    "drop": '{op: python, fn: "paritystages:Drop", args: {k: K}}',
+    "raise": '{op: python, fn: "paritystages:Raise", args: {k: K}}',
+    "fanout": '{op: python, fn: "paritystages:FanOut", args: {k: K}}',
+    "side": '{op: python, fn: "paritystages:Side", args: {k: K}, ports: [side]}',
+    "replace": '{op: python, fn: "paritystages:Replace", args: {k: K}}',
+    "empty": '{op: python, fn: "paritystages:Empty", args: {k: K}}',
+    "unencodable": '{op: python, fn: "paritystages:Unencodable", args: {k: K}}',
+}
+BUILTIN = {
+    "filter": "{op: filter, where: \"event['id'] % K != 0\"}",
+    "filter_err": "{op: filter, where: \"event['id'] // (event['id'] % K) >= 0\"}",  # ZeroDivisionError where id % K == 0
+    "set": "{op: set, set: {x: \"event['id'] * K\", meta.m: \"'v'\"}}",
+    "set_err": "{op: set, set: {x: \"event['id'] // (event['id'] % K)\"}}",
+    "route": "{op: route, routes: {a: \"event['id'] % K == 0\"}}",
+}
+STAGE_KINDS = sorted(PYTHON) + sorted(BUILTIN)
+GOOD = [b'{"id": %d, "text": "r\\u00e9cord", "v": %d.5}' % (i, i) for i in range(40)]
+ODD = [b'{"id": 7, "broken"', b'"a string"', b"[1, 2]", b'{"no_id": true}']  # a decode failure, and events stages fail on
+
+stage = st.tuples(st.sampled_from(STAGE_KINDS), st.integers(2, 5)).map(lambda kk: (PYTHON | BUILTIN)[kk[0]].replace("K", str(kk[1])))
+# a pipeline may not end with route (its out port carries nothing): a stage after it then gets nothing
+chains = st.lists(stage, min_size=1, max_size=4).map(lambda c: [*c, PYTHON["keep"]] if "op: route" in c[-1] else c)
+records = st.lists(st.sampled_from(range(len(GOOD) + len(ODD))), min_size=1, max_size=30).map(lambda ix: [(GOOD + ODD)[i] for i in ix])
+metas = st.sampled_from([None, "per-record"])
+splits = st.integers(1, 3)
+
+
+def _hand_over(payloads: list[bytes], with_metas: bool, parts: int) -> Any:
+    async def feed(onramp: OnrampRunner) -> None:
+        step = -(-len(payloads) // parts)
+        for k, start in enumerate(range(0, len(payloads), step)):
+            part = payloads[start : start + step]
+            await onramp.records(part, [{"p": (start + i) % 3} for i in range(len(part))] if with_metas else None, ack=k)
+
+    return feed
+
+
+def _observed(rig: Rig) -> dict[str, Any]:
+    counts = {k: v for k, v in rig.counts().items() if "_bytes_" not in k}  # bytes differ by design: values vs encodings
+    return {"ports": rig.outputs(), "counts": counts, "acked": sorted(rig.source.acked), "failed": sorted(rig.source.failed)}
+
+
+def run_both(tmp_path: Path, chain: list[str], payloads: list[bytes], with_metas: bool, parts: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    pipeline = "[" + ", ".join(chain) + "]"
+    on_loop = Rig(tmp_path, pipeline)
+    on_workers = Rig(tmp_path, pipeline, pool=InProcessPool(size=2))
+    assert on_loop.chain.nodes == on_workers.chain.nodes == [c.id for c in on_loop.graph.of_kind("node")], "one chain of them all"
+    asyncio.run(on_loop.run(_hand_over(payloads, with_metas, parts)))
+    asyncio.run(on_workers.run(_hand_over(payloads, with_metas, parts)))
+    return _observed(on_loop), _observed(on_workers)
+
+
+def emits_after_a_fan_out_when_fused(chain: list[str]) -> bool:
+    fused = all("op: python" in s for s in chain)  # a worker runs a chain of python stages fused, record by record
+    fan = next((k for k, s in enumerate(chain) if "FanOut" in s), None)
+    return fused and fan is not None and any("Side" in s for s in chain[fan + 1 :])
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("parity")
+    (folder / f"{MODULE}.py").write_text(STAGES)
+    return folder
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(chain=chains, payloads=records, with_metas=metas, parts=splits)
+def test_the_loop_and_the_workers_give_the_same(stage_dir: Path, chain: list[str], payloads: list[bytes], with_metas: Any, parts: int) -> None:
+    assume(not emits_after_a_fan_out_when_fused(chain))  # known differences: see the xfail tests below
+    assume(not any("Unencodable" in s for s in chain))
+    loop, workers = run_both(stage_dir, chain, payloads, with_metas is not None, parts)
+    assert workers == loop
+
+
+def test_every_kind_of_stage_runs_in_one_chain(stage_dir: Path) -> None:
+    """The examples above cover each kind of stage, each path (fused python chains, batch-wise ones) and each outcome."""
+    chain = [PYTHON["keep"], PYTHON["tag"], *(s.replace("K", "3") for s in (PYTHON["side"], PYTHON["fanout"], PYTHON["raise"]))]
+    loop, workers = run_both(stage_dir, chain, GOOD + ODD, True, 2)
+    assert workers == loop
+    ports = loop["ports"]
+    assert {"src/err", "main.python_4/err", "main.python_2/side", "out"} <= set(ports)
+    assert ports["src/err"][0][1]["error"]["type"] == "DecodeError"
+
+
+@pytest.mark.xfail(strict=True, reason="""On workers, a fused chain of python stages runs the stages after a fan-out batch-wise
+(run_chain inside FusedChain.execute) while sync.fused is still set, so headrace.emit() from one of those later stages
+goes to FusedChain.emit, which names the stage that fanned out (self.stage), not the one emitting: the events leave on
+a port of the wrong node (here main.python_0/side, which does not exist: counted as discarded unlinked_port_side and
+lost; a fanning stage that declares the port sends them there), and their meta is the input record's, without what
+the stages after the fan-out wrote to the event's meta. On the loop they leave on main.python_1/side.""")
+def test_an_emit_after_a_fan_out_leaves_from_the_emitting_stage(stage_dir: Path) -> None:
+    chain = [PYTHON["fanout"].replace("K", "2"), PYTHON["side"].replace("K", "2")]
+    loop, workers = run_both(stage_dir, chain, [GOOD[0]], False, 1)
+    assert loop["ports"]["main.python_1/side"] == [({"id": 0, "side": True}, {"why": "k"})] * 2
+    assert workers == loop
+
+
+@pytest.mark.xfail(strict=True, reason="""An event a stage made that the offramp's codec cannot write goes to a different err
+port with a different error on each path. On the loop the chain hands values on, and the offramp's encoding refuses it:
+out/err, meta.error {stage: out, type: Rejected, message: "cannot encode with json: TypeError: ..."}, the event as it was;
+main.python_0 counts it as sent on out. On workers the segment encodes at its exit: main.python_0/err (the pipeline's err
+port), meta.error {stage: main.python_0, type: TypeError, message: "Type is not JSON serializable: set"}, the event as its
+repr text; main.python_0 counts it as sent on err. A config's dead-letter links thus depend on the placement.""")
+def test_an_event_the_codec_cannot_write_takes_the_same_err_port_on_both(stage_dir: Path) -> None:
+    chain = [PYTHON["unencodable"].replace("K", "2")]
+    loop, workers = run_both(stage_dir, chain, GOOD[:2], False, 1)
+    assert [m["error"]["stage"] for _, m in loop["ports"]["out/err"]] == ["out"]
+    assert workers == loop
