@@ -191,9 +191,10 @@ class Batch:
                      codec=self.codec, origin=self.origin, group=self.group)  # fmt: skip
 
     def remade(self, src: list[int] | None, payloads: list[bytes | None] | list[bytes], metas: list[dict[str, Any]] | None, codec: str,
-               nbytes: int | None = None, share: bool = True) -> Batch:  # fmt: skip
+               nbytes: int | None = None, share: bool = True, values: list[Any] | None = None) -> Batch:  # fmt: skip
         """Events of this batch (``src``: their indices, repeats allowed; None: all, in order) with new
-        encodings and metas (a worker's answer, an offramp's records); ``share``: take a share of each ack."""
+        encodings and metas (a worker's answer, an offramp's records); ``share``: take a share of each ack.
+        ``values``: the events as values (a worker's answer its codec could not hold; payloads all None)."""
         if src is None:
             acks = self.acks
             if share:
@@ -204,7 +205,7 @@ class Batch:
         acks = take(self.acks, src) if self.acks is not None else None
         if share:
             add_each(acks, 1)
-        return Batch(payloads=payloads, metas=metas, ingest=take(self.ingest, src), acks=acks, codec=codec, nbytes=nbytes,  # type: ignore[arg-type]
+        return Batch(payloads=payloads, values=values, metas=metas, ingest=take(self.ingest, src), acks=acks, codec=codec, nbytes=nbytes,  # type: ignore[arg-type]
                      origin=self.origin, group=self.group)  # fmt: skip
 
 

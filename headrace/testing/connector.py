@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from headrace.plugins import registry
-from headrace.plugins.base import PluginConfig, PluginContext
+from headrace import registry
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
 from headrace.testing.contract import _rejects_unknown_keys
 
 COMPONENT_ID = "contract"
@@ -108,10 +109,11 @@ def validated(cls: type[Any], config: Callable[[], dict[str, Any]]) -> PluginCon
     return cfg
 
 
-def context(base_dir: Path | None, extra: dict[str, Any]) -> PluginContext:
+def context(base_dir: Path | None, metrics: Any = None, request_stop: Callable[[], None] | None = None) -> PluginContext:
     """A context like the engine's: the config's folder, and the services it offers."""
-    ctx = PluginContext(COMPONENT_ID, base_dir or Path.cwd())
-    ctx.extra.update(extra)
+    ctx = PluginContext(COMPONENT_ID, base_dir or Path.cwd(), metrics=metrics)
+    if request_stop is not None:
+        ctx.request_stop = request_stop
     return ctx
 
 

@@ -43,10 +43,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from headrace import registry
+from headrace.contract.framing import Postprocessor
+from headrace.contract.sink import Offramp, PartialWrite
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import Offramp, PartialWrite, Postprocessor
-from headrace.runtime.runners import SelfFraming
+from headrace.runtime.offramp import SelfFraming
 from headrace.testing.connector import context, describes_itself, stops_unstarted, touches_nothing, validated
 
 POLL = 0.02
@@ -198,13 +199,13 @@ async def check_offramp(offramp_cls: type[Offramp], config: Callable[[], dict[st
     for flag in ("frames_itself", "takes_nbytes"):
         assert isinstance(getattr(offramp_cls, flag), bool), f"{what}: {flag} must be a bool"
     assert isinstance(offramp_cls.coalesce_events, int) and offramp_cls.coalesce_events >= 0, f"{what}: coalesce_events must be a count"
-    extra = {"metrics": Metrics(), "request_stop": lambda: None}
-    unstarted = offramp_cls(validated(offramp_cls, config), context(base_dir, extra))
+    services = Metrics()
+    unstarted = offramp_cls(validated(offramp_cls, config), context(base_dir, services))
     with touches_nothing(f"{what}: check()"):
         unstarted.check()
     await stops_unstarted(what, unstarted.stop, timeout)
     cfg = validated(offramp_cls, config)
-    plugin = offramp_cls(cfg, context(base_dir, extra))
+    plugin = offramp_cls(cfg, context(base_dir, services))
     with touches_nothing(f"{what}: check()"):
         plugin.check()  # before the peer made anything: a config is checked where its peer may not exist
     names = offramp_cls.default_postprocessors if postprocessors is None else tuple(postprocessors)

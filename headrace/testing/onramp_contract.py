@@ -46,11 +46,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from headrace import registry
 from headrace.config.errors import Position
 from headrace.config.graph import ComponentSpec
+from headrace.contract.config import PluginConfig
+from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import Onramp, PluginConfig
 from headrace.testing.connector import COMPONENT_ID, context, describes_itself, stops_unstarted, touches_nothing, validated
 from headrace.testing.onramp_sink import CheckedSink, SinkProbe, runtime_sink
 
@@ -160,15 +161,15 @@ async def check_onramp(onramp_cls: type[Onramp], config: Callable[[], dict[str, 
     peer = peer or OnrampPeer()
     describes_itself(onramp_cls, "onramps", config(), onramp_cls.default_preprocessors)
     metrics = Metrics()
-    extra = {"metrics": metrics, "request_stop": lambda: None}
-    unstarted = onramp_cls(validated(onramp_cls, config), context(base_dir, extra))
+    services = metrics
+    unstarted = onramp_cls(validated(onramp_cls, config), context(base_dir, services))
     assert unstarted.ready is False, f"{what}: ready must be False before start()"
     assert isinstance(unstarted.finite, bool), f"{what}: finite must be a bool"
     with touches_nothing(f"{what}: check()"):
         unstarted.check()
     await stops_unstarted(what, unstarted.stop, timeout)
     cfg = validated(onramp_cls, config)
-    plugin = onramp_cls(cfg, context(base_dir, extra))
+    plugin = onramp_cls(cfg, context(base_dir, services))
     with touches_nothing(f"{what}: check()"):
         plugin.check()  # before the peer made anything: a config is checked where its files may not exist
     names = onramp_cls.default_preprocessors if preprocessors is None else tuple(preprocessors)

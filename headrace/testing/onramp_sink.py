@@ -12,13 +12,15 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
+from headrace.contract.acks import AckRef
+from headrace.contract.framing import Preprocessor
+from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
-from headrace.plugins.base import Onramp, Preprocessor
-from headrace.runtime.acks import AckRef
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
-from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import OnrampRunner
+from headrace.runtime.onramp import OnrampRunner
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
 from headrace.testing.connector import COMPONENT_ID
 
 BATCH = 64  # records per batch the runner makes (the daemon's batch_size)

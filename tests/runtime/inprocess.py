@@ -19,21 +19,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from headrace import registry
 from headrace.config.load import load_text
+from headrace.contract.acks import done_each
+from headrace.contract.codec import Codec
+from headrace.contract.context import PluginContext
+from headrace.contract.sink import Offramp
+from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
-from headrace.plugins import registry
-from headrace.plugins.base import Codec, Offramp, Onramp, PluginContext
-from headrace.runtime.acks import done_each
 from headrace.runtime.batch import Batch
 from headrace.runtime.inbox import Inbox
+from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
-from headrace.runtime.plan import Chain, plan_chains
-from headrace.runtime.pool import JobFailed, WorkerCrashed, WorkerPool
-from headrace.runtime.pooled import PooledChainRunner
-from headrace.runtime.router import ComponentStats, Router
-from headrace.runtime.runners import ChainRunner, OfframpRunner, OnrampRunner
-from headrace.runtime.segment import Request, Response, SegmentSpec, pack, unpack, unpack_header
-from headrace.runtime.worker import JOB, _answer, _configure, _execute
+from headrace.runtime.offramp import OfframpRunner
+from headrace.runtime.onramp import OnrampRunner
+from headrace.runtime.placement import Chain, plan_chains
+from headrace.runtime.router import Router
+from headrace.runtime.stats import ComponentStats
+from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
+from headrace.runtime.workers.program import SegmentSpec
+from headrace.runtime.workers.segment import PooledChainRunner
+from headrace.runtime.workers.wire import Request, Response, pack, unpack, unpack_header
+from headrace.runtime.workers.worker import JOB, _answer, _configure, _execute
 from headrace.testing.harness import CaptureInbox, snapshot
 
 Hook = Callable[[list[Any]], "BaseException | float | None"]  # a job's records -> raise this, or sleep so long first

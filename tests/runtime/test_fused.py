@@ -17,7 +17,7 @@ import pytest
 
 from headrace.plugins.operators.python import PythonOperator
 from headrace.runtime.workers.program import NodeDef, SegmentProgram, SegmentSpec
-from headrace.runtime.workers.wire import UNCHANGED, Request, Response
+from headrace.runtime.workers.wire import PICKLED, UNCHANGED, Request, Response
 
 STAGES = '''
 import headrace
@@ -98,7 +98,7 @@ def flatten(resp: Response, recs: list[bytes]) -> dict[str, Any]:
                 data = bytes(resp.blob[pos : pos + n])
                 pos += n
             meta = o.metas[j] if o.metas is not None else {}
-            items.append((i, json.loads(data), meta))
+            items.append((i, pickle.loads(data) if o.codec == PICKLED else json.loads(data), meta))
     return {"ports": ports, "failures": resp.failures, "counts": resp.counts}
 
 

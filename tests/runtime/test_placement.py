@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from headrace import registry
 from headrace.config.graph import Graph
 from headrace.config.load import load_text
-from headrace.plugins import registry
-from headrace.plugins.base import PluginContext
-from headrace.runtime.plan import plan_chains
-from headrace.runtime.stage import Operator
+from headrace.contract.context import PluginContext
+from headrace.contract.stage import Operator
+from headrace.runtime.placement import plan_chains
 
 STAGES = """
 def cpu(event, meta):
@@ -45,29 +45,29 @@ def operators(graph: Graph) -> dict[str, Operator]:
 
 def test_a_linear_pipeline_of_cpu_stages_is_one_worker_segment(tmp_path: Path) -> None:
     got = plan(tmp_path, f"  main: [{CPU}, {{op: filter, where: 'True'}}, {{op: set, set: {{x: '1'}}}}, {CPU}]")
-    assert got == [(["main.python_0", "main.filter_1", "main.set_2", "main.python_3"], True)]
+    assert got == [(["main.cpu", "main.filter", "main.set", "main.cpu_2"], True)]
 
 
 def test_without_workers_the_same_chain_runs_on_the_loop(tmp_path: Path) -> None:
     got = plan(tmp_path, f"  main: [{CPU}, {{op: filter, where: 'True'}}, {CPU}]", workers=0)
-    assert got == [(["main.python_0", "main.filter_1", "main.python_2"], False)]
+    assert got == [(["main.cpu", "main.filter", "main.cpu_2"], False)]
 
 
 def test_a_loop_stage_splits_the_chain_around_it(tmp_path: Path) -> None:
     got = plan(tmp_path, f"  main: [{CPU}, {CPU}, {{op: batch, count: 10}}, {{op: dedupe, key: \"event['id']\"}}, {CPU}]")
-    assert got == [(["main.python_0", "main.python_1"], True), (["main.batch_2", "main.dedupe_3"], False), (["main.python_4"], True)]
+    assert got == [(["main.cpu", "main.cpu_2"], True), (["main.batch", "main.dedupe"], False), (["main.cpu_3"], True)]
 
 
 def test_an_async_stage_is_a_loop_chain_of_its_own(tmp_path: Path) -> None:
     """Loop stages chain together, but never with an async one: its events are in flight while the next batch comes."""
     got = plan(tmp_path, f"  main: [{{op: batch, count: 10}}, {IO}, {IO}, {{op: sample, rate: 2}}, {CPU}]")
-    assert got == [(["main.batch_0"], False), (["main.python_1"], False), (["main.python_2"], False), (["main.sample_3"], False),
-                   (["main.python_4"], True)]  # fmt: skip
+    assert got == [(["main.batch"], False), (["main.io"], False), (["main.io_2"], False), (["main.sample"], False),
+                   (["main.cpu"], True)]  # fmt: skip
 
 
 def test_placement_loop_keeps_a_cpu_stage_off_the_workers(tmp_path: Path) -> None:
     got = plan(tmp_path, f'  main: [{CPU}, {{op: python, fn: "stages:cpu", placement: loop}}, {CPU}]')
-    assert got == [(["main.python_0"], True), (["main.python_1"], False), (["main.python_2"], True)]
+    assert got == [(["main.cpu"], True), (["main.cpu_2"], False), (["main.cpu_3"], True)]
 
 
 GRAPH = """  main:
@@ -97,9 +97,9 @@ def test_chains_follow_single_out_links_only(tmp_path: Path, links: str, chains:
 def test_a_pipeline_feeding_another_continues_the_chain(tmp_path: Path) -> None:
     """Pipelines are inlined: the chain runs across the link between them when nothing else joins it."""
     got = plan(tmp_path, f"  main: [{CPU}]\n  next: [{CPU}]", links="src: [main], main: [next], next: [out]")
-    assert got == [(["main.python_0", "next.python_0"], True)]
+    assert got == [(["main.cpu", "next.cpu"], True)]
     got = plan(tmp_path, f"  main: [{CPU}]\n  next: [{CPU}]", links="src: [main, next], main: [next], next: [out]")
-    assert sorted(nodes for nodes, _ in got) == [["main.python_0"], ["next.python_0"]], "next has two inputs"
+    assert sorted(nodes for nodes, _ in got) == [["main.cpu"], ["next.cpu"]], "next has two inputs"
 
 
 def test_a_route_stage_ends_the_chain_its_ports_feed(tmp_path: Path) -> None:

@@ -28,10 +28,11 @@ from multiprocess.connection import Connection
 
 from headrace.metrics.defs import Metrics
 from headrace.plugins.operators.python import PythonOperator
-from headrace.runtime.pool import WorkerCrashed, WorkerPool
-from headrace.runtime.segment import NodeDef, Request, Response, SegmentSpec, pack, unpack_header
-from headrace.runtime.supervisor import WorkerSupervisor
-from headrace.runtime.worker import CONFIGURE, IDLE, JOB, _answer, _configure, _execute
+from headrace.runtime.workers.pool import WorkerCrashed, WorkerPool
+from headrace.runtime.workers.program import NodeDef, SegmentSpec
+from headrace.runtime.workers.supervisor import WorkerSupervisor
+from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
+from headrace.runtime.workers.worker import CONFIGURE, IDLE, JOB, _answer, _configure, _execute
 
 STAGE = """
 import threading

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from headrace.runtime.pooled import POISON_ATTEMPTS, TARGET_JOB_NS, PooledChainRunner
-from headrace.runtime.runners import OnrampRunner
+from headrace.runtime.onramp import OnrampRunner
+from headrace.runtime.workers.segment import POISON_ATTEMPTS, TARGET_JOB_NS, PooledChainRunner
 from tests.runtime.inprocess import InProcessPool, JobFailed, Rig, WorkerCrashed
 
 STAGES = """
@@ -20,7 +20,7 @@ def keep(event, meta):
     return event
 """
 PIPELINE = '[{op: python, fn: "pooledstages:keep"}]'
-NODE = "main.python_0"
+NODE = "main.keep"
 
 
 def rig(tmp_path: Path, pool: InProcessPool, onramp: str = "") -> Rig:

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ConfigDict
 
-from headrace.plugins.base import Offramp, Onramp, OnrampSink, PartialWrite, PluginConfig, Rejections
+from headrace.contract.config import PluginConfig
+from headrace.contract.sink import Offramp, PartialWrite, Rejections
+from headrace.contract.source import Onramp, OnrampSink
 from headrace.plugins.onramps.tcp import TcpOnramp
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from headrace.testing.onramp_contract import Expected

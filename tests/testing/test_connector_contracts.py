@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from headrace.plugins import registry
+from headrace import registry
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from tests.support.daemon import free_port
 from tests.testing import offramp_peers, onramp_peers
@@ -87,10 +87,6 @@ OFFRAMPS: dict[str, Setup] = {
 
 
 KNOWN: dict[tuple[str, str, int], str] = {  # (kind, name, case) -> the contract it breaks, for the lead to fix
-    ("onramps", "blaster", 0): "blaster with iters hands over records unevenly when batch does not divide the file's record "
-                               "count: its pre-cut batches overlap (the last one wraps to the file's start), and each pass "
-                               "starts again at record 0, so with 20 records, batch 7, iters 3 record 0 comes 5 times and "
-                               "records 18 and 19 twice",
 }
 
 

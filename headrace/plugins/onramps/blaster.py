@@ -4,6 +4,7 @@ memory and replays it round-robin as fast as the graph accepts, or ``iters`` tim
 from __future__ import annotations
 
 import asyncio
+import math
 from array import array
 
 from pydantic import Field
@@ -40,24 +41,33 @@ class BlasterOnramp(Onramp):
         self.ready = True
 
     async def run(self, sink: OnrampSink) -> None:
+        """The records in a cycle (record ``k`` of the stream is ``records[k % n]``), ``batch`` at a
+        time, ``iters * n`` of them or until stopped. Batches are cut once over a whole period
+        of the cycle (where batch and file boundaries meet again) when that period is short."""
         recs, bs = self.records, self.cfg.batch
-        # pre-cut batches that tile the record list, so a replay is a list lookup per batch
-        doubled = recs * (1 + bs // len(recs) + 1)
-        batches = [doubled[i : i + bs] for i in range(0, len(recs), bs)] if bs < len(recs) else [doubled[:bs]]
-        wires = [(array("I", map(len, b)).tobytes(), (b"".join(b),)) for b in batches]  # what a worker job carries, made once
-        per_pass = sum(len(b) for b in batches)
-        total = None if self.cfg.iters is None else self.cfg.iters * len(recs)
+        n = len(recs)
+        period = n * bs // math.gcd(n, bs)  # records after which the batch boundaries repeat
+        batches = [b for b in _cut(recs * (period // n), bs)] if period // bs <= MAX_PRECUT else None
+        wires = [(array("I", map(len, b)).tobytes(), (b"".join(b),)) for b in batches] if batches is not None else None
+        total = None if self.cfg.iters is None else self.cfg.iters * n
         sent = 0
+        k = 0  # the next batch of the period (pre-cut), or the next record of the cycle (cut on the fly)
         while total is None or sent < total:
-            for b, wire in zip(batches, wires, strict=True):
-                if total is not None and sent + len(b) > total:
-                    b = b[: total - sent]
-                    await sink.records(b)
-                else:
-                    await sink.records(b, wire=wire)
-                sent += len(b)
-                if total is not None and sent >= total:
-                    return
-            if per_pass == 0:
-                return
+            if batches is not None and wires is not None:
+                b, wire = batches[k], wires[k]
+                k = (k + 1) % len(batches)
+            else:
+                b, wire = [recs[(k + i) % n] for i in range(bs)], None
+                k = (k + bs) % n
+            if total is not None and sent + len(b) > total:
+                b, wire = b[: total - sent], None
+            await sink.records(b, wire=wire)
+            sent += len(b)
             await asyncio.sleep(0)
+
+
+MAX_PRECUT = 4096  # batches cut ahead over one period of the cycle (beyond, each batch is cut when sent)
+
+
+def _cut(records: list[bytes], size: int) -> list[list[bytes]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]

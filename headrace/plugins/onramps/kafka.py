@@ -314,3 +314,7 @@ class KafkaOnramp(Onramp):
             await self._commit(dict(self.tracks))
             await self.consumer.stop()
             self.consumer = None
+        # a start after this (the runtime restarting a failed source) begins from the group's
+        # committed offsets: ranges this consumer dispatched, failed ones included, are read again
+        self.tracks.clear()
+        self.revoked.clear()

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from headrace.contract.codec import ViewLoader
 from headrace.contract.stage import STAGE_ERRORS, Ev
-from headrace.errors import safe_repr
 from headrace.runtime.batch import share_equal, unshare
 from headrace.runtime.chain import ChainExecutor, Counts, NodeCounts
 from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
@@ -185,7 +184,11 @@ class FusedChain:
                     continue
                 if isinstance(result, list):  # fan-out: the items continue through the rest, batch-wise
                     evs = [Ev(item, dict(meta), i, None, ingest[i]) for item in result]
-                    rest_out, rest_counts = self.rest(k + 1).run(evs) if k + 1 < nst else ({}, {})
+                    sync.fused = None  # the rest runs batch-wise: a headrace.emit() there names its own stage
+                    try:
+                        rest_out, rest_counts = self.rest(k + 1).run(evs) if k + 1 < nst else ({}, {})
+                    finally:
+                        sync.fused = self
                     last = ids[-1]
                     finals = rest_out.pop((last, "out"), []) if k + 1 < nst else evs
                     for key, extra in rest_out.items():
@@ -198,8 +201,8 @@ class FusedChain:
                     for ev in finals:
                         try:
                             data = encode(ev.value)
-                        except STAGE_ERRORS as exc:
-                            unencodable.append(ev.fail(last, exc))
+                        except STAGE_ERRORS:
+                            unencodable.append(ev)  # tried again by the batch-wise encoder, which hands it back as a value
                             continue
                         parts.append(data)
                         out_src.append(i)
@@ -210,8 +213,8 @@ class FusedChain:
                 if changed:
                     try:
                         data = encode(result)
-                    except STAGE_ERRORS as exc:
-                        unencodable.append(Ev(result, meta, i, None, ingest[i]).fail(ids[-1], exc))
+                    except STAGE_ERRORS:
+                        unencodable.append(Ev(result, meta, i, None, ingest[i]))  # see above
                         continue
                     parts.append(data)
                     changed_at.append((len(out_src), len(data)))
@@ -246,9 +249,7 @@ class FusedChain:
             outs.append(Output(last, "out", out_src.tobytes(), out_lens.tobytes(), out_metas, req.codec, 0))
         blob = b"".join(parts)
         if outputs or unencodable:  # err and emitted ports: the batch-wise encoder, after the out blob
-            for ev in unencodable:
-                ev.value, ev.raw = safe_repr(ev.value), None
-                outputs.setdefault((ev.meta["error"]["stage"], "err"), []).append(ev)
+            outputs.setdefault((last, "out"), []).extend(unencodable)
             more = self.prog.encode(req, outputs, counts, [], t0)
             for o in more.outputs:
                 o.start += nbytes

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pickle
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from headrace.errors import safe_repr
 from headrace.runtime.batch import share_equal, unshare
 from headrace.runtime.chain import ChainExecutor, Counts, Outputs
 from headrace.runtime.workers.fused import FusedChain
-from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
+from headrace.runtime.workers.wire import PICKLED, UNCHANGED, Output, Request, Response
 
 
 @dataclass
@@ -111,7 +112,7 @@ class SegmentProgram:
             nonlocal pos
             target = codec or self.spec.exits.get((node, port)) or req.codec
             same = target == req.codec and req.values is None
-            encode = self.codec(target).encode
+            encode = _pickle if target == PICKLED else self.codec(target).encode
             start = pos
             metas = [ev.meta for ev in evs]
             any_meta = any(metas)
@@ -122,6 +123,7 @@ class SegmentProgram:
                 return
             src, lens = array("I"), array("i")
             metas = []
+            as_values: list[Ev] = []
             for ev in evs:
                 if same and ev.raw is not None:
                     lens.append(UNCHANGED)
@@ -129,7 +131,10 @@ class SegmentProgram:
                     try:
                         data = encode(ev.value)
                     except STAGE_ERRORS as exc:
-                        unencodable.setdefault(node, []).append(ev.fail(node, exc))
+                        if port == "err" or target == PICKLED:
+                            unencodable.setdefault(node, []).append(ev.fail(node, exc))
+                        else:  # what this codec cannot hold goes back as the value: downstream decides (as on the loop)
+                            as_values.append(ev)
                         continue
                     parts.append(data)
                     lens.append(len(data))
@@ -138,6 +143,8 @@ class SegmentProgram:
                 metas.append(ev.meta)
             if len(src):
                 outs.append(Output(node, port, src.tobytes(), lens.tobytes(), share_equal(metas) if any_meta else None, target, start))
+            if as_values:
+                add(node, port, as_values, PICKLED)
 
         for (node, port), evs in outputs.items():
             if evs:
@@ -151,3 +158,7 @@ class SegmentProgram:
             del unencodable[node]
             add(node, "err", evs, "binary")
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
+
+
+def _pickle(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import pickle
 from array import array
 from collections import deque
 from collections.abc import Hashable
@@ -32,7 +33,7 @@ from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
-from headrace.runtime.workers.wire import UNCHANGED, Request, Response
+from headrace.runtime.workers.wire import PICKLED, UNCHANGED, Request, Response
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3
@@ -233,9 +234,15 @@ class PooledChainRunner(Runner):
         if orig is not None and n == len(chunk) and out.codec == chunk.codec and lens.count(UNCHANGED) == n and src == array("I", range(n)):
             # untouched, in order: the original bytes as they are
             return chunk.remade(None, orig, out.metas, out.codec, nbytes=chunk.nbytes)
-        payloads: list[bytes | None] = []
         pos = out.start
         mv = memoryview(blob)
+        if out.codec == PICKLED:  # values the job's codec could not hold (e.g. bytes for json): downstream decides
+            values = []
+            for ln in lens:
+                values.append(pickle.loads(mv[pos : pos + ln]))
+                pos += ln
+            return chunk.remade(src.tolist(), [None] * n, out.metas, chunk.codec, values=values)  # type: ignore[arg-type]
+        payloads: list[bytes | None] = []
         for i, ln in zip(src, lens, strict=True):
             if ln == UNCHANGED:
                 payloads.append(orig[i] if orig is not None else None)

@@ -17,6 +17,7 @@ from headrace.runtime.chain import Counts
 
 _LEN = struct.Struct("<I")
 UNCHANGED = -1
+PICKLED = "(pickled)"  # an output's codec: values the job's codec could not hold, handed back as values
 
 
 @dataclass
