@@ -22,12 +22,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-system-deps.sh
-	$(VENV)/bin/ruff check headrace tests bench
+	$(VENV)/bin/ruff check headrace tests bench examples
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check headrace tests bench
+	$(VENV)/bin/ruff check headrace tests bench examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

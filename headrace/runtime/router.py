@@ -102,7 +102,9 @@ class Router:
             return
         self._last_err_log = now
         err = batch.meta(0).get("error", {})
+        # a node's err port feeds its pipeline's: the link to write is `<pipeline>/err`
+        link = self.stats.cid.split(".", 1)[0] if self.stats.kind == "node" else self.stats.cid
         log.error(
             "%d event(s) on unlinked err port of %s%s; first: %s: %s (link '%s/err' to an offramp to handle them)",
-            len(batch), self.stats.cid, fate, err.get("type", "?"), err.get("message", "?"), self.stats.cid,
+            len(batch), self.stats.cid, fate, err.get("type", "?"), err.get("message", "?"), link,
         )  # fmt: skip

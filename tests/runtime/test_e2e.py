@@ -188,6 +188,7 @@ links: {src: [main], main: [out]}
     assert d.wait(30) == 0
     assert "1 event(s) on unlinked err port of main.tag, written to the last-resort file" in d.stderr()
     assert "ValueError: boom on 9" in d.stderr()
+    assert "link 'main/err' to an offramp" in d.stderr()  # the link check accepts, not main.tag/err
     assert len(lines(tmp_path / "out.ndjson")) == 3
 
 

@@ -64,9 +64,13 @@ def import_callable(spec: str, base_dir: Path) -> Any:
     changed since it was imported is re-imported (reload picks up edited stages)."""
     module, _, attr = spec.partition(":")
     base = str(base_dir)
-    _refuse_shadowing(module.partition(".")[0], base_dir)
-    if base not in sys.path:
-        sys.path.insert(0, base)
+    top = module.partition(".")[0]
+    _refuse_shadowing(top, base_dir)
+    _forget_elsewhere(top, base_dir)
+    if not sys.path or sys.path[0] != base:
+        if base in sys.path:
+            sys.path.remove(base)
+        sys.path.insert(0, base)  # first, even when an earlier config put it further down
     mod = importlib.import_module(module)
     digest = _digest(mod)
     if module in _SOURCES and _SOURCES[module] != digest:
@@ -94,6 +98,31 @@ def _refuse_shadowing(top: str, base_dir: Path) -> None:
             where = f"an installed module ({installed})"
     if where is not None:
         raise ImportError(f"the stage module '{top}' beside the config has the name of {where}; rename it (e.g. '{top}_stages')")
+
+
+def _forget_elsewhere(top: str, base_dir: Path) -> None:
+    """A stage module already imported from another folder (another config's ``stages.py`` in
+    ``headrace test`` or a reload of a moved config) is dropped, so this config gets its own.
+    A module of the same name that is not a stage module (imported by headrace or a test
+    harness) is refused: importing would silently hand over the wrong code."""
+    mod = sys.modules.get(top)
+    if mod is None or _lives_in(mod, base_dir):
+        return
+    if not (base_dir / f"{top}.py").exists() and not (base_dir / top / "__init__.py").exists():
+        return  # not beside the config: the module already imported is the one meant
+    if top not in _SOURCES and not any(name.startswith(top + ".") for name in _SOURCES):
+        where = getattr(mod, "__file__", None) or "a namespace"
+        raise ImportError(f"the stage module '{top}' beside the config has the name of a module already imported from {where}; "
+                          f"rename it (e.g. '{top}_stages')")
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+        _SOURCES.pop(name, None)
+
+
+def _lives_in(mod: Any, base_dir: Path) -> bool:
+    files = [getattr(mod, "__file__", None), *list(getattr(mod, "__path__", None) or [])]
+    base = base_dir.resolve()
+    return any(Path(f).resolve().parent in (base, base / mod.__name__) for f in files if f)
 
 
 def _installed_spec(top: str) -> str | None:

@@ -1,0 +1,1 @@
+"""An example headrace plugin package (docs/plugins.md walks through it)."""
