@@ -146,7 +146,7 @@ class Daemon:
             sig_task = asyncio.create_task(self.signals.get())
             await asyncio.wait({start, sig_task}, return_when=asyncio.FIRST_COMPLETED)
             if not sig_task.done():
-                sig_task.cancel()
+                await _reap(sig_task)
                 continue
             name = sig_task.result()
             if name == "hup":
@@ -191,7 +191,7 @@ class Daemon:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
             done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if sig_task not in done:
-                sig_task.cancel()
+                await _reap(sig_task)
             if reloading is not None and reloading.done():
                 reloading = None
             if not done:  # drain deadline passed
@@ -438,3 +438,10 @@ def _p99(samples: list[float]) -> float:
         return 0.0
     s = sorted(samples)
     return s[min(int(0.99 * len(s)), len(s) - 1)]
+
+
+async def _reap(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it is finished (a signal wait: no signal is lost, the
+    queue keeps what a cancelled ``get`` did not take)."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -193,3 +193,13 @@ def test_an_event_the_codec_cannot_write_takes_the_same_err_port_on_both(stage_d
     loop, workers = run_both(stage_dir, chain, GOOD[:2], False, 1)
     assert [m["error"]["stage"] for _, m in loop["ports"]["out/err"]] == ["out"]
     assert workers == loop
+
+
+def test_an_unencodable_event_a_later_stage_fails_keeps_its_value_and_reason(stage_dir: Path) -> None:
+    """On the err port too: a worker hands the value back (was: its err meta replaced by the codec's
+    "Type is not JSON serializable" and its value by its repr)."""
+    chain = [PYTHON["unencodable"].replace("K", "2"), PYTHON["raise"].replace("K", "2")]
+    loop, workers = run_both(stage_dir, chain, [GOOD[0]], False, 1)
+    ((value, meta),) = loop["ports"]["main.Raise/err"]
+    assert value == {"id": 0, "bad": {1, 2}} and meta["error"]["message"] == "no 0"
+    assert workers == loop

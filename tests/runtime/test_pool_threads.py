@@ -2,10 +2,9 @@
 "processes" are threads of the test: dispatch, blame of the one job a dying worker executed,
 re-dispatch of the others, respawn with every segment, a segment that cannot be set up, shutdown.
 
-The pool takes no process context today: the test puts one in after construction (``pool.ctx``,
-and supervisors made again from it). ``supervisor.kill`` signals the pid itself (``os.kill``), which a
-thread cannot take: a fake pid beyond any pid_max makes it a no-op, so stage_timeout kills are not
-covered here (the real-process tests in test_pool.py cover them).
+The pool takes its process context as an argument (``WorkerPool(..., context=ctx)``) and kills a
+worker through its process object (``proc.kill()``), so a thread can stand in: "killing" one shuts
+its connection. Fake pids lie beyond any pid_max, so nothing here can signal a real process.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from headrace.metrics.defs import Metrics
 from headrace.plugins.operators.python import PythonOperator
 from headrace.runtime.workers.pool import WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
-from headrace.runtime.workers.supervisor import WorkerSupervisor
 from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
 from headrace.runtime.workers.worker import CONFIGURE, IDLE, JOB, _answer, _configure, _execute
 
@@ -43,6 +41,9 @@ class Stage:
             raise RuntimeError("the resource is gone")
 
     def process(self, event, meta):
+        if event.get("do") == "hang":
+            import time
+            time.sleep(event["seconds"])
         event["worker"] = threading.current_thread().name
         return event
 """
@@ -64,6 +65,7 @@ class ThreadWorker:
         self.thread: threading.Thread | None = None
         self.broken_setup = False
         self.own: Connection | None = None
+        self.killed = False  # a SIGKILL stops a process where it is: the thread then touches nothing more
 
     def start(self) -> None:
         self.own = conn = Connection(os.dup(self.conn.fileno()))  # a fork copies the descriptor; the parent closes its own
@@ -91,6 +93,9 @@ class ThreadWorker:
                         code = -9
                         break
                     resp = _execute(programs, req)
+                    if self.killed:  # "killed" while it executed: the slot still names the job, nothing answers
+                        code = -9
+                        break
                     self.slot[0] = IDLE
                     conn.send_bytes(_answer(resp))
         finally:
@@ -104,6 +109,7 @@ class ThreadWorker:
 
     def kill(self) -> None:
         """SIGKILL as far as a thread can take it: its connection is shut, so it ends."""
+        self.killed = True
         try:
             sock = socket.socket(fileno=os.dup(self.own.fileno()))  # type: ignore[union-attr]
         except (OSError, AttributeError):  # it ended already
@@ -166,10 +172,8 @@ def workers_of(resp: Response) -> list[str]:
 
 @asynccontextmanager
 async def thread_pool(tmp_path: Path, size: int = 1, **options: Any) -> AsyncIterator[tuple[WorkerPool, ThreadContext]]:
-    pool = WorkerPool(size, Metrics(), **options)
     ctx = ThreadContext()
-    pool.ctx = ctx  # the seam the pool lacks: WorkerPool(..., context=ctx)
-    pool.workers = [WorkerSupervisor(pool, i) for i in range(size)]
+    pool = WorkerPool(size, Metrics(), context=ctx, **options)
     pool.start()
     try:
         await pool.attach()
@@ -257,6 +261,21 @@ def test_a_worker_whose_setup_fails_is_not_ready_and_takes_no_job(tmp_path: Path
             ctx.broken_setup = False
             answer = await asyncio.wait_for(waiting, 15)
             assert len(workers_of(answer)) == 1 and pool.ready
+
+    asyncio.run(main())
+
+
+def test_a_batch_over_stage_timeout_kills_its_worker_and_only_it_is_blamed(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with thread_pool(tmp_path, size=1, max_inflight=3, stage_timeout=0.2) as (pool, ctx):
+            hung = asyncio.ensure_future(pool.execute("seg", job({"id": 0, "do": "hang", "seconds": 1.0})))
+            await asyncio.sleep(0)  # dispatched first: the worker executes it
+            queued = asyncio.ensure_future(pool.execute("seg", job({"id": 1})))
+            with pytest.raises(WorkerCrashed, match=r"stage_timeout: a batch ran longer than 0\.2s on worker 0"):
+                await asyncio.wait_for(hung, 10)
+            (names,) = [workers_of(await asyncio.wait_for(queued, 10))]
+            assert names == ["headrace-worker-0"], "the job it held but had not started ran on the respawned worker"
+            assert len(ctx.workers) == 2 and pool.restarts == 1
 
     asyncio.run(main())
 

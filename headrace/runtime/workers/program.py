@@ -131,9 +131,9 @@ class SegmentProgram:
                     try:
                         data = encode(ev.value)
                     except STAGE_ERRORS as exc:
-                        if port == "err" or target == PICKLED:
+                        if target == PICKLED:  # not even picklable: to err with the reason, as text
                             unencodable.setdefault(node, []).append(ev.fail(node, exc))
-                        else:  # what this codec cannot hold goes back as the value: downstream decides (as on the loop)
+                        else:  # what this codec cannot hold goes back as the value (err port too): downstream decides, as on the loop
                             as_values.append(ev)
                         continue
                     parts.append(data)

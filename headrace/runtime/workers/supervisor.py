@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import struct
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from headrace.contract.backoff import Backoff
 from headrace.errors import describe_exception
 from headrace.runtime.workers.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
+from headrace.runtime.workers.proc import EXIT_GRACE, death, kill, reap, shutdown_transport
 from headrace.runtime.workers.program import SegmentSpec
 from headrace.runtime.workers.wire import Response, pack, unpack
 from headrace.runtime.workers.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main
@@ -41,7 +41,6 @@ log = logging.getLogger("headrace.pool")
 _I = struct.Struct("!i")
 _Q = struct.Struct("!Q")
 SOCKET_BUFFER = 4 << 20  # a few batches fit, so a job is one write and one read
-EXIT_GRACE = 5.0  # seconds a worker that should exit (EOF, recycle) gets before it is killed
 State = Literal["down", "starting", "ready", "retiring"]
 
 
@@ -176,19 +175,7 @@ class WorkerSupervisor:
         self._shutdown(socket.SHUT_RD)
 
     def _shutdown(self, how: int) -> None:
-        """shutdown(2) the socket under the transport (a transport closes it only on a later
-        loop iteration, and has no shutdown of its reading side)."""
-        transport = self.writer.transport if self.writer is not None else None
-        sock = transport.get_extra_info("socket") if transport is not None and not transport.is_closing() else None
-        fd = sock.fileno() if sock is not None else -1  # None: the loop closed already (and the transport with it)
-        if fd >= 0:
-            s = socket.socket(fileno=fd)
-            try:
-                s.shutdown(how)
-            except OSError:
-                pass
-            finally:
-                s.detach()
+        shutdown_transport(self.writer, how)
 
     def _forget_sentinel(self) -> None:
         if self._sentinel is not None:
@@ -301,9 +288,9 @@ class WorkerSupervisor:
         code = None
         if proc is not None:
             grace = EXIT_GRACE if failure is None else 0.0  # a worker given up on is killed at once
-            code = await asyncio.get_running_loop().run_in_executor(None, _reap, proc, grace)
+            code = await asyncio.get_running_loop().run_in_executor(None, reap, proc, grace)
         executing, self.slot[0] = self.slot[0], IDLE
-        cause = self.kill_reason or failure or _death(self.index, code)
+        cause = self.kill_reason or failure or death(self.index, code)
         if self.recycling is None:
             self.pool.restarts += 1
             self.pool.count("headrace_worker_restarts_total", str(self.index))
@@ -340,28 +327,12 @@ class WorkerSupervisor:
 
     def join(self, timeout: float) -> None:
         if self.proc is not None:
-            _reap(self.proc, timeout)
+            reap(self.proc, timeout)
 
     def kill(self, reason: str) -> None:
         """Kill the worker for ``reason`` (its executing job is blamed with it)."""
         self.kill_reason = reason
         log.error("%s; killing it", reason)
-        try:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, AttributeError):
-            pass
+        if self.proc is not None:
+            kill(self.proc)
 
-
-def _reap(proc: Any, grace: float) -> int | None:
-    """Wait ``grace`` seconds for the process to end, then kill it; its exit code."""
-    proc.join(grace)
-    if proc.exitcode is None:
-        proc.kill()
-        proc.join(EXIT_GRACE)
-    return proc.exitcode  # type: ignore[no-any-return]
-
-
-def _death(index: int, code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"worker {index} killed by signal {-code}"
-    return f"worker {index} exited with {code}"
