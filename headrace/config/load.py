@@ -244,7 +244,11 @@ class _Builder:
                                                                 f"{', '.join(f'{src}/{p}' for p in comp.ports[2:])}")  # fmt: skip
                         continue
                     skey = (comp.id, port)
-                for j, tgt in enumerate([targets] if isinstance(targets, str) else list(targets)):
+                if not isinstance(targets, (str, list)):
+                    self.err(self.smap.at(kpath), f"pipeline '{pipe}': the targets of link '{key}' must be a node id or a list of them, "
+                                                  f"not {type(targets).__name__}")  # fmt: skip
+                    continue
+                for j, tgt in enumerate([targets] if isinstance(targets, str) else targets):
                     tpath = kpath + ((j,) if not isinstance(targets, str) else ())
                     tgt = str(tgt)
                     if tgt in ("out", "err"):

@@ -1150,6 +1150,23 @@ links: {src: [main], main: [out]}
 version: 1
 onramps: {src: {type: stdin}}
 pipelines:
+  g:
+    nodes: {f: {op: filter, where: "True"}}
+    links: {in: null, f: 3}
+offramps: {out: {type: stdout}}
+links: {src: [g], g: [out]}
+""",
+        [
+            "6:17: pipeline 'g': the targets of link 'in' must be a node id or a list of them, not NoneType",
+            "6:26: pipeline 'g': the targets of link 'f' must be a node id or a list of them, not int",
+        ],
+        id="graph_link_targets_of_the_wrong_type",  # was: TypeError out of the loader
+    ),
+    pytest.param(
+        """\
+version: 1
+onramps: {src: {type: stdin}}
+pipelines:
   main: [{op: filter, where: "True"}, {op: route, routes: {errors: "True"}}]
   graph:
     nodes: {r: {op: route, routes: {a: "True"}}}

@@ -111,10 +111,26 @@ def test_one_partition_failing_does_not_send_the_others_again() -> None:
     acknowledged, and the write raised, so the runtime sent the whole batch again."""
     off = KafkaOfframp(KafkaOfframpConfig(brokers="127.0.0.1:9", topic="t", key="meta['k']"), PluginContext("out", Path(".")))
     off.producer = FailingPartitionProducer()
-    off.partitioner = lambda key, parts, available: int(key) % 3
+    off._partition = lambda parts, key, keyless: int(key) % 3  # type: ignore[method-assign]
     chunks = [f"r{i}".encode() for i in range(9)]
     metas = [{"k": str(i)} for i in range(9)]
     with pytest.raises(PartialWrite) as info:
         asyncio.run(off.write(chunks, 9, [0] * 9, metas))
     assert info.value.delivered == [0, 2, 3, 5, 6, 8], "partitions 0 and 2 are done: the retry must not send them again"
     assert info.value.rejected == [] and isinstance(info.value.cause, ConnectionError)
+
+
+def test_keys_go_where_kafkas_default_partitioner_puts_them_and_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from headrace.plugins.offramps import kafka as kafka_offramp
+
+    monkeypatch.setattr(kafka_offramp, "KEY_MEMO", 100)
+    off = KafkaOfframp(KafkaOfframpConfig(brokers="127.0.0.1:9", topic="t"), PluginContext("out", Path(".")))
+    reference = DefaultPartitioner()
+    for parts in ([0], [0, 1, 2, 3], list(range(16)), [0, 1, 2]):
+        for i in range(300):
+            key = f"key-{i % 150}".encode()
+            assert off._partition(parts, key, 0) == reference(key, parts, parts)
+    assert len(off._hashes) <= 100
+    assert [off._partition([0, 1, 2], None, n) for n in range(4)] == [0, 1, 2, 0], "keyless batches round-robin"

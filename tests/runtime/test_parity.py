@@ -203,3 +203,11 @@ def test_an_unencodable_event_a_later_stage_fails_keeps_its_value_and_reason(sta
     ((value, meta),) = loop["ports"]["main.Raise/err"]
     assert value == {"id": 0, "bad": {1, 2}} and meta["error"]["message"] == "no 0"
     assert workers == loop
+
+
+def test_events_the_codec_cannot_write_keep_their_place_among_the_others(stage_dir: Path) -> None:
+    """Events handed back as values leave in order with the encoded ones of the same port (was: after them)."""
+    chain = [PYTHON["unencodable"].replace("K", "2"), "{op: route, routes: {a: \"event['id'] % 3 == 0\"}}", PYTHON["keep"]]
+    loop, workers = run_both(stage_dir, chain, [GOOD[0], GOOD[0], GOOD[2], GOOD[1]], False, 1)
+    assert [v["id"] for v, _ in loop["ports"]["main.route/default"]] == [2, 1]
+    assert workers == loop

@@ -19,6 +19,7 @@ import importlib.machinery
 import inspect
 import site
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,7 @@ class PythonConfig(PluginConfig):
 
 
 _SOURCES: dict[str, bytes] = {}  # module name -> digest of the source it was imported from
+_IMPORTING = threading.RLock()
 
 
 def _digest(mod: Any) -> bytes:
@@ -62,6 +64,11 @@ def _digest(mod: Any) -> bytes:
 def import_callable(spec: str, base_dir: Path) -> Any:
     """Import ``module:attr`` with ``base_dir`` first on sys.path; a module whose source
     changed since it was imported is re-imported (reload picks up edited stages)."""
+    with _IMPORTING:  # sys.path, sys.modules and _SOURCES change together (threads of a test harness)
+        return _import_callable(spec, base_dir)
+
+
+def _import_callable(spec: str, base_dir: Path) -> Any:
     module, _, attr = spec.partition(":")
     base = str(base_dir)
     top = module.partition(".")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from array import array
 from typing import TYPE_CHECKING, Any
@@ -112,7 +113,7 @@ class FusedChain:
         out_metas: list[dict[str, Any]] = []
         changed_at: list[tuple[int, int]] = []  # (position in out, length of its new encoding); the rest are unchanged
         parts: list[bytes] = []
-        unencodable: list[Ev] = []
+        unencodable: list[tuple[int, Ev]] = []  # (place among the out events, event the codec cannot hold)
         nbytes = 0
         sync = _emit.sync
         sync.fused = self
@@ -202,7 +203,7 @@ class FusedChain:
                         try:
                             data = encode(ev.value)
                         except STAGE_ERRORS:
-                            unencodable.append(ev)  # tried again by the batch-wise encoder, which hands it back as a value
+                            unencodable.append((len(out_src), ev))  # tried again by the batch-wise encoder, which hands it back as a value
                             continue
                         parts.append(data)
                         out_src.append(i)
@@ -214,7 +215,7 @@ class FusedChain:
                     try:
                         data = encode(result)
                     except STAGE_ERRORS:
-                        unencodable.append(Ev(result, meta, i, None, ingest[i]))  # see above
+                        unencodable.append((len(out_src), Ev(result, meta, i, None, ingest[i])))  # see above
                         continue
                     parts.append(data)
                     changed_at.append((len(out_src), len(data)))
@@ -235,7 +236,7 @@ class FusedChain:
 
     def _respond(self, req: Request, t0: int, outputs: dict[tuple[str, str], list[Ev]], entered: list[int], errs: list[int],
                  dropped: list[int], failures: list[tuple[int, str]], out: tuple[array[int], array[int] | None, list[dict[str, Any]] | None],
-                 parts: list[bytes], nbytes: int, unencodable: list[Ev]) -> Response:  # fmt: skip
+                 parts: list[bytes], nbytes: int, unencodable: list[tuple[int, Ev]]) -> Response:  # fmt: skip
         ids = self.ids
         last = ids[-1]
         out_src, out_lens, out_metas = out
@@ -243,18 +244,37 @@ class FusedChain:
         for k, sid in enumerate(ids):  # a node sent to out what entered the next one (the last one's out: counted by its router)
             counts[sid] = NodeCounts(entered[k], entered[k + 1] if k + 1 < len(ids) else 0, errs[k], dropped[k])
         outs: list[Output] = []
+        blob = b"".join(parts)
+
+        def more(evs: dict[tuple[str, str], list[Ev]]) -> list[Output]:  # through the batch-wise encoder, after the blob so far
+            nonlocal blob
+            resp = self.prog.encode(req, evs, counts, [], t0)
+            for o in resp.outputs:
+                o.start += len(blob)
+            blob += resp.blob
+            return resp.outputs
+
         if out_lens is None:  # the whole job passed through untouched
             outs.append(Output(last, "out", b"", b"", out_metas, req.codec, 0, identity=True))
-        elif len(out_src):
-            outs.append(Output(last, "out", out_src.tobytes(), out_lens.tobytes(), out_metas, req.codec, 0))
-        blob = b"".join(parts)
-        if outputs or unencodable:  # err and emitted ports: the batch-wise encoder, after the out blob
-            outputs.setdefault((last, "out"), []).extend(unencodable)
-            more = self.prog.encode(req, outputs, counts, [], t0)
-            for o in more.outputs:
-                o.start += nbytes
-            outs.extend(more.outputs)
-            blob += more.blob
+        elif not unencodable:
+            if len(out_src):
+                outs.append(Output(last, "out", out_src.tobytes(), out_lens.tobytes(), out_metas, req.codec, 0))
+        else:  # runs of encoded events, and between them the events handed back as values: the order stays
+            starts, at = [], 0
+            for ln in out_lens:
+                starts.append(at)
+                at += ln if ln != UNCHANGED else 0
+            starts.append(at)
+            cuts = sorted({c for c, _ in unencodable} | {0, len(out_src)})
+            for a, b in [*itertools.pairwise(cuts), (cuts[-1], cuts[-1])]:
+                here = [ev for c, ev in unencodable if c == a]  # they came before the out event at ``a``
+                if here:
+                    outs.extend(more({(last, "out"): here}))
+                if b > a:
+                    metas = out_metas[a:b] if out_metas is not None else None
+                    outs.append(Output(last, "out", out_src[a:b].tobytes(), out_lens[a:b].tobytes(), metas, req.codec, starts[a]))
+        if outputs:  # err and emitted ports
+            outs.extend(more(outputs))
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, blob)
 
 

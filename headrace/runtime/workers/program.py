@@ -113,20 +113,31 @@ class SegmentProgram:
             target = codec or self.spec.exits.get((node, port)) or req.codec
             same = target == req.codec and req.values is None
             encode = _pickle if target == PICKLED else self.codec(target).encode
-            start = pos
             metas = [ev.meta for ev in evs]
             any_meta = any(metas)
             if same and all(ev.raw is not None for ev in evs):  # nothing to encode: indices only
                 src = array("I", [ev.src for ev in evs])
                 outs.append(Output(node, port, src.tobytes(), array("i", [UNCHANGED]).tobytes() * len(evs), share_equal(metas) if any_meta else None,
-                                   target, start))  # fmt: skip
+                                   target, pos))  # fmt: skip
                 return
-            src, lens = array("I"), array("i")
-            metas = []
+            # runs of events in order: encoded ones, then (when the codec cannot hold a value) ones sent back as values
+            src, lens, start = array("I"), array("i"), pos
+            run_metas: list[dict[str, Any]] = []
             as_values: list[Ev] = []
+
+            def flush() -> None:
+                nonlocal src, lens, run_metas, start
+                if len(src):
+                    outs.append(Output(node, port, src.tobytes(), lens.tobytes(), share_equal(run_metas) if any_meta else None, target, start))
+                    src, lens, run_metas = array("I"), array("i"), []
+                if as_values:
+                    add(node, port, as_values[:], PICKLED)
+                    as_values.clear()
+                start = pos
+
             for ev in evs:
                 if same and ev.raw is not None:
-                    lens.append(UNCHANGED)
+                    data = None
                 else:
                     try:
                         data = encode(ev.value)
@@ -134,17 +145,21 @@ class SegmentProgram:
                         if target == PICKLED:  # not even picklable: to err with the reason, as text
                             unencodable.setdefault(node, []).append(ev.fail(node, exc))
                         else:  # what this codec cannot hold goes back as the value (err port too): downstream decides, as on the loop
+                            if len(src):
+                                flush()
                             as_values.append(ev)
                         continue
+                if as_values:
+                    flush()
+                if data is None:
+                    lens.append(UNCHANGED)
+                else:
                     parts.append(data)
                     lens.append(len(data))
                     pos += len(data)
                 src.append(ev.src)
-                metas.append(ev.meta)
-            if len(src):
-                outs.append(Output(node, port, src.tobytes(), lens.tobytes(), share_equal(metas) if any_meta else None, target, start))
-            if as_values:
-                add(node, port, as_values, PICKLED)
+                run_metas.append(ev.meta)
+            flush()
 
         for (node, port), evs in outputs.items():
             if evs:
