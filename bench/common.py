@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,11 @@ def line(name: str, value: str, target: str, ok: bool) -> str:
     return f"{name:<52} {value:<44} target {target:<14} {'OK' if ok else 'BELOW TARGET'}"
 
 
-def run_daemon_async(config: str, folder: Path, until: Any, timeout: float = 300) -> None:
-    """Run ``headrace run`` until ``until()`` is true (polled every 0.1 s), then SIGTERM it."""
+def run_daemon_async(config: str, folder: Path, until: Any, timeout: float = 300,
+                     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> None:  # fmt: skip
+    """Run ``headrace run`` until ``until()`` is true (polled every 0.1 s), then SIGTERM it.
+
+    ``on_start`` is given the daemon's process (its pid) once it is started."""
     import signal
 
     cfg = folder / "bench.yaml"
@@ -92,6 +96,8 @@ def run_daemon_async(config: str, folder: Path, until: Any, timeout: float = 300
     err = open(folder / "stderr.txt", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "headrace", "run", str(cfg)], cwd=folder, stdout=subprocess.DEVNULL, stderr=err, env=env)
     try:
+        if on_start is not None:
+            on_start(proc)
         deadline = time.monotonic() + timeout
         while not until():
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -67,3 +67,15 @@ def burn_200us(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     while time.perf_counter() < end:
         pass
     return event
+
+
+def add_field(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A stage that costs next to nothing: one field added."""
+    event["h"] = 1
+    return event
+
+
+async def wait_2ms(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """An I/O stage: 2 ms of waiting."""
+    await asyncio.sleep(0.002)
+    return event

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.daemon import LIVE, kill_leftovers
 from tests.support.fixtures import *  # noqa: F403
+
+# Property tests draw the same examples on every run ("ci", the default: a CI run that passes today
+# passes tomorrow); HEADRACE_HYPOTHESIS=explore draws new ones each run, to look for new failures
+# (make each one found a plain test, then fix it).
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile(os.environ.get("HEADRACE_HYPOTHESIS", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "tremor-json-throughput" / "data.json.xz"

@@ -178,19 +178,19 @@ class KafkaOfframp(Offramp):
                 topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
                 key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
                 hdrs = self.headers_fn(meta) if self.headers_fn else {}
-                headers = [(str(k), _to_bytes(v) or b"") for k, v in (hdrs or {}).items()]
+                headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else []
             except Exception as exc:
                 rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
                 continue
-            problem = topic_problem(topic)
-            if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
-                rejected.append((i, problem))
-                continue
-            assert isinstance(topic, str)
-            if topic != last_topic:
+            if topic != last_topic or last_topic is None:  # a topic is checked once per run of records to it
+                problem = topic_problem(topic)
+                if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
+                    rejected.append((i, problem))
+                    continue
+                assert isinstance(topic, str)
                 last_topic, parts = topic, await self._partitions(topic)
-            part = self._partition(parts, key, keyless)
-            groups.setdefault((topic, part), []).append((i, key, value, headers))
+            assert last_topic is not None
+            groups.setdefault((last_topic, self._partition(parts, key, keyless)), []).append((i, key, value, headers))
         sends, failure = await self._send(groups)
         results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
         delivered: list[int] = []

@@ -220,7 +220,7 @@ class KafkaOnramp(Onramp):
                 entry = track.dispatched(msgs[0].offset, msgs[-1].offset)
                 metas = [
                     {"kafka_topic": m.topic, "kafka_partition": m.partition, "kafka_offset": m.offset, "kafka_key": m.key,
-                     "kafka_headers": {k: v for k, v in (m.headers or ())}, "kafka_timestamp": m.timestamp}
+                     "kafka_headers": dict(h) if (h := m.headers) else {}, "kafka_timestamp": m.timestamp}
                     for m in msgs
                 ]  # fmt: skip
                 payloads = [m.value if m.value is not None else b"" for m in msgs]
