@@ -42,6 +42,11 @@ class Offramp:
     # True: ``write`` also takes ``nbytes=``, the total length of ``chunks`` when the runtime
     # knows it (else None), so a sink that only counts need not touch every record
     takes_nbytes: ClassVar[bool] = False
+    # writes the runtime may have in flight at once (each awaiting its confirmation), started in
+    # inbox order. >1 only for a sink that keeps the order of what it was handed (Kafka: per
+    # partition) and whose acks may complete out of order; a failed write is retried while later
+    # ones may already be confirmed (at least once: order can differ only after a failure).
+    max_in_flight: int = 1
 
     def __init__(self, config: Any, context: PluginContext) -> None:
         self.config = config

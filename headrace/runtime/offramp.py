@@ -206,15 +206,36 @@ class OfframpRunner(Runner):
         await self.plugin.stop()
 
     async def run(self) -> None:
+        depth = max(int(self.plugin.max_in_flight), 1)
+        writing: set[asyncio.Task[None]] = set()  # deliveries in flight (at most ``depth``)
         try:
             limit = self.plugin.coalesce_events
             while (batch := await self.inbox.get()) is not None:
                 if limit:
                     batch = self.coalesce(batch, limit)
-                await self.deliver(batch)
+                if depth == 1:
+                    await self.deliver(batch)
+                    continue
+                prepared = await self.prepare(batch)  # here, in order: only the writes overlap
+                if prepared is None:
+                    continue
+                while len(writing) >= depth:
+                    done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                    for t in done:
+                        t.result()  # a fault of the runner itself ends it, as without pipelining
+                # a write starts by handing its records over, before any await: writes reach the sink in inbox order
+                writing.add(asyncio.create_task(self.send(*prepared)))
+                await asyncio.sleep(0)
+            while writing:
+                done, writing = await asyncio.wait(writing)
+                for t in done:
+                    t.result()
             if self.started:
                 await self.plugin.flush()
         finally:
+            for t in writing:
+                t.cancel()
+            await asyncio.gather(*writing, return_exceptions=True)
             for inbox in self.closes:
                 inbox.close()
 
@@ -232,18 +253,28 @@ class OfframpRunner(Runner):
         return parts[0] if len(parts) == 1 else join(parts)
 
     async def deliver(self, batch: Batch) -> None:
+        prepared = await self.prepare(batch)
+        if prepared is not None:
+            await self.send(*prepared)
+
+    async def prepare(self, batch: Batch) -> tuple[Batch, list[bytes]] | None:
+        """Validate and encode; what cannot be written goes to err. The records to write, or None."""
         self.stats.received.inc(len(batch))
         self.stats.received_bytes.inc(batch.nbytes)
         if batch.unchecked and batch.payloads is not None and batch.values is None:
             batch = await self.validate(batch)
             if not len(batch):
-                return
+                return None
         records, bad = self.encode(batch)
         if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
             log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
             batch, records = await self.reject(batch, records, bad, unencoded=True)
             if not len(batch):
-                return
+                return None
+        return batch, records
+
+    async def send(self, batch: Batch, records: list[bytes]) -> None:
+        """Write until the peer confirmed (retries with backoff), then count and ack."""
         backoff = Backoff()
         while True:
             try:

@@ -80,8 +80,8 @@ def program(tmp_path: Path, chain: list[tuple[str, bool]], lazy: bool = False) -
     return prog
 
 
-def flatten(resp: Response, recs: list[bytes]) -> dict[str, Any]:
-    """Everything the parent would see, independent of how the response is laid out."""
+def flatten(resp: Response, recs: list[bytes], metas: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything the parent would see (``metas``: what it sent), independent of how the response is laid out."""
     ports: dict[tuple[str, str], list[Any]] = {}
     for o in resp.outputs:
         src, lens = array("I"), array("i")
@@ -97,7 +97,11 @@ def flatten(resp: Response, recs: list[bytes]) -> dict[str, Any]:
             else:
                 data = bytes(resp.blob[pos : pos + n])
                 pos += n
-            meta = o.metas[j] if o.metas is not None else {}
+            if o.metas_as_sent:  # the parent keeps the metas it sent
+                assert metas is not None
+                meta = metas[i]
+            else:
+                meta = o.metas[j] if o.metas is not None else {}
             items.append((i, pickle.loads(data) if o.codec == PICKLED else json.loads(data), meta))
     return {"ports": ports, "failures": resp.failures, "counts": resp.counts}
 
@@ -115,9 +119,9 @@ def test_fused_equals_batchwise(tmp_path: Path, name: str, with_metas: bool) -> 
     metas = [{"partition": i % 3} for i in range(len(recs))] if with_metas else None
     prog = program(tmp_path, CHAINS[name])
     assert prog.fused is not None, "a chain of def stages is fused"
-    fused = flatten(run(prog, recs, metas), recs)
+    fused = flatten(run(prog, recs, metas), recs, metas)
     prog.fused = None
-    batchwise = flatten(run(prog, recs, metas), recs)
+    batchwise = flatten(run(prog, recs, metas), recs, metas)
     assert fused == batchwise
     assert fused["failures"] and fused["failures"][0][0] == 42
 
@@ -131,8 +135,8 @@ def test_lazy_views_give_what_dicts_give(tmp_path: Path, with_metas: bool) -> No
     metas = [{"partition": i % 3} for i in range(len(recs))] if with_metas else None
     lazy = program(tmp_path, [("keep", True)], lazy=True)
     assert lazy.fused is not None and lazy.fused.views
-    got = flatten(run(lazy, recs, metas), recs)
-    want = flatten(run(program(tmp_path, [("keep", True)]), recs, metas), recs)
+    got = flatten(run(lazy, recs, metas), recs, metas)
+    want = flatten(run(program(tmp_path, [("keep", True)]), recs, metas), recs, metas)
     assert repr(got).replace("csimdjson.Array", "list").replace("csimdjson.Object", "dict") == repr(want)
 
 

@@ -115,3 +115,59 @@ def test_a_classifier_with_a_few_dozen_distinct_metas_is_still_shared() -> None:
     shared = share_equal(metas)
     assert len({id(m) for m in shared}) == 17
     assert shared == metas
+
+
+AS_SENT_STAGES = '''
+import enum
+
+
+class Level(enum.IntEnum):
+    ONE = 1
+
+
+def keep(event, meta):
+    return event
+
+
+def header(event, meta):
+    if event["id"] == 3:
+        meta["kafka_headers"]["seen"] = b"1"  # a nested write
+    return event
+
+
+def retype(event, meta):
+    if event["id"] == 2:
+        meta["kafka_partition"] = Level.ONE  # equal to 1, not the same value
+    return event
+
+
+def twice(event, meta):
+    return [event, dict(event)]
+'''
+
+
+@pytest.mark.parametrize(("stage", "as_sent"), [("keep", True), ("header", False), ("retype", False), ("twice", False)])
+def test_metas_come_back_only_when_a_stage_changed_one(tmp_path: Path, stage: str, as_sent: bool) -> None:
+    """Unchanged metas stay in the parent (none cross back); a nested write, a value of another type
+    that compares equal, or an input leaving twice sends them back, as the stage left them."""
+    (tmp_path / "assentstages.py").write_text(AS_SENT_STAGES)
+    cfg = PythonOperator.Config.model_validate({"fn": f"assentstages:{stage}"})
+    prog = SegmentProgram(SegmentSpec("seg", [NodeDef("s0", "python", cfg, tmp_path)]))
+    prog.setup()
+    recs = [json.dumps({"id": i}).encode() for i in range(5)]
+    sent = [{"kafka_partition": 1, "kafka_offset": 10 + i, "kafka_key": b"k", "kafka_headers": {}} for i in range(5)]
+    req = Request(1, "seg", "json", array("I", map(len, recs)).tobytes(), b"".join(recs), pickle.loads(pickle.dumps(sent)),
+                  array("q", [0] * len(recs)).tobytes())  # fmt: skip
+    resp = pickle.loads(pickle.dumps(prog.execute(req), protocol=5))
+    outs = [o for o in resp.outputs if o.port == "out"]
+    assert all(o.metas_as_sent == as_sent for o in outs)
+    if as_sent:
+        assert all(o.metas is None for o in outs)
+        return
+    got = [m for o in outs for m in o.metas]
+    if stage == "header":
+        assert got[3]["kafka_headers"] == {"seen": b"1"} and got[2]["kafka_headers"] == {}
+    if stage == "retype":
+        assert type(got[2]["kafka_partition"]).__name__ == "Level" and type(got[1]["kafka_partition"]) is int
+    if stage == "twice":
+        assert len(got) == 10

@@ -75,6 +75,9 @@ class KafkaOfframpConfig(PluginConfig):
     batch_bytes: Size = Field(512 * 1024, ge=1024, description="producer batch size")
     max_message_bytes: Size = Field(1_000_000, ge=1, description="larger records go to err")
     request_timeout: Duration = Field(30.0, gt=0, description="per request")
+    max_in_flight: int = Field(4, ge=1, le=64, description="writes awaiting the broker's confirmation at once; records are handed to "
+                                                          "the producer in order (order per partition holds; after a failed write "
+                                                          "its retry may follow later records)")
     client: dict[str, Any] = Field(default_factory=dict, description="extra AIOKafkaProducer options (TLS/SASL)")
 
 
@@ -101,6 +104,8 @@ class KafkaOfframp(Offramp):
         self._rr = itertools.count()
         self._parts: dict[str, tuple[float, list[int]]] = {}
         self._hashes: dict[bytes, int] = {}  # key -> its murmur2 hash (pure Python, ~5 us a call): keys repeat
+        self.max_in_flight = config.max_in_flight
+        self._handing = asyncio.Lock()  # writes hand their records to the producer one after the other, in call order
 
     def check(self) -> None:
         if (self.cfg.topic is None) == (self.cfg.topic_expr is None):
@@ -166,32 +171,33 @@ class KafkaOfframp(Offramp):
         assert self.producer is not None, "start() was not called"
         rejected: list[tuple[int, str]] = []
         groups: dict[tuple[str, int], list[Record]] = {}
-        keyless = next(self._rr)
-        last_topic: str | None = None
-        parts: list[int] = []
-        for i, value in enumerate(chunks):
-            meta = metas[i] if metas is not None and i < len(metas) else {}
-            if len(value) > self.cfg.max_message_bytes:
-                rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"))
-                continue
-            try:
-                topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
-                key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
-                hdrs = self.headers_fn(meta) if self.headers_fn else {}
-                headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else []
-            except Exception as exc:
-                rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
-                continue
-            if topic != last_topic or last_topic is None:  # a topic is checked once per run of records to it
-                problem = topic_problem(topic)
-                if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
-                    rejected.append((i, problem))
+        async with self._handing:  # in call order: records reach the producer (and each partition) in the order written
+            keyless = next(self._rr)
+            last_topic: str | None = None
+            parts: list[int] = []
+            for i, value in enumerate(chunks):
+                meta = metas[i] if metas is not None and i < len(metas) else {}
+                if len(value) > self.cfg.max_message_bytes:
+                    rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"))
                     continue
-                assert isinstance(topic, str)
-                last_topic, parts = topic, await self._partitions(topic)
-            assert last_topic is not None
-            groups.setdefault((last_topic, self._partition(parts, key, keyless)), []).append((i, key, value, headers))
-        sends, failure = await self._send(groups)
+                try:
+                    topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
+                    key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
+                    hdrs = self.headers_fn(meta) if self.headers_fn else {}
+                    headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else []
+                except Exception as exc:
+                    rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
+                    continue
+                if topic != last_topic or last_topic is None:  # a topic is checked once per run of records to it
+                    problem = topic_problem(topic)
+                    if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
+                        rejected.append((i, problem))
+                        continue
+                    assert isinstance(topic, str)
+                    last_topic, parts = topic, await self._partitions(topic)
+                assert last_topic is not None
+                groups.setdefault((last_topic, self._partition(parts, key, keyless)), []).append((i, key, value, headers))
+            sends, failure = await self._send(groups)
         results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
         delivered: list[int] = []
         for (_, idx), result in zip(sends, results, strict=True):

@@ -67,6 +67,14 @@ class SegmentProgram:
             st.teardown()
 
     def execute(self, req: Request) -> Response:
+        # each input meta as pickle would send it back: outputs whose metas are all unchanged are not sent back
+        before = [_pickle(m) for m in req.metas] if req.metas is not None else None
+        resp = self._execute(req)
+        if before is not None:
+            _metas_as_sent(resp, before)
+        return resp
+
+    def _execute(self, req: Request) -> Response:
         t0 = time.process_time_ns()
         ingest = array("q")
         ingest.frombytes(req.ingest)
@@ -177,3 +185,23 @@ class SegmentProgram:
 
 def _pickle(value: Any) -> bytes:
     return pickle.dumps(value, protocol=5)
+
+
+def _metas_as_sent(resp: Response, before: list[bytes]) -> None:
+    """Mark outputs whose every meta pickles as its input's did (the same values, of the same types):
+    the parent then uses the metas it sent and none cross back. An input that left by several
+    outputs, or twice, keeps its metas in the answer (each copy its own dict in the parent)."""
+    claimed: set[int] = set()
+    for out in resp.outputs:
+        if out.metas is None or out.codec == PICKLED:
+            continue
+        if out.identity:
+            src: Any = range(len(out.metas))
+        else:
+            src = array("I")
+            src.frombytes(out.src)
+        if len(src) != len(out.metas) or len(set(src)) != len(src) or not claimed.isdisjoint(src):
+            continue
+        if all(_pickle(m) == before[i] for i, m in zip(src, out.metas, strict=True)):
+            out.metas, out.metas_as_sent = None, True
+            claimed.update(src)

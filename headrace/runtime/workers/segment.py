@@ -224,7 +224,7 @@ class PooledChainRunner(Runner):
         """The events of one output of a worker's answer, as a batch (the original bytes where unchanged)."""
         if out.identity and out.codec == chunk.codec and chunk.payloads is not None:
             # every input, in order, untouched: the original bytes as they are
-            return chunk.remade(None, chunk.payloads, out.metas, out.codec, nbytes=chunk.nbytes)
+            return chunk.remade(None, chunk.payloads, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes)
         src = array("I")
         src.frombytes(out.src)
         lens = array("i")
@@ -233,7 +233,7 @@ class PooledChainRunner(Runner):
         n = len(src)
         if orig is not None and n == len(chunk) and out.codec == chunk.codec and lens.count(UNCHANGED) == n and src == array("I", range(n)):
             # untouched, in order: the original bytes as they are
-            return chunk.remade(None, orig, out.metas, out.codec, nbytes=chunk.nbytes)
+            return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes)
         pos = out.start
         mv = memoryview(blob)
         if out.codec == PICKLED:  # values the job's codec could not hold (e.g. bytes for json): downstream decides
@@ -241,7 +241,7 @@ class PooledChainRunner(Runner):
             for ln in lens:
                 values.append(pickle.loads(mv[pos : pos + ln]))
                 pos += ln
-            return chunk.remade(src.tolist(), [None] * n, out.metas, chunk.codec, values=values)  # type: ignore[arg-type]
+            return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values)  # type: ignore[arg-type]
         payloads: list[bytes | None] = []
         for i, ln in zip(src, lens, strict=True):
             if ln == UNCHANGED:
@@ -249,7 +249,15 @@ class PooledChainRunner(Runner):
             else:
                 payloads.append(bytes(mv[pos : pos + ln]))
                 pos += ln
-        return chunk.remade(src.tolist(), payloads, out.metas, out.codec)
+        return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec)
+
+
+def _metas(chunk: Batch, out: Any, src: array[int] | None) -> list[dict[str, Any]] | None:
+    """An output's metas: from the answer, or (``metas_as_sent``) the ones the parent sent."""
+    if not out.metas_as_sent or chunk.metas is None:
+        return out.metas  # type: ignore[no-any-return]
+    metas = chunk.metas
+    return metas if src is None else [metas[i] for i in src]
 
 
 def _joinable(a: Batch, b: Batch) -> bool:

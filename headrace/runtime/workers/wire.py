@@ -43,6 +43,7 @@ class Output:
     codec: str
     start: int  # offset of this output's encodings in the response blob
     identity: bool = False  # every input, in order, unchanged: src and lens are left empty
+    metas_as_sent: bool = False  # each event's meta is the one its input had (metas is None): the parent keeps its own
 
 
 @dataclass
