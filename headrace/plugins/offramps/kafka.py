@@ -41,6 +41,7 @@ from headrace.contract.units import Duration, Size
 log = logging.getLogger("headrace.kafka")
 PARTITIONS_TTL = 30.0
 KEY_MEMO = 65_536  # keys whose partition hash is remembered
+NO_HEADERS: list[tuple[str, bytes]] = []  # shared by records without headers (the producer only reads it)
 _TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 # broker answers that sending the same records again cannot change
 FINAL_ERRORS = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError", "InvalidTopicError", "CorruptRecordException",
@@ -183,8 +184,8 @@ class KafkaOfframp(Offramp):
                 try:
                     topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
                     key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
-                    hdrs = self.headers_fn(meta) if self.headers_fn else {}
-                    headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else []
+                    hdrs = self.headers_fn(meta) if self.headers_fn else None
+                    headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else NO_HEADERS
                 except Exception as exc:
                     rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
                     continue

@@ -18,6 +18,7 @@ import pickle
 from array import array
 from collections import deque
 from collections.abc import Hashable
+from itertools import accumulate, pairwise
 from typing import Any
 
 from headrace.config.graph import Graph
@@ -242,6 +243,10 @@ class PooledChainRunner(Runner):
                 values.append(pickle.loads(mv[pos : pos + ln]))
                 pos += ln
             return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values)  # type: ignore[arg-type]
+        if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): one copy of the region, a slice each
+            ends = list(accumulate(lens, initial=0))
+            region = bytes(mv[pos : pos + ends[-1]])
+            return chunk.remade(src.tolist(), [region[a:b] for a, b in pairwise(ends)], _metas(chunk, out, src), out.codec)
         payloads: list[bytes | None] = []
         for i, ln in zip(src, lens, strict=True):
             if ln == UNCHANGED:
