@@ -40,6 +40,10 @@ def worker_count(setting: Any) -> int:
     return int(setting)
 
 
+# daemon settings a reload applies at once (read where used, or handed to the pool and the loop guard)
+LIVE_DAEMON_SETTINGS = frozenset({"shutdown_timeout", "start_timeout", "stage_timeout", "loop_block_threshold", "state_dir"})
+
+
 class Daemon:
     def __init__(self, config_path: str, watch: bool = False, early: list[str] | None = None) -> None:
         self.early = early if early is not None else record_early_signals()
@@ -351,16 +355,25 @@ class Daemon:
         return {"ok": False, "errors": errors}
 
     def _daemon_settings(self, old: Graph, new: Graph) -> list[str]:
-        """Apply the daemon settings a running daemon can change; the names of those it cannot."""
+        """Apply the daemon settings a running daemon can change; the names of those it cannot
+        (every other ``daemon:`` setting that changed: components a reload keeps, the admin
+        endpoint and the running workers were built with the old value)."""
         a, b = old.daemon, new.daemon
         if self.pool is not None:
             self.pool.stage_timeout = b.stage_timeout
         self.guard.threshold = b.loop_block_threshold
         restart = []
-        if self.pool is not None and worker_count(b.workers) != self.pool.size:
-            restart.append("workers")
-        if a.metrics.listen != b.metrics.listen:
-            restart.append("metrics.listen")
+        for key in sorted(type(b).model_fields):
+            if key in LIVE_DAEMON_SETTINGS:
+                continue
+            before, after = getattr(a, key), getattr(b, key)
+            if key == "workers":
+                if self.pool is not None and worker_count(after) != self.pool.size:
+                    restart.append(key)
+            elif key == "metrics":
+                restart += [f"metrics.{k}" for k in sorted(type(after).model_fields) if getattr(before, k) != getattr(after, k)]
+            elif before != after:
+                restart.append(key)
         return restart
 
     async def _watch(self, interval: float = 0.5, debounce: float = 1.0) -> None:

@@ -198,3 +198,35 @@ links: {tick: [main], main: [out]}
         assert "config file or a stage module changed; reloading" in d.stderr()
     finally:
         assert d.stop() == 0, d.stderr()
+
+
+def test_a_reload_names_every_daemon_setting_it_cannot_apply(tmp_path: Path, write: Any) -> None:
+    """Issue 17 bug 3's class: every ``daemon:`` setting a reload does not apply is named in the answer
+    and the log (was: only workers and metrics.listen; batch_size, the queue bounds, allowed_hosts and
+    worker_max_rss changed silently nothing for what kept running); the ones it applies are not."""
+    port = free_port()
+    write("stages.py", STAGES)
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 2, metrics: {{listen: "127.0.0.1:{port}"}}, batch_size: 64, queue_events: 1000, shutdown_timeout: 20s}}
+onramps: {{tick: {{type: metronome, config: {{interval: 5ms}}}}}}
+pipelines: {{main: [{{op: python, fn: "stages:work"}}]}}
+offramps: {{out: {{type: file, config: {{path: out.ndjson}}}}}}
+links: {{tick: [main], main: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(ids(tmp_path / "out.ndjson")) > 10)
+        cfg.write_text(cfg.read_text().replace("workers: 2", "workers: 1").replace("batch_size: 64", "batch_size: 32")
+                       .replace("queue_events: 1000", "queue_events: 500").replace("shutdown_timeout: 20s", "shutdown_timeout: 5s")
+                       .replace('"}, batch_size', '", allowed_hosts: [example.org]}, batch_size')
+                       .replace("daemon: {workers: 1,", "daemon: {workers: 1, worker_max_rss: 1GiB, stage_timeout: 30s,"))
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/reload", method="POST", headers=RELOAD_HEADERS)
+        body = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        assert body["ok"] is True
+        assert body["restart_required"] == ["batch_size", "metrics.allowed_hosts", "queue_events", "worker_max_rss", "workers"]
+        for key in body["restart_required"]:
+            assert f"reload: daemon.{key} changed; it takes effect only after a restart" in d.stderr()
+        assert "daemon.shutdown_timeout changed" not in d.stderr() and "daemon.stage_timeout changed" not in d.stderr()
+    finally:
+        assert d.stop() == 0, d.stderr()

@@ -98,6 +98,6 @@ def test_a_python_stage_changes_with_its_module_source(tmp_path: Path) -> None:
 
 def test_daemon_settings_are_not_part_of_any_component(tmp_path: Path) -> None:
     """``daemon:`` is not in any signature: a reload that only changes batch_size or the queue sizes restarts
-    no component. (So kept components keep the batch size and queue bounds they were built with, while the
-    reload's answer does not name these settings in restart_required.)"""
+    no component. (Kept components keep the batch size and queue bounds they were built with: the reload's
+    answer names these settings in restart_required, tests/daemon/test_reload.py.)"""
     assert diff(tmp_path, BASE.replace("batch_size: 256", "batch_size: 64, queue_events: 100")) == {"unchanged": ALL}
