@@ -211,6 +211,7 @@ class OnrampRunner(Runner):
                 failed_at = time.monotonic()
                 self.stats.error("restart")
                 await self.end_of_stream()  # a record cut short by the failure is not glued to what comes after
+                self.plugin.ready = False  # /ready answers 503 until the restarted source is ready again
                 try:
                     await self.plugin.stop()
                 except Exception:
@@ -270,6 +271,7 @@ class OnrampRunner(Runner):
                 inbox.close()
 
     async def release(self) -> None:
+        self.plugin.ready = False
         await self.plugin.stop()
 
     def stop(self) -> None:
