@@ -52,6 +52,8 @@ EXPECTED_ALERTS = {
     "HeadraceKafkaLagGrowing",
     "HeadraceWorkerRestarts",
     "HeadraceReloadFailed",
+    "HeadraceEventsStuck",
+    "HeadraceNoWorkerUp",
     "HeadraceLoopBlocked",
 }
 
