@@ -68,6 +68,8 @@ class Daemon:
         except ConfigError as exc:
             log.error("invalid config:\n%s", exc)
             return EX_CONFIG
+        for issue in self.graph.warnings:  # what `headrace check` warns about, said by `run` too
+            log.warning("config: %s: warning: %s", issue.position, issue.message)
         workers = worker_count(self.graph.daemon.workers)
         if workers > 0 and _needs_pool(self.graph):
             from headrace.runtime.workers.pool import WorkerPool
@@ -306,6 +308,8 @@ class Daemon:
         t0 = time.monotonic()
         try:
             new = load_file(self.config_path)
+            for issue in new.warnings:
+                log.warning("reload: config: %s: warning: %s", issue.position, issue.message)
         except ConfigError as exc:
             log.error("reload rejected, the running config stays:\n%s", exc)
             return self._reload_failed("reload failed; running the previous config", [str(i) for i in exc.issues])

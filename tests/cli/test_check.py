@@ -178,3 +178,11 @@ def test_unquoted_reference_in_a_flow_mapping_gets_a_hint(tmp_path: Path) -> Non
     assert r.returncode == 78
     assert r.stderr.decode() == ('c.yaml:9:21: ${STATE_DIRECTORY}/dlq.ndjson must be quoted inside {...} or [...] (a flow collection, '
                                  'where { and } are YAML syntax): write "${STATE_DIRECTORY}/dlq.ndjson"\n')  # fmt: skip
+
+
+def test_run_logs_the_warnings_check_prints(tmp_path: Path) -> None:
+    """``run`` says what ``check`` warns about (was: silent, so a journal never showed that a port drops events)."""
+    write(tmp_path, "w.yaml", UNLINKED_ROUTE_PORT)
+    r = headrace("run", "w.yaml", cwd=tmp_path, input=b"")
+    assert r.returncode == 0, r.stderr
+    assert "w.yaml:6:7: warning: port main/alerts is not linked: its events will be counted and dropped" in r.stderr.decode()
