@@ -4,7 +4,8 @@
 (``write`` returned it; for a pipe, the reader's side holds it). Writes go to the file
 descriptor directly, not through Python's buffer, so a short write continues where it
 stopped, a stream in non-blocking mode (a parent set it on a shared pipe) is waited on
-instead of failing, and a write that fails part-way confirms the records before the
+instead of failing, a blocking one is written from a thread (a reader that does not keep
+up holds the offramp, never the event loop), and a write that fails part-way confirms the records before the
 failure: only the rest is retried, and a record cut in two is completed, not written
 again (with postprocessors that frame each record on its own, such as ``lines``; after
 compression, which mixes records, the batch is written again whole). A closed pipe (the reader went away, ``| head``) will not come back: the records
@@ -47,9 +48,11 @@ class StdoutOfframp(Offramp):
         if self.torn is not None and chunks and chunks[0] == self.torn[0]:
             pos = self.torn[1]  # its head is out already: only the tail goes
         self.torn = None
+        loop = asyncio.get_running_loop()
         while pos < len(data):
             try:
-                pos += os.write(fd, data[pos:])
+                # in a thread: a blocking stream whose reader is slow (a full pipe) holds this write, not the loop
+                pos += await loop.run_in_executor(None, os.write, fd, data[pos:])
             except (BlockingIOError, InterruptedError):
                 await _writable(fd)
             except OSError as exc:
