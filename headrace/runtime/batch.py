@@ -166,8 +166,9 @@ class Batch:
         """The events at the indices of ``reasons`` for an ``err`` port, each with
         ``meta.error = {stage, type: kind, message: reason}``; takes a share of their acks.
 
-        ``as_text``: records that are not valid in their codec travel as text (their bytes,
-        ``sample`` of them at most). ``payloads``/``codec``: their encodings in another codec
+        ``as_text``: records that are not valid in their codec travel as their text, or as their
+        exact bytes when they are not UTF-8 (JSON writes those as ``{"base64": ...}``), ``sample``
+        bytes of them at most. ``payloads``/``codec``: their encodings in another codec
         (what an offramp made), replacing theirs."""
         idx = [i for i, _ in reasons]
         metas = []
@@ -184,7 +185,7 @@ class Batch:
             raws = [(self.payloads[i] or b"") if self.payloads is not None else b"" for i in idx]
             if sample is not None:
                 raws = [r[:sample] for r in raws]
-            return Batch(payloads=raws, values=[r.decode("utf-8", "backslashreplace") for r in raws], metas=metas, ingest=ingest,  # type: ignore[arg-type]
+            return Batch(payloads=raws, values=[_text_or_bytes(r) for r in raws], metas=metas, ingest=ingest,  # type: ignore[arg-type]
                          acks=acks, codec="binary", origin=self.origin, group=self.group)  # fmt: skip
         return Batch(payloads=take(self.payloads, idx) if self.payloads is not None else None,
                      values=take(self.values, idx) if self.values is not None else None, metas=metas, ingest=ingest, acks=acks,
@@ -207,6 +208,13 @@ class Batch:
             add_each(acks, 1)
         return Batch(payloads=payloads, values=values, metas=metas, ingest=take(self.ingest, src), acks=acks, codec=codec, nbytes=nbytes,  # type: ignore[arg-type]
                      origin=self.origin, group=self.group)  # fmt: skip
+
+
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def _size(payloads: list[bytes | None]) -> int:

@@ -4,6 +4,7 @@ crashes, and the rest flows."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -68,7 +69,12 @@ def records(k: int, name: str) -> list[bytes]:
 
 
 def marker_of(entry: dict[str, Any]) -> str | None:
-    found = MARK.search(json.dumps(entry["event"]))
+    event = entry["event"]
+    if isinstance(event, dict) and set(event) == {"base64"}:  # a record that is not UTF-8: its exact bytes
+        text = base64.b64decode(event["base64"]).decode("utf-8", "replace")
+    else:
+        text = json.dumps(event)
+    found = MARK.search(text)
     return found.group(0) if found else None
 
 
