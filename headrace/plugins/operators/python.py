@@ -72,8 +72,9 @@ def _import_callable(spec: str, base_dir: Path) -> Any:
     module, _, attr = spec.partition(":")
     base = str(base_dir)
     top = module.partition(".")[0]
-    _refuse_shadowing(top, base_dir)
-    _forget_elsewhere(top, base_dir)
+    if (base_dir / f"{top}.py").exists() or (base_dir / top / "__init__.py").exists():  # a stage module beside the config
+        _refuse_shadowing(top)
+        _forget_elsewhere(top, base_dir)
     if not sys.path or sys.path[0] != base:
         if base in sys.path:
             sys.path.remove(base)
@@ -89,13 +90,11 @@ def _import_callable(spec: str, base_dir: Path) -> Any:
         raise ImportError(f"module '{module}' has no attribute '{attr}'") from None
 
 
-def _refuse_shadowing(top: str, base_dir: Path) -> None:
+def _refuse_shadowing(top: str) -> None:
     """A stage module beside the config named like a module of Python or of an installed package
     (``http.py``, ``json.py``) works in ``check`` but not in ``run``, where the daemon has already
-    imported the real one: refuse it in both, with a clear message."""
-    local = base_dir / f"{top}.py"
-    if not local.exists() and not (base_dir / top / "__init__.py").exists():
-        return  # not beside the config: an installed module, imported as such
+    imported the real one: refuse it in both, with a clear message. (A module not beside the
+    config is an installed one, imported as such.)"""
     where = None
     if top in sys.stdlib_module_names:
         where = "a module of Python's standard library"
@@ -108,15 +107,13 @@ def _refuse_shadowing(top: str, base_dir: Path) -> None:
 
 
 def _forget_elsewhere(top: str, base_dir: Path) -> None:
-    """A stage module already imported from another folder (another config's ``stages.py`` in
+    """A stage module beside the config, already imported from another folder (another config's ``stages.py`` in
     ``headrace test`` or a reload of a moved config) is dropped, so this config gets its own.
     A module of the same name that is not a stage module (imported by headrace or a test
     harness) is refused: importing would silently hand over the wrong code."""
     mod = sys.modules.get(top)
     if mod is None or _lives_in(mod, base_dir):
         return
-    if not (base_dir / f"{top}.py").exists() and not (base_dir / top / "__init__.py").exists():
-        return  # not beside the config: the module already imported is the one meant
     if top not in _SOURCES and not any(name.startswith(top + ".") for name in _SOURCES):
         where = getattr(mod, "__file__", None) or "a namespace"
         raise ImportError(f"the stage module '{top}' beside the config has the name of a module already imported from {where}; "
