@@ -11,7 +11,6 @@ and the plugin's model, so that adding a plugin elsewhere does not break these t
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from headrace import registry
 from headrace.config.errors import ConfigError
 from headrace.config.load import load_file
 from headrace.plugins.onramps.file import FileOnramp
+from tests.support.imports import restored_imports
 
 ONRAMPS = ", ".join(registry.names("onramps"))
 OFFRAMPS = ", ".join(registry.names("offramps"))
@@ -42,11 +42,8 @@ STAGE_FILES = {
 @pytest.fixture(autouse=True)
 def isolated_imports() -> Iterator[None]:
     """Stage imports put the config folder on sys.path and modules in sys.modules: undo both."""
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored_imports():
+        yield
 
 
 def write_config(folder: Path, text: str) -> Path:

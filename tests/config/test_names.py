@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from headrace.config.errors import ConfigError
 from headrace.config.load import load_file
+from tests.support.imports import restored_imports
 
 TEMPLATE = """\
 version: 1
@@ -28,11 +28,8 @@ ROUTE = "    - {op: route, routes: {alerts: \"event['level'] == 'error'\"}}"
 
 @pytest.fixture(autouse=True)
 def isolated_imports() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored_imports():
+        yield
 
 
 def nodes(tmp_path: Path, *stages: str) -> list[str]:

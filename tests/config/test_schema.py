@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from headrace.contract.units import Duration, Size
 from tests.config.test_errors import INVALID, STAGE_FILES
 from tests.config.test_valid import ENV_CONFIG, VALID
 from tests.support.configs import ROOT, ConfigText, embedded_configs, example_configs, stub_stage_modules
+from tests.support.imports import restored_imports
 
 Validator = jsonschema.Draft202012Validator
 
@@ -43,27 +43,20 @@ def validator() -> Validator:
 
 @pytest.fixture(autouse=True)
 def isolated_imports() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored_imports():
+        yield
 
 
 def checked(cfg: ConfigText, folder: Path) -> bool:
     """Whether ``check`` accepts the config, with stand-ins for stage modules a test would write."""
     data = yaml.safe_load(cfg.text)
     stub_stage_modules(data, folder)
-    path, modules = list(sys.path), set(sys.modules)
-    try:
-        load_text(cfg.text, folder / "headrace.yaml", env={})
-        return True
-    except ConfigError:
-        return False
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
+    with restored_imports():
+        try:
+            load_text(cfg.text, folder / "headrace.yaml", env={})
+            return True
+        except ConfigError:
+            return False
 
 
 def schema_errors(validator: Validator, data: Any) -> list[str]:
@@ -187,15 +180,11 @@ def check_positions(text: str, folder: Path) -> set[tuple[int, int]]:
     (folder / "hr_schema_stage.py").write_text("def work(event, meta):\n    return event\n")
     for name, source in STAGE_FILES.items():
         (folder / name).write_text(source)
-    path, modules = list(sys.path), set(sys.modules)
-    try:
-        load_text(text, folder / "c.yaml", env={})
-    except ConfigError as exc:
-        return {(i.position.line, i.position.col) for i in exc.issues}
-    finally:
-        sys.path[:] = path
-        for name in set(sys.modules) - modules:
-            del sys.modules[name]
+    with restored_imports():
+        try:
+            load_text(text, folder / "c.yaml", env={})
+        except ConfigError as exc:
+            return {(i.position.line, i.position.col) for i in exc.issues}
     return set()
 
 

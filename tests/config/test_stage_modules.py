@@ -16,15 +16,13 @@ from pathlib import Path
 import pytest
 
 from headrace.plugins.operators.python import import_callable
+from tests.support.imports import restored_imports
 
 
 @pytest.fixture(autouse=True)
 def isolated_imports() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored_imports():
+        yield
 
 
 def folder(root: Path, name: str, answer: str, package: bool = False) -> Path:

@@ -13,15 +13,13 @@ from headrace.config.load import load_file
 from headrace.contract.context import PluginContext
 from headrace.plugins.offramps.file import FileOfframp
 from headrace.plugins.onramps.file import FileOnramp
+from tests.support.imports import restored_imports
 
 
 @pytest.fixture(autouse=True)
 def isolated_imports() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored_imports():
+        yield
 
 
 VALID = [

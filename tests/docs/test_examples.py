@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from headrace.config.load import load_file
 from headrace.contract.context import PluginContext
 from headrace.plugins.offramps.file import FileOfframp
+from tests.support.imports import restored_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.stem.endswith("_test"))
@@ -20,11 +20,8 @@ EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.stem.en
 
 @pytest.fixture(autouse=True)
 def isolated_imports() -> Iterator[None]:
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored_imports():
+        yield
 
 
 def git(*args: str) -> subprocess.CompletedProcess[str]:
