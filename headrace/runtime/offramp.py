@@ -213,11 +213,11 @@ class OfframpRunner(Runner):
             while (batch := await self.inbox.get()) is not None:
                 if limit:
                     batch = self.coalesce(batch, limit)
-                if depth == 1:
-                    await self.deliver(batch)
-                    continue
                 prepared = await self.prepare(batch)  # here, in order: only the writes overlap
                 if prepared is None:
+                    continue
+                if depth == 1:
+                    await self.send(*prepared)
                     continue
                 while len(writing) >= depth:
                     done, writing = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
@@ -251,11 +251,6 @@ class OfframpRunner(Runner):
             total += len(nxt)
             nbytes += nxt.nbytes
         return parts[0] if len(parts) == 1 else join(parts)
-
-    async def deliver(self, batch: Batch) -> None:
-        prepared = await self.prepare(batch)
-        if prepared is not None:
-            await self.send(*prepared)
 
     async def prepare(self, batch: Batch) -> tuple[Batch, list[bytes]] | None:
         """Validate and encode; what cannot be written goes to err. The records to write, or None."""
