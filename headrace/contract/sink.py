@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from headrace.contract.config import NoConfig, PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 
 Rejections = list[tuple[int, str]] | None
 
@@ -59,7 +60,7 @@ class Offramp:
     async def start(self) -> None:
         pass
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         """Deliver; return only once the peer confirmed every record not rejected (acks flow upstream).
 
         Raise to fail the whole batch: it is retried with backoff (``retryable`` decides).

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Protocol
 
 from headrace.contract.config import NoConfig, PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 
 
 class OnrampSink(Protocol):
@@ -15,7 +16,7 @@ class OnrampSink(Protocol):
         """A piece of a byte stream, framed by the onramp's preprocessors."""
 
     async def records(
-        self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
+        self, payloads: list[bytes], metas: Metas | None = None, ack: Any = None, group: Any = None,
         refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None,
     ) -> None:
         """Whole records (one message each); ``ack`` is handed back to ``Onramp.ack`` when all are done.

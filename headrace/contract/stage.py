@@ -16,7 +16,7 @@ Methods:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -35,11 +35,14 @@ STAGE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, Keyboard
 @dataclass(frozen=True)
 class PerRecord:
     """What ``Operator.per_record`` offers: the function, whether it never modifies its event
-    (``readonly``: the original bytes leave), and whether it may read lazy views of records."""
+    (``readonly``: the original bytes leave), whether it may read lazy views of records, and
+    whether it reads or writes its meta at all (``meta=False``: it is called with None for it,
+    and no per-record meta dict is built for it; its events leave with the metas they came with)."""
 
     fn: Callable[[Any, dict[str, Any]], Any]
     readonly: bool = False
     views: bool = False
+    meta: bool = True
 
 
 class Ev:
@@ -139,7 +142,7 @@ class Operator:
         ports. None (the default): the stage runs through ``process`` only. Call after ``setup``."""
         return None
 
-    def route_metas(self, metas: list[dict[str, Any]]) -> dict[str, list[int]] | None:
+    def route_metas(self, metas: Sequence[dict[str, Any]]) -> dict[str, list[int]] | None:
         """Optional fast path for stages that read only meta and never change events:
         return, per port, the indices of the events that go there (or None to use ``process``)."""
         return None

@@ -29,6 +29,7 @@ from pydantic import Field
 from headrace.contract.backoff import Backoff
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 from headrace.contract.sink import Offramp, Rejections
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.contract.units import Duration, Size
@@ -308,7 +309,7 @@ class StreamOfframp(Offramp):
         self.watch = asyncio.create_task(self._watch(reader))
         return writer
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         writer = await self._connected()
         try:
             writer.writelines(chunks)

@@ -4,6 +4,8 @@ A batch is columnar. ``payloads`` holds encoded records in ``codec`` (an entry i
 once that event was modified); ``values`` holds decoded values when some stage needed
 them. ``acks`` (one ref per event, or None for sources without acks) carry delivery
 tracking. ``origin`` names the onramp, whose ``err`` port receives decode failures.
+``metas`` is a list of dicts, or ``MetaColumns`` (a source's metas as columns: no dict per
+event is built until something reads one); every verb here keeps columns as columns.
 
 The runtime makes batches only through this module's verbs: ``Batch.source`` (what an
 onramp read), ``select`` and ``slice`` (some of the events), ``join`` (several batches as
@@ -25,6 +27,7 @@ from operator import itemgetter
 from typing import Any
 
 from headrace.contract.acks import AckRef, add_each
+from headrace.contract.metas import MetaColumns, Metas, join_metas, take_metas
 from headrace.contract.stage import Ev
 
 _I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
@@ -39,7 +42,7 @@ class Batch:
         *,
         payloads: list[bytes | None] | None = None,
         values: list[Any] | None = None,
-        metas: list[dict[str, Any]] | None = None,
+        metas: Metas | None = None,
         ingest: list[int],
         acks: list[AckRef] | None = None,
         codec: str | None = None,
@@ -76,7 +79,7 @@ class Batch:
     # -- verbs ---------------------------------------------------------------------------------
     @classmethod
     def source(cls, payloads: list[bytes], *, codec: str, origin: str, group: Hashable, ack: AckRef | None = None,
-               metas: list[dict[str, Any]] | None = None, nbytes: int | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None,
+               metas: Metas | None = None, nbytes: int | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None,
                ingest_ns: int | None = None) -> Batch:  # fmt: skip
         """What an onramp read: records not decoded (validated) yet, all of one ingest time, one ack ref."""
         n = len(payloads)
@@ -86,7 +89,7 @@ class Batch:
                    unchecked=True, wire=wire)  # fmt: skip
 
     @classmethod
-    def decoded(cls, values: list[Any], metas: list[dict[str, Any]] | None, *, codec: str, origin: str, group: Hashable,
+    def decoded(cls, values: list[Any], metas: Metas | None, *, codec: str, origin: str, group: Hashable,
                 ack: AckRef | None = None) -> Batch:  # fmt: skip
         """Events given as values (a test's injections), all of one ingest time, one ack ref."""
         n = len(values)
@@ -132,7 +135,7 @@ class Batch:
             part = Batch(
                 payloads=take(self.payloads, idx) if self.payloads is not None else None,
                 values=take(self.values, idx) if self.values is not None else None,
-                metas=take(self.metas, idx) if self.metas is not None else None,
+                metas=take_metas(self.metas, idx) if self.metas is not None else None,
                 ingest=take(self.ingest, idx), acks=take(self.acks, idx) if self.acks is not None else None,
                 codec=self.codec, origin=self.origin, group=self.group, unchecked=self.unchecked,
             )  # fmt: skip
@@ -157,7 +160,7 @@ class Batch:
 
         return Batch(
             payloads=self.payloads, values=copy.deepcopy(self.values) if self.values is not None else None,
-            metas=[dict(m) for m in self.metas] if self.metas is not None else None, ingest=self.ingest,
+            metas=_own_metas(self.metas), ingest=self.ingest,
             acks=self.acks, codec=self.codec, nbytes=self.nbytes, origin=self.origin, group=self.group, unchecked=self.unchecked,
         )  # fmt: skip
 
@@ -191,7 +194,7 @@ class Batch:
                      values=take(self.values, idx) if self.values is not None else None, metas=metas, ingest=ingest, acks=acks,
                      codec=self.codec, origin=self.origin, group=self.group)  # fmt: skip
 
-    def remade(self, src: list[int] | None, payloads: list[bytes | None] | list[bytes], metas: list[dict[str, Any]] | None, codec: str,
+    def remade(self, src: list[int] | None, payloads: list[bytes | None] | list[bytes], metas: Metas | None, codec: str,
                nbytes: int | None = None, share: bool = True, values: list[Any] | None = None) -> Batch:  # fmt: skip
         """Events of this batch (``src``: their indices, repeats allowed; None: all, in order) with new
         encodings and metas (a worker's answer, an offramp's records); ``share``: take a share of each ack.
@@ -208,6 +211,13 @@ class Batch:
             add_each(acks, 1)
         return Batch(payloads=payloads, values=values, metas=metas, ingest=take(self.ingest, src), acks=acks, codec=codec, nbytes=nbytes,  # type: ignore[arg-type]
                      origin=self.origin, group=self.group)  # fmt: skip
+
+
+def _own_metas(metas: Metas | None) -> Metas | None:
+    """Metas a second node may change without the first seeing it (columns build new dicts anyway)."""
+    if metas is None or isinstance(metas, MetaColumns):
+        return metas
+    return [dict(m) for m in metas]
 
 
 def _text_or_bytes(raw: bytes) -> str | bytes:
@@ -244,9 +254,7 @@ def _cat(columns: list[Any]) -> list[Any]:
 def join(parts: list[Batch]) -> Batch:
     """One batch holding the events of ``parts`` in order (see ``joinable``)."""
     first = parts[0]
-    metas = None
-    if any(p.metas is not None for p in parts):
-        metas = _cat([p.metas if p.metas is not None else [{} for _ in range(len(p))] for p in parts])
+    metas = join_metas([p.metas for p in parts], [len(p) for p in parts])
     return Batch(
         payloads=_cat([p.payloads for p in parts]) if first.payloads is not None else None,
         values=_cat([p.values for p in parts]) if first.values is not None else None,
@@ -320,9 +328,12 @@ def _value_types(meta: dict[str, Any]) -> tuple[type, ...] | None:
     return types if _SHAREABLE.issuperset(types) and _KEYS.issuperset(map(type, meta)) else None
 
 
-def unshare(metas: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each event its own meta dict (copies of the repeats ``share_equal`` made), before stages
-    that may write to them; the list itself when nothing is shared."""
+def unshare(metas: Metas) -> list[dict[str, Any]]:
+    """Each event its own meta dict (copies of the repeats ``share_equal`` made, or the dicts of
+    columns), before stages that may write to them; the list itself when nothing is shared."""
+    if isinstance(metas, MetaColumns):
+        return metas.materialize()
+    assert isinstance(metas, list)
     if len(set(map(id, metas))) == len(metas):
         return metas
     seen: set[int] = set()

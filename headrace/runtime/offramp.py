@@ -12,6 +12,7 @@ from headrace.contract.acks import done_each
 from headrace.contract.backoff import Backoff
 from headrace.contract.codec import Codec
 from headrace.contract.framing import Postprocessor
+from headrace.contract.metas import take_metas
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
@@ -161,7 +162,7 @@ class OfframpRunner(Runner):
     def _take(self, batch: Batch, records: list[bytes], idx: list[int]) -> tuple[Batch, list[bytes]]:
         """The events ``idx`` of ``batch`` (as encoded by this offramp) and their records; no new shares."""
         part = take(records, idx)
-        metas = take(batch.metas, idx) if batch.metas is not None else None
+        metas = take_metas(batch.metas, idx) if batch.metas is not None else None
         return batch.remade(idx, part, metas, self.spec.codec, share=False), part
 
     async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False) -> tuple[Batch, list[bytes]]:

@@ -14,6 +14,7 @@ from headrace.contract.acks import AckRef, done_each
 from headrace.contract.backoff import Backoff
 from headrace.contract.codec import Codec
 from headrace.contract.framing import Preprocessor
+from headrace.contract.metas import Metas
 from headrace.contract.source import Onramp
 from headrace.errors import safe_str
 from headrace.runtime.batch import Batch
@@ -145,7 +146,7 @@ class OnrampRunner(Runner):
         self.stats.error("framing", len(rejected))
         await self.router.send("err", Batch.rejected(rejected, self.spec.id, "FramingError", meta, origin=self.spec.id, group=self.group))
 
-    async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
+    async def records(self, payloads: list[bytes], metas: Metas | None = None, ack: Any = None, group: Any = None,
                       refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
         """Whole records from the source (their bytes count as received; streams count in ``chunk``).
 
@@ -171,13 +172,13 @@ class OnrampRunner(Runner):
         if keep:
             await self._out(batch.select(keep))
 
-    def _batch(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
+    def _batch(self, payloads: list[bytes], metas: Metas | None, ack: Any, group: Any, nbytes: int | None = None,
                wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> Batch:  # fmt: skip
         ref = AckRef(len(payloads), ack, self.plugin.ack, self.plugin.fail) if ack is not None else None
         return Batch.source(payloads, codec=self.codec, origin=self.spec.id, group=(self.group, group) if group is not None else self.group,
                             ack=ref, metas=metas, nbytes=nbytes, wire=wire)  # fmt: skip
 
-    async def _send(self, payloads: list[bytes], metas: list[dict[str, Any]] | None, ack: Any, group: Any, nbytes: int | None = None,
+    async def _send(self, payloads: list[bytes], metas: Metas | None, ack: Any, group: Any, nbytes: int | None = None,
                     wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
         if not payloads:
             return

@@ -45,6 +45,7 @@ from typing import Any
 
 from headrace import registry
 from headrace.contract.framing import Postprocessor
+from headrace.contract.metas import Metas
 from headrace.contract.sink import Offramp, PartialWrite
 from headrace.metrics.defs import Metrics
 from headrace.runtime.offramp import SelfFraming
@@ -123,7 +124,7 @@ def _indices(what: str, items: Any, events: int, call: str) -> list[int]:
     return idx
 
 
-async def _write(what: str, plugin: Offramp, framing: _Framing, records: list[bytes], metas: list[dict[str, Any]] | None,
+async def _write(what: str, plugin: Offramp, framing: _Framing, records: list[bytes], metas: Metas | None,
                  timeout: float) -> tuple[set[int], set[int], BaseException | None]:  # fmt: skip
     """One write as the runtime makes it: (delivered, rejected) event indices, and why the rest failed (None: nothing did)."""
     framing.seen.clear()
@@ -149,7 +150,7 @@ async def _write(what: str, plugin: Offramp, framing: _Framing, records: list[by
     return set(range(n)) - rejected, rejected, None
 
 
-async def _settled(what: str, plugin: Offramp, framing: _Framing, records: list[bytes], metas: list[dict[str, Any]] | None,
+async def _settled(what: str, plugin: Offramp, framing: _Framing, records: list[bytes], metas: Metas | None,
                    timeout: float) -> list[bytes]:  # fmt: skip
     """Write until every event is delivered or rejected, retrying only the others, as the runtime does; the delivered records."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -14,6 +14,7 @@ from typing import Any
 from headrace.config.graph import ComponentSpec
 from headrace.contract.acks import AckRef
 from headrace.contract.framing import Preprocessor
+from headrace.contract.metas import MetaColumns, Metas
 from headrace.contract.source import Onramp
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch
@@ -65,8 +66,8 @@ def _check_records(probe: SinkProbe, payloads: Any, metas: Any, ack: Any, group:
     if ack is not None and not n:
         probe.problem("records(): an ack token with no records is never acked (the runtime sends nothing for it)")
     if metas is not None:
-        if not isinstance(metas, list) or len(metas) != n or not all(isinstance(m, dict) for m in metas):
-            probe.problem("records(): metas must be None or one dict per record")
+        if not isinstance(metas, (list, MetaColumns)) or len(metas) != n or not all(isinstance(m, dict) for m in metas):
+            probe.problem("records(): metas must be None, one dict per record or MetaColumns of as many records")
         else:
             try:
                 pickle.dumps(metas)
@@ -103,7 +104,7 @@ class CheckedSink:
         _check_meta(self.probe, meta, "end_of_stream()")
         await self.runner.end_of_stream(meta)
 
-    async def records(self, payloads: list[bytes], metas: list[dict[str, Any]] | None = None, ack: Any = None, group: Any = None,
+    async def records(self, payloads: list[bytes], metas: Metas | None = None, ack: Any = None, group: Any = None,
                       refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
         self.probe.call("records")
         _check_records(self.probe, payloads, metas, ack, group, refused, wire)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from headrace.contract.metas import COLUMN, CONST, MetaColumns, header_dict
 from headrace.plugins.operators.python import PythonOperator
 from headrace.runtime.batch import share_equal, unshare
 from headrace.runtime.workers.program import NodeDef, SegmentProgram, SegmentSpec
@@ -146,16 +147,21 @@ def twice(event, meta):
 '''
 
 
+@pytest.mark.parametrize("form", ["dicts", "columns"])
 @pytest.mark.parametrize(("stage", "as_sent"), [("keep", True), ("header", False), ("retype", False), ("twice", False)])
-def test_metas_come_back_only_when_a_stage_changed_one(tmp_path: Path, stage: str, as_sent: bool) -> None:
+def test_metas_come_back_only_when_a_stage_changed_one(tmp_path: Path, stage: str, as_sent: bool, form: str) -> None:
     """Unchanged metas stay in the parent (none cross back); a nested write, a value of another type
-    that compares equal, or an input leaving twice sends them back, as the stage left them."""
+    that compares equal, or an input leaving twice sends them back, as the stage left them. The
+    same whether the parent sent dicts or a source's ``MetaColumns``."""
     (tmp_path / "assentstages.py").write_text(AS_SENT_STAGES)
     cfg = PythonOperator.Config.model_validate({"fn": f"assentstages:{stage}"})
     prog = SegmentProgram(SegmentSpec("seg", [NodeDef("s0", "python", cfg, tmp_path)]))
     prog.setup()
     recs = [json.dumps({"id": i}).encode() for i in range(5)]
-    sent = [{"kafka_partition": 1, "kafka_offset": 10 + i, "kafka_key": b"k", "kafka_headers": {}} for i in range(5)]
+    sent: Any = [{"kafka_partition": 1, "kafka_offset": 10 + i, "kafka_key": b"k", "kafka_headers": {}} for i in range(5)]
+    if form == "columns":
+        sent = MetaColumns(5, [("kafka_partition", CONST, 1), ("kafka_offset", COLUMN, range(10, 15)), ("kafka_key", COLUMN, [b"k"] * 5),
+                               ("kafka_headers", COLUMN, [()] * 5, header_dict)])  # fmt: skip
     req = Request(1, "seg", "json", array("I", map(len, recs)).tobytes(), b"".join(recs), pickle.loads(pickle.dumps(sent)),
                   array("q", [0] * len(recs)).tobytes())  # fmt: skip
     resp = pickle.loads(pickle.dumps(prog.execute(req), protocol=5))

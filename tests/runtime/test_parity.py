@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from headrace.contract.metas import COLUMN, CONST, MetaColumns
 from headrace.runtime.onramp import OnrampRunner
 from tests.runtime.inprocess import InProcessPool, Rig
 
@@ -126,16 +127,25 @@ stage = st.tuples(st.sampled_from(STAGE_KINDS), st.integers(2, 5)).map(lambda kk
 # a pipeline may not end with route (its out port carries nothing): a stage after it then gets nothing
 chains = st.lists(stage, min_size=1, max_size=4).map(lambda c: [*c, PYTHON["keep"]] if "op: route" in c[-1] else c)
 records = st.lists(st.sampled_from(range(len(GOOD) + len(ODD))), min_size=1, max_size=30).map(lambda ix: [(GOOD + ODD)[i] for i in ix])
-metas = st.sampled_from([None, "per-record"])
+metas = st.sampled_from([None, "per-record", "columns"])
 splits = st.integers(1, 3)
 
 
-def _hand_over(payloads: list[bytes], with_metas: bool, parts: int) -> Any:
+def _metas(start: int, n: int, form: str | None) -> Any:
+    """Metas of records ``start..start+n``: none, one dict each, or a source's columns (stages that never
+    name their meta leave them as sent, built only for events that leave by err, emit or fan-out)."""
+    if form == "columns":
+        return MetaColumns(n, [("src", CONST, "in"), ("p", COLUMN, [(start + i) % 3 for i in range(n)]),
+                               ("off", COLUMN, range(start, start + n))])  # fmt: skip
+    return [{"p": (start + i) % 3} for i in range(n)] if form else None
+
+
+def _hand_over(payloads: list[bytes], with_metas: str | None, parts: int) -> Any:
     async def feed(onramp: OnrampRunner) -> None:
         step = -(-len(payloads) // parts)
         for k, start in enumerate(range(0, len(payloads), step)):
             part = payloads[start : start + step]
-            await onramp.records(part, [{"p": (start + i) % 3} for i in range(len(part))] if with_metas else None, ack=k)
+            await onramp.records(part, _metas(start, len(part), with_metas), ack=k)
 
     return feed
 
@@ -145,7 +155,7 @@ def _observed(rig: Rig) -> dict[str, Any]:
     return {"ports": rig.outputs(), "counts": counts, "acked": sorted(rig.source.acked), "failed": sorted(rig.source.failed)}
 
 
-def run_both(tmp_path: Path, chain: list[str], payloads: list[bytes], with_metas: bool, parts: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_both(tmp_path: Path, chain: list[str], payloads: list[bytes], with_metas: str | None, parts: int) -> tuple[dict[str, Any], dict[str, Any]]:
     pipeline = "[" + ", ".join(chain) + "]"
     on_loop = Rig(tmp_path, pipeline)
     on_workers = Rig(tmp_path, pipeline, pool=InProcessPool(size=2))
@@ -165,24 +175,37 @@ def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(chain=chains, payloads=records, with_metas=metas, parts=splits)
 def test_the_loop_and_the_workers_give_the_same(stage_dir: Path, chain: list[str], payloads: list[bytes], with_metas: Any, parts: int) -> None:
-    loop, workers = run_both(stage_dir, chain, payloads, with_metas is not None, parts)
+    loop, workers = run_both(stage_dir, chain, payloads, with_metas, parts)
     assert workers == loop
 
 
 def test_every_kind_of_stage_runs_in_one_chain(stage_dir: Path) -> None:
     """The examples above cover each kind of stage, each path (fused python chains, batch-wise ones) and each outcome."""
     chain = [PYTHON["keep"], PYTHON["tag"], *(s.replace("K", "3") for s in (PYTHON["side"], PYTHON["fanout"], PYTHON["raise"]))]
-    loop, workers = run_both(stage_dir, chain, GOOD + ODD, True, 2)
+    loop, workers = run_both(stage_dir, chain, GOOD + ODD, "columns", 2)
     assert workers == loop
     ports = loop["ports"]
     assert {"src/err", "main.Raise/err", "main.Side/side", "out"} <= set(ports)
     assert ports["src/err"][0][1]["error"]["type"] == "DecodeError"
 
 
+@pytest.mark.parametrize("form", ["per-record", "columns"])
+def test_a_chain_that_never_names_meta_gives_the_same_metas(stage_dir: Path, form: str) -> None:
+    """No stage names its meta (a blind chain): workers build no meta per record, yet events leaving by
+    out, err, an emitted port or a fan-out carry the same metas as on the loop."""
+    chain = [s.replace("K", k) for s, k in ((PYTHON["side"], "3"), (PYTHON["fanout"], "4"), (PYTHON["raise"], "5"), (PYTHON["drop"], "7"))]
+    loop, workers = run_both(stage_dir, chain, GOOD + ODD, form, 3)
+    assert workers == loop
+    ports = loop["ports"]
+    assert {"main.Raise/err", "main.Side/side", "out"} <= set(ports)
+    out_metas = [m for _, m in ports["out"]]
+    assert out_metas and all("p" in m and ("off" in m) == (form == "columns") for m in out_metas)
+
+
 def test_an_emit_after_a_fan_out_leaves_from_the_emitting_stage(stage_dir: Path) -> None:
     """A fused chain runs what follows a fan-out batch-wise: an emit there names the emitting stage."""
     chain = [PYTHON["fanout"].replace("K", "2"), PYTHON["side"].replace("K", "2")]
-    loop, workers = run_both(stage_dir, chain, [GOOD[0]], False, 1)
+    loop, workers = run_both(stage_dir, chain, [GOOD[0]], None, 1)
     assert loop["ports"]["main.Side/side"] == [({"id": 0, "side": True}, {"why": "k"})] * 2
     assert workers == loop
 
@@ -190,7 +213,7 @@ def test_an_emit_after_a_fan_out_leaves_from_the_emitting_stage(stage_dir: Path)
 def test_an_event_the_codec_cannot_write_takes_the_same_err_port_on_both(stage_dir: Path) -> None:
     """A worker hands back, as a value, what the job's codec cannot hold: the offramp refuses it, as on the loop."""
     chain = [PYTHON["unencodable"].replace("K", "2")]
-    loop, workers = run_both(stage_dir, chain, GOOD[:2], False, 1)
+    loop, workers = run_both(stage_dir, chain, GOOD[:2], None, 1)
     assert [m["error"]["stage"] for _, m in loop["ports"]["out/err"]] == ["out"]
     assert workers == loop
 
@@ -199,7 +222,7 @@ def test_an_unencodable_event_a_later_stage_fails_keeps_its_value_and_reason(sta
     """On the err port too: a worker hands the value back (was: its err meta replaced by the codec's
     "Type is not JSON serializable" and its value by its repr)."""
     chain = [PYTHON["unencodable"].replace("K", "2"), PYTHON["raise"].replace("K", "2")]
-    loop, workers = run_both(stage_dir, chain, [GOOD[0]], False, 1)
+    loop, workers = run_both(stage_dir, chain, [GOOD[0]], None, 1)
     ((value, meta),) = loop["ports"]["main.Raise/err"]
     assert value == {"id": 0, "bad": {1, 2}} and meta["error"]["message"] == "no 0"
     assert workers == loop
@@ -208,6 +231,6 @@ def test_an_unencodable_event_a_later_stage_fails_keeps_its_value_and_reason(sta
 def test_events_the_codec_cannot_write_keep_their_place_among_the_others(stage_dir: Path) -> None:
     """Events handed back as values leave in order with the encoded ones of the same port (was: after them)."""
     chain = [PYTHON["unencodable"].replace("K", "2"), "{op: route, routes: {a: \"event['id'] % 3 == 0\"}}", PYTHON["keep"]]
-    loop, workers = run_both(stage_dir, chain, [GOOD[0], GOOD[0], GOOD[2], GOOD[1]], False, 1)
+    loop, workers = run_both(stage_dir, chain, [GOOD[0], GOOD[0], GOOD[2], GOOD[1]], None, 1)
     assert [v["id"] for v, _ in loop["ports"]["main.route/default"]] == [2, 1]
     assert workers == loop

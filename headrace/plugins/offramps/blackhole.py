@@ -20,6 +20,7 @@ from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 from headrace.contract.sink import Offramp
 from headrace.contract.units import Duration
 
@@ -49,7 +50,7 @@ class BlackholeOfframp(Offramp):
         self.latencies: list[int] = []
         self.done = False
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None,
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None,
                     nbytes: int | None = None) -> None:  # fmt: skip
         if self.done:
             return

@@ -38,6 +38,7 @@ from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 from headrace.contract.paths import check_file_path, check_folder_path
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Duration, Size
@@ -196,7 +197,7 @@ class FileOfframp(Offramp):
         if not self.templated:
             self._open(self.path)
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         rejected: list[tuple[int, str]] = []
         groups: dict[Path, list[int]] = {}
         for i in range(len(chunks)):

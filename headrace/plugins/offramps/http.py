@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 from pydantic import Field
@@ -31,6 +31,7 @@ from pydantic import Field
 from headrace.contract.backoff import Backoff
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Duration
 
@@ -129,7 +130,7 @@ class HttpOfframp(Offramp):
                     log.warning("%s: %s; retry %d/%d in %.2fs", self.context.component_id, exc, attempt + 1, self.cfg.retries, delay)
                     await asyncio.sleep(delay)
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         if not chunks:
             return None
         if self.cfg.batch:

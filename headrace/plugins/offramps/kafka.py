@@ -27,7 +27,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -35,6 +35,7 @@ from pydantic import Field
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
 from headrace.contract.expr import compile_expr
+from headrace.contract.metas import MetaColumns, Metas
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Duration, Size
 
@@ -48,6 +49,8 @@ FINAL_ERRORS = frozenset({"MessageSizeTooLargeError", "RecordListTooLargeError",
                           "UnsupportedForMessageFormatError", "RecordTooLargeError"})  # fmt: skip
 
 Record = tuple[int, bytes | None, bytes, list[tuple[str, bytes]]]  # (event index, key, value, headers)
+Groups = dict[tuple[str, int], list[Record]]  # records by (topic, partition), in the order written
+_PLAIN_KEYS = frozenset({bytes, type(None)})  # keys the producer takes as they are
 
 
 def topic_problem(topic: Any) -> str | None:
@@ -168,36 +171,15 @@ class KafkaOfframp(Offramp):
             h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
         return parts[h % len(parts)]
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         assert self.producer is not None, "start() was not called"
         rejected: list[tuple[int, str]] = []
-        groups: dict[tuple[str, int], list[Record]] = {}
         async with self._handing:  # in call order: records reach the producer (and each partition) in the order written
             keyless = next(self._rr)
-            last_topic: str | None = None
-            parts: list[int] = []
-            for i, value in enumerate(chunks):
-                meta = metas[i] if metas is not None and i < len(metas) else {}
-                if len(value) > self.cfg.max_message_bytes:
-                    rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"))
-                    continue
-                try:
-                    topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
-                    key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
-                    hdrs = self.headers_fn(meta) if self.headers_fn else None
-                    headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else NO_HEADERS
-                except Exception as exc:
-                    rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
-                    continue
-                if topic != last_topic or last_topic is None:  # a topic is checked once per run of records to it
-                    problem = topic_problem(topic)
-                    if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
-                        rejected.append((i, problem))
-                        continue
-                    assert isinstance(topic, str)
-                    last_topic, parts = topic, await self._partitions(topic)
-                assert last_topic is not None
-                groups.setdefault((last_topic, self._partition(parts, key, keyless)), []).append((i, key, value, headers))
+            if self.topic_fn is None and self.key_fn is None and self.headers_fn is None and self.cfg.topic is not None:
+                groups = await self._group_plain(chunks, metas, keyless, rejected)
+            else:
+                groups = await self._group_by_meta(chunks, metas, keyless, rejected)
             sends, failure = await self._send(groups)
         results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
         delivered: list[int] = []
@@ -214,6 +196,67 @@ class KafkaOfframp(Offramp):
         if not delivered and not rejected:
             raise failure
         raise PartialWrite(failure, delivered, rejected)
+
+    async def _group_plain(self, chunks: list[bytes], metas: Metas | None, keyless: int, rejected: list[tuple[int, str]]) -> Groups:
+        """The common case, one topic and the key the source read: the keys as one column (no meta
+        dict is built), a step per record only to place it in its partition's group."""
+        topic = self.cfg.topic
+        assert topic is not None
+        parts = await self._partitions(topic)
+        n = len(chunks)
+        if metas is None:
+            keys: Sequence[Any] = [None] * n
+        elif isinstance(metas, MetaColumns):
+            keys = metas.column("kafka_key") if "kafka_key" in metas.names else [None] * len(metas)
+        else:
+            keys = [m.get("kafka_key") for m in metas]
+        if len(keys) < n:
+            keys = [*keys, *[None] * (n - len(keys))]
+        if not _PLAIN_KEYS.issuperset(map(type, keys)):
+            keys = list(map(_to_bytes, keys))
+        limit = self.cfg.max_message_bytes
+        big = n > 0 and max(map(len, chunks)) > limit
+        by_part: dict[int, list[Record]] = {}
+        partition = self._partition
+        for i, key, value in zip(range(n), keys, chunks):  # noqa: B905  (keys may be longer)
+            if big and len(value) > limit:
+                rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {limit}"))
+                continue
+            p = partition(parts, key, keyless)
+            g = by_part.get(p)
+            if g is None:
+                g = by_part[p] = []
+            g.append((i, key, value, NO_HEADERS))
+        return {(topic, p): g for p, g in by_part.items()}
+
+    async def _group_by_meta(self, chunks: list[bytes], metas: Metas | None, keyless: int, rejected: list[tuple[int, str]]) -> Groups:
+        """Records by (topic, partition) when a topic, key or headers expression reads each meta."""
+        groups: Groups = {}
+        last_topic: str | None = None
+        parts: list[int] = []
+        for i, value in enumerate(chunks):
+            meta = metas[i] if metas is not None and i < len(metas) else {}
+            if len(value) > self.cfg.max_message_bytes:
+                rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"))
+                continue
+            try:
+                topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
+                key = _to_bytes(self.key_fn(meta) if self.key_fn else meta.get("kafka_key"))
+                hdrs = self.headers_fn(meta) if self.headers_fn else None
+                headers = [(str(k), _to_bytes(v) or b"") for k, v in hdrs.items()] if hdrs else NO_HEADERS
+            except Exception as exc:
+                rejected.append((i, f"topic/key/headers expression failed: {type(exc).__name__}: {exc}"))
+                continue
+            if topic != last_topic or last_topic is None:  # a topic is checked once per run of records to it
+                problem = topic_problem(topic)
+                if problem is not None:  # the broker would refuse it for good; the client would wait for it forever
+                    rejected.append((i, problem))
+                    continue
+                assert isinstance(topic, str)
+                last_topic, parts = topic, await self._partitions(topic)
+            assert last_topic is not None
+            groups.setdefault((last_topic, self._partition(parts, key, keyless)), []).append((i, key, value, headers))
+        return groups
 
     async def _send(self, groups: dict[tuple[str, int], list[Record]]) -> tuple[list[tuple[Any, list[int]]], BaseException | None]:
         """Hand each partition's records to the producer: (delivery future, event indexes) per

@@ -22,6 +22,7 @@ from itertools import accumulate
 from typing import Any, TextIO
 
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 from headrace.contract.sink import Offramp, PartialWrite
 
 
@@ -39,7 +40,7 @@ class StdoutOfframp(Offramp):
         super().__init__(config, context)
         self.torn: tuple[bytes, int] | None = None  # a record the last write cut, and how much of its framed bytes went out
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> None:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> None:
         stream = self.stream()
         stream.flush()  # what other code printed goes first
         fd = stream.fileno()

@@ -17,12 +17,13 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import Metas
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Size
 from headrace.plugins.onramps.udp import MAX_UDP
@@ -77,7 +78,7 @@ class UdpOfframp(Offramp):
         code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         return OSError(code, os.strerror(code)) if code else None
 
-    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         limit = self.cfg.max_datagram_bytes
         over = [i for i, c in enumerate(chunks) if len(c) > limit]
         rejections = [(i, f"record of {len(chunks[i])} bytes is over max_datagram_bytes ({limit})") for i in over]

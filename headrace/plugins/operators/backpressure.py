@@ -12,7 +12,7 @@ about the downstream through ``context.downstream_full``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -65,7 +65,7 @@ class BackpressureOperator(Operator):
             self.level -= 1
         return "out"
 
-    def route_metas(self, metas: list[dict[str, Any]]) -> dict[str, list[int]]:
+    def route_metas(self, metas: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
         return {self._port(): list(range(len(metas)))} if metas else {"out": []}
 
     def process(self, evs: list[Ev], emit: Emit) -> list[Ev]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import compress
 from typing import Any
 
@@ -101,7 +101,7 @@ class BucketOperator(Operator):
             groups.move_to_end(key)
         return win
 
-    def route_metas(self, metas: list[dict[str, Any]]) -> dict[str, list[int]]:
+    def route_metas(self, metas: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
         """All events of a call arrive at one instant, so each window admits its share at once.
 
         The work is per distinct meta object (workers send equal metas as one object) plus a

@@ -12,6 +12,7 @@ callable (``fn: "stages:classify"`` -> ``main.classify``) unless ``id:`` names i
 from __future__ import annotations
 
 import asyncio
+import dis
 import functools
 import hashlib
 import importlib
@@ -202,7 +203,7 @@ class PythonOperator(Operator):
     def per_record(self) -> PerRecord | None:
         if self.is_async or self.fn is None:
             return None
-        return PerRecord(self.fn, self.cfg.readonly, self.cfg.readonly and self.cfg.lazy)
+        return PerRecord(self.fn, self.cfg.readonly, self.cfg.readonly and self.cfg.lazy, names_meta(self.fn))
 
     def teardown(self) -> None:
         if self.instance is not None and hasattr(self.instance, "teardown"):
@@ -285,3 +286,24 @@ class PythonOperator(Operator):
             else:
                 self._collect(ev, results[i], out, self.cfg.readonly)
         return out
+
+
+# what lets a function reach its own local variables without naming them
+_FRAME_ACCESS = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "stack", "f_locals", "getframeinfo"})
+
+
+def names_meta(fn: Any) -> bool:
+    """Whether ``fn(event, meta)`` may read or write ``meta``: False only when the code of a plain
+    function (or bound method) never names that parameter, no closure captures it and nothing in
+    it reaches the frame (``locals()``, ``sys._getframe``, ``eval``). Anything else (a builtin, a
+    callable object's ``__call__`` through C, ``*args``) is taken to use it."""
+    index = 1
+    if inspect.ismethod(fn):
+        fn, index = fn.__func__, 2
+    code = getattr(fn, "__code__", None) if inspect.isfunction(fn) else None
+    if code is None or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) or code.co_argcount <= index:
+        return True
+    name = code.co_varnames[index]
+    if name in code.co_cellvars or not _FRAME_ACCESS.isdisjoint(code.co_names):
+        return True
+    return any(ins.argval == name for ins in dis.get_instructions(code) if "FAST" in ins.opname)

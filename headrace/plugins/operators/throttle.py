@@ -9,7 +9,7 @@ event values, so events stay undecoded bytes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -45,7 +45,7 @@ class ThrottleOperator(Operator):
     def ports_for(cls, config: ThrottleConfig) -> tuple[str, ...]:
         return ("overflow",)
 
-    def route_metas(self, metas: list[dict[str, Any]]) -> dict[str, list[int]]:
+    def route_metas(self, metas: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
         now = self.clock()
         if self.window is None:
             self.window = SlidingWindow(self.cfg.slots, int(self.cfg.interval * 1e9), self.cfg.rate, now)

@@ -30,16 +30,20 @@ class FusedChain:
     the same routes as in the batch-wise path, with the same counts.
     """
 
-    __slots__ = ("fns", "ids", "ingest", "meta", "outputs", "prog", "rests", "src", "stage", "viewers", "views")
+    __slots__ = ("blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "prog", "rests", "src", "stage", "viewers", "views")
 
-    def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool]], views: bool = False) -> None:
+    def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool]], views: bool = False, blind: bool = False) -> None:
         self.prog = prog
         self.fns = fns
         self.views = views  # every stage is readonly and accepts a lazy view of the record
+        # no stage names its meta: none is built per record (only for an event that leaves by err, emit or
+        # fan-out), and the events leave with the metas the parent sent (which stay in the parent)
+        self.blind = blind
+        self.metas: Any = None  # the job's metas as sent, while a blind chain runs
         self.viewers: dict[str, ViewLoader | None] = {}  # codec name -> its view loader (None: it has none)
         self.ids = [st.id for st in prog.stages]
         self.outputs: dict[tuple[str, str], list[Ev]] = {}
-        self.meta: dict[str, Any] = {}
+        self.meta: dict[str, Any] | None = {}  # the running record's (None in a blind chain: see meta_at)
         self.src = 0
         self.stage = 0
         self.ingest: array[int] = array("q")
@@ -59,11 +63,16 @@ class FusedChain:
         if any(o is None for o in offers):
             return None
         fns = [(o.fn, o.readonly) for o in offers if o is not None]
-        return cls(prog, fns, all(o.views for o in offers if o is not None))
+        return cls(prog, fns, all(o.views for o in offers if o is not None), not any(o.meta for o in offers if o is not None))
+
+    def meta_at(self, i: int) -> dict[str, Any]:
+        """Record ``i``'s meta as sent, for an event of a blind chain that leaves by another way (the
+        caller copies it before changing it)."""
+        return {} if self.metas is None else self.metas[i]
 
     def emit(self, port: str, event: Any, meta: dict[str, Any] | None) -> None:
         """``headrace.emit()`` from inside one of the functions."""
-        base = dict(self.meta)
+        base = dict(self.meta if self.meta is not None else self.meta_at(self.src))
         if meta:
             base.update(meta)
         sid = self.ids[self.stage]
@@ -96,7 +105,11 @@ class FusedChain:
                 mv, pos = bytes(memoryview(mv)[pos:]), 0
         elif pos:
             mv, pos = memoryview(mv)[pos:], 0
-        metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
+        blind = self.blind
+        if blind:
+            self.metas, metas = req.metas, None
+        else:
+            metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
         fns = self.fns
         ids = self.ids
         nst = len(fns)
@@ -110,7 +123,7 @@ class FusedChain:
         dropped = [0] * nst
         failures: list[tuple[int, str]] = []
         out_src: array[int] = array("I")
-        out_metas: list[dict[str, Any]] = []
+        out_metas: list[Any] = []  # None for an event of a blind chain (its meta as sent)
         changed_at: list[tuple[int, int]] = []  # (position in out, length of its new encoding); the rest are unchanged
         parts: list[bytes] = []
         unencodable: list[tuple[int, Ev]] = []  # (place among the out events, event the codec cannot hold)
@@ -140,7 +153,7 @@ class FusedChain:
                 except Exception as exc:  # whatever a codec raises for one record concerns that record only
                     failures.append((i, codec.reason(exc)))
                     continue
-                meta = {} if metas is None else metas[i]
+                meta = None if blind else {} if metas is None else metas[i]
                 self.meta = meta
                 self.src = i
                 if single:  # one function: the loop below, unrolled (its received count is taken at the end)
@@ -148,7 +161,8 @@ class FusedChain:
                         result = fn0(value, meta)
                     except STAGE_ERRORS as exc:
                         errs[0] += 1
-                        outputs.setdefault((ids[0], "err"), []).append(Ev(value, meta, i, raw, ingest[i]).fail(ids[0], exc))  # type: ignore[arg-type]
+                        ev = Ev(value, meta if meta is not None else self.meta_at(i), i, raw, ingest[i])  # type: ignore[arg-type]
+                        outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
                         continue
                     if result is value and ro0:
                         out_src.append(i)
@@ -168,7 +182,8 @@ class FusedChain:
                             result = fn(value, meta)
                         except STAGE_ERRORS as exc:
                             errs[k] += 1
-                            ev = Ev(value, meta, i, None if changed else raw, ingest[i]).fail(ids[k], exc)  # type: ignore[arg-type]
+                            ev = Ev(value, meta if meta is not None else self.meta_at(i), i, None if changed else raw, ingest[i])  # type: ignore[arg-type]
+                            ev.fail(ids[k], exc)
                             outputs.setdefault((ids[k], "err"), []).append(ev)
                             result = _FAILED
                             break
@@ -184,7 +199,7 @@ class FusedChain:
                     dropped[k] += 1
                     continue
                 if isinstance(result, list):  # fan-out: the items continue through the rest, batch-wise
-                    evs = [Ev(item, dict(meta), i, None, ingest[i]) for item in result]
+                    evs = [Ev(item, dict(meta if meta is not None else self.meta_at(i)), i, None, ingest[i]) for item in result]
                     sync.fused = None  # the rest runs batch-wise: a headrace.emit() there names its own stage
                     try:
                         rest_out, rest_counts = self.rest(k + 1).run(evs) if k + 1 < nst else ({}, {})
@@ -215,7 +230,7 @@ class FusedChain:
                     try:
                         data = encode(result)
                     except STAGE_ERRORS:
-                        unencodable.append((len(out_src), Ev(result, meta, i, None, ingest[i])))  # see above
+                        unencodable.append((len(out_src), Ev(result, meta if meta is not None else self.meta_at(i), i, None, ingest[i])))  # see above
                         continue
                     parts.append(data)
                     changed_at.append((len(out_src), len(data)))
@@ -224,6 +239,8 @@ class FusedChain:
                 out_metas.append(meta)
         finally:
             sync.fused = None
+            self.metas = None
+        sent_back = self._blind_metas(req, out_src, out_metas) if blind else out_metas
         if single:
             entered[0] += len(lens) - len(failures)
         out_lens: array[int] | None = None
@@ -231,8 +248,22 @@ class FusedChain:
             out_lens = array("i", [UNCHANGED]) * len(out_src)
             for at, ln in changed_at:
                 out_lens[at] = ln
-        return self._respond(req, t0, outputs, entered, errs, dropped, failures, (out_src, out_lens, share_equal(out_metas) if any(out_metas) else None),
+        resp = self._respond(req, t0, outputs, entered, errs, dropped, failures,
+                             (out_src, out_lens, share_equal(sent_back) if sent_back is not None and any(sent_back) else None),
                              parts, nbytes, unencodable)  # fmt: skip
+        if blind and sent_back is None:
+            for o in resp.outputs:
+                if o.port == "out" and o.node == ids[-1] and o.metas is None and o.codec == req.codec:
+                    o.metas_as_sent = req.metas is not None
+        return resp
+
+    def _blind_metas(self, req: Request, out_src: array[int], out_metas: list[Any]) -> list[Any] | None:
+        """The metas of a blind chain's out events: None when each input left at most once (the
+        parent keeps its own), else each event's (a fan-out item's own copy, the others as sent)."""
+        if req.metas is None or len(set(out_src)) == len(out_src):
+            return None
+        metas = req.metas
+        return [m if m is not None else metas[i] for i, m in zip(out_src, out_metas, strict=True)]
 
     def _respond(self, req: Request, t0: int, outputs: dict[tuple[str, str], list[Ev]], entered: list[int], errs: list[int],
                  dropped: list[int], failures: list[tuple[int, str]], out: tuple[array[int], array[int] | None, list[dict[str, Any]] | None],

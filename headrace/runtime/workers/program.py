@@ -13,6 +13,7 @@ from typing import Any
 from headrace import registry
 from headrace.contract.codec import Codec
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import MetaColumns
 from headrace.contract.stage import STAGE_ERRORS, Ev, Operator
 from headrace.errors import safe_repr
 from headrace.runtime.batch import share_equal, unshare
@@ -67,6 +68,10 @@ class SegmentProgram:
             st.teardown()
 
     def execute(self, req: Request) -> Response:
+        if self.fused is not None and self.fused.blind and self._fusable(req):  # no stage names meta: it says itself which metas are as sent
+            return self._execute(req)
+        if isinstance(req.metas, MetaColumns):  # each record's dict, built once (the stages may change them)
+            req.metas = req.metas.materialize()
         # each input meta as pickle would send it back: outputs whose metas are all unchanged are not sent back
         before = [_pickle(m) for m in req.metas] if req.metas is not None else None
         resp = self._execute(req)
@@ -74,11 +79,15 @@ class SegmentProgram:
             _metas_as_sent(resp, before)
         return resp
 
+    def _fusable(self, req: Request) -> bool:
+        """Whether the fused chain runs ``req``: records as bytes, leaving in the codec they came in."""
+        return req.values is None and self.spec.exits.get((self.stages[-1].id, "out")) in (None, req.codec)
+
     def _execute(self, req: Request) -> Response:
         t0 = time.process_time_ns()
         ingest = array("q")
         ingest.frombytes(req.ingest)
-        if self.fused is not None and req.values is None and self.spec.exits.get((self.stages[-1].id, "out")) in (None, req.codec):
+        if self.fused is not None and self._fusable(req):
             return self.fused.execute(req, ingest, t0)
         metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
         evs: list[Ev] = []

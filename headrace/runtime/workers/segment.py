@@ -24,6 +24,7 @@ from typing import Any
 from headrace.config.graph import Graph
 from headrace.contract.acks import done_each
 from headrace.contract.codec import Codec
+from headrace.contract.metas import Metas, take_metas
 from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable
@@ -257,12 +258,12 @@ class PooledChainRunner(Runner):
         return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec)
 
 
-def _metas(chunk: Batch, out: Any, src: array[int] | None) -> list[dict[str, Any]] | None:
+def _metas(chunk: Batch, out: Any, src: array[int] | None) -> Metas | None:
     """An output's metas: from the answer, or (``metas_as_sent``) the ones the parent sent."""
     if not out.metas_as_sent or chunk.metas is None:
         return out.metas  # type: ignore[no-any-return]
     metas = chunk.metas
-    return metas if src is None else [metas[i] for i in src]
+    return metas if src is None else take_metas(metas, src)
 
 
 def _joinable(a: Batch, b: Batch) -> bool:

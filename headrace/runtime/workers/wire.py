@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from headrace.contract.metas import Metas
 from headrace.runtime.chain import Counts
 
 _LEN = struct.Struct("<I")
@@ -27,7 +28,7 @@ class Request:
     codec: str
     lens: bytes  # array('I') of payload lengths
     blob: bytes | memoryview
-    metas: list[dict[str, Any]] | None
+    metas: Metas | None  # a list of dicts or ``MetaColumns`` (pickled as its columns)
     ingest: bytes  # array('q')
     values: list[Any] | None = None
     start: int = 0  # the records begin at this offset of ``blob`` (a worker passes the whole message)
@@ -39,7 +40,7 @@ class Output:
     port: str
     src: bytes  # array('I') of input indices
     lens: bytes  # array('i'); UNCHANGED = original bytes
-    metas: list[dict[str, Any]] | None
+    metas: Metas | None
     codec: str
     start: int  # offset of this output's encodings in the response blob
     identity: bool = False  # every input, in order, unchanged: src and lens are left empty
