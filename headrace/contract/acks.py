@@ -7,6 +7,7 @@ zero the onramp's ``ack(token)`` is called; if any delivery failed, ``fail(token
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,15 +35,27 @@ class AckRef:
             (self._fail if self.failed else self._ack)(self.token)
 
 
+GROUPED = 16  # from this many refs on, equal ones are counted (in C) and settled once each
+
+
 def add_each(refs: list[AckRef] | None, n: int) -> None:
     """Each ref owes ``n`` more deliveries (a batch of its events goes to ``n`` more places)."""
     if refs is not None and n:
+        if len(refs) >= GROUPED:  # a source batch shares one ref: one step per ref, not per event
+            for r, k in Counter(refs).items():
+                r.pending += n * k
+            return
         for r in refs:
             r.pending += n
 
 
 def done_each(refs: list[AckRef] | None) -> None:
+    """One share of each ref is done (a ref listed k times: k shares, settled at once)."""
     if refs is not None:
+        if len(refs) >= GROUPED:
+            for r, k in Counter(refs).items():
+                r.done(k)
+            return
         for r in refs:
             r.done()
 

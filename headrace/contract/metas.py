@@ -117,9 +117,9 @@ class MetaColumns(Sequence[dict[str, Any]]):
         """The metas of the records at ``idx`` (in that order, repeats allowed)."""
         return MetaColumns(len(idx), [_pick(f, idx) for f in self._fields])
 
-    def layout(self) -> tuple[Any, ...]:
-        """What two batches must share to be joined as columns: names, kinds, constants, converters."""
-        return tuple((f[0], f[1], f[2] if f[1] == CONST else None, f[3] if len(f) == 4 else None) for f in self._fields)
+    def shape(self) -> tuple[Any, ...]:
+        """What two batches must share to be joined as columns: the keys in order and their converters."""
+        return tuple((f[0], f[3] if len(f) == 4 else None) for f in self._fields)
 
 
 def _part(f: Field, s: slice) -> Field:
@@ -141,19 +141,23 @@ def _pick(f: Field, idx: Sequence[int]) -> Field:
 
 def join_metas(parts: Sequence[Sequence[dict[str, Any]] | None], sizes: Sequence[int]) -> Sequence[dict[str, Any]] | None:
     """The metas of batches joined in order (``sizes``: their lengths; None: empty metas): columns
-    when every part has columns of one layout, else a list of dicts (None when no part had metas)."""
+    when every part has columns with the same keys in the same order (a constant that differs
+    between parts, such as the partition, becomes a column), else a list of dicts (None when no
+    part had metas)."""
     if all(p is None for p in parts):
         return None
     if all(isinstance(p, MetaColumns) for p in parts):
         cols: list[MetaColumns] = parts  # type: ignore[assignment]
-        first = cols[0].layout()
-        if all(c.layout() == first for c in cols[1:]):
-            fields = []
+        first = cols[0].shape()
+        if all(c.shape() == first for c in cols[1:]):
+            fields: list[Field] = []
             for k, f in enumerate(cols[0]._fields):
-                if f[1] == CONST:
+                mine = [c._fields[k] for c in cols]
+                if f[1] == CONST and all(g[1] == CONST and g[2] == f[2] and type(g[2]) is type(f[2]) for g in mine):
                     fields.append(f)
                 else:
-                    fields.append((f[0], COLUMN, _concat([c._fields[k][2] for c in cols]), *f[3:]))
+                    values = [g[2] if g[1] == COLUMN else [g[2]] * len(c) for g, c in zip(mine, cols, strict=True)]
+                    fields.append((f[0], COLUMN, _concat(values), *f[3:]))
             return MetaColumns(sum(len(c) for c in cols), fields)
     return list(chain.from_iterable(p if p is not None else [{} for _ in range(n)] for p, n in zip(parts, sizes, strict=True)))
 

@@ -73,7 +73,7 @@ def test_columns_stand_for_their_dicts_through_take_slice_join_and_pickle(data: 
             names = list(cols.names) if op == "join_same" and isinstance(cols, MetaColumns) else data.draw(st.lists(st.sampled_from(["a", "x"]), unique=True))
             other, oref = data.draw(columns(names=names))
             joined = join_metas([cols, other], [len(cols), len(other)])
-            if op == "join_same" and isinstance(cols, MetaColumns) and cols.layout() == other.layout():
+            if op == "join_same" and isinstance(cols, MetaColumns) and cols.shape() == other.shape():
                 assert isinstance(joined, MetaColumns)
             cols, ref = joined, ref + oref  # type: ignore[assignment]
         same(cols, ref)
@@ -88,6 +88,18 @@ def test_each_dict_is_new_so_a_stage_may_change_it() -> None:
     assert cols[-1] == {"t": "topic", "h": {}}
     with pytest.raises(IndexError):
         cols[2]
+
+
+def test_batches_of_two_partitions_join_as_columns() -> None:
+    a = MetaColumns(2, [("p", CONST, 0), ("o", COLUMN, range(5, 7))])
+    b = MetaColumns(1, [("p", CONST, 1), ("o", COLUMN, range(9, 10))])
+    c = MetaColumns(1, [("p", CONST, True), ("o", COLUMN, [3])])  # equal to 1, not the same value
+    joined = join_metas([a, b, c], [2, 1, 1])
+    assert isinstance(joined, MetaColumns)
+    assert joined == [{"p": 0, "o": 5}, {"p": 0, "o": 6}, {"p": 1, "o": 9}, {"p": True, "o": 3}]
+    assert type(joined[3]["p"]) is bool
+    same_p = join_metas([a, MetaColumns(1, [("p", CONST, 0), ("o", COLUMN, [1])])], [2, 1])
+    assert same_p._fields[0] == ("p", CONST, 0)  # type: ignore[union-attr]
 
 
 def test_consecutive_offset_ranges_join_as_one_range() -> None:

@@ -18,7 +18,7 @@ import pickle
 from array import array
 from collections import deque
 from collections.abc import Hashable
-from itertools import accumulate, pairwise
+from itertools import accumulate
 from typing import Any
 
 from headrace.config.graph import Graph
@@ -233,7 +233,8 @@ class PooledChainRunner(Runner):
         lens.frombytes(out.lens)
         orig = chunk.payloads
         n = len(src)
-        if orig is not None and n == len(chunk) and out.codec == chunk.codec and lens.count(UNCHANGED) == n and src == array("I", range(n)):
+        in_order = n == len(chunk) and src == array("I", range(n))  # each input once, in order (compared in C)
+        if orig is not None and in_order and out.codec == chunk.codec and lens.count(UNCHANGED) == n:
             # untouched, in order: the original bytes as they are
             return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes)
         pos = out.start
@@ -247,15 +248,18 @@ class PooledChainRunner(Runner):
         if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): one copy of the region, a slice each
             ends = list(accumulate(lens, initial=0))
             region = bytes(mv[pos : pos + ends[-1]])
-            return chunk.remade(src.tolist(), [region[a:b] for a, b in pairwise(ends)], _metas(chunk, out, src), out.codec)
-        payloads: list[bytes | None] = []
+            payloads = list(map(region.__getitem__, map(slice, ends[:-1], ends[1:])))  # no Python step per record
+            if in_order:
+                return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec)
+            return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec)
+        mixed: list[bytes | None] = []
         for i, ln in zip(src, lens, strict=True):
             if ln == UNCHANGED:
-                payloads.append(orig[i] if orig is not None else None)
+                mixed.append(orig[i] if orig is not None else None)
             else:
-                payloads.append(bytes(mv[pos : pos + ln]))
+                mixed.append(bytes(mv[pos : pos + ln]))
                 pos += ln
-        return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec)
+        return chunk.remade(src.tolist(), mixed, _metas(chunk, out, src), out.codec)
 
 
 def _metas(chunk: Batch, out: Any, src: array[int] | None) -> Metas | None:
