@@ -7,6 +7,12 @@ process. Return the event (-> out), None (dropped, counted), a list (several
 events), or raise (-> err with the cause). ``headrace.emit(port, event)`` targets a
 named port declared in ``ports:``. In a list pipeline the node is named after the
 callable (``fn: "stages:classify"`` -> ``main.classify``) unless ``id:`` names it.
+
+A ``def`` stage whose code never names its ``meta`` parameter (``def f(event, meta):
+event["x"] = 1; return event``) costs nothing for metas on workers: no per-record dict is
+built for it (it is called with None), and its events leave with the metas they came with.
+This is read from the function's code; a function that reaches its frame (``locals()``,
+``sys._getframe``, ``eval``), has ``*args``, or is a callable object always gets its meta.
 """
 
 from __future__ import annotations
