@@ -134,3 +134,41 @@ def test_keys_go_where_kafkas_default_partitioner_puts_them_and_the_memo_stays_b
             assert off._partition(parts, key, 0) == reference(key, parts, parts)
     assert len(off._hashes) <= 100
     assert [off._partition([0, 1, 2], None, n) for n in range(4)] == [0, 1, 2, 0], "keyless batches round-robin"
+
+
+def test_a_broker_without_idempotent_producers_is_a_clear_start_failure(tmp_path: Path, write: Any, kafka_broker: KafkaBroker,
+                                                                        kafka_topic: Any) -> None:  # fmt: skip
+    """``idempotence: true`` was impossible (hard-coded off, and refused in ``client:``); now the producer
+    is asked for it. tansu grants no producer id (InitProducerId fails), so the client would wait
+    forever: the daemon instead fails to start, naming the setting, and exits non-zero."""
+    topic = kafka_topic(1, prefix="idem")
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(5)))
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson}}}}}}
+offramps: {{out: {{type: kafka, config: {{brokers: "{kafka_broker.bootstrap}", topic: {topic}, idempotence: true, request_timeout: 1s}}}}}}
+links: {{src: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        code = d.wait(60)
+    finally:
+        d.stop()
+    assert code not in (0, None), d.stderr()
+    assert "granted no producer id" in d.stderr() and "idempotence: false" in d.stderr(), d.stderr()
+
+
+def test_idempotence_needs_acks_all(tmp_path: Path, write: Any) -> None:
+    from tests.support.daemon import headrace
+
+    cfg = write("c.yaml", """
+version: 1
+onramps: {src: {type: stdin}}
+offramps: {out: {type: kafka, config: {brokers: "127.0.0.1:9", topic: t, acks: 1, idempotence: true}}}
+links: {src: [out]}
+""")
+    res = headrace("check", str(cfg))
+    assert res.returncode != 0
+    err = res.stderr.decode()
+    assert "idempotence" in err and "needs acks: all" in err and "c.yaml:4" in err, err

@@ -36,6 +36,7 @@ from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
 from headrace.contract.expr import compile_expr
 from headrace.contract.metas import MetaColumns, Metas
+from headrace.contract.paths import SettingError
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Duration, Size
 
@@ -67,6 +68,10 @@ PRODUCER_MANAGED = ("bootstrap_servers", "acks", "linger_ms", "max_batch_size", 
                     "request_timeout_ms", "enable_idempotence", "key_serializer", "value_serializer", "partitioner")  # fmt: skip
 
 
+class IdempotenceRefused(RuntimeError):
+    """The broker does not give the idempotent producer what it needs to start."""
+
+
 class KafkaOfframpConfig(PluginConfig):
     brokers: list[str] | str = Field(description="bootstrap servers, host:port")
     topic: str | None = Field(None, description="fixed topic (or use topic_expr)")
@@ -82,6 +87,9 @@ class KafkaOfframpConfig(PluginConfig):
     max_in_flight: int = Field(4, ge=1, le=64, description="writes awaiting the broker's confirmation at once; records are handed to "
                                                           "the producer in order (order per partition holds; after a failed write "
                                                           "its retry may follow later records)")
+    idempotence: bool = Field(False, description="the idempotent producer: the client's own retries can neither duplicate nor reorder "
+                                                 "records of a partition (needs acks: all; headrace's retry of a failed write still "
+                                                 "may duplicate: at least once)")
     client: dict[str, Any] = Field(default_factory=dict, description="extra AIOKafkaProducer options (TLS/SASL)")
 
 
@@ -117,6 +125,8 @@ class KafkaOfframp(Offramp):
         problem = topic_problem(self.cfg.topic) if self.cfg.topic is not None else None
         if problem is not None:
             raise ValueError(problem)
+        if self.cfg.idempotence and self.cfg.acks != "all":
+            raise SettingError("idempotence", f"needs acks: all (the idempotent producer waits for every replica), not acks: {self.cfg.acks}")
         from aiokafka import AIOKafkaProducer
 
         from headrace.plugins.kafka_client import check_client_options
@@ -134,21 +144,44 @@ class KafkaOfframp(Offramp):
                 bootstrap_servers=brokers, acks=self.cfg.acks, linger_ms=int(self.cfg.linger * 1000),
                 max_batch_size=self.cfg.batch_bytes, max_request_size=max(self.cfg.max_message_bytes * 2, self.cfg.batch_bytes * 2),
                 compression_type=None if self.cfg.compression == "none" else self.cfg.compression,
-                request_timeout_ms=int(self.cfg.request_timeout * 1000), enable_idempotence=False, **self.cfg.client,
+                request_timeout_ms=int(self.cfg.request_timeout * 1000), enable_idempotence=self.cfg.idempotence, **self.cfg.client,
             )  # fmt: skip
 
         self.producer = make()
         backoff_s = 0.5
         while True:
             try:
-                await self.producer.start()
+                await self._start_producer()
                 return
+            except IdempotenceRefused:
+                await self.producer.stop()
+                raise
             except Exception as exc:
                 log.warning("kafka offramp %s: cannot connect (%s); retrying", self.context.component_id, exc)
                 await self.producer.stop()
                 self.producer = make()  # the same options as the first one (a stopped producer cannot start again)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 10)
+
+    async def _start_producer(self) -> None:
+        """Start the producer; the idempotent one first asks the broker for a producer id, which the
+        client would wait for forever from a broker that does not grant one."""
+        if not self.cfg.idempotence:
+            await self.producer.start()
+            return
+        from aiokafka.errors import KafkaConnectionError, KafkaError
+
+        try:
+            await asyncio.wait_for(self.producer.start(), self.cfg.request_timeout + 5)
+        except TimeoutError:
+            why = f"granted no producer id (InitProducerId) in {self.cfg.request_timeout + 5:g}s"
+        except KafkaConnectionError:
+            raise  # not reachable yet: retried
+        except KafkaError as exc:  # the broker answered, and refused
+            why = f"granted no producer id (InitProducerId: {type(exc).__name__}: {exc})"
+        else:
+            return
+        raise IdempotenceRefused(f"idempotence: the broker {why}: it may not support idempotent producers; set idempotence: false")
 
     async def _partitions(self, topic: str) -> list[int]:
         """Partitions of ``topic``, cached for ``PARTITIONS_TTL`` seconds."""
