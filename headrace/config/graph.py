@@ -36,6 +36,7 @@ class ComponentSpec:
     processors: list[ProcessorSpec] = field(default_factory=list)
     ordered: bool = True
     with_meta: bool = False  # an offramp writing each event as {event, meta}
+    retry: Any = None  # an offramp's RetryConfig: when a failing write gives up (None: never)
 
 
 Edge = tuple[str, str]  # (component id, port)

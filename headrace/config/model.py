@@ -82,12 +82,20 @@ class OnrampConfig(Strict):
     ordered: bool = Field(True, description="keep order per partition/key across workers")
 
 
+class RetryConfig(Strict):
+    max_attempts: int | None = Field(None, ge=1, description="writes of a batch before its records go to the offramp's err port (none: no limit)")
+    max_elapsed: Duration | None = Field(None, gt=0, description="time from a batch's first failed write after which its records go to err "
+                                                                   "(checked after each failed write; none: no limit)")
+
+
 class OfframpConfig(Strict):
     type: str = Field(description="offramp plugin name (see `headrace plugins`)")
     codec: str | ProcessorRef = Field("json", description="how events are encoded: a name, or {name: csv, header: [...], ...}")
     postprocessors: list[str | ProcessorRef] | None = Field(None, description="framing/compression; default depends on the offramp")
     config: dict[str, Any] = Field(default_factory=dict, description="plugin-specific settings")
     with_meta: bool = Field(False, description="write each event as {event, meta} (meta holds the error of err-port events)")
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig(), description="bounds on retrying a failed write; default: retry "
+                                                                                   "with backoff until it succeeds")
 
 
 class Config(Strict):

@@ -165,19 +165,19 @@ class Batch:
         )  # fmt: skip
 
     def failed(self, reasons: list[tuple[int, str]], stage: str, kind: str, *, as_text: bool = False, sample: int | None = None,
-               payloads: list[bytes] | None = None, codec: str | None = None) -> Batch:  # fmt: skip
+               payloads: list[bytes] | None = None, codec: str | None = None, extra: dict[str, Any] | None = None) -> Batch:  # fmt: skip
         """The events at the indices of ``reasons`` for an ``err`` port, each with
         ``meta.error = {stage, type: kind, message: reason}``; takes a share of their acks.
 
         ``as_text``: records that are not valid in their codec travel as their text, or as their
         exact bytes when they are not UTF-8 (JSON writes those as ``{"base64": ...}``), ``sample``
         bytes of them at most. ``payloads``/``codec``: their encodings in another codec
-        (what an offramp made), replacing theirs."""
+        (what an offramp made), replacing theirs. ``extra``: more keys of ``meta.error``."""
         idx = [i for i, _ in reasons]
         metas = []
         for i, reason in reasons:
             m = dict(self.meta(i))
-            m["error"] = {"stage": stage, "type": kind, "message": reason}
+            m["error"] = {"stage": stage, "type": kind, "message": reason, **(extra or {})}
             metas.append(m)
         acks = take(self.acks, idx) if self.acks is not None else None
         add_each(acks, 1)

@@ -165,20 +165,23 @@ class OfframpRunner(Runner):
         metas = take_metas(batch.metas, idx) if batch.metas is not None else None
         return batch.remade(idx, part, metas, self.spec.codec, share=False), part
 
-    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False) -> tuple[Batch, list[bytes]]:
+    async def reject(self, batch: Batch, records: list[bytes], rejected: list[tuple[int, str]], unencoded: bool = False,
+                     extra: dict[str, Any] | None = None) -> tuple[Batch, list[bytes]]:  # fmt: skip
         """Send records the offramp refused for good to its err port; returns the others.
 
         ``unencoded``: the events could not be encoded: they leave as they came (their value,
         or their bytes in the codec they came in), so that a dead letter gets the event itself;
-        else they were refused by the peer: valid records in this offramp's codec.
+        else they were refused by the peer: valid records in this offramp's codec. ``extra``:
+        more keys of their ``meta.error`` (attempts and last error of a write that gave up).
         """
         bad = dict(rejected)
         self.stats.error("rejected", len(bad))
         reasons = [(i, bad[i]) for i in sorted(bad)]
+        kind = "Rejected" if extra is None else "GaveUp"
         if unencoded:
-            err = batch.failed(reasons, self.spec.id, "Rejected")
+            err = batch.failed(reasons, self.spec.id, kind, extra=extra)
         else:
-            err = batch.failed(reasons, self.spec.id, "Rejected", payloads=[records[i] for i, _ in reasons], codec=self.spec.codec)
+            err = batch.failed(reasons, self.spec.id, kind, payloads=[records[i] for i, _ in reasons], codec=self.spec.codec, extra=extra)
         done_each(err.acks)  # the err batch took its own shares
         rest = self._take(batch, records, [i for i in range(len(batch)) if i not in bad])
         assert self.router is not None
@@ -270,9 +273,14 @@ class OfframpRunner(Runner):
         return batch, records
 
     async def send(self, batch: Batch, records: list[bytes]) -> None:
-        """Write until the peer confirmed (retries with backoff), then count and ack."""
+        """Write until the peer confirmed (retries with backoff, within the offramp's ``retry``
+        bounds, after which the records go to err), then count and ack."""
         backoff = Backoff()
+        attempts = 0
+        first_failure: float | None = None
+        gave_up: dict[str, Any] | None = None
         while True:
+            attempts += 1
             try:
                 rejected = await self.write(batch, records)
             except asyncio.CancelledError:
@@ -290,14 +298,33 @@ class OfframpRunner(Runner):
                     log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, cause)
                     rejected = [(i, f"{type(cause).__name__}: {cause}") for i in range(n)]
                     break
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                if (why := self._give_up(attempts, now - first_failure)) is not None:
+                    last = f"{type(cause).__name__}: {cause}"
+                    log.error("offramp %s: write of %d event(s) failed %s; to err: %s", self.spec.id, n, why, last)
+                    rejected = [(i, f"gave up {why}: {last}") for i in range(n)]
+                    gave_up = {"attempts": attempts, "last_error": last}
+                    break
                 delay = backoff.next()
                 log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, cause)
                 await asyncio.sleep(delay)
                 continue
             break
         if rejected:
-            batch, records = await self.reject(batch, records, rejected)
+            batch, records = await self.reject(batch, records, rejected, extra=gave_up)
         self.accepted(batch, records)
+
+    def _give_up(self, attempts: int, failing_s: float) -> str | None:
+        """Why a batch failing for ``failing_s`` after ``attempts`` writes is not tried again (None: it is)."""
+        bound = self.spec.retry
+        if bound is None:
+            return None
+        if bound.max_attempts is not None and attempts >= bound.max_attempts:
+            return f"after {attempts} attempts (retry.max_attempts)"
+        if bound.max_elapsed is not None and failing_s >= bound.max_elapsed:
+            return f"after {attempts} attempts in {failing_s:.1f}s (retry.max_elapsed {bound.max_elapsed:g}s)"
+        return None
 
     async def write(self, batch: Batch, records: list[bytes]) -> Rejections:
         """One attempt at writing ``batch`` (``records``: its events in this offramp's codec)."""
