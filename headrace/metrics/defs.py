@@ -34,6 +34,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_queue_events", "gauge", "Events waiting in an edge queue.", ("edge",)),
     MetricDef("headrace_queue_bytes", "gauge", "Bytes waiting in an edge queue.", ("edge",)),
     MetricDef("headrace_event_latency_seconds", "histogram", "Time from ingest to offramp accept.", ("offramp",), LATENCY_BUCKETS),
+    MetricDef("headrace_offramp_state", "gauge", "1 for the offramp's current state, 0 for the other: `ok` (its writes succeed, or none is due) "
+              "or `retrying` (a write failed and waits for its next attempt).", ("offramp", "state")),
+    MetricDef("headrace_offramp_backoff_seconds", "gauge", "The wait before the next attempt of the offramp's failing write; 0 when none fails.", ("offramp",)),
     MetricDef("headrace_event_loop_lag_seconds", "histogram", "Delay of a periodic event-loop timer beyond its schedule.", (), LAG_BUCKETS),
     MetricDef("headrace_loop_blocked_seconds_total", "counter", "Time stages on the event loop held it beyond the threshold.", ("component_id",)),
     MetricDef("headrace_worker_busy_ratio", "gauge", "Share of the last second a worker spent running jobs (their CPU time over wall time).", ("worker",)),
@@ -63,6 +66,7 @@ LABELS: dict[str, str] = {
     "refused: `max_connections`, `idle_timeout` (tcp, unix), and for http `max_connections`, `max_inflight_bytes`, `max_pending_events`, "
     "`max_body_bytes`, `body_timeout`, `origin`",
     "edge": "the component at the receiving end of the queue: the first node of a chain, or an offramp",
+    "state": "`ok` or `retrying` (see `headrace_offramp_state`)",
     "offramp": "offramp id",
     "worker": "worker index, `0` to `workers - 1` (stable across respawns)",
     "cause": "`memory_error` (a stage or the segment hit a MemoryError) or `max_rss` (resident memory over `daemon.worker_max_rss`)",

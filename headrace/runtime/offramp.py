@@ -19,6 +19,7 @@ from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable, take
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.records import check
+from headrace.runtime.retry import RetryState
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.stats import ComponentStats
@@ -82,6 +83,7 @@ class OfframpRunner(Runner):
         self.router: Router | None = None
         self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
+        self.retry = RetryState(spec.id, spec.retry, metrics)
         self.framing: SelfFraming | None = None
         if plugin.frames_itself:  # it gets one record per event and frames groups of them itself
             self.framing = plugin.postprocess = SelfFraming(post)
@@ -279,52 +281,46 @@ class OfframpRunner(Runner):
         attempts = 0
         first_failure: float | None = None
         gave_up: dict[str, Any] | None = None
-        while True:
-            attempts += 1
-            try:
-                rejected = await self.write(batch, records)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                cause: BaseException = exc
-                if isinstance(exc, PartialWrite):  # what the peer confirmed is done; only the rest is tried again
-                    cause = exc.cause
-                    batch, records = await self.partly_done(batch, records, exc)
-                n = len(batch)
-                if not n:
-                    return
-                self.stats.error(type(cause).__name__, n)
-                if not self.plugin.retryable(cause):
-                    log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, cause)
-                    rejected = [(i, f"{type(cause).__name__}: {cause}") for i in range(n)]
-                    break
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
-                if (why := self._give_up(attempts, now - first_failure)) is not None:
-                    last = f"{type(cause).__name__}: {cause}"
-                    log.error("offramp %s: write of %d event(s) failed %s; to err: %s", self.spec.id, n, why, last)
-                    rejected = [(i, f"gave up {why}: {last}") for i in range(n)]
-                    gave_up = {"attempts": attempts, "last_error": last}
-                    break
-                delay = backoff.next()
-                log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, cause)
-                await asyncio.sleep(delay)
-                continue
-            break
+        try:
+            while True:
+                attempts += 1
+                try:
+                    rejected = await self.write(batch, records)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    cause: BaseException = exc
+                    if isinstance(exc, PartialWrite):  # what the peer confirmed is done; only the rest is tried again
+                        cause = exc.cause
+                        batch, records = await self.partly_done(batch, records, exc)
+                    n = len(batch)
+                    if not n:
+                        return
+                    self.stats.error(type(cause).__name__, n)
+                    if not self.plugin.retryable(cause):
+                        log.error("offramp %s: write of %d event(s) failed for good: %s", self.spec.id, n, cause)
+                        rejected = [(i, f"{type(cause).__name__}: {cause}") for i in range(n)]
+                        break
+                    now = time.monotonic()
+                    first_failure = now if first_failure is None else first_failure
+                    if (why := self.retry.give_up(attempts, now - first_failure)) is not None:
+                        last = f"{type(cause).__name__}: {cause}"
+                        log.error("offramp %s: write of %d event(s) failed %s; to err: %s", self.spec.id, n, why, last)
+                        rejected = [(i, f"gave up {why}: {last}") for i in range(n)]
+                        gave_up = {"attempts": attempts, "last_error": last}
+                        break
+                    delay = backoff.next()
+                    self.retry.waiting(delay, first=backoff.attempt == 1)
+                    log.error("offramp %s: write of %d event(s) failed, retrying in %.1fs: %s", self.spec.id, n, delay, cause)
+                    await asyncio.sleep(delay)
+                    continue
+                break
+        finally:
+            if backoff.attempt:
+                self.retry.settled()
         if rejected:
             batch, records = await self.reject(batch, records, rejected, extra=gave_up)
         self.accepted(batch, records)
-
-    def _give_up(self, attempts: int, failing_s: float) -> str | None:
-        """Why a batch failing for ``failing_s`` after ``attempts`` writes is not tried again (None: it is)."""
-        bound = self.spec.retry
-        if bound is None:
-            return None
-        if bound.max_attempts is not None and attempts >= bound.max_attempts:
-            return f"after {attempts} attempts (retry.max_attempts)"
-        if bound.max_elapsed is not None and failing_s >= bound.max_elapsed:
-            return f"after {attempts} attempts in {failing_s:.1f}s (retry.max_elapsed {bound.max_elapsed:g}s)"
-        return None
 
     async def write(self, batch: Batch, records: list[bytes]) -> Rejections:
         """One attempt at writing ``batch`` (``records``: its events in this offramp's codec)."""

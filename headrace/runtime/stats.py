@@ -44,6 +44,9 @@ class ComponentStats:
             ("headrace_event_latency_seconds", (self.cid,)), ("headrace_loop_blocked_seconds_total", (self.cid,)),
             ("headrace_component_buffered_bytes", (self.cid,)),
         ]  # fmt: skip
+        if self.kind == "offramp":
+            doomed += [("headrace_offramp_state", (self.cid, "ok")), ("headrace_offramp_state", (self.cid, "retrying")),
+                       ("headrace_offramp_backoff_seconds", (self.cid,))]  # fmt: skip
         doomed += [("headrace_component_sent_events_total", (self.cid, self.kind, p)) for p in self._sent]
         doomed += [("headrace_component_errors_total", (self.cid, self.kind, e)) for e in self._errors]
         doomed += [("headrace_component_discarded_events_total", (self.cid, r)) for r in self._discarded]

@@ -59,3 +59,55 @@ links: {src: [out]}
 """)
     res = headrace("check", str(cfg))
     assert res.returncode == 78 and "max_attempts" in res.stderr.decode() and "c.yaml:4" in res.stderr.decode()
+
+
+def test_the_offramp_state_shows_retrying_and_its_backoff_until_the_peer_is_back(tmp_path: Path, write: Any) -> None:
+    """Without bounds the records wait (today's behaviour); ``headrace_offramp_state`` says
+    ``retrying`` with the current backoff while they do, and ``ok`` once the peer took them."""
+    from tests.reliability.harness import LineSink
+    from tests.support.daemon import metric
+
+    sink_port, mport = free_port(), free_port()
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(10)))
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{mport}"}}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson}}}}}}
+offramps: {{out: {{type: tcp, config: {{port: {sink_port}}}}}}}
+links: {{src: [out]}}
+""")
+    retrying = 'headrace_offramp_state{offramp="out",state="retrying"}'
+    ok = 'headrace_offramp_state{offramp="out",state="ok"}'
+    backoff = 'headrace_offramp_backoff_seconds{offramp="out"}'
+    sink = LineSink(sink_port)
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: metric(mport, retrying) == 1 and metric(mport, ok, 1) == 0 and metric(mport, backoff) > 0, timeout=30)
+        sink.start()
+        assert d.wait(60) == 0, d.stderr()  # the file is done once the sink took every record
+        assert sorted(json.loads(x)["id"] for x in bytes(sink.data).decode().splitlines()) == list(range(10))
+    finally:
+        d.stop()
+        sink.stop()
+
+
+def test_the_state_is_ok_again_once_no_write_fails() -> None:
+    from headrace.config.model import RetryConfig
+    from headrace.metrics.defs import Metrics
+    from headrace.runtime.retry import RetryState
+
+    metrics = Metrics()
+    state = RetryState("out", RetryConfig(max_attempts=4), metrics)
+
+    def value(name: str, *labels: str) -> float:
+        return float(metrics[name].labels(*labels)._value.get())
+
+    state.waiting(0.1, first=True)
+    state.waiting(0.2, first=True)  # a second write fails too (max_in_flight > 1)
+    state.waiting(0.4, first=False)
+    assert value("headrace_offramp_state", "out", "retrying") == 1 and value("headrace_offramp_backoff_seconds", "out") == 0.4
+    state.settled()
+    assert value("headrace_offramp_state", "out", "retrying") == 1  # the other still fails
+    state.settled()
+    assert value("headrace_offramp_state", "out", "ok") == 1 and value("headrace_offramp_backoff_seconds", "out") == 0
+    assert state.give_up(3, 100.0) is None and state.give_up(4, 0.0) == "after 4 attempts (retry.max_attempts)"
