@@ -60,8 +60,8 @@ class _Builder:
     def err(self, pos: Position, msg: str) -> None:
         self.issues.append(ConfigIssue(pos, msg))
 
-    def context(self, cid: str) -> PluginContext:
-        return PluginContext(cid, self.base_dir)
+    def context(self, cid: str, framing: tuple[str, ...] = ()) -> PluginContext:
+        return PluginContext(cid, self.base_dir, framing=framing)
 
     # -- plugins -----------------------------------------------------------------------------
     def plugin(self, kind: registry.Kind, name: str, pos: Position) -> Any:
@@ -118,7 +118,7 @@ class _Builder:
         if cfg is None:
             return
         try:
-            cls(cfg, self.context(cid)).check()
+            cls(cfg, self.context(cid, tuple(p.name for p in procs))).check()
         except SettingError as exc:
             self.err(self.smap.at((*path, "config", exc.key)), f"{kind} '{cid}': {exc.key}: {exc}")
         except (ValueError, OSError, ImportError) as exc:

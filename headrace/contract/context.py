@@ -39,6 +39,8 @@ class PluginContext:
     metrics: MetricRegistry | None = None  # None in unit tests and `headrace check`: count nothing
     request_stop: Callable[[], None] = field(default=_nothing)  # ask the daemon to drain and stop
     downstream_full: Callable[[], bool] = field(default=_never_full)  # for stages: the queue after this chain is full
+    state_dir: Path | None = None  # where a plugin may keep state across restarts (daemon.state_dir); None: keep nothing
+    framing: tuple[str, ...] = ()  # names of the component's preprocessors (an onramp) or postprocessors (an offramp), in order
 
     def resolve(self, path: str) -> Path:
         p = Path(path)

@@ -12,8 +12,11 @@ from headrace.contract.metas import Metas
 class OnrampSink(Protocol):
     """Where an onramp puts what it reads. Both methods wait while the graph is full."""
 
-    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
-        """A piece of a byte stream, framed by the onramp's preprocessors."""
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None) -> None:
+        """A piece of a byte stream, framed by the onramp's preprocessors. ``ack``: a token handed back
+        to ``Onramp.ack`` once every record framed from ``data`` is done (at once when it framed to
+        none). Meaningful only when ``data`` ends where a record ends (a newline, for ``lines``):
+        framing state carried into the next chunk is not covered by this one's token."""
 
     async def records(
         self, payloads: list[bytes], metas: Metas | None = None, ack: Any = None, group: Any = None,

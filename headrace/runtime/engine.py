@@ -62,7 +62,9 @@ class Engine:
         self.last_resort = LastResort(state_dir(graph.daemon, graph.base_dir))
 
     def context(self, cid: str, graph: Graph) -> PluginContext:
-        return PluginContext(cid, graph.base_dir, metrics=self.metrics, request_stop=self.request_stop)
+        spec = graph.components.get(cid)
+        return PluginContext(cid, graph.base_dir, metrics=self.metrics, request_stop=self.request_stop,
+                             state_dir=state_dir(graph.daemon, graph.base_dir), framing=tuple(p.name for p in spec.processors) if spec else ())  # fmt: skip
 
     def codec(self, name: str, graph: Graph | None = None) -> Codec:
         if name not in self.codecs:

@@ -94,10 +94,13 @@ class OnrampRunner(Runner):
         while (i := self._pending()) >= 0:
             yield self._resume(i)
 
-    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None) -> None:
         self.stats.received_bytes.inc(len(data))
+        ref = AckRef(1, ack, self.plugin.ack, self.plugin.fail) if ack is not None else None  # its own share until all is framed
         for records, rejected in self._steps(data):  # the next step once the graph took the last one
-            await self._emit(records, rejected, meta)
+            await self._emit(records, rejected, meta, ref)
+        if ref is not None:
+            ref.done()
 
     async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
         records, rejected = self._finish()
@@ -134,13 +137,14 @@ class OnrampRunner(Runner):
         yield from view._steps(data)
         yield view._finish()
 
-    async def _emit(self, records: list[bytes], rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None) -> None:
+    async def _emit(self, records: list[bytes], rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None,
+                    ref: AckRef | None = None) -> None:  # fmt: skip
         if rejected:
             await self.reject(rejected, meta)
         bs = self.batch_size
         for start in range(0, len(records), bs):
             part = records[start : start + bs]
-            await self._send(part, [dict(meta) for _ in part] if meta else None, None, None)
+            await self._send(part, [dict(meta) for _ in part] if meta else None, None, None, ref=ref)
 
     async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None:
         self.stats.error("framing", len(rejected))
@@ -173,16 +177,19 @@ class OnrampRunner(Runner):
             await self._out(batch.select(keep))
 
     def _batch(self, payloads: list[bytes], metas: Metas | None, ack: Any, group: Any, nbytes: int | None = None,
-               wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> Batch:  # fmt: skip
-        ref = AckRef(len(payloads), ack, self.plugin.ack, self.plugin.fail) if ack is not None else None
+               wire: tuple[bytes, tuple[bytes, ...]] | None = None, ref: AckRef | None = None) -> Batch:  # fmt: skip
+        if ref is not None:  # a share of a chunk's ref per record framed from it
+            ref.pending += len(payloads)
+        elif ack is not None:
+            ref = AckRef(len(payloads), ack, self.plugin.ack, self.plugin.fail)
         return Batch.source(payloads, codec=self.codec, origin=self.spec.id, group=(self.group, group) if group is not None else self.group,
                             ack=ref, metas=metas, nbytes=nbytes, wire=wire)  # fmt: skip
 
     async def _send(self, payloads: list[bytes], metas: Metas | None, ack: Any, group: Any, nbytes: int | None = None,
-                    wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
+                    wire: tuple[bytes, tuple[bytes, ...]] | None = None, ref: AckRef | None = None) -> None:  # fmt: skip
         if not payloads:
             return
-        batch = self._batch(payloads, metas, ack, group, nbytes, wire)
+        batch = self._batch(payloads, metas, ack, group, nbytes, wire, ref)
         self.stats.received.inc(len(batch))
         await self._out(batch)
 

@@ -92,12 +92,14 @@ class CheckedSink:
         self.probe = probe
         self.runner = runner
 
-    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None) -> None:
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None) -> None:
         self.probe.call("chunk")
         if not isinstance(data, bytes):
             self.probe.problem(f"chunk(): data must be bytes, got {type(data).__name__}")
         _check_meta(self.probe, meta, "chunk()")
-        await self.runner.chunk(data, meta)
+        if ack is not None:
+            self.probe.handed += 1
+        await self.runner.chunk(data, meta, ack)
 
     async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
         self.probe.call("end_of_stream")

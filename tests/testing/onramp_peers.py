@@ -40,8 +40,8 @@ class MadeByItself(OnrampPeer):
 
 
 class FileLines(OnrampPeer):
-    """A file of lines; a followed file gets more once the onramp is ready (and is read again from
-    its start after a restart: tail -F keeps no position)."""
+    """A file of lines; a followed file gets more once the onramp is ready, and after a restart
+    gives only what was added since (its checkpoint: it resumes after the last delivered line)."""
 
     def __init__(self, path: Path, copies: int = 1) -> None:
         self.path = path
@@ -60,7 +60,7 @@ class FileLines(OnrampPeer):
         with self.path.open("ab") as f:
             f.write(framed(more))
         self.written += more
-        return more if cycle == 0 else self.written
+        return more
 
 
 class Replayed(FileLines):

@@ -1,21 +1,34 @@
-"""``type: file``: read a file (plain, gzip or xz, by content), optionally following it like ``tail -F``."""
+"""``type: file``: read a file (plain, gzip or xz, by content), optionally following it like ``tail -F``.
+
+With ``follow: true`` the onramp remembers how far the file was delivered (``checkpoint``, on
+by default) under ``daemon.state_dir`` and resumes after the last delivered line when the
+daemon restarts; the file is recognised by device, inode and a hash of its first bytes, so a
+rotation by rename is followed and a truncated or replaced file is read from its start. A
+SIGKILL delivers again at most what was delivered in the last ``checkpoint_interval``. A file
+read once (no ``follow``) is read whole every run.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import lzma
 import os
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Literal, cast
 
 from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
-from headrace.contract.paths import check_file_path
+from headrace.contract.paths import SettingError, check_file_path
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.contract.units import Duration, Size
+from headrace.plugins.onramps.filecheckpoint import Checkpoints, Progress, fingerprint
+
+log = logging.getLogger("headrace.file")
+CARRY_MAX = 64 << 20  # a line this long without a newline is handed on untracked
 
 
 class FileOnrampConfig(PluginConfig):
@@ -23,6 +36,12 @@ class FileOnrampConfig(PluginConfig):
     follow: bool = Field(False, description="keep reading appended data and follow rotation (tail -F); never ends")
     read_size: Size = Field(256 * 1024, ge=1, description="bytes per read")
     poll_interval: Duration = Field(0.25, gt=0, description="with follow: how often to look for new data")
+    checkpoint: bool = Field(True, description="with follow: remember in daemon.state_dir how far the file was delivered and resume "
+                                               "there after a restart (needs the default lines framing)")
+    read_from: Literal["beginning", "end"] = Field("beginning", description="with follow: where to start a file found at start-up that "
+                                                                            "has no checkpoint (a rotated-in file is always read whole)")
+    checkpoint_interval: Duration = Field(1.0, gt=0, description="how often checkpoints are saved (also on stop): a SIGKILL may "
+                                                                 "deliver again what was delivered in the last interval")
 
 
 def open_any(path: str) -> IO[bytes]:
@@ -49,9 +68,18 @@ class FileOnramp(Onramp):
         self.path = str(context.resolve(config.path))
         self.finite = not config.follow
         self.file: IO[bytes] | None = None
+        self.checkpoint = config.follow and config.checkpoint
+        folder = context.state_dir / "file-onramp" if context.state_dir is not None else None
+        self.checkpoints = Checkpoints(folder / f"{context.component_id}.json" if folder is not None and self.checkpoint else None)
+        self.progress: Progress | None = None
+        self.carry = b""  # the bytes after the last newline read (checkpoints: handed on with their line)
 
     def check(self) -> None:
         check_file_path("path", Path(self.path))
+        framing = self.context.framing
+        if self.checkpoint and framing and framing != ("lines",):
+            raise SettingError("checkpoint", f"resuming needs records that end at a newline (preprocessors: [lines]), not "
+                                             f"{list(framing)}; set checkpoint: false to read the file from its start after a restart")
 
     async def start(self) -> None:
         """A file read once must exist now (start-up fails naming it otherwise); a followed one may appear later."""
@@ -73,31 +101,125 @@ class FileOnramp(Onramp):
         if self.file is not None:
             self.file.close()
             self.file = None
+        if self.checkpoint:
+            self._save()
 
     async def _follow(self, sink: OnrampSink) -> None:
         f: Any = None
         ino = None
-        while True:
-            if f is None:
-                try:
-                    f = open(self.path, "rb")  # noqa: SIM115 - held across iterations
-                    ino = os.fstat(f.fileno()).st_ino
-                except FileNotFoundError:
-                    await asyncio.sleep(self.cfg.poll_interval)
+        first = True  # read_from applies to the file found at start-up only; later ones (rotation) are read whole
+        saver = asyncio.create_task(self._save_every()) if self.checkpoint else None
+        try:
+            if self.checkpoint:
+                await self._catch_up(sink)
+            while True:
+                if f is None:
+                    try:
+                        f = open(self.path, "rb")  # noqa: SIM115 - held across iterations
+                        ino = os.fstat(f.fileno()).st_ino
+                    except FileNotFoundError:
+                        await asyncio.sleep(self.cfg.poll_interval)
+                        continue
+                    self.progress = self._resume(f, first) if self.checkpoint else None
+                    first = False
+                chunk = f.read(self.cfg.read_size)
+                if chunk:
+                    await self._hand(sink, chunk, f.tell())
                     continue
-            chunk = f.read(self.cfg.read_size)
-            if chunk:
-                await sink.chunk(chunk)
-                continue
-            await asyncio.sleep(self.cfg.poll_interval)
-            try:
-                st = os.stat(self.path)
-            except FileNotFoundError:
-                continue
-            if st.st_ino != ino or st.st_size < f.tell():  # rotated or truncated: finish and reopen
-                rest = f.read()
-                if rest:
-                    await sink.chunk(rest)
-                await sink.end_of_stream()
+                await asyncio.sleep(self.cfg.poll_interval)
+                try:
+                    st = os.stat(self.path)
+                except FileNotFoundError:
+                    continue
+                if st.st_ino != ino or st.st_size < f.tell():  # rotated or truncated: finish and reopen
+                    rest = f.read()
+                    if rest:
+                        await self._hand(sink, rest, f.tell())
+                    if self.carry:  # a last line without its newline ends with the file
+                        await self._hand(sink, b"\n", f.tell())
+                    await sink.end_of_stream()
+                    f.close()
+                    f = None
+        finally:
+            if f is not None:
                 f.close()
-                f = None
+            if saver is not None:
+                saver.cancel()
+
+    async def _catch_up(self, sink: OnrampSink) -> None:
+        """Files rotated away (renamed in the same folder) while the daemon was down: the rest of
+        each, found by its fingerprint, before the file now at the path."""
+        try:
+            here = os.stat(self.path)
+            now = (here.st_dev, here.st_ino)
+        except FileNotFoundError:
+            now = None
+        for entry in list(self.checkpoints.files):
+            if entry.get("path") != self.path or (entry.get("dev"), entry.get("ino")) == now:
+                continue
+            moved = self.checkpoints.locate(entry, Path(self.path).parent)
+            if moved is None:
+                continue
+            with open(moved, "rb") as f:
+                if self.checkpoints.find(f) is not entry:
+                    continue
+                log.info("file onramp %s: reading the rest of %s (rotated from %s) from byte %d", self.context.component_id, moved,
+                         self.path, entry["offset"])  # fmt: skip
+                f.seek(entry["offset"])
+                self.carry = b""
+                self.progress = Progress(self.checkpoints, entry)
+                while chunk := f.read(self.cfg.read_size):
+                    await self._hand(sink, chunk, f.tell())
+                if self.carry:
+                    await self._hand(sink, b"\n", f.tell())
+                await sink.end_of_stream()
+                entry["path"] = str(moved)  # done with it: it is no longer the file at the path
+
+    def _resume(self, f: IO[bytes], first: bool) -> Progress:
+        """Where to read ``f`` from: after what was delivered of it before, or (never seen) ``read_from``."""
+        entry = self.checkpoints.find(f)
+        if entry is not None:
+            f.seek(entry["offset"])
+            log.info("file onramp %s: resuming %s at byte %d", self.context.component_id, self.path, entry["offset"])
+        else:
+            entry = {**fingerprint(f), "path": self.path, "offset": 0}
+            if first and self.cfg.read_from == "end":
+                entry["offset"] = f.seek(0, os.SEEK_END)
+            self.checkpoints.moved(entry, entry["offset"])
+        self.carry = b""
+        return Progress(self.checkpoints, entry)
+
+    async def _hand(self, sink: OnrampSink, data: bytes, end: int) -> None:
+        """Hand on ``data`` (the file's bytes up to ``end``); with checkpoints, up to its last newline
+        with a token for that offset (the rest waits for the next read)."""
+        if self.progress is None:
+            await sink.chunk(data)
+            return
+        buf = self.carry + data if self.carry else data
+        cut = buf.rfind(b"\n") + 1
+        if not cut and len(buf) < CARRY_MAX:
+            self.carry = buf
+            return
+        if not cut:  # a line longer than CARRY_MAX: handed on untracked (its framing bounds it)
+            self.carry = b""
+            await sink.chunk(buf)
+            return
+        self.carry = buf[cut:]
+        await sink.chunk(buf[:cut], ack=self.progress.handed(end - len(self.carry)))
+
+    async def _save_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint_interval)
+            self._save()
+
+    def _save(self) -> None:
+        try:
+            self.checkpoints.save()
+        except OSError as exc:
+            log.error("file onramp %s: cannot save checkpoints (%s); a restart may read again what was delivered", self.context.component_id, exc)
+
+    def ack(self, token: Any) -> None:
+        token[2].done(token)
+
+    def fail(self, token: Any) -> None:  # the runtime already sent those records to err or the last-resort file
+        token[2].done(token)
