@@ -33,6 +33,15 @@ class MetricsConfig(Strict):
     )
 
 
+class ErrorBudgetConfig(Strict):
+    ratio: float = Field(gt=0, le=1, description="share of an onramp's records sent to err ports, over the window, beyond which it trips")
+    window: Duration = Field(60.0, gt=0, description="the sliding window; a record sent to err is acked only once this long has "
+                                                      "passed without the budget tripping")
+    min_events: int = Field(100, ge=1, description="records the onramp must have read in the window before the budget can trip")
+    then: Literal["pause", "stop"] = Field("pause", description="pause: the onramp stops reading and is not ready (/ready 503) until "
+                                                                 "the daemon restarts; stop: the daemon drains and exits 1")
+
+
 class DaemonConfig(Strict):
     """Process-wide settings."""
 
@@ -52,6 +61,9 @@ class DaemonConfig(Strict):
     state_dir: str | None = Field(None, description="folder for state kept across runs: the last-resort files of events that reach an err port "
                                   "linked nowhere (docs/delivery.md). Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
                                   "headrace-state beside the config file; relative to the config file's folder. Created when first needed")  # fmt: skip
+    error_budget: ErrorBudgetConfig | None = Field(None, description="off by default: when more than `ratio` of an onramp's records "
+                                                   "go to err ports, pause it or stop the daemon instead of dead-lettering a whole topic; "
+                                                   "what went to err since the window began is not acked (a Kafka source does not commit it)")
     worker_max_rss: Size | None = Field(None, description="a worker whose resident memory grew past this size (e.g. 2GiB) after a job is "
                                                        "replaced by a fresh one, blaming no record; null: never. A worker that hit a "
                                                        "MemoryError is always replaced")

@@ -37,6 +37,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_offramp_state", "gauge", "1 for the offramp's current state, 0 for the other: `ok` (its writes succeed, or none is due) "
               "or `retrying` (a write failed and waits for its next attempt).", ("offramp", "state")),
     MetricDef("headrace_offramp_backoff_seconds", "gauge", "The wait before the next attempt of the offramp's failing write; 0 when none fails.", ("offramp",)),
+    MetricDef("headrace_error_budget_exceeded", "gauge", "1 once more than daemon.error_budget.ratio of an onramp's records went to err "
+              "ports within the window: the onramp is paused (or the daemon stops) and its err records fail instead of being acked.",
+              ("component_id",)),
     MetricDef("headrace_event_loop_lag_seconds", "histogram", "Delay of a periodic event-loop timer beyond its schedule.", (), LAG_BUCKETS),
     MetricDef("headrace_loop_blocked_seconds_total", "counter", "Time stages on the event loop held it beyond the threshold.", ("component_id",)),
     MetricDef("headrace_worker_busy_ratio", "gauge", "Share of the last second a worker spent running jobs (their CPU time over wall time).", ("worker",)),

@@ -20,6 +20,7 @@ from headrace.config.graph import Graph
 from headrace.contract.codec import Codec
 from headrace.contract.context import PluginContext
 from headrace.metrics.defs import Metrics
+from headrace.runtime.budget import ErrorBudget
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort, state_dir
 from headrace.runtime.loopchain import ChainRunner
@@ -60,6 +61,19 @@ class Engine:
         self.not_reloading = asyncio.Event()
         self.not_reloading.set()
         self.last_resort = LastResort(state_dir(graph.daemon, graph.base_dir))
+        budget = graph.daemon.error_budget
+        self.budget = ErrorBudget(budget, metrics, self._budget_spent) if budget is not None else None
+
+    def _budget_spent(self, onramp: str, why: str) -> None:
+        """``daemon.error_budget`` tripped for ``onramp``: pause it, or stop the daemon (exit 1)."""
+        assert self.budget is not None
+        if self.budget.cfg.then == "stop":
+            self.failures.append((onramp, RuntimeError(f"error budget exceeded: {why}")))
+            self.request_stop()
+            return
+        runner = self.onramps.get(onramp)
+        if runner is not None:
+            runner.hold(f"error budget exceeded: {why}")
 
     def context(self, cid: str, graph: Graph) -> PluginContext:
         spec = graph.components.get(cid)
@@ -80,7 +94,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and all(r.plugin.ready for r in self.onramps.values())
+        return self.started and not self.draining and all(r.plugin.ready and r.unheld.is_set() for r in self.onramps.values())
 
     # -- starting ------------------------------------------------------------------------------
     async def _preflight(self, b: Build, timeout: float) -> None:

@@ -44,6 +44,8 @@ class OnrampRunner(Runner):
         self.started = False  # the plugin's start() returned (``run`` starts it unless the engine did)
         self.started_future: asyncio.Future[None] | None = None  # resolved once started (or failed to)
         self.stopped = False
+        self.unheld = asyncio.Event()  # cleared while the error budget holds this onramp
+        self.unheld.set()
         self.start_timeout = start_timeout
         self.fanout_codec: Codec | None = None  # set by the wiring when ``out`` has several targets
 
@@ -164,6 +166,8 @@ class OnrampRunner(Runner):
             return
         batch = self._batch(payloads, metas, ack, group, nbytes, wire if not refused else None)
         self.stats.received.inc(len(batch))
+        if self.router.budget is not None:
+            self.router.budget.received(self.spec.id, len(batch))
         if not refused:
             await self._out(batch)
             return
@@ -191,11 +195,21 @@ class OnrampRunner(Runner):
             return
         batch = self._batch(payloads, metas, ack, group, nbytes, wire, ref)
         self.stats.received.inc(len(batch))
+        if self.router.budget is not None:
+            self.router.budget.received(self.spec.id, len(batch))
         await self._out(batch)
+
+    def hold(self, why: str) -> None:
+        """Read nothing more and answer not ready (the error budget tripped) until the daemon restarts."""
+        log.error("onramp %s paused: %s", self.spec.id, why)
+        self.unheld.clear()
+        self.plugin.ready = False
 
     async def _out(self, batch: Batch) -> None:
         """To the ``out`` port. When it fans out to several targets, the records are checked here,
         once: each target would otherwise report every malformed record on this onramp's err port."""
+        if not self.unheld.is_set():  # paused by the error budget: the source waits here (a Kafka one pauses its partitions)
+            await self.unheld.wait()
         if self.fanout_codec is not None:
             batch, err = check(batch, self.fanout_codec)
             if err is not None:

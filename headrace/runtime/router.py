@@ -7,6 +7,7 @@ import time
 
 from headrace.contract.acks import add_each, done_each, fail_each
 from headrace.runtime.batch import Batch
+from headrace.runtime.budget import ErrorBudget
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort
 from headrace.runtime.stats import ComponentStats
@@ -15,8 +16,10 @@ log = logging.getLogger("headrace.router")
 
 
 class Router:
-    def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]], last_resort: LastResort | None = None) -> None:
+    def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]], last_resort: LastResort | None = None,
+                 budget: ErrorBudget | None = None) -> None:  # fmt: skip
         self.stats = stats
+        self.budget = budget  # daemon.error_budget, counting what goes to err ports (None: off)
         self.targets = targets  # port -> [(inbox, target is a node)]; a reload replaces the dict
         self.last_resort = last_resort  # where events of an unlinked err port go (None: they are only logged and counted)
         self._last_err_log = 0.0
@@ -31,6 +34,9 @@ class Router:
     async def send(self, port: str, batch: Batch) -> None:
         n = len(batch)
         if not n:
+            return
+        if port == "err" and self.budget is not None and self.budget.errored(batch.origin, batch.acks, n):
+            self.stats.discard("error_budget", n)  # failed, not dead-lettered: the source does not ack them
             return
         self.stats.sent(port).inc(n)
         if port != "err":

@@ -54,6 +54,7 @@ EXPECTED_ALERTS = {
     "HeadraceReloadFailed",
     "HeadraceEventsStuck",
     "HeadraceNoWorkerUp",
+    "HeadraceErrorBudgetExceeded",
     "HeadraceLoopBlocked",
 }
 
