@@ -48,6 +48,10 @@ class Offramp:
     # partition) and whose acks may complete out of order; a failed write is retried while later
     # ones may already be confirmed (at least once: order can differ only after a failure).
     max_in_flight: int = 1
+    # seconds a write waits for more queued events to join it, when fewer than coalesce_events
+    # are queued and another write is still in flight (so an idle sink adds no latency): small
+    # writes (jobs of a slow stage) become fewer, larger ones. 0: never waits.
+    linger: float = 0.0
 
     def __init__(self, config: Any, context: PluginContext) -> None:
         self.config = config

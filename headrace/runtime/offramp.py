@@ -216,7 +216,10 @@ class OfframpRunner(Runner):
         writing: set[asyncio.Task[None]] = set()  # deliveries in flight (at most ``depth``)
         try:
             limit = self.plugin.coalesce_events
+            linger = float(self.plugin.linger)
             while (batch := await self.inbox.get()) is not None:
+                if linger and writing and len(batch) < limit:  # busy: let more join this write (no latency when idle)
+                    await asyncio.sleep(linger)
                 if limit:
                     batch = self.coalesce(batch, limit)
                 prepared = await self.prepare(batch)  # here, in order: only the writes overlap

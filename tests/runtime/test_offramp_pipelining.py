@@ -46,7 +46,7 @@ class GatedSink(Offramp):
         return None
 
 
-async def pipeline(tmp_path: Path, sink: GatedSink, batches: int) -> tuple[list[str], OfframpRunner, asyncio.Task[None]]:
+async def pipeline(tmp_path: Path, sink: GatedSink, batches: int, close: bool = True) -> tuple[list[str], OfframpRunner, asyncio.Task[None]]:
     graph = load_text("""
 version: 1
 onramps: {src: {type: stdin, codec: json}}
@@ -63,7 +63,8 @@ links: {src: [out]}
     for b in range(batches):
         ref = AckRef(1, f"b{b}", acked.append, lambda t: pytest.fail(f"{t} failed"))
         await inbox.put(Batch.source([b'{"b": %d, "i": %d}' % (b, i) for i in range(3)], codec="json", origin="src", group=None, ack=ref))
-    inbox.close()
+    if close:
+        inbox.close()
     return acked, runner, asyncio.ensure_future(runner.run())
 
 
@@ -106,5 +107,52 @@ def test_a_failed_write_is_retried_while_the_others_complete(tmp_path: Path) -> 
         sink.pending[3].set_result(None)
         await asyncio.wait_for(task, 10)
         assert sorted(acked) == ["b0", "b1", "b2"]
+
+    asyncio.run(main())
+
+
+class CountingSink(GatedSink):
+    """Also records how many events each write got."""
+
+    coalesce_events = 100
+
+    def __init__(self, depth: int, linger: float) -> None:
+        super().__init__(depth)
+        self.linger = linger
+        self.sizes: list[int] = []
+
+    async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: list[dict[str, Any]] | None) -> Rejections:
+        self.sizes.append(events)
+        return await super().write(chunks, events, ingest_ns, metas)
+
+
+def test_while_a_write_is_in_flight_the_next_one_lingers_to_gather_more(tmp_path: Path) -> None:
+    """Batches that arrive while a write awaits its confirmation join the next write (one write of
+    many small batches instead of one each); the first write, with nothing in flight, waits for nothing."""
+
+    async def main() -> None:
+        sink = CountingSink(depth=2, linger=0.2)
+        acked: list[str] = []
+        _, runner, task = await pipeline(tmp_path, sink, 0, close=False)
+        inbox = runner.inbox
+
+        def make_batch(b: int) -> Batch:
+            ref = AckRef(1, f"b{b}", acked.append, lambda t: pytest.fail(f"{t} failed"))
+            return Batch.source([b'{"b": %d, "i": %d}' % (b, i) for i in range(3)], codec="json", origin="src", group=None, ack=ref)
+
+        t0 = asyncio.get_running_loop().time()
+        await inbox.put(make_batch(0))
+        await until(lambda: len(sink.pending) == 1, "the first write starts")
+        assert asyncio.get_running_loop().time() - t0 < 0.15  # idle: no linger
+        for b in range(1, 6):  # arrive while the first write is in flight, within the linger
+            await inbox.put(make_batch(b))
+            await asyncio.sleep(0.01)
+        await until(lambda: len(sink.pending) == 2, "the second write starts")
+        inbox.close()
+        for g in sink.pending:
+            g.set_result(None)
+        await until(lambda: all(g.done() for g in sink.pending) and task.done(), "all written")
+        assert sink.sizes == [3, 15]  # the five batches as one write
+        assert sorted(acked) == [f"b{b}" for b in range(6)]
 
     asyncio.run(main())

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from headrace.runtime.onramp import OnrampRunner
-from headrace.runtime.workers.segment import POISON_ATTEMPTS, TARGET_JOB_NS, PooledChainRunner
+from headrace.runtime.workers.segment import LONG_JOB_NS, MIN_JOB_EVENTS, POISON_ATTEMPTS, TARGET_JOB_NS, PooledChainRunner
 from tests.runtime.inprocess import InProcessPool, JobFailed, Rig, WorkerCrashed
 
 STAGES = """
@@ -55,12 +55,14 @@ def test_a_job_is_sized_to_the_cpu_time_workers_report(tmp_path: Path) -> None:
         await onramp.records(records(range(100, 200)), ack=2)
 
     asyncio.run(r.run(feed))
-    assert [len(j) for j in pool.jobs] == [50, 50] + [TARGET_JOB_NS // 1_000_000] * 20
+    per_job = min(MIN_JOB_EVENTS, LONG_JOB_NS // 1_000_000)  # 1 ms events: jobs of costly events run longer
+    assert [len(j) for j in pool.jobs] == [50, 50] + [per_job] * (100 // per_job)
     assert ids(r.got(NODE, "out")) == list(range(200))
     assert r.source.acked == [1, 2]
 
 
-@pytest.mark.parametrize(("ns", "n", "size"), [(2_500_000.0, 100, 2), (1.0, 100, 100), (1e10, 100, 1), (1000.0, 3, 3)])
+@pytest.mark.parametrize(("ns", "n", "size"), [(TARGET_JOB_NS / 200, 300, 200), (200_000.0, 300, MIN_JOB_EVENTS), (TARGET_JOB_NS / 4, 300, int(LONG_JOB_NS / (TARGET_JOB_NS / 4))),
+                                                (LONG_JOB_NS / 2, 100, 2), (1.0, 100, 100), (1e10, 100, 1), (1000.0, 3, 3)])
 def test_chunk_size_follows_the_cost_per_event(tmp_path: Path, ns: float, n: int, size: int) -> None:
     runner = runner_of(rig(tmp_path, InProcessPool()))
     runner.ns_per_event = ns

@@ -117,6 +117,7 @@ class KafkaOfframp(Offramp):
         self._parts: dict[str, tuple[float, list[int]]] = {}
         self._hashes: dict[bytes, int] = {}  # key -> its murmur2 hash (pure Python, ~5 us a call): keys repeat
         self.max_in_flight = config.max_in_flight
+        self.linger = config.linger  # while a produce is in flight, the next write gathers what arrives meanwhile
         self._handing = asyncio.Lock()  # writes hand their records to the producer one after the other, in call order
 
     def check(self) -> None:

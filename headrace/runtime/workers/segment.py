@@ -40,6 +40,11 @@ from headrace.runtime.workers.wire import PICKLED, UNCHANGED, Request, Response
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3
 TARGET_JOB_NS = 5_000_000  # CPU time per job the chunk size aims for (per-job parent cost ~150 us)
+# costly events (a 200 us stage: 25 per 5 ms job) make the parent's cost per job (its worker round trip,
+# its release, its small offramp write) a share of every event: such jobs get up to MIN_JOB_EVENTS
+# events, as long as they stay within LONG_JOB_NS of CPU
+MIN_JOB_EVENTS = 100
+LONG_JOB_NS = 20_000_000
 MAX_JOB_EVENTS = 4096  # a job never holds more events than this (bounded memory per job)
 
 
@@ -95,7 +100,11 @@ class PooledChainRunner(Runner):
     def chunk_size(self, n: int) -> int:
         if self.ns_per_event is None:
             return max(math.ceil(n / self.pool.size), 1)
-        return max(min(int(TARGET_JOB_NS / max(self.ns_per_event, 1.0)), n), 1)
+        ns = max(self.ns_per_event, 1.0)
+        size = int(TARGET_JOB_NS / ns)
+        if size < MIN_JOB_EVENTS:
+            size = min(MIN_JOB_EVENTS, int(LONG_JOB_NS / ns))
+        return max(min(size, n), 1)
 
     def retire(self, routers: dict[str, Router]) -> None:
         super().retire(routers)
