@@ -53,6 +53,8 @@ class DaemonConfig(Strict):
     queue_events: int = Field(8192, ge=1, description="bound of every edge queue, in events")
     queue_bytes: Size = Field(16 * 2**20, ge=1, description="bound of every edge queue, in bytes")
     loop_block_threshold: Duration = Field(0.05, description="a loop stage holding the loop longer than this is reported")
+    unready_after: Duration | None = Field(60.0, gt=0, description="an offramp whose writes have failed (and been retried) for this long "
+                                                                   "makes /ready answer 503 until one succeeds; null: offramps never do")
     stage_timeout: Duration = Field(60.0, description="a worker stuck this long on one batch is killed and the batch retried or isolated; "
                                                       "a worker still setting up after this long makes /ready answer 503")
     start_timeout: Duration = Field(60.0, gt=0, description="how long start-up (and a reload) waits for each component to start "

@@ -41,7 +41,7 @@ def worker_count(setting: Any) -> int:
 
 
 # daemon settings a reload applies at once (read where used, or handed to the pool and the loop guard)
-LIVE_DAEMON_SETTINGS = frozenset({"shutdown_timeout", "start_timeout", "stage_timeout", "loop_block_threshold", "state_dir"})
+LIVE_DAEMON_SETTINGS = frozenset({"shutdown_timeout", "start_timeout", "stage_timeout", "loop_block_threshold", "state_dir", "unready_after"})
 
 
 class Daemon:

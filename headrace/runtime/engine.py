@@ -94,7 +94,15 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and all(r.plugin.ready and r.unheld.is_set() for r in self.onramps.values())
+        return (self.started and not self.draining and all(r.plugin.ready and r.unheld.is_set() for r in self.onramps.values())
+                and not self.failing_offramps())
+
+    def failing_offramps(self) -> list[str]:
+        """Offramps failing for longer than ``daemon.unready_after``: the daemon is not ready while there are any."""
+        after = self.graph.daemon.unready_after
+        if after is None:
+            return []
+        return [cid for cid, r in self.offramps.items() if r.retry.failing_for() >= after]
 
     # -- starting ------------------------------------------------------------------------------
     async def _preflight(self, b: Build, timeout: float) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from headrace.metrics.defs import Metrics
@@ -16,6 +17,11 @@ class RetryState:
         self.backoff_s = metrics["headrace_offramp_backoff_seconds"].labels(offramp)
         self.ok.set(1)
         self.failing = 0  # writes failed and waiting for their next attempt (several with max_in_flight > 1)
+        self.failing_since: float | None = None  # monotonic time the offramp began to fail (None: it does not)
+
+    def failing_for(self) -> float:
+        """Seconds the offramp has been failing without a success in between (0: it is not)."""
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     def give_up(self, attempts: int, failing_s: float) -> str | None:
         """Why a batch failing for ``failing_s`` after ``attempts`` writes is not tried again (None: it is)."""
@@ -32,6 +38,8 @@ class RetryState:
         """A write failed and waits ``delay`` s (``first``: its first failure): the state is ``retrying``."""
         if first:
             self.failing += 1
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
         self.ok.set(0)
         self.retrying.set(1)
         self.backoff_s.set(delay)
@@ -40,6 +48,7 @@ class RetryState:
         """A write that had failed is settled (written, given up or cancelled): ``ok`` once no other fails."""
         self.failing -= 1
         if not self.failing:
+            self.failing_since = None
             self.retrying.set(0)
             self.backoff_s.set(0)
             self.ok.set(1)

@@ -5,6 +5,7 @@ last error in ``meta.error``, and the source moves on; without it, today's retry
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +64,17 @@ links: {src: [out]}
 
 def test_the_offramp_state_shows_retrying_and_its_backoff_until_the_peer_is_back(tmp_path: Path, write: Any) -> None:
     """Without bounds the records wait (today's behaviour); ``headrace_offramp_state`` says
-    ``retrying`` with the current backoff while they do, and ``ok`` once the peer took them."""
-    from tests.reliability.harness import LineSink
+    ``retrying`` with the current backoff while they do, ``/ready`` answers 503 once it has failed
+    for ``daemon.unready_after``, and all is ``ok`` (and ready) once the peer took them."""
+    from tests.reliability.harness import LineSink, http_status
     from tests.support.daemon import metric
 
     sink_port, mport = free_port(), free_port()
     write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(10)))
     cfg = write("c.yaml", f"""
 version: 1
-daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{mport}"}}}}
-onramps: {{src: {{type: file, config: {{path: in.ndjson}}}}}}
+daemon: {{workers: 0, unready_after: 500ms, metrics: {{listen: "127.0.0.1:{mport}"}}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson, follow: true, poll_interval: 20ms}}}}}}
 offramps: {{out: {{type: tcp, config: {{port: {sink_port}}}}}}}
 links: {{src: [out]}}
 """)
@@ -83,9 +85,13 @@ links: {{src: [out]}}
     d = Daemon(cfg)
     try:
         d.wait_for(lambda: metric(mport, retrying) == 1 and metric(mport, ok, 1) == 0 and metric(mport, backoff) > 0, timeout=30)
+        d.wait_for(lambda: http_status(mport, "/ready") == 503, timeout=30)  # failing for longer than unready_after
         sink.start()
-        assert d.wait(60) == 0, d.stderr()  # the file is done once the sink took every record
+        d.wait_for(lambda: len(bytes(sink.data).splitlines()) >= 10, timeout=60)
+        d.wait_for(lambda: http_status(mport, "/ready") == 200 and metric(mport, ok) == 1 and metric(mport, backoff, 1) == 0, timeout=30)
         assert sorted(json.loads(x)["id"] for x in bytes(sink.data).decode().splitlines()) == list(range(10))
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0, d.stderr()
     finally:
         d.stop()
         sink.stop()
