@@ -34,6 +34,8 @@ class Snapshot:
     status: dict[str, Any]
     busy: dict[str, float] = field(default_factory=dict)  # worker -> ratio
     kafka_lag: dict[tuple[str, str], float] = field(default_factory=dict)  # (topic, partition) -> records
+    retrying: dict[str, float] = field(default_factory=dict)  # offramp -> backoff seconds, while its write fails
+    over_budget: set[str] = field(default_factory=set)  # onramps paused by daemon.error_budget
     taken: float = field(default_factory=time.time)
 
 
@@ -78,11 +80,22 @@ def fetch(base: str) -> Snapshot:
 def read_gauges(text: str, snap: Snapshot) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
+    backoff: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "headrace_worker_busy_ratio":
             snap.busy = {s.labels["worker"]: s.value for s in family.samples}
         elif family.name == "headrace_kafka_consumer_lag":
             snap.kafka_lag = {(s.labels["topic"], s.labels["partition"]): s.value for s in family.samples}
+        elif family.name == "headrace_offramp_state":
+            for s in family.samples:
+                if s.labels.get("state") == "retrying" and s.value == 1:
+                    snap.retrying.setdefault(s.labels["offramp"], 0.0)
+        elif family.name == "headrace_offramp_backoff_seconds":
+            backoff = {s.labels["offramp"]: s.value for s in family.samples}
+        elif family.name == "headrace_error_budget_exceeded":
+            snap.over_budget = {s.labels["component_id"] for s in family.samples if s.value == 1}
+    for off in snap.retrying:
+        snap.retrying[off] = backoff.get(off, 0.0)
 
 
 def si(value: float | None, unit: str = "") -> str:
@@ -116,7 +129,7 @@ def render(base: str, snap: Snapshot, error: str | None = None) -> RenderableTyp
     parts: list[RenderableType] = [head]
     if error:
         parts.append(Text(f"daemon unreachable, showing the last snapshot: {error}", style="bold red"))
-    parts.append(components_table(st))
+    parts.append(components_table(st, snap))
     busy = snap.busy or st.get("worker_busy") or {}
     if busy:
         parts.append(workers_table(busy, st.get("worker_pids") or [], st.get("worker_states") or {}))
@@ -125,13 +138,45 @@ def render(base: str, snap: Snapshot, error: str | None = None) -> RenderableTyp
     return Group(*parts)
 
 
-def components_table(st: dict[str, Any]) -> Table:
+def verdict(cid: str, c: dict[str, Any], st: dict[str, Any], snap: Snapshot) -> tuple[str, str]:
+    """One line of words on what holds a component back, and its style: the first that applies
+    of a paused onramp, a failing offramp write, a full queue (and why: busy workers, a lagging
+    loop), errors; else ok or idle."""
+    r = c.get("rates") or {}
+    q = c.get("queue")
+    if cid in snap.over_budget:
+        return "paused: over its error budget", "bold red"
+    if cid in snap.retrying:
+        return f"retrying a failed write (next in {snap.retrying[cid]:.1f}s)", "bold red"
+    if q and q["fill"] >= 0.9:
+        busy = snap.busy or st.get("worker_busy") or {}
+        mean = sum(busy.values()) / len(busy) if busy else 0.0
+        lag = st.get("loop_lag_p99_ms", 0.0)
+        if c.get("kind") == "offramp":
+            why = "its writes are slower than its input"
+        elif mean >= 0.9:
+            why = f"workers {mean * 100:.0f}% busy: more cores or a cheaper stage"
+        elif lag >= 50:
+            why = f"the event loop lags {lag:.0f} ms"
+        else:
+            why = "slower than its input"
+        return f"bottleneck: queue {q['fill'] * 100:.0f}% full, {why}", "bold yellow"
+    if r.get("errors"):
+        return f"{si(r.get('errors'))} errors/s", "red"
+    if not r.get("events_in") and not r.get("events_out"):
+        return "idle", "dim"
+    return "ok", "green"
+
+
+def components_table(st: dict[str, Any], snap: Snapshot | None = None) -> Table:
     comps: dict[str, Any] = st["components"]
+    snap = snap if snap is not None else Snapshot(st)
     t = Table(title="components (per second; bytes in binary multiples)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
     t.add_column("component", min_width=min(max((len(c) for c in comps), default=9), 40), overflow="fold")
     t.add_column("kind", no_wrap=True)
     for col in ("in/s", "out/s", "err/s", "drop/s", "in B/s", "out B/s", "queue"):
         t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("state", overflow="fold")
     for cid, c in comps.items():
         r = c.get("rates") or {}
         q = c.get("queue")
@@ -139,7 +184,7 @@ def components_table(st: dict[str, Any]) -> Table:
         queue = Text(f"{si(q['events'])} {q['fill'] * 100:.0f}%", style=_fill_style(q["fill"])) if q else Text("")
         t.add_row(cid, c.get("kind", "?"), si(r.get("events_in")), si(r.get("events_out")),
                   Text(si(r.get("errors")), style="bold red" if err else ""), si(r.get("discarded")),
-                  size(r.get("bytes_in")), size(r.get("bytes_out")), queue)  # fmt: skip
+                  size(r.get("bytes_in")), size(r.get("bytes_out")), queue, Text(*verdict(cid, c, st, snap)))  # fmt: skip
     return t
 
 

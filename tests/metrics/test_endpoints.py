@@ -150,7 +150,7 @@ def test_top_once_prints_every_component(counted: Counted, ticking: Ticking) -> 
     res = headrace("top", "--once", f"http://127.0.0.1:{ticking.port}", timeout=30)
     assert res.returncode == 0, res.stderr.decode()
     out = res.stdout.decode()
-    for word in ("tick", "main.check", "out", "onramp", "offramp", "in/s", "out/s", "queue", "workers", "loop lag"):
+    for word in ("tick", "main.check", "out", "onramp", "offramp", "in/s", "out/s", "queue", "state", "workers", "loop lag"):
         assert word in out, out
     # a bare host:port works too
     res = headrace("top", "--once", f"127.0.0.1:{counted.port}", timeout=30)
