@@ -19,6 +19,7 @@ from headrace.config.load import load_file
 from headrace.daemon.early import SIGNALS, record_early_signals
 from headrace.errors import EX_CONFIG, EX_FAIL, EX_OK
 from headrace.metrics.defs import Metrics
+from headrace.metrics.stagemetrics import StageCollector
 from headrace.runtime.engine import Engine, RollbackFailed
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.starting import StartFailed, describe
@@ -50,6 +51,7 @@ class Daemon:
         self.config_path = Path(config_path)
         self.watch = watch
         self.metrics = Metrics()
+        self.metrics.registry.register(StageCollector())  # what stages declare with headrace.metric
         self.signals: asyncio.Queue[str] = asyncio.Queue()
         self.engine: Engine | None = None
         self.pool: WorkerPool | None = None

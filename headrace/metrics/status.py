@@ -12,6 +12,7 @@ from typing import Any
 from headrace import __version__
 from headrace.metrics.rates import series, tracker_for
 from headrace.metrics.source import DaemonView
+from headrace.metrics.stagemetrics import TOTALS as STAGE_TOTALS
 
 
 def build_status(daemon: DaemonView) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
         "worker_busy": {w: v for (w,), v in sorted(series(metrics, "headrace_worker_busy_ratio").items())},
         "loop_lag_p99_ms": daemon.loop_lag_p99() * 1000,
         "kafka": _kafka(series(metrics, "headrace_kafka_consumer_lag"), series(metrics, "headrace_kafka_committed_offset")),
+        "stage_metrics": STAGE_TOTALS.listing(),  # what stages declared with headrace.metric
     }
 
 

@@ -27,6 +27,7 @@ from headrace.contract.codec import Codec
 from headrace.contract.metas import Metas, take_metas
 from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
+from headrace.metrics.stagemetrics import TOTALS as STAGE_TOTALS
 from headrace.runtime.batch import Batch, join, joinable
 from headrace.runtime.chain import apply_counts
 from headrace.runtime.inbox import Inbox
@@ -219,6 +220,8 @@ class PooledChainRunner(Runner):
             r0.error("worker_crash" if res.kind == "WorkerCrashed" else "stage_exception", len(chunk))
             sends.append((first, "err", chunk.failed([(i, res.cause) for i in range(len(chunk))], self.chain.id, res.kind)))
         else:
+            if res.stage_metrics:
+                STAGE_TOTALS.merge(res.stage_metrics)
             if res.failures:
                 self.routers[chunk.origin].stats.error("decode", len(res.failures))
                 sends.append((chunk.origin, "err", chunk.failed(res.failures, chunk.origin, "DecodeError", as_text=True)))

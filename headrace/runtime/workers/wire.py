@@ -57,6 +57,7 @@ class Response:
     blob: bytes | memoryview = b""
     fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
     recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
+    stage_metrics: dict[str, Any] | None = None  # what the stages' headrace.metric updates were since the last answer
 
 
 def pack(header: Any, *blobs: bytes | memoryview) -> list[bytes | memoryview]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from headrace.contract.stage import Ev
 from headrace.errors import describe_exception
+from headrace.metric import updates as metric_updates
 from headrace.runtime.workers.lifeline import die_with_parent, release_forkserver
 from headrace.runtime.workers.program import SegmentProgram, SegmentSpec
 from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
@@ -100,6 +101,12 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
 
 
 def _execute(programs: dict[str, SegmentProgram], req: Request) -> Response:
+    resp = _run(programs, req)
+    resp.stage_metrics = metric_updates.drain()
+    return resp
+
+
+def _run(programs: dict[str, SegmentProgram], req: Request) -> Response:
     try:
         return programs[req.segment].execute(req)
     except BaseException as exc:  # per-record failures are handled inside; this is the segment's own
