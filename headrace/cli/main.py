@@ -77,6 +77,13 @@ def _top(args: argparse.Namespace) -> int:
     return run_top(args.url, args.interval, args.once)
 
 
+def _tap(args: argparse.Namespace) -> int:
+    from headrace.cli.tap import run_tap
+
+    url, target = (args.url, args.target) if args.target is not None else ("http://127.0.0.1:9898", args.url)
+    return run_tap(url, target, args.sample, args.limit, args.where, args.with_meta, args.format)
+
+
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = os.environ.get(name, "").strip().lower() or default
     if value not in choices:
@@ -158,6 +165,17 @@ config is valid, 78 otherwise.
     top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="seconds between refreshes (default: %(default)s)")
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.set_defaults(fn=_top)
+
+    tap = verb("tap", "live events of one port of a running daemon (a loopback admin endpoint)")
+    tap.add_argument("url", metavar="[URL] COMPONENT[/PORT]", help="the daemon's metrics address (default http://127.0.0.1:9898), then what to "
+                     "tap: an onramp, node or offramp, and a port (default out; an offramp's in is what it is given)")
+    tap.add_argument("target", nargs="?", help=argparse.SUPPRESS)
+    tap.add_argument("--sample", default="1", metavar="1/N", help="every N-th event (default: every one)")
+    tap.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    tap.add_argument("--where", metavar="EXPR", help="only events for which this expression over event and meta is true")
+    tap.add_argument("--with-meta", action="store_true", help="show each event's meta too")
+    tap.add_argument("--format", choices=["json", "yaml", "pretty"], default="json", help="json lines (default), yaml documents, or indented JSON")
+    tap.set_defaults(fn=_tap)
 
     pl = verb("plugins", "list onramps, offramps, codecs, processors, operators; or show one plugin's settings")
     pl.add_argument("name", nargs="?", metavar="NAME", help="a plugin name, or KIND/NAME (onramp/file): show its settings")

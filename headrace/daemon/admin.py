@@ -23,9 +23,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from headrace import registry
+from headrace.contract.codec import Codec
+from headrace.contract.expr import ExpressionError, compile_expr
 from headrace.daemon.hosts import AllowedHosts, host_name
 from headrace.metrics.defs import Metrics
 from headrace.metrics.refusals import LogEvery
+from headrace.runtime.tap import Tap
 
 log = logging.getLogger("headrace.admin")
 
@@ -34,7 +38,8 @@ INLINE_RENDER_S = 0.002
 
 class AdminServer:
     def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
-                 reload: Callable[[], Awaitable[dict[str, Any]]], allowed_hosts: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 reload: Callable[[], Awaitable[dict[str, Any]]], allowed_hosts: tuple[str, ...] = (),
+                 tap: Callable[[Tap], Callable[[], None]] | None = None, codec_maker: Callable[[str], Codec] | None = None) -> None:  # fmt: skip
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
@@ -45,6 +50,9 @@ class AdminServer:
         self.ready = ready
         self.status = status
         self.reload = reload
+        self.tap = tap  # attach a tap (Engine.tap); None: /tap answers 404
+        self.codecs: dict[str, Codec] = {}
+        self.codec_maker: Callable[[str], Codec] = codec_maker or (lambda name: registry.make_codec(name))
         self.runner: web.AppRunner | None = None
         self.last_render_s = 0.0  # the first render is inline; its duration picks the next one's place
 
@@ -55,6 +63,7 @@ class AdminServer:
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/status", self._status)
         app.router.add_post("/reload", self._reload)
+        app.router.add_get("/tap", self._tap)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
@@ -105,6 +114,46 @@ class AdminServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self.status())
+
+    async def _tap(self, request: web.Request) -> web.StreamResponse:
+        """Live events of one port as NDJSON lines until ``limit`` or the client goes; a last line
+        ``{"tap_end": ...}`` says how many passed, were sampled and were dropped."""
+        if self.tap is None:
+            return web.json_response({"error": "no running graph"}, status=404)
+        if not self.allowed.loopback:
+            return self._refuse(request, 403, "tap shows event data: only on a loopback admin endpoint (daemon.metrics.listen)")
+        q = request.query
+        try:
+            component, port = q["component"], q.get("port") or "out"
+            every = int(q.get("every", "1"))
+            limit = int(q["limit"]) if "limit" in q else None
+            where = compile_expr(q["where"], ("event", "meta")) if q.get("where") else None
+            tap = Tap(component, port, every, where, q.get("meta") in ("1", "true"), limit, self.codec_of)
+            detach = self.tap(tap)
+        except (KeyError, ValueError, ExpressionError) as exc:
+            return web.json_response({"error": str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"}, status=422)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        encode = self.codec_of("json").encode
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                item = await tap.queue.get()
+                await resp.write(encode(item) + b"\n")
+                sent += 1
+            end = {"tap_end": True, "passed": tap.seen, "sent": sent, "dropped": tap.dropped, "where_failed": tap.failed}
+            await resp.write(encode(end) + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            detach()
+        return resp
+
+    def codec_of(self, name: str) -> Codec:
+        codec = self.codecs.get(name)
+        if codec is None:
+            codec = self.codecs[name] = self.codec_maker(name)
+        return codec
 
     async def _reload(self, request: web.Request) -> web.Response:
         result = await self.reload()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headrace import registry
 from headrace.config.errors import ConfigError
 from headrace.config.graph import Graph
 from headrace.config.load import load_file
@@ -112,7 +113,7 @@ class Daemon:
                 from headrace.daemon.admin import AdminServer
 
                 admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request,
-                                    tuple(self.graph.daemon.metrics.allowed_hosts))  # fmt: skip
+                                    tuple(self.graph.daemon.metrics.allowed_hosts), self._tap, self._codec)  # fmt: skip
                 try:
                     await admin.start()
                 except OSError as exc:
@@ -284,6 +285,14 @@ class Daemon:
     @property
     def workers(self) -> WorkerPool | None:
         return self.pool
+
+    def _tap(self, tap: Any) -> Any:
+        if self.engine is None:
+            raise ValueError("the daemon is not running a graph yet")
+        return self.engine.tap(tap)
+
+    def _codec(self, name: str) -> Any:
+        return self.engine.codec(name) if self.engine is not None else registry.make_codec(name.split("@")[0])
 
     def placements(self) -> list[tuple[list[str], str]]:
         if self.engine is None:

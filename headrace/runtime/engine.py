@@ -30,6 +30,7 @@ from headrace.runtime.onramp import OnrampRunner
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.starting import StartFailed, describe, start_all, start_one
+from headrace.runtime.tap import Tap
 from headrace.runtime.wiring import Build, ReloadDiff, build, commit, component_signature
 
 log = logging.getLogger("headrace.engine")
@@ -96,6 +97,37 @@ class Engine:
     def ready(self) -> bool:
         return (self.started and not self.draining and all(r.plugin.ready and r.unheld.is_set() for r in self.onramps.values())
                 and not self.failing_offramps())
+
+    def tap(self, tap: Tap) -> Callable[[], None]:
+        """Attach ``tap`` to its component's port; returns what detaches it. ``ValueError`` names
+        what cannot be tapped: an unknown component or port, or the ``out`` of a node inside a chain
+        (it goes straight into the next node; the chain's last node's ``out`` can be tapped)."""
+        spec = self.graph.components.get(tap.component)
+        if spec is None:
+            raise ValueError(f"no component {tap.component!r} (see headrace graph or /status)")
+        if spec.kind == "offramp" and tap.port == "in":
+            holder = self.offramps[tap.component].taps
+        else:
+            ports = {p for (cid, p) in self.graph.edges if cid == tap.component} | set(spec.ports)
+            if tap.port not in ports:
+                extra = ' (an offramp: "in" is what it is given)' if spec.kind == "offramp" else ""
+                raise ValueError(f"{tap.component} has no port {tap.port!r}; its ports: {sorted(ports)}{extra}")
+            for r in self.chains.values():
+                if tap.component in r.nodes[:-1] and tap.port == "out":
+                    where = "a worker segment" if r.segment is not None else "a chain on the loop"
+                    raise ValueError(f"{tap.component} runs inside {where} ({' -> '.join(r.nodes)}): its out port goes straight into the "
+                                     f"next node; tap {r.nodes[-1]}/out or one of its other ports (err, emitted ports)")
+            holder = self.routers[tap.component].taps
+        holder.setdefault(tap.port, []).append(tap)
+
+        def detach() -> None:
+            taps = holder.get(tap.port, [])
+            if tap in taps:
+                taps.remove(tap)
+            if not taps:
+                holder.pop(tap.port, None)
+
+        return detach
 
     def failing_offramps(self) -> list[str]:
         """Offramps failing for longer than ``daemon.unready_after``: the daemon is not ready while there are any."""

@@ -23,6 +23,7 @@ from headrace.runtime.retry import RetryState
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.stats import ComponentStats
+from headrace.runtime.tap import Tap, feed
 
 log = logging.getLogger("headrace.runtime")
 
@@ -84,6 +85,7 @@ class OfframpRunner(Runner):
         self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
         self.retry = RetryState(spec.id, spec.retry, metrics)
+        self.taps: dict[str, list[Tap]] = {}  # "in": live taps of what this offramp is given
         self.framing: SelfFraming | None = None
         if plugin.frames_itself:  # it gets one record per event and frames groups of them itself
             self.framing = plugin.postprocess = SelfFraming(post)
@@ -265,6 +267,8 @@ class OfframpRunner(Runner):
         """Validate and encode; what cannot be written goes to err. The records to write, or None."""
         self.stats.received.inc(len(batch))
         self.stats.received_bytes.inc(batch.nbytes)
+        if self.taps:
+            feed(self.taps, "in", batch)
         if batch.unchecked and batch.payloads is not None and batch.values is None:
             batch = await self.validate(batch)
             if not len(batch):

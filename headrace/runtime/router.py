@@ -11,6 +11,7 @@ from headrace.runtime.budget import ErrorBudget
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort
 from headrace.runtime.stats import ComponentStats
+from headrace.runtime.tap import Tap, feed
 
 log = logging.getLogger("headrace.router")
 
@@ -20,6 +21,7 @@ class Router:
                  budget: ErrorBudget | None = None) -> None:  # fmt: skip
         self.stats = stats
         self.budget = budget  # daemon.error_budget, counting what goes to err ports (None: off)
+        self.taps: dict[str, list[Tap]] = {}  # port -> live taps (headrace tap); empty: no cost but this check
         self.targets = targets  # port -> [(inbox, target is a node)]; a reload replaces the dict
         self.last_resort = last_resort  # where events of an unlinked err port go (None: they are only logged and counted)
         self._last_err_log = 0.0
@@ -38,6 +40,8 @@ class Router:
         if port == "err" and self.budget is not None and self.budget.errored(batch.origin, batch.acks, n):
             self.stats.discard("error_budget", n)  # failed, not dead-lettered: the source does not ack them
             return
+        if self.taps:
+            feed(self.taps, port, batch)
         self.stats.sent(port).inc(n)
         if port != "err":
             self.stats.sent_bytes.inc(batch.nbytes)

@@ -103,10 +103,10 @@ class TapRouter(Router):
     def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]], codecs: dict[str, Codec]) -> None:
         super().__init__(stats, targets)
         self.codecs = codecs
-        self.taps: dict[str, Captured] = {}
+        self.recorded: dict[str, Captured] = {}
 
     async def send(self, port: str, batch: Batch) -> None:
-        self.taps.setdefault(port, []).extend(snapshot(batch, self.codecs))
+        self.recorded.setdefault(port, []).extend(snapshot(batch, self.codecs))
         await super().send(port, batch)
 
 
@@ -279,7 +279,7 @@ class IsolatedGraph:
 
     def observed(self, point: Point) -> Captured:
         if point.kind == "offramp":
-            return self.captures[point.id].captured if point.port is None else self.taps[point.id].taps.get(point.port, [])
+            return self.captures[point.id].captured if point.port is None else self.taps[point.id].recorded.get(point.port, [])
         if point.kind == "pipeline":
             return self.captures[self.stand_in[str(point)]].captured
-        return self.taps[point.id].taps.get(point.port or "out", [])
+        return self.taps[point.id].recorded.get(point.port or "out", [])

@@ -1,0 +1,76 @@
+"""``headrace tap [URL] COMPONENT[/PORT]``: live events of one port of a running daemon."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from headrace.cli.top import base_url
+
+
+def every_of(sample: str) -> int:
+    """``1/100`` or ``100`` -> every 100th event."""
+    text = sample.strip()
+    if text.startswith("1/"):
+        text = text[2:]
+    n = int(text)
+    if n < 1:
+        raise ValueError(sample)
+    return n
+
+
+def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | None, with_meta: bool, fmt: str) -> int:
+    component, _, port = target.partition("/")
+    try:
+        every = every_of(sample)
+    except ValueError:
+        print(f"headrace tap: --sample {sample!r}: give 1/N or N (every N-th event)", file=sys.stderr)
+        return 2
+    query: dict[str, Any] = {"component": component, "port": port or "out", "every": every}
+    if limit is not None:
+        query["limit"] = limit
+    if where:
+        query["where"] = where
+    if with_meta:
+        query["meta"] = 1
+    endpoint = f"{base_url(url)}/tap?{urllib.parse.urlencode(query)}"
+    try:
+        resp = urllib.request.urlopen(endpoint, timeout=None)
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            why = ""
+        print(f"headrace tap: {target}: {why or f'HTTP {exc.code}'}", file=sys.stderr)
+        return 2 if exc.code == 422 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"headrace tap: cannot reach a headrace daemon at {base_url(url)}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 1
+    try:
+        with resp:
+            for line in resp:
+                item = json.loads(line)
+                if item.get("tap_end"):
+                    print(f"headrace tap: {item['sent']} shown of {item['passed']} passed; {item['dropped']} dropped (a slow reader)",
+                          file=sys.stderr)  # fmt: skip
+                    break
+                show(item, fmt, with_meta)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def show(item: dict[str, Any], fmt: str, with_meta: bool) -> None:
+    out = {"event": item["event"], "meta": item["meta"]} if with_meta else item["event"]
+    if fmt == "json":
+        print(json.dumps(out, ensure_ascii=False), flush=True)
+    elif fmt == "pretty":
+        print(f"-- {item['component']}/{item['port']}\n{json.dumps(out, ensure_ascii=False, indent=2)}", flush=True)
+    else:
+        import yaml
+
+        print("---\n" + yaml.safe_dump(out, allow_unicode=True, sort_keys=False).rstrip(), flush=True)

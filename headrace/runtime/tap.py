@@ -1,0 +1,85 @@
+"""Taps: live copies of the events passing one port of one component, for ``headrace tap``.
+
+A router holds the taps of its component's ports (``Router.taps``: empty unless someone taps,
+so sending a batch costs one truthiness check more). A tap looks at every ``every``-th event,
+keeps those its ``where`` expression accepts, and puts them in a bounded queue: a tap that
+is read slowly drops (and counts) what does not fit, it never slows the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from headrace import registry
+from headrace.contract.codec import Codec
+from headrace.runtime.batch import Batch
+
+QUEUE = 1000  # events a tap holds for its reader
+
+
+class Tap:
+    def __init__(self, component: str, port: str, every: int = 1, where: Callable[..., Any] | None = None, with_meta: bool = False,
+                 limit: int | None = None, codec_of: Callable[[str], Codec] | None = None) -> None:  # fmt: skip
+        self.component = component
+        self.port = port
+        self.every = max(int(every), 1)
+        self.where = where
+        self.with_meta = with_meta
+        self.limit = limit
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE)
+        self.seen = 0  # events that passed the port while tapped
+        self.taken = 0  # events put in the queue
+        self.dropped = 0  # events the queue had no room for
+        self.failed = 0  # events the where expression raised on
+        self.codecs: dict[str, Codec] = {}
+        self.codec_of = codec_of  # the daemon's codec by name (with a component's own options)
+
+    def offer(self, batch: Batch) -> None:
+        n = len(batch)
+        first = (-self.seen) % self.every  # the next sampled event's place in this batch
+        self.seen += n
+        for i in range(first, n, self.every):
+            if self.limit is not None and self.taken >= self.limit:
+                return
+            value = self._value(batch, i)
+            meta = batch.meta(i)
+            if self.where is not None:
+                try:
+                    if not self.where(value, meta):
+                        continue
+                except Exception:
+                    self.failed += 1
+                    continue
+            item: dict[str, Any] = {"component": self.component, "port": self.port, "event": value}
+            if self.with_meta:
+                item["meta"] = meta
+            try:
+                self.queue.put_nowait(item)
+                self.taken += 1
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+    def _value(self, batch: Batch, i: int) -> Any:
+        if batch.values is not None:
+            return batch.values[i]
+        raw = batch.payloads[i] if batch.payloads is not None else None
+        if raw is None:
+            return None
+        name = batch.codec or "binary"
+        codec = self.codecs.get(name)
+        if codec is None:
+            try:
+                codec = self.codecs[name] = self.codec_of(name) if self.codec_of is not None else registry.make_codec(name.split("@")[0])
+            except Exception:
+                return raw.decode("utf-8", "backslashreplace")
+        try:
+            return codec.decode(raw)
+        except Exception:
+            return raw.decode("utf-8", "backslashreplace")
+
+
+def feed(taps: dict[str, list[Tap]], port: str, batch: Batch) -> None:
+    for tap in taps.get(port, ()):
+        tap.offer(batch)
