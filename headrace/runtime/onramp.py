@@ -14,7 +14,7 @@ from headrace.contract.acks import AckRef, done_each
 from headrace.contract.backoff import Backoff
 from headrace.contract.codec import Codec
 from headrace.contract.framing import Preprocessor
-from headrace.contract.metas import Metas
+from headrace.contract.metas import CONST, MetaColumns, Metas
 from headrace.contract.source import Onramp
 from headrace.errors import safe_str
 from headrace.runtime.batch import Batch
@@ -24,6 +24,17 @@ from headrace.runtime.runner import Runner
 from headrace.runtime.starting import StartFailed, describe, start_one
 
 log = logging.getLogger("headrace.runtime")
+
+_SCALARS = (str, int, float, bool, bytes, type(None))
+
+
+def same_meta(meta: dict[str, Any], n: int) -> Metas:
+    """One meta for ``n`` records (a connection's peer): as constant columns when its values are
+    immutable (no dict per record is built until a stage reads one), else a copy each."""
+    if all(isinstance(v, _SCALARS) for v in meta.values()):
+        return MetaColumns(n, [(k, CONST, v) for k, v in meta.items()])
+    return [dict(meta) for _ in range(n)]
+
 
 class OnrampRunner(Runner):
     """Frames, batches and routes what an onramp reads; implements ``OnrampSink``."""
@@ -146,7 +157,7 @@ class OnrampRunner(Runner):
         bs = self.batch_size
         for start in range(0, len(records), bs):
             part = records[start : start + bs]
-            await self._send(part, [dict(meta) for _ in part] if meta else None, None, None, ref=ref)
+            await self._send(part, same_meta(meta, len(part)) if meta else None, None, None, ref=ref)
 
     async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None:
         self.stats.error("framing", len(rejected))

@@ -186,3 +186,12 @@ def test_a_stage_gets_no_meta_built_only_when_its_code_never_names_it(fn: Any, n
     from headrace.plugins.operators.python import names_meta
 
     assert names_meta(fn) is named
+
+
+def test_a_connections_meta_is_shared_as_constants_only_when_immutable() -> None:
+    from headrace.runtime.onramp import same_meta
+
+    flat = same_meta({"peer": "127.0.0.1:5000", "port": 9000}, 3)
+    assert isinstance(flat, MetaColumns) and list(flat) == [{"peer": "127.0.0.1:5000", "port": 9000}] * 3
+    nested = same_meta({"headers": {"a": "b"}}, 2)
+    assert isinstance(nested, list) and nested[0] == nested[1] and nested[0]["headers"] is nested[1]["headers"]  # shallow copies, as before
