@@ -194,4 +194,4 @@ def test_a_connections_meta_is_shared_as_constants_only_when_immutable() -> None
     flat = same_meta({"peer": "127.0.0.1:5000", "port": 9000}, 3)
     assert isinstance(flat, MetaColumns) and list(flat) == [{"peer": "127.0.0.1:5000", "port": 9000}] * 3
     nested = same_meta({"headers": {"a": "b"}}, 2)
-    assert isinstance(nested, list) and nested[0] == nested[1] and nested[0]["headers"] is nested[1]["headers"]  # shallow copies, as before
+    assert isinstance(nested, list) and nested == [{"headers": {"a": "b"}}] * 2 and nested[0] is not nested[1]
