@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from headrace.config.schema_types import text_or
-from headrace.contract.units import Duration, Size
+from headrace.contract.units import Duration, Size, parse_size
 
 MAX_WORKERS = 1024  # one process each: far beyond any machine's cores, short of exhausting its memory
 WORKERS_SCHEMA = text_or({"type": "integer", "minimum": 0, "maximum": MAX_WORKERS}, r"auto|\s*[0-9]+\s*")
@@ -42,6 +42,27 @@ class ErrorBudgetConfig(Strict):
                                                                  "the daemon restarts; stop: the daemon drains and exits 1")
 
 
+class MemoryConfig(Strict):
+    high: str | int = Field("80%", description="under this again, paused sources read again: a share of the limit (80%) or a size (2GiB)")
+    max: str | int = Field("90%", description="over this, every source pauses and /ready answers 503: a share of the limit or a size")
+
+    @field_validator("high", "max")
+    @classmethod
+    def _bound(cls, v: Any) -> Any:
+        memory_bound(v, 1 << 30)  # refuses what is neither a share nor a size
+        return v
+
+
+def memory_bound(text: Any, limit: int) -> int:
+    """``80%`` of ``limit``, or a size (``2GiB``)."""
+    if isinstance(text, str) and text.strip().endswith("%"):
+        share = float(text.strip()[:-1])
+        if not 0 < share <= 100:
+            raise ValueError(f"{text!r}: a share between 0% and 100%")
+        return int(limit * share / 100)
+    return parse_size(text)
+
+
 class DaemonConfig(Strict):
     """Process-wide settings."""
 
@@ -63,6 +84,8 @@ class DaemonConfig(Strict):
     state_dir: str | None = Field(None, description="folder for state kept across runs: the last-resort files of events that reach an err port "
                                   "linked nowhere (docs/delivery.md). Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
                                   "headrace-state beside the config file; relative to the config file's folder. Created when first needed")  # fmt: skip
+    memory: MemoryConfig | None = Field(None, description="off by default: the limit is the cgroup's memory.max (systemd MemoryMax=), "
+                                        "else the machine's memory; resident memory of the parent and workers is a metric either way")
     error_budget: ErrorBudgetConfig | None = Field(None, description="off by default: when more than `ratio` of an onramp's records "
                                                    "go to err ports, pause it or stop the daemon instead of dead-lettering a whole topic; "
                                                    "what went to err since the window began is not acked (a Kafka source does not commit it)")

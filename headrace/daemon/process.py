@@ -131,6 +131,7 @@ class Daemon:
             from headrace.metrics.sampler import run_sampler
 
             background.append(asyncio.create_task(run_sampler(self)))
+            background.append(asyncio.create_task(self._watch_memory()))
             background.append(asyncio.create_task(self._heartbeat()))
             if self.watch:
                 background.append(asyncio.create_task(self._watch()))
@@ -285,6 +286,31 @@ class Daemon:
     @property
     def workers(self) -> WorkerPool | None:
         return self.pool
+
+    def _processes(self) -> list[tuple[str, int]]:
+        return [("parent", os.getpid()), *((f"worker {i}", pid) for i, pid in enumerate(self.pool.pids() if self.pool else []))]
+
+    def _memory_pause(self, why: str) -> None:
+        log.error("pausing every source: %s", why)
+        if self.engine is not None:
+            self.engine.pause_all(why, "memory")
+
+    def _memory_resume(self) -> None:
+        if self.engine is not None:
+            self.engine.release_all("memory")
+
+    async def _watch_memory(self) -> None:
+        """``daemon.memory`` (see ``headrace.daemon.memory``); the gauges are kept without it too."""
+        from headrace.daemon.memory import INTERVAL, MemoryWatch
+
+        assert self.graph is not None
+        watch = MemoryWatch(self.graph.daemon.memory, self.metrics, self._processes, self._memory_pause, self._memory_resume)
+        while True:
+            try:
+                watch.sample()
+            except Exception:  # a failed read of /proc must not stop the daemon
+                log.exception("memory watch failed")
+            await asyncio.sleep(INTERVAL)
 
     def _tap(self, tap: Any) -> Any:
         if self.engine is None:

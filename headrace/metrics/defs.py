@@ -40,6 +40,9 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_error_budget_exceeded", "gauge", "1 once more than daemon.error_budget.ratio of an onramp's records went to err "
               "ports within the window: the onramp is paused (or the daemon stops) and its err records fail instead of being acked.",
               ("component_id",)),
+    MetricDef("headrace_memory_rss_bytes", "gauge", "Resident memory of a daemon process: the parent, or worker N.", ("process",)),
+    MetricDef("headrace_memory_limit_bytes", "gauge", "The memory limit daemon.memory is a share of: the cgroup's memory.max, else the machine's memory.", ()),
+    MetricDef("headrace_memory_paused", "gauge", "1 while every source is paused because resident memory went over daemon.memory.max.", ()),
     MetricDef("headrace_event_loop_lag_seconds", "histogram", "Delay of a periodic event-loop timer beyond its schedule.", (), LAG_BUCKETS),
     MetricDef("headrace_loop_blocked_seconds_total", "counter", "Time stages on the event loop held it beyond the threshold.", ("component_id",)),
     MetricDef("headrace_worker_busy_ratio", "gauge", "Share of the last second a worker spent running jobs (their CPU time over wall time).", ("worker",)),
@@ -69,6 +72,7 @@ LABELS: dict[str, str] = {
     "refused: `max_connections`, `idle_timeout` (tcp, unix), and for http `max_connections`, `max_inflight_bytes`, `max_pending_events`, "
     "`max_body_bytes`, `body_timeout`, `origin`",
     "edge": "the component at the receiving end of the queue: the first node of a chain, or an offramp",
+    "process": "`parent`, or `worker N`",
     "state": "`ok` or `retrying` (see `headrace_offramp_state`)",
     "offramp": "offramp id",
     "worker": "worker index, `0` to `workers - 1` (stable across respawns)",

@@ -129,6 +129,15 @@ class Engine:
 
         return detach
 
+    def pause_all(self, why: str, kind: str) -> None:
+        """Every onramp stops reading (``release_all`` lets them read again)."""
+        for r in self.onramps.values():
+            r.hold(why, kind)
+
+    def release_all(self, kind: str) -> None:
+        for r in self.onramps.values():
+            r.unhold(kind)
+
     def failing_offramps(self) -> list[str]:
         """Offramps failing for longer than ``daemon.unready_after``: the daemon is not ready while there are any."""
         after = self.graph.daemon.unready_after

@@ -55,8 +55,9 @@ class OnrampRunner(Runner):
         self.started = False  # the plugin's start() returned (``run`` starts it unless the engine did)
         self.started_future: asyncio.Future[None] | None = None  # resolved once started (or failed to)
         self.stopped = False
-        self.unheld = asyncio.Event()  # cleared while the error budget holds this onramp
+        self.unheld = asyncio.Event()  # cleared while something holds this onramp (error budget, memory)
         self.unheld.set()
+        self.holds: set[str] = set()
         self.start_timeout = start_timeout
         self.fanout_codec: Codec | None = None  # set by the wiring when ``out`` has several targets
 
@@ -210,11 +211,19 @@ class OnrampRunner(Runner):
             self.router.budget.received(self.spec.id, len(batch))
         await self._out(batch)
 
-    def hold(self, why: str) -> None:
-        """Read nothing more and answer not ready (the error budget tripped) until the daemon restarts."""
+    def hold(self, why: str, kind: str = "error_budget") -> None:
+        """Read nothing more, and answer not ready: for good (the error budget tripped; the daemon
+        must restart) or until ``unhold(kind)`` (memory)."""
         log.error("onramp %s paused: %s", self.spec.id, why)
+        self.holds.add(kind)
         self.unheld.clear()
-        self.plugin.ready = False
+        if kind == "error_budget":
+            self.plugin.ready = False
+
+    def unhold(self, kind: str) -> None:
+        self.holds.discard(kind)
+        if not self.holds:
+            self.unheld.set()
 
     async def _out(self, batch: Batch) -> None:
         """To the ``out`` port. When it fans out to several targets, the records are checked here,

@@ -1,0 +1,93 @@
+"""``daemon.memory`` (issue 19, item 3, in part): resident memory per process as metrics, and every
+source paused above ``max`` until the sum is under ``high`` again."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from headrace.config.model import MemoryConfig
+from headrace.daemon.memory import MemoryWatch
+from headrace.metrics.defs import Metrics
+from tests.reliability.harness import http_status
+from tests.support.daemon import Daemon, free_port, headrace, metric, scrape
+
+
+def test_sources_pause_above_max_and_read_again_under_high() -> None:
+    metrics = Metrics()
+    sizes = {1: 0, 2: 0}
+    events: list[str] = []
+    watch = MemoryWatch(MemoryConfig(high="50%", max="80%"), metrics, lambda: [("parent", 1), ("worker 0", 2)],
+                        lambda why: events.append(f"pause: {why}"), lambda: events.append("resume"), limit=1000,
+                        rss=lambda pid: sizes[pid])  # fmt: skip
+    sizes.update({1: 300, 2: 400})
+    watch.sample()
+    assert events == []
+    sizes[2] = 500  # 800 of 1000: max
+    watch.sample()
+    assert len(events) == 1 and events[0].startswith("pause:") and watch.paused
+    sizes[2] = 300  # 600: under max, not under high
+    watch.sample()
+    assert len(events) == 1
+    sizes[2] = 100  # 400: under high
+    watch.sample()
+    assert events[-1] == "resume" and not watch.paused
+    gauge = metrics["headrace_memory_rss_bytes"]
+    assert gauge.labels("worker 0")._value.get() == 100 and metrics["headrace_memory_limit_bytes"]._value.get() == 1000
+
+
+def _config(tmp_path: Path, write: Any, port: int, memory: str = "") -> Path:
+    return write("c.yaml", f"""
+version: 1
+daemon: {{workers: 1, metrics: {{listen: "127.0.0.1:{port}"}}{memory}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson, follow: true, poll_interval: 20ms}}}}}}
+pipelines: {{main: [{{op: python, fn: "memstage:keep"}}]}}
+offramps: {{out: {{type: blackhole}}}}
+links: {{src: [main], main: [out]}}
+""")
+
+
+SENT = 'headrace_component_sent_events_total{component_id="out",component_kind="offramp",port="out"}'
+
+
+def test_memory_gauges_per_process_and_a_pause_over_max(tmp_path: Path, write: Any) -> None:
+    write("memstage.py", "def keep(event, meta):\n    return event\n")
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(100)))
+    port = free_port()
+    d = Daemon(_config(tmp_path, write, port))
+    try:
+        d.wait_for(lambda: metric(port, SENT) >= 100 and metric(port, 'headrace_memory_rss_bytes{process="worker 0"}') > 0, timeout=30)
+        m = scrape(port)
+        assert m['headrace_memory_rss_bytes{process="parent"}'] > 10 << 20 and m["headrace_memory_limit_bytes"] > 0
+        assert m["headrace_memory_paused"] == 0
+    finally:
+        d.stop()
+    port = free_port()
+    d = Daemon(_config(tmp_path, write, port, ", memory: {high: 1MiB, max: 2MiB}"))  # always over: paused at once
+    try:
+        d.wait_for(lambda: metric(port, "headrace_memory_paused") == 1, timeout=30)
+        assert http_status(port, "/ready") == 503
+        before = metric(port, SENT)
+        with (tmp_path / "in.ndjson").open("a") as f:
+            f.write("".join(json.dumps({"id": i}) + "\n" for i in range(100, 200)))
+        deadline = time.monotonic() + 1.0  # several polls of the file: nothing more is read while paused
+        while time.monotonic() < deadline:
+            assert metric(port, SENT) == before
+            time.sleep(0.1)
+        assert "pausing every source: resident memory" in d.stderr()
+    finally:
+        d.stop()
+
+
+def test_a_bad_memory_bound_is_a_config_error(tmp_path: Path, write: Any) -> None:
+    cfg = write("c.yaml", """
+version: 1
+daemon: {memory: {max: 120%}}
+onramps: {src: {type: stdin}}
+offramps: {out: {type: stdout}}
+links: {src: [out]}
+""")
+    res = headrace("check", str(cfg))
+    assert res.returncode == 78 and "a share between 0% and 100%" in res.stderr.decode(), res.stderr.decode()
