@@ -82,7 +82,7 @@ class DaemonConfig(Strict):
                                     "(bind its port, open its file, reach its broker, set up its stages); then it fails with exit 1 "
                                     "(a reload: the running config stays)")
     state_dir: str | None = Field(None, description="folder for state kept across runs: the last-resort files of events that reach an err port "
-                                  "linked nowhere (docs/delivery.md). Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
+                                  "linked nowhere (docs/delivery.md) and the checkpoints of followed files. Default: $STATE_DIRECTORY when set (systemd's StateDirectory=), else "
                                   "headrace-state beside the config file; relative to the config file's folder. Created when first needed")  # fmt: skip
     memory: MemoryConfig | None = Field(None, description="off by default: the limit is the cgroup's memory.max (systemd MemoryMax=), "
                                         "else the machine's memory; resident memory of the parent and workers is a metric either way")
