@@ -126,17 +126,15 @@ def _part(f: Field, s: slice) -> Field:
     return f if f[1] == CONST else (f[0], COLUMN, f[2][s], *f[3:])
 
 
+def take(column: Sequence[Any], idx: Sequence[int]) -> list[Any]:
+    """``[column[i] for i in idx]`` without a Python step per element (any sequence: a list, a range)."""
+    if len(idx) == 1:
+        return [column[idx[0]]]
+    return list(itemgetter(*idx)(column)) if idx else []
+
+
 def _pick(f: Field, idx: Sequence[int]) -> Field:
-    if f[1] == CONST:
-        return f
-    col = f[2]
-    if not idx:
-        vals: Sequence[Any] = []
-    elif len(idx) == 1:
-        vals = [col[idx[0]]]
-    else:
-        vals = list(itemgetter(*idx)(col))
-    return (f[0], COLUMN, vals, *f[3:])
+    return f if f[1] == CONST else (f[0], COLUMN, take(f[2], idx), *f[3:])
 
 
 def join_metas(parts: Sequence[Sequence[dict[str, Any]] | None], sizes: Sequence[int]) -> Sequence[dict[str, Any]] | None:
@@ -172,10 +170,4 @@ def _concat(cols: list[Sequence[Any]]) -> Sequence[Any]:
 
 def take_metas(metas: Sequence[dict[str, Any]], idx: Sequence[int]) -> Sequence[dict[str, Any]]:
     """``[metas[i] for i in idx]``, as columns when ``metas`` are columns."""
-    if isinstance(metas, MetaColumns):
-        return metas.take(idx)
-    if not idx:
-        return []
-    if len(idx) == 1:
-        return [metas[idx[0]]]
-    return list(itemgetter(*idx)(metas))
+    return metas.take(idx) if isinstance(metas, MetaColumns) else take(metas, idx)

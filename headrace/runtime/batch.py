@@ -23,11 +23,10 @@ import struct
 import time
 from collections.abc import Hashable
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 from headrace.contract.acks import AckRef, add_each
-from headrace.contract.metas import MetaColumns, Metas, join_metas, take_metas
+from headrace.contract.metas import MetaColumns, Metas, join_metas, take, take_metas
 from headrace.contract.stage import Ev
 
 _I64 = struct.Struct("q")  # one ingest time as a worker job carries it (native, like array('q'))
@@ -238,13 +237,6 @@ def joinable(a: Batch, b: Batch) -> bool:
     """Whether ``b`` can follow ``a`` in one batch (same columns, codec, origin and ack kind)."""
     return ((a.payloads is None) == (b.payloads is None) and (a.values is None) == (b.values is None) and a.codec == b.codec
             and a.origin == b.origin and (a.acks is None) == (b.acks is None) and a.unchecked == b.unchecked)  # fmt: skip
-
-
-def take(column: list[Any], idx: list[int]) -> list[Any]:
-    """``[column[i] for i in idx]`` without a Python step per element."""
-    if len(idx) == 1:
-        return [column[idx[0]]]
-    return list(itemgetter(*idx)(column)) if idx else []
 
 
 def _cat(columns: list[Any]) -> list[Any]:

@@ -12,11 +12,11 @@ from headrace.contract.acks import done_each
 from headrace.contract.backoff import Backoff
 from headrace.contract.codec import Codec
 from headrace.contract.framing import Postprocessor
-from headrace.contract.metas import take_metas
+from headrace.contract.metas import take, take_metas
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
-from headrace.runtime.batch import Batch, join, joinable, take
+from headrace.runtime.batch import Batch, join, joinable
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.records import check
 from headrace.runtime.retry import RetryState
