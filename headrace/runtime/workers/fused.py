@@ -43,7 +43,7 @@ class FusedChain:
         self.viewers: dict[str, ViewLoader | None] = {}  # codec name -> its view loader (None: it has none)
         self.ids = [st.id for st in prog.stages]
         self.outputs: dict[tuple[str, str], list[Ev]] = {}
-        self.meta: dict[str, Any] | None = {}  # the running record's (None in a blind chain: see meta_at)
+        self.meta: dict[str, Any] | None = {}  # the running record's (None in a blind chain: see meta_of)
         self.src = 0
         self.stage = 0
         self.ingest: array[int] = array("q")
@@ -65,14 +65,16 @@ class FusedChain:
         fns = [(o.fn, o.readonly) for o in offers if o is not None]
         return cls(prog, fns, all(o.views for o in offers if o is not None), not any(o.meta for o in offers if o is not None))
 
-    def meta_at(self, i: int) -> dict[str, Any]:
-        """Record ``i``'s meta as sent, for an event of a blind chain that leaves by another way (the
-        caller copies it before changing it)."""
+    def meta_of(self, meta: dict[str, Any] | None, i: int) -> dict[str, Any]:
+        """Record ``i``'s meta: ``meta``, or in a blind chain (None) the one as sent, for an event
+        that leaves by err, emit or fan-out (the caller copies it before changing it)."""
+        if meta is not None:
+            return meta
         return {} if self.metas is None else self.metas[i]
 
     def emit(self, port: str, event: Any, meta: dict[str, Any] | None) -> None:
         """``headrace.emit()`` from inside one of the functions."""
-        base = dict(self.meta if self.meta is not None else self.meta_at(self.src))
+        base = dict(self.meta_of(self.meta, self.src))
         if meta:
             base.update(meta)
         sid = self.ids[self.stage]
@@ -161,7 +163,7 @@ class FusedChain:
                         result = fn0(value, meta)
                     except STAGE_ERRORS as exc:
                         errs[0] += 1
-                        ev = Ev(value, meta if meta is not None else self.meta_at(i), i, raw, ingest[i])  # type: ignore[arg-type]
+                        ev = Ev(value, self.meta_of(meta, i), i, raw, ingest[i])  # type: ignore[arg-type]
                         outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
                         continue
                     if result is value and ro0:
@@ -182,7 +184,7 @@ class FusedChain:
                             result = fn(value, meta)
                         except STAGE_ERRORS as exc:
                             errs[k] += 1
-                            ev = Ev(value, meta if meta is not None else self.meta_at(i), i, None if changed else raw, ingest[i])  # type: ignore[arg-type]
+                            ev = Ev(value, self.meta_of(meta, i), i, None if changed else raw, ingest[i])  # type: ignore[arg-type]
                             ev.fail(ids[k], exc)
                             outputs.setdefault((ids[k], "err"), []).append(ev)
                             result = _FAILED
@@ -199,7 +201,7 @@ class FusedChain:
                     dropped[k] += 1
                     continue
                 if isinstance(result, list):  # fan-out: the items continue through the rest, batch-wise
-                    evs = [Ev(item, dict(meta if meta is not None else self.meta_at(i)), i, None, ingest[i]) for item in result]
+                    evs = [Ev(item, dict(self.meta_of(meta, i)), i, None, ingest[i]) for item in result]
                     sync.fused = None  # the rest runs batch-wise: a headrace.emit() there names its own stage
                     try:
                         rest_out, rest_counts = self.rest(k + 1).run(evs) if k + 1 < nst else ({}, {})
@@ -230,7 +232,7 @@ class FusedChain:
                     try:
                         data = encode(result)
                     except STAGE_ERRORS:
-                        unencodable.append((len(out_src), Ev(result, meta if meta is not None else self.meta_at(i), i, None, ingest[i])))  # see above
+                        unencodable.append((len(out_src), Ev(result, self.meta_of(meta, i), i, None, ingest[i])))  # see above
                         continue
                     parts.append(data)
                     changed_at.append((len(out_src), len(data)))
