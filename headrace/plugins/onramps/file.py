@@ -132,12 +132,7 @@ class FileOnramp(Onramp):
                 except FileNotFoundError:
                     continue
                 if st.st_ino != ino or st.st_size < f.tell():  # rotated or truncated: finish and reopen
-                    rest = f.read()
-                    if rest:
-                        await self._hand(sink, rest, f.tell())
-                    if self.carry:  # a last line without its newline ends with the file
-                        await self._hand(sink, b"\n", f.tell())
-                    await sink.end_of_stream()
+                    await self._finish(sink, f)
                     f.close()
                     f = None
         finally:
@@ -168,12 +163,17 @@ class FileOnramp(Onramp):
                 f.seek(entry["offset"])
                 self.carry = b""
                 self.progress = Progress(self.checkpoints, entry)
-                while chunk := f.read(self.cfg.read_size):
-                    await self._hand(sink, chunk, f.tell())
-                if self.carry:
-                    await self._hand(sink, b"\n", f.tell())
-                await sink.end_of_stream()
+                await self._finish(sink, f)
                 entry["path"] = str(moved)  # done with it: it is no longer the file at the path
+
+    async def _finish(self, sink: OnrampSink, f: IO[bytes]) -> None:
+        """Hand on the rest of ``f`` (a file rotated away, or cut short), a last line without its
+        newline included, and end its stream."""
+        while chunk := f.read(self.cfg.read_size):
+            await self._hand(sink, chunk, f.tell())
+        if self.carry:
+            await self._hand(sink, b"\n", f.tell())
+        await sink.end_of_stream()
 
     def _resume(self, f: IO[bytes], first: bool) -> Progress:
         """Where to read ``f`` from: after what was delivered of it before, or (never seen) ``read_from``."""

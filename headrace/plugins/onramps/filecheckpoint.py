@@ -27,25 +27,27 @@ HEAD_BYTES = 1024  # bytes of a file's start in its fingerprint
 MAX_FILES = 256  # fingerprints kept (the most recently moved); older ones are forgotten
 
 
-def fingerprint(f: IO[bytes]) -> dict[str, Any]:
-    """The fingerprint of an open file (read from its start; the position is kept)."""
-    st = os.fstat(f.fileno())
+def _head(f: IO[bytes], n: int) -> tuple[int, str]:
+    """How many of the first ``n`` bytes of an open file there are, and their hash (the position is kept)."""
     at = f.tell()
     f.seek(0)
-    head = f.read(HEAD_BYTES)
+    head = f.read(n)
     f.seek(at)
-    return {"dev": st.st_dev, "ino": st.st_ino, "head_len": len(head), "head": hashlib.sha256(head).hexdigest()}
+    return len(head), hashlib.sha256(head).hexdigest()
+
+
+def fingerprint(f: IO[bytes]) -> dict[str, Any]:
+    """The fingerprint of an open file."""
+    st = os.fstat(f.fileno())
+    head_len, head = _head(f, HEAD_BYTES)
+    return {"dev": st.st_dev, "ino": st.st_ino, "head_len": head_len, "head": head}
 
 
 def _matches(saved: dict[str, Any], f: IO[bytes]) -> bool:
     st = os.fstat(f.fileno())
     if (saved.get("dev"), saved.get("ino")) != (st.st_dev, st.st_ino) or st.st_size < saved.get("offset", 0):
         return False
-    at = f.tell()
-    f.seek(0)
-    head = f.read(int(saved.get("head_len", 0)))
-    f.seek(at)
-    return len(head) == saved.get("head_len") and hashlib.sha256(head).hexdigest() == saved.get("head")
+    return _head(f, int(saved.get("head_len", 0))) == (saved.get("head_len"), saved.get("head"))
 
 
 class Checkpoints:
