@@ -177,9 +177,7 @@ class OnrampRunner(Runner):
         if not payloads:
             return
         batch = self._batch(payloads, metas, ack, group, nbytes, wire if not refused else None)
-        self.stats.received.inc(len(batch))
-        if self.router.budget is not None:
-            self.router.budget.received(self.spec.id, len(batch))
+        self._count_in(len(batch))
         if not refused:
             await self._out(batch)
             return
@@ -206,10 +204,14 @@ class OnrampRunner(Runner):
         if not payloads:
             return
         batch = self._batch(payloads, metas, ack, group, nbytes, wire, ref)
-        self.stats.received.inc(len(batch))
-        if self.router.budget is not None:
-            self.router.budget.received(self.spec.id, len(batch))
+        self._count_in(len(batch))
         await self._out(batch)
+
+    def _count_in(self, n: int) -> None:
+        """Records read: the component's count, and the error budget's."""
+        self.stats.received.inc(n)
+        if self.router.budget is not None:
+            self.router.budget.received(self.spec.id, n)
 
     def hold(self, why: str, kind: str = "error_budget") -> None:
         """Read nothing more, and answer not ready: for good (the error budget tripped; the daemon
