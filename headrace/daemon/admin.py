@@ -51,8 +51,7 @@ class AdminServer:
         self.status = status
         self.reload = reload
         self.tap = tap  # attach a tap (Engine.tap); None: /tap answers 404
-        self.codecs: dict[str, Codec] = {}
-        self.codec_maker: Callable[[str], Codec] = codec_maker or (lambda name: registry.make_codec(name))
+        self.codec_of: Callable[[str], Codec] = codec_maker or registry.make_codec  # the daemon's (cached) codecs by name
         self.runner: web.AppRunner | None = None
         self.last_render_s = 0.0  # the first render is inline; its duration picks the next one's place
 
@@ -148,12 +147,6 @@ class AdminServer:
         finally:
             detach()
         return resp
-
-    def codec_of(self, name: str) -> Codec:
-        codec = self.codecs.get(name)
-        if codec is None:
-            codec = self.codecs[name] = self.codec_maker(name)
-        return codec
 
     async def _reload(self, request: web.Request) -> web.Response:
         result = await self.reload()
