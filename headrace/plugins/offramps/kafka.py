@@ -254,7 +254,7 @@ class KafkaOfframp(Offramp):
         partition = self._partition
         for i, key, value in zip(range(n), keys, chunks):  # noqa: B905  (keys may be longer)
             if big and len(value) > limit:
-                rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {limit}"))
+                rejected.append((i, self._oversize(value)))
                 continue
             p = partition(parts, key, keyless)
             g = by_part.get(p)
@@ -262,6 +262,9 @@ class KafkaOfframp(Offramp):
                 g = by_part[p] = []
             g.append((i, key, value, NO_HEADERS))
         return {(topic, p): g for p, g in by_part.items()}
+
+    def _oversize(self, value: bytes) -> str:
+        return f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"
 
     async def _group_by_meta(self, chunks: list[bytes], metas: Metas | None, keyless: int, rejected: list[tuple[int, str]]) -> Groups:
         """Records by (topic, partition) when a topic, key or headers expression reads each meta."""
@@ -271,7 +274,7 @@ class KafkaOfframp(Offramp):
         for i, value in enumerate(chunks):
             meta = metas[i] if metas is not None and i < len(metas) else {}
             if len(value) > self.cfg.max_message_bytes:
-                rejected.append((i, f"record of {len(value)} bytes exceeds max_message_bytes {self.cfg.max_message_bytes}"))
+                rejected.append((i, self._oversize(value)))
                 continue
             try:
                 topic = self.topic_fn(meta) if self.topic_fn else self.cfg.topic
