@@ -21,7 +21,7 @@ QUEUE = 1000  # events a tap holds for its reader
 
 class Tap:
     def __init__(self, component: str, port: str, every: int = 1, where: Callable[..., Any] | None = None, with_meta: bool = False,
-                 limit: int | None = None, codec_of: Callable[[str], Codec] | None = None) -> None:  # fmt: skip
+                 limit: int | None = None, codec_of: Callable[[str], Codec] = registry.make_codec) -> None:  # fmt: skip
         self.component = component
         self.port = port
         self.every = max(int(every), 1)
@@ -33,8 +33,7 @@ class Tap:
         self.taken = 0  # events put in the queue
         self.dropped = 0  # events the queue had no room for
         self.failed = 0  # events the where expression raised on
-        self.codecs: dict[str, Codec] = {}
-        self.codec_of = codec_of  # the daemon's codec by name (with a component's own options)
+        self.codec_of = codec_of  # the daemon's (cached) codec by name, with a component's own options
 
     def offer(self, batch: Batch) -> None:
         n = len(batch)
@@ -67,16 +66,9 @@ class Tap:
         raw = batch.payloads[i] if batch.payloads is not None else None
         if raw is None:
             return None
-        name = batch.codec or "binary"
-        codec = self.codecs.get(name)
-        if codec is None:
-            try:
-                codec = self.codecs[name] = self.codec_of(name) if self.codec_of is not None else registry.make_codec(name.split("@")[0])
-            except Exception:
-                return raw.decode("utf-8", "backslashreplace")
         try:
-            return codec.decode(raw)
-        except Exception:
+            return self.codec_of(batch.codec or "binary").decode(raw)
+        except Exception:  # no such codec here, or a record it refuses: shown as text
             return raw.decode("utf-8", "backslashreplace")
 
 
