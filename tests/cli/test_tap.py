@@ -76,6 +76,10 @@ def test_tap_shows_sampled_filtered_events_with_meta_and_ends_at_its_limit(tmp_p
         assert res.returncode == 2 and "no component 'nosuch'" in res.stderr.decode()
         res = headrace("tap", url, "src/sideways", timeout=30)
         assert res.returncode == 2 and "has no port 'sideways'" in res.stderr.decode()
+        res = headrace("tap", url, "src", "--where", "event[", timeout=30)
+        assert res.returncode == 2 and "invalid expression" in res.stderr.decode(), res.stderr.decode()
+        res = headrace("tap", url, "src", "--sample", "1/0", timeout=30)
+        assert res.returncode == 2 and "--sample '1/0': give 1/N or N" in res.stderr.decode()
     finally:
         d.stop()
 

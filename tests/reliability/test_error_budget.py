@@ -79,3 +79,18 @@ def test_a_stage_failing_every_record_trips_the_budget_and_nothing_past_it_is_co
     finally:
         d.stop()
     assert sorted(set(file_ids(tmp_path / "out.ndjson"))) == list(range(N))
+
+
+def test_a_bad_error_budget_is_a_config_error(tmp_path: Path, write: Any) -> None:
+    from tests.support.daemon import headrace
+
+    cfg = write("c.yaml", """
+version: 1
+daemon: {error_budget: {ratio: 1.5}}
+onramps: {src: {type: stdin}}
+offramps: {out: {type: stdout}}
+links: {src: [out]}
+""")
+    res = headrace("check", str(cfg))
+    err = res.stderr.decode()
+    assert res.returncode == 78 and "ratio" in err and "c.yaml:3" in err, err
