@@ -157,7 +157,7 @@ def test_sigkill_worker_under_load_loses_nothing(tmp_path: Path, write: Any) -> 
 
 @pytest.mark.slow
 def test_poison_record_isolated_to_err(tmp_path: Path, write: Any) -> None:
-    d = Daemon(config(write, "poison", n=400, extra_daemon=", stage_timeout: 1s"))
+    d = Daemon(config(write, "poison", n=400, extra_daemon=", stage_timeout: 400ms"))
     assert d.wait(120) == 0, d.stderr()
     ids = [e["id"] for e in lines(tmp_path / "out.ndjson")]
     assert ids == [i for i in range(400) if i not in (137, 271)]
