@@ -37,12 +37,15 @@ class PerRecord:
     """What ``Operator.per_record`` offers: the function, whether it never modifies its event
     (``readonly``: the original bytes leave), whether it may read lazy views of records, and
     whether it reads or writes its meta at all (``meta=False``: it is called with None for it,
-    and no per-record meta dict is built for it; its events leave with the metas they came with)."""
+    and no per-record meta dict is built for it; its events leave with the metas they came with),
+    and whether it takes tracked values (``tracks``: a record it returned unwritten leaves as its
+    original bytes, see ``headrace.contract.tracked``; with ``readonly`` a write fails the record)."""
 
     fn: Callable[[Any, dict[str, Any]], Any]
     readonly: bool = False
     views: bool = False
     meta: bool = True
+    tracks: bool = False
 
 
 class Ev:

@@ -34,9 +34,11 @@ from typing import Any, Literal
 from pydantic import Field
 
 from headrace import _emit
+from headrace.contract import tracked
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
 from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator, PerRecord, Placement
+from headrace.contract.tracked import READONLY_WROTE, UNTRACKED, ReadonlyViolation, track
 from headrace.contract.units import Duration
 
 
@@ -44,7 +46,11 @@ class PythonConfig(PluginConfig):
     fn: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="module:callable, imported with the config's folder first on sys.path")
     concurrency: int = Field(16, ge=1, le=100_000, description="async stages: events in flight")
     placement: Literal["workers", "loop"] | None = Field(None, description="override: def -> workers, async def -> loop")
-    readonly: bool = Field(False, description="the stage never modifies events: unmodified events leave as their original bytes")
+    readonly: bool = Field(False, description="an assertion: the stage never modifies events; a write to one sends that record to err "
+                                              "(ReadonlyViolation). Not needed for speed: see track_writes")
+    track_writes: bool = Field(True, description="def stages get events that notice writes: one returned unwritten leaves as its original "
+                                                 "bytes (no encode). false: plain dicts, every record encoded again (for a stage that "
+                                                 "writes around the dict methods; see the stage guide)")
     lazy: bool = Field(True, description="readonly stages on workers read JSON through a lazy read-only view (a Mapping; lists are "
                                          "Sequences); false: a dict")
     ports: list[str] = Field(default_factory=list, description="extra ports reachable with headrace.emit(port, event)")
@@ -209,14 +215,20 @@ class PythonOperator(Operator):
     def per_record(self) -> PerRecord | None:
         if self.is_async or self.fn is None:
             return None
-        return PerRecord(self.fn, self.cfg.readonly, self.cfg.readonly and self.cfg.lazy, names_meta(self.fn))
+        return PerRecord(self.fn, self.cfg.readonly, self.cfg.readonly and self.cfg.lazy, names_meta(self.fn), self.tracks)
+
+    @property
+    def tracks(self) -> bool:
+        """Whether this (synchronous) stage is given tracked values (see ``headrace.contract.tracked``)."""
+        return self.cfg.track_writes and not self.is_async
 
     def teardown(self) -> None:
         if self.instance is not None and hasattr(self.instance, "teardown"):
             self.instance.teardown()
         self.instance = None
 
-    def _collect(self, ev: Ev, result: Any, out: list[Ev], readonly: bool) -> None:
+    def _collect(self, ev: Ev, result: Any, out: list[Ev], unchanged: bool) -> None:
+        """Route ``result``; ``unchanged``: the event, when returned, still holds what its bytes say."""
         if result is None:
             self.dropped = (self.dropped or 0) + 1
             return
@@ -224,7 +236,7 @@ class PythonOperator(Operator):
             for item in result:
                 out.append(Ev(item, dict(ev.meta), ev.src, None, ev.ingest))
             return
-        if result is not ev.value or not readonly:
+        if result is not ev.value or not unchanged:
             ev.raw = None
         ev.value = result
         out.append(ev)
@@ -237,6 +249,7 @@ class PythonOperator(Operator):
         out: list[Ev] = []
         append = out.append
         readonly = self.cfg.readonly
+        tracks = self.tracks
         self.dropped = 0
         stage_id = self.id
         token = _emit.bind(emit, stage_id)
@@ -245,15 +258,23 @@ class PythonOperator(Operator):
             for ev in evs:
                 sync.ev = ev
                 value = ev.value
+                if tracks:
+                    if ev.raw is not None and type(value) in UNTRACKED:  # a record as decoded: given tracked, its bytes kept
+                        ev._value = value = track(value)
+                    tracked.clean()
                 try:
                     result = fn(value, ev.meta)
                 except STAGE_ERRORS as exc:
                     emit("err", ev.fail(stage_id, exc))
                     continue
-                if result is value and readonly:
+                wrote = tracks and tracked.written()
+                if wrote and readonly:
+                    emit("err", ev.fail(stage_id, ReadonlyViolation(READONLY_WROTE)))
+                    continue
+                if result is value and (readonly or tracks) and not wrote:
                     append(ev)
                 else:
-                    self._collect(ev, result, out, readonly)
+                    self._collect(ev, result, out, False)
         finally:
             sync.ev = None
             _emit.unbind(token)
@@ -290,7 +311,7 @@ class PythonOperator(Operator):
             if exc is not None:
                 emit("err", ev.fail(stage_id, exc))
             else:
-                self._collect(ev, results[i], out, self.cfg.readonly)
+                self._collect(ev, results[i], out, self.cfg.readonly)  # several records at once: not tracked, the hint trusted
         return out
 
 

@@ -7,8 +7,10 @@ import time
 from array import array
 from typing import TYPE_CHECKING, Any
 
+from headrace.contract import tracked
 from headrace.contract.codec import ViewLoader
 from headrace.contract.stage import STAGE_ERRORS, Ev
+from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, track
 from headrace.runtime.batch import share_equal, unshare
 from headrace.runtime.chain import ChainExecutor, Counts, NodeCounts
 from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
@@ -32,7 +34,7 @@ class FusedChain:
 
     __slots__ = ("blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "prog", "rests", "src", "stage", "viewers", "views")
 
-    def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool]], views: bool = False, blind: bool = False) -> None:
+    def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool, bool]], views: bool = False, blind: bool = False) -> None:
         self.prog = prog
         self.fns = fns
         self.views = views  # every stage is readonly and accepts a lazy view of the record
@@ -62,7 +64,7 @@ class FusedChain:
         offers = [st.per_record() for st in prog.stages]
         if any(o is None for o in offers):
             return None
-        fns = [(o.fn, o.readonly) for o in offers if o is not None]
+        fns = [(o.fn, o.readonly, o.tracks) for o in offers if o is not None]
         return cls(prog, fns, all(o.views for o in offers if o is not None), not any(o.meta for o in offers if o is not None))
 
     def meta_of(self, meta: dict[str, Any] | None, i: int) -> dict[str, Any]:
@@ -116,7 +118,10 @@ class FusedChain:
         ids = self.ids
         nst = len(fns)
         single = nst == 1
-        fn0, ro0 = fns[0]
+        fn0, ro0, tr0 = fns[0]
+        # records reach the stages as tracked values (not views): one returned unwritten leaves as its bytes
+        wrap = track if viewer is None and any(tr for _, _, tr in fns) else None
+        clean, written = tracked.clean, tracked.written
         outputs: dict[tuple[str, str], list[Ev]] = {}
         self.outputs = outputs
         self.ingest = ingest
@@ -155,10 +160,14 @@ class FusedChain:
                 except Exception as exc:  # whatever a codec raises for one record concerns that record only
                     failures.append((i, codec.reason(exc)))
                     continue
+                if wrap is not None:
+                    value = wrap(value)
                 meta = None if blind else {} if metas is None else metas[i]
                 self.meta = meta
                 self.src = i
                 if single:  # one function: the loop below, unrolled (its received count is taken at the end)
+                    if tr0:
+                        clean()
                     try:
                         result = fn0(value, meta)
                     except STAGE_ERRORS as exc:
@@ -166,9 +175,15 @@ class FusedChain:
                         ev = Ev(value, self.meta_of(meta, i), i, raw, ingest[i])  # type: ignore[arg-type]
                         outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
                         continue
-                    if result is value and ro0:
+                    wrote = tr0 and written()
+                    if result is value and (ro0 or tr0) and not wrote:
                         out_src.append(i)
                         out_metas.append(meta)
+                        continue
+                    if wrote and ro0:
+                        errs[0] += 1
+                        ev = Ev(value, self.meta_of(meta, i), i, None, ingest[i])
+                        outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], ReadonlyViolation(READONLY_WROTE)))
                         continue
                     changed = True
                     k = 0
@@ -177,19 +192,25 @@ class FusedChain:
                     k = -1
                     result = value
                     for k in range(nst):
-                        fn, ro = fns[k]
+                        fn, ro, tr = fns[k]
                         self.stage = k
                         entered[k] += 1
+                        wrote = False
+                        if tr:
+                            clean()
                         try:
                             result = fn(value, meta)
+                            wrote = tr and written()
+                            if wrote and ro:
+                                raise ReadonlyViolation(READONLY_WROTE)
                         except STAGE_ERRORS as exc:
                             errs[k] += 1
-                            ev = Ev(value, self.meta_of(meta, i), i, None if changed else raw, ingest[i])  # type: ignore[arg-type]
+                            ev = Ev(value, self.meta_of(meta, i), i, None if changed or wrote else raw, ingest[i])  # type: ignore[arg-type]
                             ev.fail(ids[k], exc)
                             outputs.setdefault((ids[k], "err"), []).append(ev)
                             result = _FAILED
                             break
-                        if result is value and ro:
+                        if result is value and (ro or tr) and not wrote:
                             continue
                         changed = True
                         if result is None or isinstance(result, list):
