@@ -8,9 +8,15 @@ from typing import Any
 
 
 def read_only(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """Reads a few fields, modifies nothing (declared readonly in the config)."""
+    """Reads a few fields, modifies nothing (no hint needed: an unwritten record leaves as its bytes)."""
     if event.get("application") == "app1" and event.get("aint", 0) > 1000:
         meta["rare"] = True
+    return event
+
+
+def set_one(event: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """Writes one top-level field of every record."""
+    event["seen"] = True
     return event
 
 

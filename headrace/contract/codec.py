@@ -24,6 +24,10 @@ class ViewLoader(Protocol):
 
     def recover(self, raw: bytes, exc: BaseException) -> Any: ...
 
+    def plain(self, value: Any) -> Any:
+        """``value`` with any view in it turned into dicts and lists (a view stored into meta)."""
+        ...
+
     def __call__(self, raw: bytes) -> Any: ...
 
 

@@ -46,6 +46,7 @@ class PerRecord:
     views: bool = False
     meta: bool = True
     tracks: bool = False
+    meta_views: bool = False  # may store values read from a view into meta (converted before a next stage reads them)
 
 
 class Ev:

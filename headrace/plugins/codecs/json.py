@@ -125,6 +125,13 @@ class SimdjsonViews:
                 pass
         return loads_exact(raw)  # structure, UTF-8, depth: orjson decides, with its reason; big integers stay exact
 
+    def plain(self, value: Any) -> Any:
+        if isinstance(value, simdjson.Object):
+            return value.as_dict()
+        if isinstance(value, simdjson.Array):
+            return value.as_list()
+        return value
+
     def __call__(self, raw: bytes) -> Any:
         try:
             return self.parse(raw)

@@ -40,6 +40,7 @@ from headrace.contract.context import PluginContext
 from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator, PerRecord, Placement
 from headrace.contract.tracked import READONLY_WROTE, UNTRACKED, ReadonlyViolation, track
 from headrace.contract.units import Duration
+from headrace.plugins.operators.readproof import prove
 
 
 class PythonConfig(PluginConfig):
@@ -51,8 +52,8 @@ class PythonConfig(PluginConfig):
     track_writes: bool = Field(True, description="def stages get events that notice writes: one returned unwritten leaves as its original "
                                                  "bytes (no encode). false: plain dicts, every record encoded again (for a stage that "
                                                  "writes around the dict methods; see the stage guide)")
-    lazy: bool = Field(True, description="readonly stages on workers read JSON through a lazy read-only view (a Mapping; lists are "
-                                         "Sequences); false: a dict")
+    lazy: bool = Field(True, description="stages that only read (declared readonly, or proven so from their code: see the stage "
+                                         "guide) read JSON on workers through a lazy read-only view; false: a dict")
     ports: list[str] = Field(default_factory=list, description="extra ports reachable with headrace.emit(port, event)")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a class stage's constructor")
     timeout: Duration = Field(30.0, gt=0, description="async stages: time one event may take; then it is cancelled and goes to err "
@@ -215,7 +216,10 @@ class PythonOperator(Operator):
     def per_record(self) -> PerRecord | None:
         if self.is_async or self.fn is None:
             return None
-        return PerRecord(self.fn, self.cfg.readonly, self.cfg.readonly and self.cfg.lazy, names_meta(self.fn), self.tracks)
+        proof = prove(self.fn) if self.tracks and not self.cfg.readonly else None  # track_writes: false asks for plain dicts
+        reads_only = self.cfg.readonly or (proof is not None and proof.reads_only)
+        meta_views = proof is None or proof.meta_views
+        return PerRecord(self.fn, self.cfg.readonly, reads_only and self.cfg.lazy, names_meta(self.fn), self.tracks, meta_views)
 
     @property
     def tracks(self) -> bool:

@@ -32,7 +32,7 @@ class FusedChain:
     the same routes as in the batch-wise path, with the same counts.
     """
 
-    __slots__ = ("blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "prog", "rests", "src", "stage", "viewers", "views")
+    __slots__ = ("blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "plain_meta", "prog", "rests", "src", "stage", "viewers", "views")
 
     def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool, bool]], views: bool = False, blind: bool = False) -> None:
         self.prog = prog
@@ -50,6 +50,7 @@ class FusedChain:
         self.stage = 0
         self.ingest: array[int] = array("q")
         self.rests: dict[int, ChainExecutor] = {}
+        self.plain_meta: frozenset[int] = frozenset()  # stages after which views stored into meta become plain values
 
     def rest(self, k: int) -> ChainExecutor:
         """The executor of stages ``k..`` (what a fan-out's items go through, batch-wise)."""
@@ -65,7 +66,9 @@ class FusedChain:
         if any(o is None for o in offers):
             return None
         fns = [(o.fn, o.readonly, o.tracks) for o in offers if o is not None]
-        return cls(prog, fns, all(o.views for o in offers if o is not None), not any(o.meta for o in offers if o is not None))
+        chain = cls(prog, fns, all(o.views for o in offers if o is not None), not any(o.meta for o in offers if o is not None))
+        chain.plain_meta = frozenset(k for k, o in enumerate(offers[:-1]) if o is not None and o.meta_views)
+        return chain
 
     def meta_of(self, meta: dict[str, Any] | None, i: int) -> dict[str, Any]:
         """Record ``i``'s meta: ``meta``, or in a blind chain (None) the one as sent, for an event
@@ -210,6 +213,9 @@ class FusedChain:
                             outputs.setdefault((ids[k], "err"), []).append(ev)
                             result = _FAILED
                             break
+                        if viewer is not None and meta and k in self.plain_meta:  # the next stage reads meta as dicts and lists
+                            for mk, mval in meta.items():
+                                meta[mk] = viewer.plain(mval)
                         if result is value and (ro or tr) and not wrote:
                             continue
                         changed = True

@@ -1,0 +1,266 @@
+"""Whether a ``def`` stage provably only reads its event, found in its bytecode.
+
+A stage proven here gets a read-only view of a JSON record on workers (no dict is built:
+several times cheaper than decoding it), exactly as one declared ``readonly: true`` would,
+with no hint. The proof accepts only code that cannot tell a view from a dict:
+
+- the event (the first parameter, never reassigned) is used only as ``event[k]``,
+  ``event.get(k[, default])``, ``k in event``, a truth test, ``len(event)``, iteration, or
+  returned as it is;
+- a value read from it (kept in a local or not) only in those same ways, compared (``==``,
+  ``<``, ``is``...) with a constant scalar (a container never equals one, so a view and a list
+  agree), or stored into ``meta[...]`` (a view stored there becomes a plain value at the latest
+  when it crosses to the parent; the next fused stage reads it converted);
+- everything else is refused: a call or an operator taking such a value (``f(event)``,
+  ``event["n"] + 1``, an f-string), an attribute, a store into it, returning a part of it, a
+  closure over it, ``try`` blocks, code reaching its own frame, and any instruction not listed.
+
+Refusal is not an error: the stage then gets tracked dicts (``headrace.contract.tracked``).
+Only CPython 3.11 bytecode is read; on another version nothing is proven.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dis
+import inspect
+import sys
+from typing import Any
+
+# abstract values on the simulated stack
+CLEAN, CONST, CTUPLE, DERIVED, ROOT, META, NULL, SELF = "clean", "const", "ctuple", "derived", "root", "meta", "null", "self"
+ROOTISH = "root?"  # the event or a clean value (merged branches of ``event if c else None``)
+_TAINTED = (DERIVED, ROOT, ROOTISH)
+_SCALARS = (str, int, float, bool, type(None), bytes)
+_READ_METHODS = frozenset({"get"})
+_READ_BUILTINS = frozenset({"len", "bool"})
+_FRAME_ACCESS = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "stack", "f_locals", "getframeinfo", "globals"})
+_NO_STACK = frozenset({"RESUME", "NOP", "PRECALL", "KW_NAMES", "EXTENDED_ARG", "CACHE"})
+_COND_JUMPS = frozenset({"POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_FORWARD_IF_TRUE", "POP_JUMP_BACKWARD_IF_FALSE", "POP_JUMP_BACKWARD_IF_TRUE",
+                         "POP_JUMP_FORWARD_IF_NONE", "POP_JUMP_FORWARD_IF_NOT_NONE", "POP_JUMP_BACKWARD_IF_NONE",
+                         "POP_JUMP_BACKWARD_IF_NOT_NONE"})  # fmt: skip
+_JUMPS = frozenset({"JUMP_FORWARD", "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT"})
+_BUILDS = {"BUILD_TUPLE": 1, "BUILD_LIST": 1, "BUILD_SET": 1, "BUILD_STRING": 1, "BUILD_MAP": 2}
+
+
+class _Refused(Exception):
+    pass
+
+
+class Proof:
+    """The result: whether the stage only reads, and whether it stores read values into meta."""
+
+    __slots__ = ("meta_views", "reads_only")
+
+    def __init__(self, reads_only: bool, meta_views: bool = False) -> None:
+        self.reads_only = reads_only
+        self.meta_views = meta_views
+
+
+def prove(fn: Any) -> Proof:
+    """Whether ``fn(event, meta)`` provably only reads ``event`` (see the module doc)."""
+    if sys.version_info[:2] != (3, 11):
+        return Proof(False)
+    index = 0
+    if inspect.ismethod(fn):
+        fn, index = fn.__func__, 1
+    if not inspect.isfunction(fn):
+        return Proof(False)
+    code = fn.__code__
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS | inspect.CO_GENERATOR | inspect.CO_COROUTINE):
+        return Proof(False)
+    if code.co_argcount < index + 2 or code.co_exceptiontable or code.co_cellvars or code.co_freevars:
+        return Proof(False)
+    if not _FRAME_ACCESS.isdisjoint(code.co_names):
+        return Proof(False)
+    event, meta = code.co_varnames[index], code.co_varnames[index + 1]
+    try:
+        return _Checker(fn, code, event, meta).run()
+    except _Refused:
+        return Proof(False)
+
+
+class _Checker:
+    def __init__(self, fn: Any, code: Any, event: str, meta: str) -> None:
+        self.globals = fn.__globals__
+        self.ins = list(dis.get_instructions(code))
+        self.event, self.meta = event, meta
+        self.tainted: set[str] = set()  # locals that may hold a value read from the event
+        self.meta_views = False
+
+    def run(self) -> Proof:
+        for _ in range(20):  # until the tainted locals stop growing
+            before = set(self.tainted)
+            self._scan()
+            if self.tainted == before:
+                return Proof(True, self.meta_views)
+        return Proof(False)
+
+    def _scan(self) -> None:
+        states: dict[int, list[str]] = {}  # offset -> stack on entry (from a jump)
+        stack: list[str] | None = []
+        for _pass in range(2):  # a second pass sees the states backward jumps recorded
+            stack = []
+            for ins in self.ins:
+                if ins.offset in states:
+                    stack = list(states[ins.offset]) if stack is None else _merge(stack, states[ins.offset])
+                if stack is None:
+                    continue  # unreachable (after a return or a jump, and no jump lands here)
+                stack = self._step(ins, stack, states)
+
+    def _jump(self, states: dict[int, list[str]], target: int, stack: list[str]) -> None:
+        states[target] = list(stack) if target not in states else _merge(states[target], stack)
+
+    def _step(self, ins: Any, stack: list[str], states: dict[int, list[str]]) -> list[str] | None:
+        op, arg = ins.opname, ins.arg
+
+        def pop() -> str:
+            if not stack:
+                raise _Refused
+            return stack.pop()
+
+        if op in _NO_STACK:
+            return stack
+        if op == "LOAD_FAST":
+            name = ins.argval
+            stack.append(ROOT if name == self.event else META if name == self.meta else DERIVED if name in self.tainted else CLEAN)
+        elif op == "LOAD_CONST":
+            v = ins.argval
+            scalars = isinstance(v, tuple) and all(isinstance(x, _SCALARS) for x in v)
+            stack.append(CONST if isinstance(v, _SCALARS) else CTUPLE if scalars else CLEAN)
+        elif op == "LOAD_GLOBAL":
+            if arg & 1:
+                stack.append(NULL)
+            stack.append("g:" + ins.argval)
+        elif op == "STORE_FAST":
+            v = pop()
+            if ins.argval in (self.event, self.meta):
+                raise _Refused
+            if v in _TAINTED:
+                self.tainted.add(ins.argval)
+            elif v not in (CLEAN, CONST, CTUPLE) and not v.startswith("g:"):
+                raise _Refused
+        elif op == "POP_TOP":
+            pop()
+        elif op == "PUSH_NULL":
+            stack.append(NULL)
+        elif op == "SWAP":
+            if len(stack) < arg:
+                raise _Refused
+            stack[-1], stack[-arg] = stack[-arg], stack[-1]
+        elif op == "COPY":
+            if len(stack) < arg:
+                raise _Refused
+            stack.append(stack[-arg])
+        elif op == "BINARY_SUBSCR":
+            key, container = pop(), pop()
+            if key in _TAINTED:
+                raise _Refused
+            stack.append(DERIVED if container in _TAINTED else CLEAN)
+        elif op == "STORE_SUBSCR":
+            key, container, value = pop(), pop(), pop()
+            if key in _TAINTED or container in _TAINTED:
+                raise _Refused
+            if value in _TAINTED:
+                if container != META:
+                    raise _Refused
+                self.meta_views = True
+        elif op == "COMPARE_OP" or op == "IS_OP":
+            b, a = pop(), pop()
+            if (a in _TAINTED and b != CONST) or (b in _TAINTED and a != CONST):
+                raise _Refused
+            stack.append(CLEAN)
+        elif op == "CONTAINS_OP":
+            container, item = pop(), pop()
+            if item in _TAINTED and container != CTUPLE:  # a view is in a tuple of scalars exactly when a list would be: never
+                raise _Refused
+            stack.append(CLEAN)
+        elif op == "UNARY_NOT":
+            pop()
+            stack.append(CLEAN)
+        elif op in _COND_JUMPS:
+            pop()
+            self._jump(states, ins.argval, stack)
+        elif op in ("JUMP_IF_FALSE_OR_POP", "JUMP_IF_TRUE_OR_POP"):
+            self._jump(states, ins.argval, stack)
+            pop()
+        elif op in _JUMPS:
+            self._jump(states, ins.argval, stack)
+            return None
+        elif op == "RETURN_VALUE":
+            if pop() not in (ROOT, ROOTISH, CLEAN, CONST, CTUPLE):
+                raise _Refused
+            return None
+        elif op == "LOAD_METHOD":
+            receiver = pop()
+            if receiver in _TAINTED:
+                if ins.argval not in _READ_METHODS:
+                    raise _Refused
+                stack.extend(("m:read", SELF))
+            elif receiver == META:
+                stack.extend(("m:meta", SELF))
+            else:
+                stack.extend(("m:other", SELF))
+        elif op == "LOAD_ATTR":
+            if pop() in _TAINTED:
+                raise _Refused
+            stack.append(CLEAN)
+        elif op == "CALL":
+            args = [pop() for _ in range(arg)]
+            callee, below = pop(), pop()
+            tainted_args = any(a in _TAINTED for a in args)
+            if below == "m:read" and callee == SELF:
+                if tainted_args:
+                    raise _Refused
+                stack.append(DERIVED)
+            elif tainted_args:
+                name = callee[2:] if callee.startswith("g:") else None
+                if below != NULL or name not in _READ_BUILTINS or name in self.globals or getattr(builtins, name, None) is None:
+                    raise _Refused
+                stack.append(CLEAN)
+            else:
+                stack.append(CLEAN)
+        elif op == "GET_ITER":
+            stack.append("i:" + pop())
+        elif op == "FOR_ITER":
+            it = stack[-1] if stack else None
+            if it is None or not it.startswith("i:"):
+                raise _Refused
+            exhausted = stack[:-1]
+            self._jump(states, ins.argval, exhausted)
+            stack.append(DERIVED if it[2:] in _TAINTED else CLEAN)
+        elif op == "UNPACK_SEQUENCE":
+            if pop() in _TAINTED:
+                raise _Refused
+            stack.extend([CLEAN] * arg)
+        elif op in _BUILDS:
+            for _ in range(arg * _BUILDS[op]):
+                if pop() in _TAINTED:
+                    raise _Refused
+            stack.append(CLEAN)
+        elif op == "BINARY_OP":
+            b, a = pop(), pop()
+            if a in _TAINTED or b in _TAINTED:
+                raise _Refused
+            stack.append(CLEAN)
+        else:
+            raise _Refused  # not listed: not proven
+        return stack
+
+
+def _merge(a: list[str], b: list[str]) -> list[str]:
+    if len(a) != len(b):
+        raise _Refused
+    out = []
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            out.append(x)
+        elif x in (CLEAN, CONST, CTUPLE) and y in (CLEAN, CONST, CTUPLE):
+            out.append(CLEAN)
+        elif {x, y} <= {CLEAN, CONST, CTUPLE, ROOT, ROOTISH}:
+            out.append(ROOTISH)
+        elif {x, y} <= {CLEAN, CONST, CTUPLE, DERIVED, ROOT, ROOTISH}:
+            out.append(DERIVED)  # either may be read from the event (not the event itself)
+        else:
+            raise _Refused
+    return out
