@@ -45,7 +45,7 @@ def track(value: Any) -> Any:
     return value
 
 
-_DIRTY = [False]
+DIRTY = [False]
 """Set by every write to any tracked container. The runtime clears it before a stage is called
 with one record and reads it after: one flag for the process, not one per record, so a root
 costs nothing beyond its shallow copy. A write to another record's container (one a stateful
@@ -55,12 +55,37 @@ run several records at once (``async def``) are not tracked."""
 
 def clean() -> None:
     """Before a stage is called with one record."""
-    _DIRTY[0] = False
+    DIRTY[0] = False
 
 
 def written() -> bool:
     """After it returned: whether any tracked container was written since ``clean()``."""
-    return _DIRTY[0]
+    return DIRTY[0]
+
+
+class Adaptive:
+    """Whether the next batch of a stage (or fused chain) is tracked: not while nearly every record
+    it returns is written anyway (a tracked value then only adds its copy and the checks, about
+    0.4 us a record, for nothing); a batch is tracked again every ``PROBE`` batches, so a stage
+    that stops writing gets its bytes kept again. Never for ``readonly`` stages: there the
+    tracking is the assertion."""
+
+    PROBE = 32
+    __slots__ = ("skip",)
+
+    def __init__(self) -> None:
+        self.skip = 0
+
+    def track_next(self) -> bool:
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
+
+    def saw(self, records: int, unchanged: int) -> None:
+        """A tracked batch of ``records`` gave ``unchanged`` records back unwritten."""
+        if records >= 16 and unchanged * 20 < records:  # under 5 % unwritten
+            self.skip = self.PROBE
 
 
 def _wrap(value: Any) -> Any:
@@ -79,7 +104,7 @@ class TrackedDict(dict):  # type: ignore[type-arg]
     def __getitem__(self, key: Any) -> Any:
         v = dict.__getitem__(self, key)
         t = type(v)
-        if (t is dict or t is list) and not _DIRTY[0]:
+        if (t is dict or t is list) and not DIRTY[0]:
             v = _wrap(v)
             dict.__setitem__(self, key, v)
         return v
@@ -89,13 +114,13 @@ class TrackedDict(dict):  # type: ignore[type-arg]
         if v is _MISSING:
             return default
         t = type(v)
-        if (t is dict or t is list) and not _DIRTY[0]:
+        if (t is dict or t is list) and not DIRTY[0]:
             v = _wrap(v)
             dict.__setitem__(self, key, v)
         return v
 
     def _adopt_all(self) -> None:
-        if not _DIRTY[0]:
+        if not DIRTY[0]:
             for k, v in dict.items(self):  # replacing values keeps the size: the iteration stays valid
                 t = type(v)
                 if t is dict or t is list:
@@ -160,41 +185,41 @@ class TrackedDict(dict):  # type: ignore[type-arg]
     # -- writes ----------------------------------------------------------------------------
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: Any) -> None:
         dict.__delitem__(self, key)
-        _DIRTY[0] = True
+        DIRTY[0] = True
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         if dict.__contains__(self, key):
             return self[key]
-        _DIRTY[0] = True
+        DIRTY[0] = True
         dict.__setitem__(self, key, default)
         return default
 
     def pop(self, key: Any, *default: Any) -> Any:
         if dict.__contains__(self, key):
-            _DIRTY[0] = True
+            DIRTY[0] = True
         return dict.pop(self, key, *default)
 
     def popitem(self) -> tuple[Any, Any]:
         item = dict.popitem(self)
-        _DIRTY[0] = True
+        DIRTY[0] = True
         return item
 
     def clear(self) -> None:
         if dict.__len__(self):
-            _DIRTY[0] = True
+            DIRTY[0] = True
         dict.clear(self)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         dict.update(self, *args, **kwargs)
 
     def __ior__(self, other: Any) -> Any:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         dict.update(self, other)
         return self
 
@@ -212,13 +237,13 @@ class TrackedList(list):  # type: ignore[type-arg]
             return list.__getitem__(self, index)
         v = list.__getitem__(self, index)
         t = type(v)
-        if (t is dict or t is list) and not _DIRTY[0]:
+        if (t is dict or t is list) and not DIRTY[0]:
             v = _wrap(v)
             list.__setitem__(self, index, v)
         return v
 
     def _adopt_all(self) -> None:
-        if not _DIRTY[0]:
+        if not DIRTY[0]:
             for i, v in enumerate(list.__iter__(self)):
                 t = type(v)
                 if t is dict or t is list:
@@ -268,54 +293,54 @@ class TrackedList(list):  # type: ignore[type-arg]
     # -- writes ----------------------------------------------------------------------------
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.__setitem__(self, index, value)
 
     def __delitem__(self, index: Any) -> None:
         list.__delitem__(self, index)
-        _DIRTY[0] = True
+        DIRTY[0] = True
 
     def append(self, value: Any) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.append(self, value)
 
     def extend(self, values: Iterable[Any]) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.extend(self, values)
 
     def insert(self, index: SupportsIndex, value: Any) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.insert(self, index, value)
 
     def pop(self, index: SupportsIndex = -1) -> Any:
         v = list.pop(self, index)
-        _DIRTY[0] = True
+        DIRTY[0] = True
         return v
 
     def remove(self, value: Any) -> None:
         list.remove(self, value)
-        _DIRTY[0] = True
+        DIRTY[0] = True
 
     def clear(self) -> None:
         if list.__len__(self):
-            _DIRTY[0] = True
+            DIRTY[0] = True
         list.clear(self)
 
     def sort(self, *args: Any, **kwargs: Any) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.sort(self, *args, **kwargs)
 
     def reverse(self) -> None:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.reverse(self)
 
     def __iadd__(self, other: Any) -> Any:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         list.extend(self, other)
         return self
 
     def __imul__(self, n: SupportsIndex) -> Any:
-        _DIRTY[0] = True
+        DIRTY[0] = True
         return list.__imul__(self, n)
 
 

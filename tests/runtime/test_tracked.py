@@ -249,3 +249,17 @@ links: {{src: [main, strict], main: [out], main/err: [dlq], strict: [out], stric
     # a readonly stage's write fails its record: noticed on tracked values, refused by a worker's read-only view
     assert len(dlq) == 400 and {e["meta"]["error"]["type"] for e in dlq} == {"ReadonlyViolation" if workers == 0 else "AttributeError"}
     assert sorted(e["event"]["id"] for e in dlq) == list(range(400))
+
+
+def test_tracking_pauses_while_nearly_every_record_is_written_and_probes_again() -> None:
+    adapt = tracked.Adaptive()
+    assert adapt.track_next()
+    adapt.saw(100, 10)  # 10 % kept their bytes: worth tracking
+    assert adapt.track_next()
+    adapt.saw(100, 2)  # 2 %: not worth a copy per record
+    skipped = 0
+    while not adapt.track_next():
+        skipped += 1
+    assert skipped == tracked.Adaptive.PROBE
+    adapt.saw(8, 0)  # too few records to judge
+    assert adapt.track_next()

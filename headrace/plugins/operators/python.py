@@ -174,6 +174,7 @@ class PythonOperator(Operator):
         self.target: Any = None
         self.fn: Callable[[Any, dict[str, Any]], Any] | None = None
         self.instance: Any = None
+        self.adapt = tracked.Adaptive()  # tracking skipped while nearly every record is written
         self._resolve()
 
     def _resolve(self) -> None:
@@ -253,7 +254,8 @@ class PythonOperator(Operator):
         out: list[Ev] = []
         append = out.append
         readonly = self.cfg.readonly
-        tracks = self.tracks
+        tracks = self.tracks and (readonly or self.adapt.track_next())
+        kept = 0
         self.dropped = 0
         stage_id = self.id
         token = _emit.bind(emit, stage_id)
@@ -277,11 +279,14 @@ class PythonOperator(Operator):
                     continue
                 if result is value and (readonly or tracks) and not wrote:
                     append(ev)
+                    kept += 1
                 else:
                     self._collect(ev, result, out, False)
         finally:
             sync.ev = None
             _emit.unbind(token)
+        if tracks and not readonly:
+            self.adapt.saw(len(evs), kept)
         return out
 
     async def process_async(self, evs: list[Ev], emit: Emit) -> list[Ev]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from headrace.contract import tracked
 from headrace.contract.codec import ViewLoader
 from headrace.contract.stage import STAGE_ERRORS, Ev
-from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, track
+from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, TrackedDict, TrackedList
 from headrace.runtime.batch import share_equal, unshare
 from headrace.runtime.chain import ChainExecutor, Counts, NodeCounts
 from headrace.runtime.workers.wire import UNCHANGED, Output, Request, Response
@@ -32,7 +32,7 @@ class FusedChain:
     the same routes as in the batch-wise path, with the same counts.
     """
 
-    __slots__ = ("blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "plain_meta", "prog", "rests", "src", "stage", "viewers", "views")
+    __slots__ = ("adapt", "blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "plain_meta", "prog", "rests", "src", "stage", "viewers", "views")
 
     def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool, bool]], views: bool = False, blind: bool = False) -> None:
         self.prog = prog
@@ -51,6 +51,8 @@ class FusedChain:
         self.ingest: array[int] = array("q")
         self.rests: dict[int, ChainExecutor] = {}
         self.plain_meta: frozenset[int] = frozenset()  # stages after which views stored into meta become plain values
+        # tracking skipped while nearly every record is written (not when a readonly stage relies on it)
+        self.adapt: tracked.Adaptive | None = None if any(ro and tr for _, ro, tr in fns) else tracked.Adaptive()
 
     def rest(self, k: int) -> ChainExecutor:
         """The executor of stages ``k..`` (what a fan-out's items go through, batch-wise)."""
@@ -118,13 +120,16 @@ class FusedChain:
         else:
             metas = unshare(req.metas) if req.metas is not None else None  # stages may write to them
         fns = self.fns
+        # records reach the stages as tracked values (not views): one returned unwritten leaves as its bytes
+        wrap = viewer is None and any(tr for _, _, tr in fns)
+        if wrap and self.adapt is not None and not self.adapt.track_next():
+            wrap = False
+            fns = [(fn, ro, False) for fn, ro, _ in fns]
         ids = self.ids
         nst = len(fns)
         single = nst == 1
         fn0, ro0, tr0 = fns[0]
-        # records reach the stages as tracked values (not views): one returned unwritten leaves as its bytes
-        wrap = track if viewer is None and any(tr for _, _, tr in fns) else None
-        clean, written = tracked.clean, tracked.written
+        dirty = tracked.DIRTY  # tracked.clean() / written(), inlined: a call each per record shows
         outputs: dict[tuple[str, str], list[Ev]] = {}
         self.outputs = outputs
         self.ingest = ingest
@@ -163,14 +168,18 @@ class FusedChain:
                 except Exception as exc:  # whatever a codec raises for one record concerns that record only
                     failures.append((i, codec.reason(exc)))
                     continue
-                if wrap is not None:
-                    value = wrap(value)
+                if wrap:
+                    t = type(value)
+                    if t is dict:
+                        value = TrackedDict(value)
+                    elif t is list:
+                        value = TrackedList(value)
                 meta = None if blind else {} if metas is None else metas[i]
                 self.meta = meta
                 self.src = i
                 if single:  # one function: the loop below, unrolled (its received count is taken at the end)
                     if tr0:
-                        clean()
+                        dirty[0] = False
                     try:
                         result = fn0(value, meta)
                     except STAGE_ERRORS as exc:
@@ -178,7 +187,7 @@ class FusedChain:
                         ev = Ev(value, self.meta_of(meta, i), i, raw, ingest[i])  # type: ignore[arg-type]
                         outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
                         continue
-                    wrote = tr0 and written()
+                    wrote = tr0 and dirty[0]
                     if result is value and (ro0 or tr0) and not wrote:
                         out_src.append(i)
                         out_metas.append(meta)
@@ -200,10 +209,10 @@ class FusedChain:
                         entered[k] += 1
                         wrote = False
                         if tr:
-                            clean()
+                            dirty[0] = False
                         try:
                             result = fn(value, meta)
-                            wrote = tr and written()
+                            wrote = tr and dirty[0]
                             if wrote and ro:
                                 raise ReadonlyViolation(READONLY_WROTE)
                         except STAGE_ERRORS as exc:
@@ -269,6 +278,8 @@ class FusedChain:
         finally:
             sync.fused = None
             self.metas = None
+        if wrap and self.adapt is not None:
+            self.adapt.saw(len(lens), len(out_src) - len(changed_at))
         sent_back = self._blind_metas(req, out_src, out_metas) if blind else out_metas
         if single:
             entered[0] += len(lens) - len(failures)
