@@ -81,7 +81,13 @@ def _tap(args: argparse.Namespace) -> int:
     from headrace.cli.tap import run_tap
 
     url, target = (args.url, args.target) if args.target is not None else ("http://127.0.0.1:9898", args.url)
-    return run_tap(url, target, args.sample, args.limit, args.where, args.with_meta, args.format)
+    return run_tap(url, target, args.sample, args.limit, args.where, args.with_meta, args.format, args.record)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from headrace.cli.replay import run_replay
+
+    return run_replay(args.file, args.url, args.into, args.where, args.rate, args.dry_run)
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -175,7 +181,17 @@ config is valid, 78 otherwise.
     tap.add_argument("--where", metavar="EXPR", help="only events for which this expression over event and meta is true")
     tap.add_argument("--with-meta", action="store_true", help="show each event's meta too")
     tap.add_argument("--format", choices=["json", "yaml", "pretty"], default="json", help="json lines (default), yaml documents, or indented JSON")
+    tap.add_argument("--record", metavar="FILE", help="write the tapped events (with their meta) as a headrace test case file instead of "
+                     "showing them: injected where tapped, expecting as many; edit the expectation")
     tap.set_defaults(fn=_tap)
+    rp = verb("replay", "send dead letters (a with_meta err file) back through a running daemon, once their cause is fixed")
+    rp.add_argument("file", metavar="FILE", help="dead letters as an offramp with with_meta: true wrote them (JSON lines of event and meta)")
+    rp.add_argument("--url", default="http://127.0.0.1:9898", help="the daemon's metrics address (a loopback one; default http://127.0.0.1:9898)")
+    rp.add_argument("--into", metavar="ONRAMP", help="the onramp whose output they re-enter (default: each one's meta.error.origin)")
+    rp.add_argument("--where", metavar="EXPR", help="only dead letters for which this expression over event and meta is true")
+    rp.add_argument("--rate", type=float, metavar="N", help="at most N records a second")
+    rp.add_argument("--dry-run", action="store_true", help="say what would be replayed and skipped, send nothing")
+    rp.set_defaults(fn=_replay)
 
     pl = verb("plugins", "list onramps, offramps, codecs, processors, operators; or show one plugin's settings")
     pl.add_argument("name", nargs="?", metavar="NAME", help="a plugin name, or KIND/NAME (onramp/file): show its settings")

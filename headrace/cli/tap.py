@@ -23,8 +23,11 @@ def every_of(sample: str) -> int:
     return n
 
 
-def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | None, with_meta: bool, fmt: str) -> int:
+def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | None, with_meta: bool, fmt: str,
+            record: str | None = None) -> int:  # fmt: skip
     component, _, port = target.partition("/")
+    if record is not None:
+        with_meta = True  # a recorded case keeps each event's meta
     try:
         every = every_of(sample)
     except ValueError:
@@ -50,6 +53,7 @@ def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | 
     except (urllib.error.URLError, OSError) as exc:
         print(f"headrace tap: cannot reach a headrace daemon at {base_url(url)}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 1
+    seen: list[dict[str, Any]] = []
     try:
         with resp:
             for line in resp:
@@ -58,10 +62,36 @@ def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | 
                     print(f"headrace tap: {item['sent']} shown of {item['passed']} passed; {item['dropped']} dropped (a slow reader)",
                           file=sys.stderr)  # fmt: skip
                     break
-                show(item, fmt, with_meta)
+                if record is not None:
+                    seen.append(item)
+                else:
+                    show(item, fmt, with_meta)
     except KeyboardInterrupt:
-        return 0
+        pass
+    if record is not None:
+        write_case(record, component, port or "out", seen)
+        print(f"headrace tap: {len(seen)} event(s) recorded as a test case in {record} (headrace test)", file=sys.stderr)
     return 0
+
+
+def write_case(path: str, component: str, port: str, items: list[dict[str, Any]]) -> None:
+    """The tapped events as a ``headrace test`` case file: injected where they were seen (runs of
+    equal meta as one injection each), expecting as many at that port. A scaffold to edit: the
+    expectation says only how many; put what the events should become there."""
+    import yaml
+
+    injections: list[dict[str, Any]] = []
+    for item in items:
+        meta = {k: v for k, v in (item.get("meta") or {}).items() if k != "error"}
+        if injections and injections[-1].get("meta", {}) == meta:
+            injections[-1]["events"].append(item["event"])
+        else:
+            injections.append({"at": component, "events": [item["event"]], **({"meta": meta} if meta else {})})
+    case = {"name": f"recorded from {component}/{port}", "inject": injections, "expect": [{"at": f"{component}/{port}", "count": len(items)}]}
+    header = (f"# Recorded by `headrace tap {component}/{port} --record`: {len(items)} live event(s).\n"
+              "# Edit the expectation (events, where, count) to what these events should become.\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(header + yaml.safe_dump({"tests": [case]} if items else {"tests": []}, allow_unicode=True, sort_keys=False))
 
 
 def show(item: dict[str, Any], fmt: str, with_meta: bool) -> None:

@@ -1,4 +1,4 @@
-"""HTTP endpoints on ``daemon.metrics.listen``: /metrics, /health, /ready, /status, /reload.
+"""HTTP endpoints on ``daemon.metrics.listen``: /metrics, /health, /ready, /status, /reload, /tap, /replay.
 
 A small Prometheus exposition (the last one rendered in under ``INLINE_RENDER_S``) is rendered
 on the loop: a thread would hold the GIL against the loop for its whole render and, under load,
@@ -39,7 +39,8 @@ INLINE_RENDER_S = 0.002
 class AdminServer:
     def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
                  reload: Callable[[], Awaitable[dict[str, Any]]], allowed_hosts: tuple[str, ...] = (),
-                 tap: Callable[[Tap], Callable[[], None]] | None = None, codec_maker: Callable[[str], Codec] | None = None) -> None:  # fmt: skip
+                 tap: Callable[[Tap], Callable[[], None]] | None = None, codec_maker: Callable[[str], Codec] | None = None,
+                 replay: Callable[[str | None, list[Any], bool], Awaitable[dict[str, Any]]] | None = None) -> None:  # fmt: skip
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
@@ -51,6 +52,7 @@ class AdminServer:
         self.status = status
         self.reload = reload
         self.tap = tap  # attach a tap (Engine.tap); None: /tap answers 404
+        self.replay = replay  # put dead letters back in (Engine.replay); None: /replay answers 404
         self.codec_of: Callable[[str], Codec] = codec_maker or registry.make_codec  # the daemon's (cached) codecs by name
         self.runner: web.AppRunner | None = None
         self.last_render_s = 0.0  # the first render is inline; its duration picks the next one's place
@@ -63,6 +65,7 @@ class AdminServer:
         app.router.add_get("/status", self._status)
         app.router.add_post("/reload", self._reload)
         app.router.add_get("/tap", self._tap)
+        app.router.add_post("/replay", self._replay)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
@@ -147,6 +150,23 @@ class AdminServer:
         finally:
             detach()
         return resp
+
+    async def _replay(self, request: web.Request) -> web.Response:
+        """``{"into": onramp | null, "dry_run": bool, "records": [{"event", "meta"}, ...]}`` -> the report
+        (see ``headrace.runtime.replay``), once every replayed record was delivered."""
+        if self.replay is None:
+            return web.json_response({"error": "no running graph"}, status=404)
+        if not self.allowed.loopback:
+            return self._refuse(request, 403, "replay injects events: only on a loopback admin endpoint (daemon.metrics.listen)")
+        try:
+            body = await request.json()
+            records = body["records"]
+            if not isinstance(records, list):
+                raise ValueError("records must be a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"a body {{into, dry_run, records: [...]}} is needed: {exc}"}, status=422)
+        result = await self.replay(body.get("into"), records, bool(body.get("dry_run")))
+        return web.json_response(result, status=422 if "error" in result else 200)
 
     async def _reload(self, request: web.Request) -> web.Response:
         result = await self.reload()

@@ -113,7 +113,7 @@ class Daemon:
                 from headrace.daemon.admin import AdminServer
 
                 admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request,
-                                    tuple(self.graph.daemon.metrics.allowed_hosts), self._tap, self._codec)  # fmt: skip
+                                    tuple(self.graph.daemon.metrics.allowed_hosts), self._tap, self._codec, self._replay)  # fmt: skip
                 try:
                     await admin.start()
                 except OSError as exc:
@@ -316,6 +316,11 @@ class Daemon:
         if self.engine is None:
             raise ValueError("the daemon is not running a graph yet")
         return self.engine.tap(tap)
+
+    async def _replay(self, into: str | None, records: list[Any], dry_run: bool) -> dict[str, Any]:
+        if self.engine is None or not self.engine.started:
+            return {"error": "the daemon is not running a graph yet"}
+        return await self.engine.replay(into, records, dry_run)
 
     def _codec(self, name: str) -> Any:
         return self.engine.codec(name) if self.engine is not None else registry.make_codec(name.split("@")[0])

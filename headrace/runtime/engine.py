@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from headrace import registry
 from headrace.config.graph import Graph
+from headrace.contract.acks import AckRef
 from headrace.contract.codec import Codec
 from headrace.contract.context import PluginContext
 from headrace.metrics.defs import Metrics
+from headrace.runtime import replay
+from headrace.runtime.batch import Batch
 from headrace.runtime.budget import ErrorBudget
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort, state_dir
@@ -27,7 +31,7 @@ from headrace.runtime.loopchain import ChainRunner
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.offramp import OfframpRunner
 from headrace.runtime.onramp import OnrampRunner
-from headrace.runtime.router import Router
+from headrace.runtime.router import Router, config_digest
 from headrace.runtime.runner import Runner
 from headrace.runtime.starting import StartFailed, describe, start_all, start_one
 from headrace.runtime.tap import Tap
@@ -56,6 +60,8 @@ class Engine:
         self.failures: list[tuple[str, BaseException]] = []
         self.generation = 0
         self.signatures: dict[str, str] = {}
+        # what every dead letter carries of where it came from (see Router.send); updated in place on reload
+        self.provenance: dict[str, str] = {"config": ""}
         self._signatures_new: dict[str, str] = {}
         self.started = False
         self.draining = False
@@ -97,6 +103,59 @@ class Engine:
     def ready(self) -> bool:
         return (self.started and not self.draining and all(r.plugin.ready and r.unheld.is_set() for r in self.onramps.values())
                 and not self.failing_offramps())
+
+    async def replay(self, into: str | None, records: list[Any], dry_run: bool = False, timeout: float = 60.0) -> dict[str, Any]:
+        """Put dead letters back into an onramp's output (see ``headrace.runtime.replay``); returns the report."""
+        ledger = replay.Ledger(state_dir(self.graph.daemon, self.graph.base_dir))
+        done = ledger.load()
+        groups: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {}
+        unroutable: Counter[str] = Counter()
+        skipped = invalid = 0
+        seen: set[str] = set()
+        for rec in records:
+            if not isinstance(rec, dict) or "event" not in rec or not isinstance(rec.get("meta"), dict):
+                invalid += 1
+                continue
+            event, meta = rec["event"], rec["meta"]
+            key = replay.record_key(event, meta)
+            if key in done or key in seen:
+                skipped += 1
+                continue
+            seen.add(key)
+            err = meta.get("error") if isinstance(meta.get("error"), dict) else {}
+            target = into or err.get("origin")
+            if not target or target not in self.onramps:
+                unroutable[f"no onramp {target!r} to replay into (give --into)" if target else "no error.origin in its meta (give --into)"] += 1
+                continue
+            fresh = {k: v for k, v in meta.items() if k not in ("error", "replayed")}
+            fresh["replayed"] = {"key": key, "error": err}
+            groups.setdefault(target, []).append((key, event, fresh))
+        if dry_run:
+            return {"would_replay": sum(len(g) for g in groups.values()), "skipped": skipped, "invalid": invalid,
+                    "failed": sum(unroutable.values()), "reasons": dict(unroutable)}  # fmt: skip
+        run = replay.ReplayRun()
+        keys_by_token: dict[int, list[str]] = {}
+        try:
+            for token, (target, items) in enumerate(groups.items()):
+                keys_by_token[token] = [k for k, _, _ in items]
+                for k, _, _ in items:
+                    replay.PENDING[k] = run
+                run.expect()
+                ref = AckRef(len(items), token, run.ack, run.fail)
+                codec = self.graph.components[target].codec
+                batch = Batch.decoded([v for _, v, _ in items], [m for _, _, m in items], codec=codec, origin=target, group=target, ack=ref)
+                await self.routers[target].send("out", batch)
+            if keys_by_token:
+                await asyncio.wait_for(run.finished.wait(), timeout)
+        except TimeoutError:
+            return {"error": f"the replayed records were not all delivered within {timeout:g}s; see the dead letters for them"}
+        finally:
+            for keys in keys_by_token.values():
+                for k in keys:
+                    replay.PENDING.pop(k, None)
+        result = replay.report(keys_by_token, run, skipped, unroutable, invalid)
+        ledger.add(result.pop("keys"))
+        return result
 
     def tap(self, tap: Tap) -> Callable[[], None]:
         """Attach ``tap`` to its component's port; returns what detaches it. ``ValueError`` names
@@ -230,6 +289,7 @@ class Engine:
         await self._preflight(b, timeout)
         commit(self, b)
         self.signatures = dict(self._signatures_new)
+        self.provenance["config"] = config_digest(self.signatures)
         self.started = True
         await self._launch(b.fresh)
 
@@ -331,6 +391,7 @@ class Engine:
         for cid in diff.removed:  # their series disappear from /metrics
             old_routers[cid].stats.forget()
         self.signatures = dict(self._signatures_new)
+        self.provenance["config"] = config_digest(self.signatures)
         try:
             await self._launch(b.fresh)
         except StartFailed as exc:  # a changed onramp: its predecessor is gone, so put the old graph back

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from datetime import UTC, datetime
+from typing import Any
 
 from headrace.contract.acks import add_each, done_each, fail_each
+from headrace.runtime import replay
 from headrace.runtime.batch import Batch
 from headrace.runtime.budget import ErrorBudget
 from headrace.runtime.inbox import Inbox
@@ -16,10 +20,37 @@ from headrace.runtime.tap import Tap, feed
 log = logging.getLogger("headrace.router")
 
 
+def config_digest(signatures: dict[str, str]) -> str:
+    """A short digest of a running config (its components' signatures): changes with any change of it."""
+    text = "\n".join(f"{cid}={sig}" for cid, sig in sorted(signatures.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stamp(batch: Batch, provenance: dict[str, str]) -> None:
+    """Add to each dead letter's ``meta.error`` where it came from, once (the first err port it
+    reaches): ``origin`` (the onramp), ``at`` (UTC, ISO 8601) and ``config`` (the digest of the
+    config that failed it). The Kafka onramp's metas already hold topic, partition and offset."""
+    if batch.metas is None:
+        return
+    at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    extra = {"origin": batch.origin, "at": at, "config": provenance.get("config", "")}
+    metas: list[Any] = []
+    for m in batch.metas:
+        err = m.get("error")
+        if isinstance(err, dict) and "origin" not in err:
+            m = dict(m)  # metas may be shared between events (and columns are read-only)
+            m["error"] = {**err, **extra}
+            if "replayed" in m:  # a dead letter sent back in failed again: its replay learns why
+                replay.noted(m, err)
+        metas.append(m)
+    batch.metas = metas
+
+
 class Router:
     def __init__(self, stats: ComponentStats, targets: dict[str, list[tuple[Inbox, bool]]], last_resort: LastResort | None = None,
-                 budget: ErrorBudget | None = None) -> None:  # fmt: skip
+                 budget: ErrorBudget | None = None, provenance: dict[str, str] | None = None) -> None:  # fmt: skip
         self.stats = stats
+        self.provenance = provenance  # the engine's: the config's digest, stamped into what goes to err (None: nothing stamped)
         self.budget = budget  # daemon.error_budget, counting what goes to err ports (None: off)
         self.taps: dict[str, list[Tap]] = {}  # port -> live taps (headrace tap); empty: no cost but this check
         self.targets = targets  # port -> [(inbox, target is a node)]; a reload replaces the dict
@@ -37,9 +68,12 @@ class Router:
         n = len(batch)
         if not n:
             return
-        if port == "err" and self.budget is not None and self.budget.errored(batch.origin, batch.acks, n):
-            self.stats.discard("error_budget", n)  # failed, not dead-lettered: the source does not ack them
-            return
+        if port == "err":
+            if self.budget is not None and self.budget.errored(batch.origin, batch.acks, n):
+                self.stats.discard("error_budget", n)  # failed, not dead-lettered: the source does not ack them
+                return
+            if self.provenance is not None:
+                stamp(batch, self.provenance)
         if self.taps:
             feed(self.taps, port, batch)
         self.stats.sent(port).inc(n)

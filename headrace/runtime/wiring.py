@@ -153,7 +153,7 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
             router = e.routers[c.id]
             retarget.append((router, targets))  # at commit, the running component feeds the new graph
         else:
-            router = Router(ComponentStats(e.metrics, c.id, c.kind), targets, e.last_resort, e.budget)
+            router = Router(ComponentStats(e.metrics, c.id, c.kind), targets, e.last_resort, e.budget, e.provenance)
         routers[c.id] = router
     onramps: dict[str, OnrampRunner] = {}
     offramps: dict[str, OfframpRunner] = {}

@@ -92,8 +92,16 @@ def test_on_the_loop_the_same_ports_can_be_tapped(tmp_path: Path, write: Any) ->
         assert res.returncode == 0 and len(_lines(res)) == 3, res.stderr.decode()
         res = headrace("tap", url, "main.keep", "--limit", "1", timeout=30)
         assert res.returncode == 2 and "runs inside a chain on the loop" in res.stderr.decode(), res.stderr.decode()
+        # --record: what was tapped becomes a test case that headrace test runs
+        case = tmp_path / "c_recorded_test.yaml"
+        res = headrace("tap", url, "main.mark", "--limit", "6", "--record", str(case), timeout=30)
+        assert res.returncode == 0 and res.stdout == b"" and "6 event(s) recorded" in res.stderr.decode(), res.stderr.decode()
+        text = case.read_text()
+        assert text.startswith("# Recorded by `headrace tap main.mark/out --record`") and "seen: true" in text, text
     finally:
         d.stop()
+    res = headrace("test", str(tmp_path / "c.yaml"), timeout=60)
+    assert res.returncode == 0 and "recorded from main.mark/out" in res.stdout.decode(), res.stdout.decode() + res.stderr.decode()
 
 
 def test_tap_says_so_when_no_daemon_answers() -> None:

@@ -1,0 +1,95 @@
+"""``headrace replay FILE --url URL``: send dead letters back through a running daemon (``POST /replay``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from headrace.cli.top import base_url
+from headrace.contract.expr import ExpressionError, compile_expr
+
+CHUNK = 500  # records per request
+
+
+def read_letters(path: Path) -> tuple[list[Any], int]:
+    """The ``{"event", "meta"}`` lines of a dead-letter file (an offramp with ``with_meta: true``), and how many lines were not."""
+    letters, bad = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(item, dict) and "event" in item and isinstance(item.get("meta"), dict):
+            letters.append(item)
+        else:
+            bad += 1
+    return letters, bad
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(f"{url}/replay", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        try:
+            return {"error": json.loads(exc.read()).get("error", f"HTTP {exc.code}")}
+        except ValueError:
+            return {"error": f"HTTP {exc.code}"}
+
+
+def run_replay(file: str, url: str, into: str | None, where: str | None, rate: float | None, dry_run: bool) -> int:
+    path = Path(file)
+    if not path.is_file():
+        print(f"headrace replay: no file {file}", file=sys.stderr)
+        return 2
+    try:
+        test = compile_expr(where, ("event", "meta")) if where else None
+    except ExpressionError as exc:
+        print(f"headrace replay: --where: {exc}", file=sys.stderr)
+        return 2
+    letters, bad = read_letters(path)
+    chosen = []
+    for item in letters:
+        try:
+            if test is None or test(item["event"], item["meta"]):
+                chosen.append(item)
+        except Exception:  # an expression that raises on a record: that record is not chosen
+            pass
+    totals: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    step = CHUNK if rate is None else max(1, min(CHUNK, int(rate)))
+    endpoint = base_url(url)
+    t0 = time.monotonic()
+    for k in range(0, len(chosen), step):
+        chunk = chosen[k : k + step]
+        try:
+            result = _post(endpoint, {"into": into, "dry_run": dry_run, "records": chunk})
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"headrace replay: cannot reach a headrace daemon at {endpoint}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+            return 1
+        if "error" in result:
+            print(f"headrace replay: {result['error']}", file=sys.stderr)
+            return 1
+        for name in ("redelivered", "would_replay", "failed", "skipped", "invalid"):
+            totals[name] += int(result.get(name, 0))
+        reasons.update(result.get("reasons", {}))
+        if rate is not None:  # pace: the next chunk when this one's share of time has passed
+            wait = (k + len(chunk)) / rate - (time.monotonic() - t0)
+            if wait > 0:
+                time.sleep(wait)
+    first = f"would replay {totals['would_replay']}" if dry_run else f"re-delivered {totals['redelivered']}"
+    print(f"headrace replay: {first}, failed again {totals['failed']}, skipped {totals['skipped']} (replayed before); "
+          f"{len(letters) - len(chosen)} not chosen by --where, {bad + totals['invalid']} not dead letters")  # fmt: skip
+    for why, n in reasons.most_common():
+        print(f"  {n} x {why}")
+    return 1 if totals["failed"] else 0

@@ -1,0 +1,91 @@
+"""``headrace replay``: dead letters go back through a running daemon once their cause is fixed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.daemon import Daemon, free_port, json_lines
+
+BROKEN = '''
+def picky(event, meta):
+    if event["id"] % 3 == 0:
+        raise ValueError(f"no multiples of three: {event['id']}")
+    return event
+'''
+FIXED = '''
+def picky(event, meta):
+    if event["id"] == 9:
+        raise ValueError("nine is still refused")
+    return event
+'''
+
+
+def replay(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "headrace", "replay", *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def metric(port: int, series: str) -> float:
+    import urllib.request
+
+    for line in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_replay_redelivers_the_fixed_dead_letters_once_and_reports_the_rest(tmp_path: Path, write: Any) -> None:
+    port = free_port()
+    write("stages.py", BROKEN)
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(30)))
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 2, metrics: {{listen: "127.0.0.1:{port}"}}}}
+onramps: {{orders: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 50ms}}}}}}
+pipelines: {{main: [{{op: python, fn: "stages:picky"}}]}}
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{orders: [main], main: [out], main/err: [dlq]}}
+""")
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(json_lines(tmp_path / "dlq.ndjson")) == 10 and len(json_lines(tmp_path / "out.ndjson")) == 20, timeout=30)
+        letters = tmp_path / "letters.ndjson"
+        letters.write_text((tmp_path / "dlq.ndjson").read_text())
+        dry = replay(str(letters), "--url", f"127.0.0.1:{port}", "--dry-run")
+        assert dry.returncode == 0 and "would replay 10, failed again 0, skipped 0" in dry.stdout, dry
+
+        write("stages.py", FIXED)  # the cause is fixed (all but id 9), and the daemon reloaded
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: metric(port, 'headrace_config_reloads_total{result="success"}') == 1, timeout=30)
+
+        first = replay(str(letters), "--url", f"127.0.0.1:{port}")
+        assert first.returncode == 1, first  # one failed again
+        assert "re-delivered 9, failed again 1, skipped 0" in first.stdout, first
+        assert "1 x ValueError: nine is still refused" in first.stdout, first
+        out = sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson"))
+        assert out == [i for i in range(30) if i != 9], "each fixed dead letter delivered once"
+        again = json_lines(tmp_path / "dlq.ndjson")[10:]
+        assert len(again) == 1 and again[0]["event"] == {"id": 9}
+        assert again[0]["meta"]["error"]["message"] == "nine is still refused"
+        assert again[0]["meta"]["replayed"]["error"]["message"] == "no multiples of three: 9", "the old reason kept beside the new"
+
+        second = replay(str(letters), "--url", f"127.0.0.1:{port}", "--where", "event['id'] >= 6")
+        assert "re-delivered 0, failed again 1, skipped 7 (replayed before); 2 not chosen by --where" in second.stdout, second
+        assert sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson")) == out, "nothing delivered twice"
+    finally:
+        assert d.stop() == 0, d.stderr()
+
+
+def test_replay_refuses_what_it_cannot_do(tmp_path: Path, write: Any) -> None:
+    missing = replay(str(tmp_path / "nope.ndjson"))
+    assert missing.returncode == 2 and "no file" in missing.stderr
+    f = write("x.ndjson", '{"event": 1, "meta": {}}\n')
+    assert replay(str(f), "--where", "import os").returncode == 2
+    down = replay(str(f), "--url", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "cannot reach" in down.stderr
