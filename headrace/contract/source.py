@@ -64,4 +64,8 @@ class Onramp:
     def fail(self, token: Any) -> None:
         """Events of ``token`` could not be delivered (retry is the source's choice)."""
 
+    def read_less(self, factor: float) -> None:
+        """Memory pressure (over ``daemon.memory.high``): take at most ``factor`` of the usual amount
+        per read (1.0: the usual again). Optional: a source that buffers ahead (Kafka fetches) shrinks."""
+
 

@@ -1,11 +1,13 @@
-"""``daemon.memory``: the daemon's resident memory (parent and each worker) against a limit, and
-pausing every source above ``max`` until it is back under ``high``.
+"""``daemon.memory``: the daemon's resident memory (parent and each worker) against a limit; above
+``high`` every queue bound and every source's reads ahead (Kafka fetches) shrink to a quarter,
+and above ``max`` every source pauses until the sum is back under ``high``.
 
-The limit is the cgroup's (cgroup v2 ``memory.max``, the one systemd's ``MemoryMax=`` sets), else
-the machine's memory. ``high`` and ``max`` are shares of it (``80%``) or sizes (``2GiB``). Every
+The limit is the cgroup's (cgroup v2 ``memory.max``, the one systemd's ``MemoryMax=`` sets; on a
+v1 or hybrid system ``memory.limit_in_bytes``), else the machine's memory. ``high`` and ``max`` are shares of it (``80%``) or sizes (``2GiB``). Every
 ``INTERVAL`` seconds the resident set of each process is read from ``/proc``; above ``max`` the
-onramps stop reading (a Kafka one pauses its partitions) and ``/ready`` answers 503; once the sum
-is below ``high`` they read again. Without ``daemon.memory`` the gauges are still kept.
+onramps stop reading (a Kafka one pauses its partitions), ``/ready`` answers 503 and sd_notify's
+STATUS says why; once the sum is below ``high`` they read again. The bounds come back once the
+sum is under 90 % of ``high``. Without ``daemon.memory`` the gauges are still kept.
 """
 
 from __future__ import annotations
@@ -21,19 +23,39 @@ from headrace.config.model import memory_bound as bound
 log = logging.getLogger("headrace.memory")
 
 INTERVAL = 0.5
+SHRINK = 0.25  # queue bounds and reads ahead above ``high``
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def limit_bytes() -> int:
-    """The cgroup v2 memory.max of this process, else the machine's memory."""
+def limit_bytes(cgroups: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The memory limit of this process's cgroup (v2 ``memory.max``, else v1 ``memory.limit_in_bytes``),
+    else the machine's memory."""
     try:
-        rel = next(line.split("::", 1)[1].strip() for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
-        text = (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.max").read_text().strip()
-        if text != "max":
-            return int(text)
-    except (OSError, StopIteration, ValueError):
-        pass
+        lines = cgroups.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, rel = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if controllers == "":  # v2: the unified hierarchy
+            found = _read_limit(root / rel.lstrip("/") / "memory.max")
+        elif "memory" in controllers.split(","):  # v1 (a hybrid system)
+            found = _read_limit(root / "memory" / rel.lstrip("/") / "memory.limit_in_bytes")
+        else:
+            continue
+        if found is not None:
+            return found
     return os.sysconf("SC_PHYS_PAGES") * PAGE
+
+
+def _read_limit(path: Path) -> int | None:
+    """A cgroup limit file: None when absent or unlimited (v2 ``max``, v1's page-rounded huge number)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max" or not text.isdigit() or int(text) >= 1 << 62:
+        return None
+    return int(text)
 
 
 def rss_bytes(pid: int) -> int:
@@ -46,7 +68,8 @@ def rss_bytes(pid: int) -> int:
 
 class MemoryWatch:
     def __init__(self, config: Any, metrics: Any, processes: Callable[[], list[tuple[str, int]]], pause: Callable[[str], None],
-                 resume: Callable[[], None], limit: int | None = None, rss: Callable[[int], int] = rss_bytes) -> None:  # fmt: skip
+                 resume: Callable[[], None], limit: int | None = None, rss: Callable[[int], int] = rss_bytes,
+                 shrink: Callable[[float], None] | None = None) -> None:  # fmt: skip
         self.cfg = config
         self.metrics = metrics
         self.processes = processes  # (label, pid): the parent and each live worker
@@ -56,6 +79,8 @@ class MemoryWatch:
         self.high = bound(config.high, self.limit) if config is not None else None
         self.max = bound(config.max, self.limit) if config is not None else None
         self.paused = False
+        self.pressed = False  # bounds shrunk (over high)
+        self.shrink = shrink
         self.rss = rss
         self.seen: set[str] = set()
         metrics["headrace_memory_limit_bytes"].set(self.limit)
@@ -75,6 +100,17 @@ class MemoryWatch:
                 pass
         self.seen = now
         if self.max is not None and self.high is not None:
+            if self.shrink is not None:
+                if total >= self.high:  # every sample: edges a reload added meanwhile shrink too
+                    if not self.pressed:
+                        log.warning("resident memory %d MiB is over daemon.memory.high (%d MiB): queue bounds and reads ahead shrink to %d%%",
+                                    total >> 20, self.high >> 20, SHRINK * 100)  # fmt: skip
+                    self.pressed = True
+                    self.shrink(SHRINK)
+                elif self.pressed and total < self.high * 0.9:
+                    self.pressed = False
+                    log.warning("resident memory %d MiB is under 90%% of daemon.memory.high: queue bounds restored", total >> 20)
+                    self.shrink(1.0)
             if not self.paused and total >= self.max:
                 self.paused = True
                 self.metrics["headrace_memory_paused"].set(1)

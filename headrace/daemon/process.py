@@ -102,6 +102,7 @@ class Daemon:
         from headrace.daemon.notify import Notifier
 
         self.notifier = Notifier()
+        self.memory_paused: str | None = None  # why every source is paused for memory (sd_notify STATUS says it)
         guard = LoopGuard(self.graph.daemon.loop_block_threshold, self._blocked)
         self.guard = guard
         lag = self.metrics["headrace_event_loop_lag_seconds"]
@@ -292,19 +293,28 @@ class Daemon:
 
     def _memory_pause(self, why: str) -> None:
         log.error("pausing every source: %s", why)
+        self.memory_paused = why
+        self.notifier.status(f"paused: {why}")
         if self.engine is not None:
             self.engine.pause_all(why, "memory")
 
     def _memory_resume(self) -> None:
+        self.memory_paused = None
+        self.notifier.status("running")
         if self.engine is not None:
             self.engine.release_all("memory")
+
+    def _memory_shrink(self, factor: float) -> None:
+        if self.engine is not None:
+            self.engine.read_less(factor)
 
     async def _watch_memory(self) -> None:
         """``daemon.memory`` (see ``headrace.daemon.memory``); the gauges are kept without it too."""
         from headrace.daemon.memory import INTERVAL, MemoryWatch
 
         assert self.graph is not None
-        watch = MemoryWatch(self.graph.daemon.memory, self.metrics, self._processes, self._memory_pause, self._memory_resume)
+        watch = MemoryWatch(self.graph.daemon.memory, self.metrics, self._processes, self._memory_pause, self._memory_resume,
+                            shrink=self._memory_shrink)  # fmt: skip
         while True:
             try:
                 watch.sample()
@@ -478,7 +488,10 @@ class Daemon:
             now = time.monotonic()
             rate = (total - last_total) / max(now - last_t, 1e-9)
             last_total, last_t = total, now
-            self.notifier.status(f"{rate:,.0f} events/s in; {self.pool.size if self.pool else 0} worker(s)")
+            if self.memory_paused:  # STATUS keeps saying why nothing is read
+                self.notifier.status(f"paused: {self.memory_paused}")
+            else:
+                self.notifier.status(f"{rate:,.0f} events/s in; {self.pool.size if self.pool else 0} worker(s)")
 
 def _needs_pool(graph: Graph) -> bool:
     """True when some stage would run on workers (imports stage modules, as the engine will)."""

@@ -62,6 +62,7 @@ class Engine:
         self.signatures: dict[str, str] = {}
         # what every dead letter carries of where it came from (see Router.send); updated in place on reload
         self.provenance: dict[str, str] = {"config": ""}
+        self.pressure = 1.0  # queue bounds and reads ahead under memory pressure (read_less)
         self._signatures_new: dict[str, str] = {}
         self.started = False
         self.draining = False
@@ -196,6 +197,14 @@ class Engine:
     def release_all(self, kind: str) -> None:
         for r in self.onramps.values():
             r.unhold(kind)
+
+    def read_less(self, factor: float) -> None:
+        """Memory pressure: every queue bound and every source's reads ahead at ``factor`` of the configured (1.0: restored)."""
+        self.pressure = factor
+        for inbox in self.inboxes.values():
+            inbox.scale(factor)
+        for r in self.onramps.values():
+            r.plugin.read_less(factor)
 
     def failing_offramps(self) -> list[str]:
         """Offramps failing for longer than ``daemon.unready_after``: the daemon is not ready while there are any."""

@@ -19,6 +19,7 @@ class Inbox:
         self.gauges = gauges  # (events, bytes) gauges of this edge
         self.max_events = max_events
         self.max_bytes = max_bytes
+        self.bounds = (max_events, max_bytes)  # as configured (``scale`` shrinks them under memory pressure)
         self.producers = producers
         self.items: deque[Batch] = deque()
         self.retired = False  # a reload replaced this edge: routers send to its successor instead
@@ -28,6 +29,13 @@ class Inbox:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+
+    def scale(self, factor: float) -> None:
+        """Bounds of ``factor`` times the configured ones (memory pressure); 1.0 restores them."""
+        self.max_events = max(1, int(self.bounds[0] * factor))
+        self.max_bytes = max(1, int(self.bounds[1] * factor))
+        if not self.full():
+            self._writable.set()
 
     def full(self) -> bool:
         return bool(self.items) and (self.events >= self.max_events or self.bytes >= self.max_bytes)

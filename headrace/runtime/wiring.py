@@ -140,6 +140,8 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
         else:
             gauges = (Tally(e.metrics["headrace_queue_events"].labels(cid)), Tally(e.metrics["headrace_queue_bytes"].labels(cid)))
             inboxes[cid] = Inbox(cid, d.queue_events, d.queue_bytes, 0, gauges)
+            if e.pressure != 1.0:  # under memory pressure: the new edge starts shrunk too
+                inboxes[cid].scale(e.pressure)
     kept_nodes = {n for ch in chains if ch.id in kept_chains for n in ch.nodes}
     routers: dict[str, Router] = {}
     retarget: list[tuple[Router, dict[str, list[tuple[Inbox, bool]]]]] = []

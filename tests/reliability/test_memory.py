@@ -11,6 +11,7 @@ from typing import Any
 from headrace.config.model import MemoryConfig
 from headrace.daemon.memory import MemoryWatch
 from headrace.metrics.defs import Metrics
+from tests.daemon.test_notify import Listener
 from tests.reliability.harness import http_status
 from tests.support.daemon import Daemon, free_port, headrace, metric, scrape
 
@@ -19,21 +20,31 @@ def test_sources_pause_above_max_and_read_again_under_high() -> None:
     metrics = Metrics()
     sizes = {1: 0, 2: 0}
     events: list[str] = []
+    shrinks: list[float] = []
     watch = MemoryWatch(MemoryConfig(high="50%", max="80%"), metrics, lambda: [("parent", 1), ("worker 0", 2)],
                         lambda why: events.append(f"pause: {why}"), lambda: events.append("resume"), limit=1000,
-                        rss=lambda pid: sizes[pid])  # fmt: skip
-    sizes.update({1: 300, 2: 400})
+                        rss=lambda pid: sizes[pid], shrink=shrinks.append)  # fmt: skip
+    sizes.update({1: 200, 2: 200})
     watch.sample()
-    assert events == []
-    sizes[2] = 500  # 800 of 1000: max
+    assert events == [] and shrinks == []
+    sizes[2] = 350  # 550 of 1000: over high: bounds shrink (every sample, so edges a reload adds shrink too)
+    watch.sample()
+    watch.sample()
+    assert events == [] and shrinks == [0.25, 0.25]
+    sizes[2] = 600  # 800 of 1000: max
     watch.sample()
     assert len(events) == 1 and events[0].startswith("pause:") and watch.paused
     sizes[2] = 300  # 600: under max, not under high
     watch.sample()
     assert len(events) == 1
-    sizes[2] = 100  # 400: under high
+    sizes[2] = 260  # 460: under high (the sources read again), not under 90 % of it (450): still shrunk
     watch.sample()
-    assert events[-1] == "resume" and not watch.paused
+    assert events[-1] == "resume" and not watch.paused and shrinks[-1] == 0.25
+    sizes[2] = 100  # 300: bounds restored
+    watch.sample()
+    assert shrinks[-1] == 1.0
+    watch.sample()
+    assert shrinks.count(1.0) == 1
     gauge = metrics["headrace_memory_rss_bytes"]
     assert gauge.labels("worker 0")._value.get() == 100 and metrics["headrace_memory_limit_bytes"]._value.get() == 1000
 
@@ -65,9 +76,13 @@ def test_memory_gauges_per_process_and_a_pause_over_max(tmp_path: Path, write: A
     finally:
         d.stop()
     port = free_port()
-    d = Daemon(_config(tmp_path, write, port, ", memory: {high: 1MiB, max: 2MiB}"))  # always over: paused at once
+    listener = Listener(tmp_path / "notify.sock")
+    d = Daemon(_config(tmp_path, write, port, ", memory: {high: 1MiB, max: 2MiB}"),  # always over: paused at once
+               env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})  # fmt: skip
     try:
         d.wait_for(lambda: metric(port, "headrace_memory_paused") == 1, timeout=30)
+        listener.until(lambda: any("STATUS=paused: resident memory" in m for _, m in listener.messages))
+        assert "queue bounds and reads ahead shrink to 25%" in d.stderr()
         assert http_status(port, "/ready") == 503
         before = metric(port, SENT)
         with (tmp_path / "in.ndjson").open("a") as f:
@@ -91,3 +106,25 @@ links: {src: [out]}
 """)
     res = headrace("check", str(cfg))
     assert res.returncode == 78 and "a share between 0% and 100%" in res.stderr.decode(), res.stderr.decode()
+
+
+def test_the_limit_is_the_cgroups_v2_or_v1_else_the_machines(tmp_path: Path) -> None:
+    import os
+
+    from headrace.daemon.memory import limit_bytes
+
+    machine = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    procs, root = tmp_path / "cgroup", tmp_path / "fs"
+    procs.write_text("0::/system.slice/headrace.service\n")
+    (root / "system.slice" / "headrace.service").mkdir(parents=True)
+    (root / "system.slice" / "headrace.service" / "memory.max").write_text("314572800\n")
+    assert limit_bytes(procs, root) == 300 << 20
+    (root / "system.slice" / "headrace.service" / "memory.max").write_text("max\n")
+    assert limit_bytes(procs, root) == machine
+    procs.write_text("4:memory:/process_api/abc\n1:cpu:/\n0::/\n")  # a hybrid system: v1 memory controller
+    (root / "memory" / "process_api" / "abc").mkdir(parents=True)
+    (root / "memory" / "process_api" / "abc" / "memory.limit_in_bytes").write_text("209715200\n")
+    assert limit_bytes(procs, root) == 200 << 20
+    (root / "memory" / "process_api" / "abc" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
+    assert limit_bytes(procs, root) == machine
+    assert limit_bytes(tmp_path / "absent", root) == machine

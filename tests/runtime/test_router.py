@@ -89,3 +89,20 @@ def test_queue_gauges_follow_every_way_out_of_an_inbox() -> None:
         assert (events.value, nbytes.value) == (0, 0)
 
     asyncio.run(scenario())
+
+
+def test_an_inbox_scaled_down_is_full_sooner_and_scaled_back_lets_a_waiting_put_in() -> None:
+    async def run() -> None:
+        inbox = Inbox("edge", 8, 1 << 20)
+        await inbox.put(_batch(4))
+        assert not inbox.full()
+        inbox.scale(0.25)  # memory pressure: 2 events
+        assert inbox.full() and (inbox.max_events, inbox.bounds) == (2, (8, 1 << 20))
+        put = asyncio.create_task(inbox.put(_batch(1)))
+        await asyncio.sleep(0.01)
+        assert not put.done()
+        inbox.scale(1.0)  # restored: the waiting put lands without a take
+        await asyncio.wait_for(put, 1)
+        assert inbox.events == 5
+
+    asyncio.run(run())

@@ -120,6 +120,8 @@ class KafkaOnramp(Onramp):
         super().__init__(config, context)
         self.cfg = config
         self.consumer: Any = None
+        self.read_factor = 1.0  # under memory pressure: a share of the usual getmany size and fetch sizes
+        self._fetch_sizes: tuple[int, int] | None = None  # the fetcher's own (max, per partition), kept to restore them
         self.tracks: dict[Any, PartitionTrack] = {}
         self.revoked: dict[Any, PartitionTrack] = {}  # tracks of the rebalance under way
         self._committed_task: asyncio.Future[None] | None = None
@@ -238,7 +240,7 @@ class KafkaOnramp(Onramp):
     async def run(self, sink: OnrampSink) -> None:
         consumer = self.consumer
         while True:
-            data = await consumer.getmany(timeout_ms=200, max_records=self.cfg.batch)
+            data = await consumer.getmany(timeout_ms=200, max_records=max(1, int(self.cfg.batch * self.read_factor)))
             for tp, msgs in data.items():
                 track = self.tracks.get(tp)
                 if track is None or not msgs:
@@ -267,6 +269,18 @@ class KafkaOnramp(Onramp):
                 self.paused = False
         else:
             put.result()
+
+    def read_less(self, factor: float) -> None:
+        """Fewer records per getmany, and smaller fetches ahead (aiokafka's fetcher buffers one per partition)."""
+        self.read_factor = factor
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        if fetcher is None or not hasattr(fetcher, "_fetch_max_bytes") or not hasattr(fetcher, "_max_partition_fetch_bytes"):
+            return
+        if self._fetch_sizes is None:
+            self._fetch_sizes = (fetcher._fetch_max_bytes, fetcher._max_partition_fetch_bytes)
+        whole, part = self._fetch_sizes
+        fetcher._fetch_max_bytes = max(64 * 1024, int(whole * factor))
+        fetcher._max_partition_fetch_bytes = max(64 * 1024, int(part * factor))
 
     def ack(self, token: Any) -> None:
         tp, epoch, entry = token
