@@ -76,7 +76,7 @@ def _config(folder: Path, source: str) -> str:
 version: 1
 daemon: {{workers: 2, metrics: {{listen: "LISTEN"}}}}
 onramps: {{src: {source}}}
-pipelines: {{main: [{{op: python, fn: "bench.stages:read_only", readonly: true}}]}}
+pipelines: {{main: [{{op: python, fn: "bench.stages:read_only"}}]}}
 offramps: {{sink: {{type: blackhole, codec: json, config: {{warmup_secs: 0, stop_after_secs: 3600}}}}}}
 links: {{src: [main], main: [sink]}}
 """
@@ -163,4 +163,60 @@ def scrape_under_load() -> list[str]:
              "<2%", cost < 0.02),
         line("7b. Daemon CPU per scrape (idle, /proc)", f"{cpu * 1000:.2f} ms x 10/s = {share * 100:.2f}% of {cores} cores ({series} series)",
              "<2%", share < 0.02),
+    ]  # fmt: skip
+
+
+class _Tap:
+    """A ``GET /tap`` stream read in a thread (what ``headrace tap`` does), until ``close``."""
+
+    def __init__(self, url: str, component: str, every: int) -> None:
+        import threading
+
+        self.seen = 0
+        self.resp = urllib.request.urlopen(url.replace("/metrics", f"/tap?component={component}&every={every}"), timeout=30)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:  # big reads, lines counted in C: the client's own cost (it shares the cores) stays small
+            while chunk := self.resp.read1(1 << 16):
+                self.seen += chunk.count(b"\n")
+        except Exception:  # the stream cut by close(): http.client fails in several ways then
+            pass
+
+    def close(self) -> None:
+        try:
+            self.resp.fp.raw._sock.shutdown(2)  # type: ignore[union-attr]  # end the stream now: the daemon detaches the tap
+        except (AttributeError, OSError):
+            pass
+        self.resp.close()
+        self.thread.join(5)
+
+
+def tap_cost() -> list[str]:
+    """Bench-1 passthrough with and without a 1/100 tap on the stage's out port, in alternating
+    1 s phases (ABBA) of one run; the cost is the median over the pairs of 1 - tapped/untapped."""
+    folder = tmpdir()
+    plain: list[float] = []
+    tapped: list[float] = []
+    shown = 0
+    with daemon(_config(folder, f"{{type: blaster, codec: json, config: {{source: {data_file(folder)}}}}}")) as (_pid, url):
+        time.sleep(WARMUP)
+        for i in range(PAIRS):
+            for tapping in (False, True) if i % 2 == 0 else (True, False):
+                tap = _Tap(url, "main.read_only", 100) if tapping else None
+                try:
+                    (tapped if tapping else plain).append(phase(url, False, [], []))
+                finally:
+                    if tap is not None:
+                        tap.close()
+                        shown += tap.seen
+    costs = sorted(1 - t / p for p, t in zip(plain, tapped, strict=True))
+    cost = statistics.median(costs)
+    return [
+        f"  passthrough, 2 workers, {len(plain)} x 2 alternating {PHASE_SECS:.0f} s phases: {statistics.mean(plain):.1f} MiB/s untapped, "
+        f"{statistics.mean(tapped):.1f} MiB/s with a 1/100 tap on main.read_only/out ({shown} events shown); no tap attached costs "
+        "one empty-dict check per batch sent",
+        line("8. Throughput cost of a 1/100 tap", f"{cost * 100:.1f}% median of {len(costs)} pairs (IQR {_pct(costs, 0.25) * 100:.1f}.."
+             f"{_pct(costs, 0.75) * 100:.1f}%)", "<5%", cost < 0.05),
     ]  # fmt: skip

@@ -24,7 +24,7 @@ def every_of(sample: str) -> int:
 
 
 def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | None, with_meta: bool, fmt: str,
-            record: str | None = None) -> int:  # fmt: skip
+            record: str | None = None, max_rate: float | None = None) -> int:  # fmt: skip
     component, _, port = target.partition("/")
     if record is not None:
         with_meta = True  # a recorded case keeps each event's meta
@@ -40,6 +40,8 @@ def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | 
         query["where"] = where
     if with_meta:
         query["meta"] = 1
+    if max_rate is not None:
+        query["max_rate"] = max_rate
     endpoint = f"{base_url(url)}/tap?{urllib.parse.urlencode(query)}"
     try:
         resp = urllib.request.urlopen(endpoint, timeout=None)
@@ -59,8 +61,8 @@ def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | 
             for line in resp:
                 item = json.loads(line)
                 if item.get("tap_end"):
-                    print(f"headrace tap: {item['sent']} shown of {item['passed']} passed; {item['dropped']} dropped (a slow reader)",
-                          file=sys.stderr)  # fmt: skip
+                    print(f"headrace tap: {item['sent']} shown of {item['passed']} passed; {item['dropped']} dropped (a slow reader), "
+                          f"{item.get('over_rate', 0)} sampled over --max-rate", file=sys.stderr)  # fmt: skip
                     break
                 if record is not None:
                     seen.append(item)

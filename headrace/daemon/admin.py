@@ -29,11 +29,12 @@ from headrace.contract.expr import ExpressionError, compile_expr
 from headrace.daemon.hosts import AllowedHosts, host_name
 from headrace.metrics.defs import Metrics
 from headrace.metrics.refusals import LogEvery
-from headrace.runtime.tap import Tap
+from headrace.runtime.tap import MAX_RATE, Tap
 
 log = logging.getLogger("headrace.admin")
 
 INLINE_RENDER_S = 0.002
+WRITE_EVERY = 0.05  # a tap's stream is written at most this often (each write of aiohttp's chunked stream costs ~10 us)
 
 
 class AdminServer:
@@ -130,7 +131,10 @@ class AdminServer:
             every = int(q.get("every", "1"))
             limit = int(q["limit"]) if "limit" in q else None
             where = compile_expr(q["where"], ("event", "meta")) if q.get("where") else None
-            tap = Tap(component, port, every, where, q.get("meta") in ("1", "true"), limit, self.codec_of)
+            max_rate = float(q.get("max_rate", MAX_RATE))
+            if max_rate < 0:
+                raise ValueError("max_rate must be 0 (no cap) or more")
+            tap = Tap(component, port, every, where, q.get("meta") in ("1", "true"), limit, self.codec_of, max_rate)
             detach = self.tap(tap)
         except (KeyError, ValueError, ExpressionError) as exc:
             return web.json_response({"error": str(exc) if not isinstance(exc, KeyError) else f"missing {exc}"}, status=422)
@@ -140,10 +144,16 @@ class AdminServer:
         sent = 0
         try:
             while limit is None or sent < limit:
-                item = await tap.queue.get()
-                await resp.write(encode(item) + b"\n")
-                sent += 1
-            end = {"tap_end": True, "passed": tap.seen, "sent": sent, "dropped": tap.dropped, "where_failed": tap.failed}
+                lines = [encode(await tap.queue.get())]  # then what else comes within WRITE_EVERY: one write, not one per event
+                if tap.queue.qsize() < 500 and (limit is None or sent + 1 < limit):
+                    await asyncio.sleep(WRITE_EVERY)
+                while not tap.queue.empty() and (limit is None or sent + len(lines) < limit) and len(lines) < 500:
+                    lines.append(encode(tap.queue.get_nowait()))
+                lines.append(b"")
+                await resp.write(b"\n".join(lines))
+                sent += len(lines) - 1
+            end = {"tap_end": True, "passed": tap.seen, "sent": sent, "dropped": tap.dropped, "where_failed": tap.failed,
+                   "over_rate": tap.over_rate}  # fmt: skip
             await resp.write(encode(end) + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass

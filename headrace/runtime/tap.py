@@ -3,12 +3,16 @@
 A router holds the taps of its component's ports (``Router.taps``: empty unless someone taps,
 so sending a batch costs one truthiness check more). A tap looks at every ``every``-th event,
 keeps those its ``where`` expression accepts, and puts them in a bounded queue: a tap that
-is read slowly drops (and counts) what does not fit, it never slows the pipeline.
+is read slowly drops (and counts) what does not fit, it never slows the pipeline. At most
+``max_rate`` sampled events a second are looked at (decoded, tested, shown; like ``vector
+tap``'s limit per interval): a 1/100 tap on a port passing 700 k events/s would otherwise decode
+7 k a second in the daemon's main process; the rest are counted as over the rate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +21,12 @@ from headrace.contract.codec import Codec
 from headrace.runtime.batch import Batch
 
 QUEUE = 1000  # events a tap holds for its reader
+MAX_RATE = 1000.0  # sampled events a second a tap looks at, by default
 
 
 class Tap:
     def __init__(self, component: str, port: str, every: int = 1, where: Callable[..., Any] | None = None, with_meta: bool = False,
-                 limit: int | None = None, codec_of: Callable[[str], Codec] = registry.make_codec) -> None:  # fmt: skip
+                 limit: int | None = None, codec_of: Callable[[str], Codec] = registry.make_codec, max_rate: float = MAX_RATE) -> None:  # fmt: skip
         self.component = component
         self.port = port
         self.every = max(int(every), 1)
@@ -34,14 +39,27 @@ class Tap:
         self.dropped = 0  # events the queue had no room for
         self.failed = 0  # events the where expression raised on
         self.codec_of = codec_of  # the daemon's (cached) codec by name, with a component's own options
+        self.max_rate = max_rate  # 0: no cap
+        self.allowance = 0.0  # a token bucket holding up to one second's worth, filling at max_rate
+        self.last = time.monotonic()
+        self.over_rate = 0  # sampled events not looked at: over max_rate
 
     def offer(self, batch: Batch) -> None:
         n = len(batch)
         first = (-self.seen) % self.every  # the next sampled event's place in this batch
         self.seen += n
+        if self.max_rate:
+            now = time.monotonic()
+            self.allowance = min(self.max_rate, self.allowance + (now - self.last) * self.max_rate)
+            self.last = now
         for i in range(first, n, self.every):
             if self.limit is not None and self.taken >= self.limit:
                 return
+            if self.max_rate:
+                if self.allowance < 1.0:
+                    self.over_rate += len(range(i, n, self.every))
+                    return
+                self.allowance -= 1.0
             value = self._value(batch, i)
             meta = batch.meta(i)
             if self.where is not None:
