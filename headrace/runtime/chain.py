@@ -15,6 +15,7 @@ whose deliveries are owed to the refs of other batches.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
@@ -103,6 +104,9 @@ class ChainExecutor:
         self.timer = timer
         self.last = len(stages) - 1
         self.holding = {k for k, s in enumerate(stages) if type(s).flush is not Operator.flush}
+        # taps on the out of nodes inside the chain: node -> every n-th event copied into ``tapped``
+        self.tap_every: dict[str, int] = {}
+        self.tapped: dict[str, list[Ev]] = {}
 
     def steps(self, cur: list[Ev], outputs: Outputs, counts: Counts, start: int = 0, produce: Produce | None = None,
               refs: PassRefs | None = None) -> Generator[Awaitable[list[Ev]], list[Ev], None]:  # fmt: skip
@@ -153,8 +157,18 @@ class ChainExecutor:
                     c.dropped += gone
             if k < self.last:
                 c.out += len(cur)
+                if self.tap_every and sid in self.tap_every and cur:
+                    self._tap(sid, cur, self.tap_every[sid])
             else:
                 outputs.setdefault((sid, "out"), []).extend(cur)
+
+    def _tap(self, sid: str, cur: list[Ev], every: int) -> None:
+        """Copies of every ``every``-th event leaving ``sid`` for the next node, as they are now (later
+        stages may change them in place): unchanged ones keep their bytes, changed ones are deep-copied."""
+        out = self.tapped.setdefault(sid, [])
+        for ev in cur[::every]:
+            value = ev.value if ev.raw is not None else copy.deepcopy(ev.value)
+            out.append(Ev(value, dict(ev.meta), ev.src, ev.raw, ev.ingest))
 
     def run(self, evs: list[Ev], start: int = 0, produce: Produce | None = None) -> tuple[Outputs, Counts]:
         """The pass, for synchronous stages only (a worker)."""

@@ -160,8 +160,8 @@ class Engine:
 
     def tap(self, tap: Tap) -> Callable[[], None]:
         """Attach ``tap`` to its component's port; returns what detaches it. ``ValueError`` names
-        what cannot be tapped: an unknown component or port, or the ``out`` of a node inside a chain
-        (it goes straight into the next node; the chain's last node's ``out`` can be tapped)."""
+        what cannot be tapped: an unknown component or port. The ``out`` of a node inside a chain
+        goes straight into the next node: the chain runner copies what it sends there."""
         spec = self.graph.components.get(tap.component)
         if spec is None:
             raise ValueError(f"no component {tap.component!r} (see headrace graph or /status)")
@@ -172,12 +172,20 @@ class Engine:
             if tap.port not in ports:
                 extra = ' (an offramp: "in" is what it is given)' if spec.kind == "offramp" else ""
                 raise ValueError(f"{tap.component} has no port {tap.port!r}; its ports: {sorted(ports)}{extra}")
-            for r in self.chains.values():
-                if tap.component in r.nodes[:-1] and tap.port == "out":
-                    where = "a worker segment" if r.segment is not None else "a chain on the loop"
-                    raise ValueError(f"{tap.component} runs inside {where} ({' -> '.join(r.nodes)}): its out port goes straight into the "
-                                     f"next node; tap {r.nodes[-1]}/out or one of its other ports (err, emitted ports)")
             holder = self.routers[tap.component].taps
+            for r in self.chains.values():
+                if tap.component in r.nodes[:-1] and tap.port == "out":  # its out goes straight into the next node: the chain copies
+                    holder = r.interior  # every n-th event of it (on a worker, the job runs stage by stage while tapped)
+                    holder.setdefault(tap.component, []).append(tap)
+
+                    def detach_interior(holder: dict[str, list[Tap]] = holder) -> None:
+                        taps = holder.get(tap.component, [])
+                        if tap in taps:
+                            taps.remove(tap)
+                        if not taps:
+                            holder.pop(tap.component, None)
+
+                    return detach_interior
         holder.setdefault(tap.port, []).append(tap)
 
         def detach() -> None:

@@ -89,8 +89,24 @@ class ChainRunner(Runner):
     async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: PassRefs, produce: Produce | None = None) -> None:
         """Stages ``start..`` on ``cur``; with ``produce`` (a tick or flush), stage ``start`` makes its input itself."""
         counts: Counts = {}
+        if self.interior:  # taps on nodes inside the chain: the executor copies every n-th event of their out
+            self.executor.tap_every = {node: min(t.every for t in taps) for node, taps in self.interior.items() if taps}
         await self.executor.run_async(cur, outputs, counts, start, produce, refs)
         apply_counts(self.stats, self.stages, counts)
+        if self.executor.tapped:
+            self._feed_interior(counts)
+
+    def _feed_interior(self, counts: Counts) -> None:
+        tapped, self.executor.tapped, every = self.executor.tapped, {}, self.executor.tap_every
+        self.executor.tap_every = {}
+        for node, copies in tapped.items():
+            taps = self.interior.get(node)
+            if not taps:
+                continue
+            c = counts.get(node)
+            batch = Batch.decoded([ev.value for ev in copies], [ev.meta for ev in copies], codec="json", origin=node, group=node)
+            for tap in taps:
+                tap.offer(batch, passed=c.out if c is not None else len(copies), sampled_every=every.get(node, 1))
 
     async def produce(self, k: int, fn: Produce) -> None:
         """Run what stage ``k`` produces on its own (tick, flush) through the rest of the chain."""

@@ -19,6 +19,8 @@ class Runner:
 
     def __init__(self) -> None:
         self.closes: list[Inbox] = []  # set by the wiring: the inboxes it closes when it ends
+        # taps on the out port of a node inside the chain (its out goes straight into the next node): node -> taps
+        self.interior: dict[str, list[Any]] = {}
 
     async def run(self) -> None:
         """Until its input ends (a source ended or was stopped, its inbox closed and drained)."""

@@ -44,20 +44,29 @@ class Tap:
         self.last = time.monotonic()
         self.over_rate = 0  # sampled events not looked at: over max_rate
 
-    def offer(self, batch: Batch) -> None:
+    def offer(self, batch: Batch, passed: int | None = None, sampled_every: int = 1) -> None:
+        """Look at the events of ``batch``. ``passed``: ``batch`` holds copies of every ``sampled_every``-th
+        of ``passed`` events (a node inside a chain, sampled where it ran); then every
+        ``every // sampled_every``-th of them is taken."""
         n = len(batch)
-        first = (-self.seen) % self.every  # the next sampled event's place in this batch
-        self.seen += n
+        if passed is None:
+            step = self.every
+            first = (-self.seen) % step  # the next sampled event's place in this batch
+            self.seen += n
+        else:
+            step = max(self.every // sampled_every, 1)
+            first = 0
+            self.seen += passed
         if self.max_rate:
             now = time.monotonic()
             self.allowance = min(self.max_rate, self.allowance + (now - self.last) * self.max_rate)
             self.last = now
-        for i in range(first, n, self.every):
+        for i in range(first, n, step):
             if self.limit is not None and self.taken >= self.limit:
                 return
             if self.max_rate:
                 if self.allowance < 1.0:
-                    self.over_rate += len(range(i, n, self.every))
+                    self.over_rate += len(range(i, n, step))
                     return
                 self.allowance -= 1.0
             value = self._value(batch, i)

@@ -19,7 +19,7 @@ from headrace.errors import safe_repr
 from headrace.runtime.batch import share_equal, unshare
 from headrace.runtime.chain import ChainExecutor, Counts, Outputs
 from headrace.runtime.workers.fused import FusedChain
-from headrace.runtime.workers.wire import PICKLED, UNCHANGED, Output, Request, Response
+from headrace.runtime.workers.wire import PICKLED, TAP, UNCHANGED, Output, Request, Response
 
 
 @dataclass
@@ -81,7 +81,7 @@ class SegmentProgram:
 
     def _fusable(self, req: Request) -> bool:
         """Whether the fused chain runs ``req``: records as bytes, leaving in the codec they came in."""
-        return req.values is None and self.spec.exits.get((self.stages[-1].id, "out")) in (None, req.codec)
+        return req.values is None and not req.taps and self.spec.exits.get((self.stages[-1].id, "out")) in (None, req.codec)
 
     def _execute(self, req: Request) -> Response:
         t0 = time.process_time_ns()
@@ -116,7 +116,17 @@ class SegmentProgram:
                     failures.append((i, codec.reason(exc)))
                     continue
                 append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i]))  # type: ignore[arg-type]
-        outputs, counts = self.executor.run(evs)
+        if req.taps:  # nodes inside the segment are tapped: their sampled copies leave as TAP outputs
+            self.executor.tap_every, self.executor.tapped = req.taps, {}
+            try:
+                outputs, counts = self.executor.run(evs)
+            finally:
+                self.executor.tap_every = {}
+            for sid, copies in self.executor.tapped.items():
+                outputs[(sid, TAP)] = copies
+            self.executor.tapped = {}
+        else:
+            outputs, counts = self.executor.run(evs)
         return self.encode(req, outputs, counts, failures, t0)
 
     def encode(self, req: Request, outputs: Outputs, counts: Counts, failures: list[tuple[int, str]], t0: int) -> Response:

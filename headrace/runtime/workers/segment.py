@@ -36,7 +36,7 @@ from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
 from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
-from headrace.runtime.workers.wire import PICKLED, UNCHANGED, Request, Response
+from headrace.runtime.workers.wire import PICKLED, TAP, UNCHANGED, Request, Response
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3
@@ -161,6 +161,12 @@ class PooledChainRunner(Runner):
         return parts[0] if len(parts) == 1 else join(parts)
 
     def request(self, chunk: Batch) -> list[Any]:
+        msg = self._request(chunk)
+        if self.interior:  # nodes inside the segment are tapped: the worker sends sampled copies of their out
+            msg[0].taps = {node: min(t.every for t in taps) for node, taps in self.interior.items() if taps}
+        return msg
+
+    def _request(self, chunk: Batch) -> list[Any]:
         ingest = chunk.ingest_wire if chunk.ingest_wire is not None else array("q", chunk.ingest).tobytes()
         if chunk.values is not None:
             req = Request(0, self.spec.id, chunk.codec or "json", b"", b"", chunk.metas, ingest, chunk.values)
@@ -227,18 +233,31 @@ class PooledChainRunner(Runner):
                 sends.append((chunk.origin, "err", chunk.failed(res.failures, chunk.origin, "DecodeError", as_text=True)))
             blob = res.blob
             for out in res.outputs:
+                if out.port == TAP:  # sampled copies for the taps of a node inside the segment: shown, never routed
+                    self._feed_interior(chunk, out, blob, res.counts)
+                    continue
                 sends.append((out.node, out.port, self.rebuild(chunk, out, blob)))
             apply_counts({st.id: self.routers[st.id].stats for st in self.stages}, self.stages, res.counts)
         done_each(refs)
         for node, port, b in sends:
             await self.routers[node].send(port, b)
 
+    def _feed_interior(self, chunk: Batch, out: Any, blob: memoryview | bytes, counts: Any) -> None:
+        taps = self.interior.get(out.node)
+        if not taps:
+            return
+        copies = self.rebuild(chunk, out, blob, share=False)  # no ack shares: these events go nowhere
+        c = counts.get(out.node)
+        every = min(t.every for t in taps)
+        for tap in taps:
+            tap.offer(copies, passed=c.out if c is not None else len(copies), sampled_every=every)
+
     @staticmethod
-    def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes) -> Batch:
+    def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes, share: bool = True) -> Batch:
         """The events of one output of a worker's answer, as a batch (the original bytes where unchanged)."""
         if out.identity and out.codec == chunk.codec and chunk.payloads is not None:
             # every input, in order, untouched: the original bytes as they are
-            return chunk.remade(None, chunk.payloads, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes)
+            return chunk.remade(None, chunk.payloads, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
         src = array("I")
         src.frombytes(out.src)
         lens = array("i")
@@ -248,7 +267,7 @@ class PooledChainRunner(Runner):
         in_order = n == len(chunk) and src == array("I", range(n))  # each input once, in order (compared in C)
         if orig is not None and in_order and out.codec == chunk.codec and lens.count(UNCHANGED) == n:
             # untouched, in order: the original bytes as they are
-            return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes)
+            return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
         pos = out.start
         mv = memoryview(blob)
         if out.codec == PICKLED:  # values the job's codec could not hold (e.g. bytes for json): downstream decides
@@ -256,14 +275,14 @@ class PooledChainRunner(Runner):
             for ln in lens:
                 values.append(pickle.loads(mv[pos : pos + ln]))
                 pos += ln
-            return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values)  # type: ignore[arg-type]
+            return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values, share=share)  # type: ignore[arg-type]
         if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): one copy of the region, a slice each
             ends = list(accumulate(lens, initial=0))
             region = bytes(mv[pos : pos + ends[-1]])
             payloads = list(map(region.__getitem__, map(slice, ends[:-1], ends[1:])))  # no Python step per record
             if in_order:
-                return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec)
-            return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec)
+                return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec, share=share)
+            return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec, share=share)
         mixed: list[bytes | None] = []
         for i, ln in zip(src, lens, strict=True):
             if ln == UNCHANGED:
@@ -271,7 +290,7 @@ class PooledChainRunner(Runner):
             else:
                 mixed.append(bytes(mv[pos : pos + ln]))
                 pos += ln
-        return chunk.remade(src.tolist(), mixed, _metas(chunk, out, src), out.codec)
+        return chunk.remade(src.tolist(), mixed, _metas(chunk, out, src), out.codec, share=share)
 
 
 def _metas(chunk: Batch, out: Any, src: array[int] | None) -> Metas | None:

@@ -18,6 +18,7 @@ from headrace.runtime.chain import Counts
 
 _LEN = struct.Struct("<I")
 UNCHANGED = -1
+TAP = "(tap)"  # an output's port: sampled copies of what a node inside the segment sent to the next one (never routed)
 PICKLED = "(pickled)"  # an output's codec: values the job's codec could not hold, handed back as values
 
 
@@ -32,6 +33,7 @@ class Request:
     ingest: bytes  # array('q')
     values: list[Any] | None = None
     start: int = 0  # the records begin at this offset of ``blob`` (a worker passes the whole message)
+    taps: dict[str, int] | None = None  # nodes inside the segment being tapped: node -> every n-th event of its out (``TAP`` outputs)
 
 
 @dataclass
