@@ -187,9 +187,11 @@ config is valid, 78 otherwise.
                      "showing them: injected where tapped, expecting as many; edit the expectation")
     tap.set_defaults(fn=_tap)
     rp = verb("replay", "send dead letters (a with_meta err file) back through a running daemon, once their cause is fixed")
-    rp.add_argument("file", metavar="FILE", help="dead letters as an offramp with with_meta: true wrote them (JSON lines of event and meta)")
+    rp.add_argument("file", metavar="FILE|kafka://HOST:PORT/TOPIC", help="dead letters as an offramp with with_meta: true wrote them "
+                    "(JSON of event and meta): a file of lines, or every record of a Kafka topic (read without a consumer group)")
     rp.add_argument("--url", default="http://127.0.0.1:9898", help="the daemon's metrics address (a loopback one; default http://127.0.0.1:9898)")
-    rp.add_argument("--into", metavar="ONRAMP", help="the onramp whose output they re-enter (default: each one's meta.error.origin)")
+    rp.add_argument("--into", metavar="ONRAMP|NODE", help="the onramp whose output they re-enter, or the first node of a chain whose queue "
+                    "they enter (default: each one's meta.error.origin)")
     rp.add_argument("--where", metavar="EXPR", help="only dead letters for which this expression over event and meta is true")
     rp.add_argument("--rate", type=float, metavar="N", help="at most N records a second")
     rp.add_argument("--dry-run", action="store_true", help="say what would be replayed and skipped, send nothing")

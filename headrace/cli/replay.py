@@ -1,4 +1,4 @@
-"""``headrace replay FILE --url URL``: send dead letters back through a running daemon (``POST /replay``)."""
+"""``headrace replay FILE|kafka://HOST:PORT/TOPIC --url URL``: send dead letters back through a running daemon (``POST /replay``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,50 @@ CHUNK = 500  # records per request
 
 def read_letters(path: Path) -> tuple[list[Any], int]:
     """The ``{"event", "meta"}`` lines of a dead-letter file (an offramp with ``with_meta: true``), and how many lines were not."""
+    return _parse(path.read_text(encoding="utf-8").splitlines())
+
+
+def read_kafka_letters(url: str) -> tuple[list[Any], int]:
+    """Dead letters from ``kafka://HOST:PORT/TOPIC``: every record of every partition, from the
+    beginning to the end it had when the read began (no consumer group, nothing committed)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    rest = url.removeprefix("kafka://")
+    servers, _, topic = rest.partition("/")
+    if not servers or not topic:
+        raise ValueError(f"{url}: give kafka://HOST:PORT/TOPIC")
+
+    async def read() -> list[bytes]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, group_id=None)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic) or set() if topic in await consumer.topics() else set()  # topics() asks the broker
+            if not parts:
+                raise ValueError(f"{url}: no topic {topic!r} on {servers}")
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            values: list[bytes] = []
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                for records in batch.values():
+                    values.extend(r.value for r in records if r.value is not None)
+            return values
+        finally:
+            try:
+                await consumer.stop()
+            except (asyncio.CancelledError, Exception):  # aiokafka's stop of a consumer never assigned raises this: nothing to stop
+                pass
+
+    return _parse([v.decode("utf-8", "replace") for v in asyncio.run(read())])
+
+
+def _parse(lines: list[str]) -> tuple[list[Any], int]:
     letters, bad = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         if not line.strip():
             continue
         try:
@@ -48,16 +90,26 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_replay(file: str, url: str, into: str | None, where: str | None, rate: float | None, dry_run: bool) -> int:
-    path = Path(file)
-    if not path.is_file():
-        print(f"headrace replay: no file {file}", file=sys.stderr)
-        return 2
     try:
         test = compile_expr(where, ("event", "meta")) if where else None
     except ExpressionError as exc:
         print(f"headrace replay: --where: {exc}", file=sys.stderr)
         return 2
-    letters, bad = read_letters(path)
+    if file.startswith("kafka://"):
+        try:
+            letters, bad = read_kafka_letters(file)
+        except ValueError as exc:
+            print(f"headrace replay: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # the broker: unreachable, refused
+            print(f"headrace replay: cannot read {file}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        path = Path(file)
+        if not path.is_file():
+            print(f"headrace replay: no file {file}", file=sys.stderr)
+            return 2
+        letters, bad = read_letters(path)
     chosen = []
     for item in letters:
         try:

@@ -125,8 +125,9 @@ class Engine:
             seen.add(key)
             err = meta.get("error") if isinstance(meta.get("error"), dict) else {}
             target = into or err.get("origin")
-            if not target or target not in self.onramps:
-                unroutable[f"no onramp {target!r} to replay into (give --into)" if target else "no error.origin in its meta (give --into)"] += 1
+            if not target or (target not in self.onramps and target not in self.inboxes):
+                why = f"no onramp or first node of a chain {target!r} to replay into (give --into)" if target else "no error.origin in its meta (give --into)"
+                unroutable[why] += 1
                 continue
             fresh = {k: v for k, v in meta.items() if k not in ("error", "replayed")}
             fresh["replayed"] = {"key": key, "error": err}
@@ -143,9 +144,13 @@ class Engine:
                     replay.PENDING[k] = run
                 run.expect()
                 ref = AckRef(len(items), token, run.ack, run.fail)
-                codec = self.graph.components[target].codec
+                spec = self.graph.components[target]
+                codec = spec.codec if spec.kind != "node" else "json"
                 batch = Batch.decoded([v for _, v, _ in items], [m for _, _, m in items], codec=codec, origin=target, group=target, ack=ref)
-                await self.routers[target].send("out", batch)
+                if target in self.onramps:  # as if the onramp read them again: to everything it is linked to
+                    await self.routers[target].send("out", batch)
+                else:  # the first node of a chain (on the loop or a worker segment): into its queue
+                    await self.inboxes[target].put(batch)
             if keys_by_token:
                 await asyncio.wait_for(run.finished.wait(), timeout)
         except TimeoutError:

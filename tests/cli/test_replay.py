@@ -89,3 +89,47 @@ def test_replay_refuses_what_it_cannot_do(tmp_path: Path, write: Any) -> None:
     assert replay(str(f), "--where", "import os").returncode == 2
     down = replay(str(f), "--url", f"127.0.0.1:{free_port()}")
     assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def test_replay_reads_dead_letters_from_a_kafka_topic_into_a_node(tmp_path: Path, write: Any, kafka_broker: Any, kafka_topic: Any) -> None:
+    topic = kafka_topic(2, prefix="dlq")
+    letters = [{"event": {"id": i}, "meta": {"error": {"stage": "main.picky", "type": "ValueError", "message": "old", "origin": "gone"}}}
+               for i in range(6)]  # fmt: skip
+    kafka_broker.produce(topic, [(None, json.dumps(x).encode()) for x in letters])
+    port = free_port()
+    write("stages.py", FIXED)
+    write("in.ndjson", "")
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
+onramps: {{orders: {{type: file, codec: json, config: {{path: in.ndjson, follow: true}}}}}}
+pipelines: {{main: [{{op: python, fn: "stages:picky"}}, {{op: set, set: {{seen: "True"}}}}]}}
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{orders: [main], main: [out], main/err: [dlq]}}
+""")
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: _ready(port), timeout=30)
+        url = f"kafka://{kafka_broker.bootstrap}/{topic}"
+        gone = replay(url, "--url", f"127.0.0.1:{port}")  # their origin is no onramp of this config
+        assert gone.returncode == 1 and "6 x no onramp or first node of a chain 'gone'" in gone.stdout, gone
+        res = replay(url, "--url", f"127.0.0.1:{port}", "--into", "main.picky")
+        assert res.returncode == 0 and "re-delivered 6, failed again 0, skipped 0" in res.stdout, res
+        assert sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson")) == list(range(6))
+        assert all(e["seen"] is True for e in json_lines(tmp_path / "out.ndjson")), "through the whole chain from its first node"
+        missing = replay(f"kafka://{kafka_broker.bootstrap}/nosuchtopic", "--url", f"127.0.0.1:{port}")
+        assert missing.returncode == 2 and "no topic 'nosuchtopic'" in missing.stderr, missing
+    finally:
+        assert d.stop() == 0, d.stderr()
+
+
+def _ready(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
