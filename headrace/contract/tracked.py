@@ -2,11 +2,12 @@
 
 A decoded record reaches a ``def`` stage as a ``TrackedDict`` (or ``TrackedList`` for a
 record that is an array): a real ``dict`` subclass holding the decoded values, whose
-mutating methods mark the record *dirty*. A nested dict or list is wrapped the first time a
-stage reaches it (``event["a"]``, ``.get``, ``.items()``, iteration, ``dict(event)``,
-``copy.copy``...), so ``event["a"]["b"].append(x)`` marks the record too. A record still
-clean when the stage returns it leaves as its original bytes: no encode, and the parent
-forwards those bytes. A dirty one is encoded as before.
+mutating methods set the process's write flag (``DIRTY``). A nested dict or list is wrapped
+the first time a stage reaches it (``event["a"]``, ``.get``, ``.items()``, iteration,
+``dict(event)``, ``copy.copy``...), so ``event["a"]["b"].append(x)`` sets it too. A record
+returned with the flag still clear leaves as its original bytes: no encode, and the parent
+forwards those bytes. A written one is encoded as before. While the flag is set, reads hand
+out nested containers unwrapped (the record is encoded anyway).
 
 Reading costs a Python call per ``[]``/``get`` at each wrapped level (about 0.1 us); writing
 one field costs the same plus the encode a plain dict would have paid. Nothing is decoded
