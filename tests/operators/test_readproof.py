@@ -48,6 +48,10 @@ REFUSED_SOURCES = {
     "reassigns the event": "event = {}\n    return event",
     "reaches its frame": "locals()\n    return event",
     "a read as a key": "return {'a': 1}.get(event['k']) and event",
+    "a read stored into meta, then written there": "meta['t'] = event['tags']\n    meta['t'].append(1)\n    return event",
+    "a read put into meta by a method, then written": "meta.setdefault('t', event['tags'])\n    meta['t'].append(1)\n    return event",
+    "a read stored into meta, then handed to a call": "meta['t'] = event['tags']\n    print(meta.get('t'))\n    return event",
+    "meta holding a read value handed to a call": "meta['t'] = event['tags']\n    print(meta)\n    return event",
 }
 
 

@@ -89,10 +89,10 @@ class _Checker:
         self.meta_views = False
 
     def run(self) -> Proof:
-        for _ in range(20):  # until the tainted locals stop growing
-            before = set(self.tainted)
+        for _ in range(20):  # until the tainted locals (and whether meta holds read values) stop growing
+            before = (set(self.tainted), self.meta_views)
             self._scan()
-            if self.tainted == before:
+            if (self.tainted, self.meta_views) == before:
                 return Proof(True, self.meta_views)
         return Proof(False)
 
@@ -156,7 +156,8 @@ class _Checker:
             key, container = pop(), pop()
             if key in _TAINTED:
                 raise _Refused
-            stack.append(DERIVED if container in _TAINTED else CLEAN)
+            # once a read value is stored into meta, what is read back from meta may be one too
+            stack.append(DERIVED if container in _TAINTED or (container == META and self.meta_views) else CLEAN)
         elif op == "STORE_SUBSCR":
             key, container, value = pop(), pop(), pop()
             if key in _TAINTED or container in _TAINTED:
@@ -198,7 +199,7 @@ class _Checker:
                     raise _Refused
                 stack.extend(("m:read", SELF))
             elif receiver == META:
-                stack.extend(("m:meta", SELF))
+                stack.extend(("m:meta", SELF))  # its result counts as read from the event once meta holds such values
             else:
                 stack.extend(("m:other", SELF))
         elif op == "LOAD_ATTR":
@@ -209,9 +210,15 @@ class _Checker:
             args = [pop() for _ in range(arg)]
             callee, below = pop(), pop()
             tainted_args = any(a in _TAINTED for a in args)
+            if self.meta_views and META in args:  # meta holding read values, handed to code that may write them
+                raise _Refused
             if below == "m:read" and callee == SELF:
                 if tainted_args:
                     raise _Refused
+                stack.append(DERIVED)
+            elif below == "m:meta" and callee == SELF and (tainted_args or self.meta_views):
+                if tainted_args:  # meta.update(x=event["a"]), meta.setdefault(k, event["a"]): a read value into meta
+                    self.meta_views = True
                 stack.append(DERIVED)
             elif tainted_args:
                 name = callee[2:] if callee.startswith("g:") else None
