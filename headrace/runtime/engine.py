@@ -170,6 +170,7 @@ class Engine:
         spec = self.graph.components.get(tap.component)
         if spec is None:
             raise ValueError(f"no component {tap.component!r} (see headrace graph or /status)")
+        key = tap.port
         if spec.kind == "offramp" and tap.port == "in":
             holder = self.offramps[tap.component].taps
         else:
@@ -179,26 +180,16 @@ class Engine:
                 raise ValueError(f"{tap.component} has no port {tap.port!r}; its ports: {sorted(ports)}{extra}")
             holder = self.routers[tap.component].taps
             for r in self.chains.values():
-                if tap.component in r.nodes[:-1] and tap.port == "out":  # its out goes straight into the next node: the chain copies
-                    holder = r.interior  # every n-th event of it (on a worker, the job runs stage by stage while tapped)
-                    holder.setdefault(tap.component, []).append(tap)
-
-                    def detach_interior(holder: dict[str, list[Tap]] = holder) -> None:
-                        taps = holder.get(tap.component, [])
-                        if tap in taps:
-                            taps.remove(tap)
-                        if not taps:
-                            holder.pop(tap.component, None)
-
-                    return detach_interior
-        holder.setdefault(tap.port, []).append(tap)
+                if tap.component in r.nodes[:-1] and tap.port == "out":  # its out goes straight into the next node: the chain
+                    holder, key = r.interior, tap.component  # copies every n-th event of it (a worker segment runs unfused then)
+        holder.setdefault(key, []).append(tap)
 
         def detach() -> None:
-            taps = holder.get(tap.port, [])
+            taps = holder.get(key, [])
             if tap in taps:
                 taps.remove(tap)
             if not taps:
-                holder.pop(tap.port, None)
+                holder.pop(key, None)
 
         return detach
 

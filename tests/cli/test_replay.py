@@ -25,6 +25,18 @@ def picky(event, meta):
 '''
 
 
+CONFIG = """
+version: 1
+daemon: {{workers: {workers}, metrics: {{listen: "127.0.0.1:{port}"}}}}
+onramps: {{orders: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 50ms}}}}}}
+pipelines: {{main: [{stages}]}}
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{orders: [main], main: [out], main/err: [dlq]}}
+"""
+
+
 def replay(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "headrace", "replay", *args], capture_output=True, text=True, timeout=120, check=False)
 
@@ -42,16 +54,7 @@ def test_replay_redelivers_the_fixed_dead_letters_once_and_reports_the_rest(tmp_
     port = free_port()
     write("stages.py", BROKEN)
     write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(30)))
-    cfg = write("c.yaml", f"""
-version: 1
-daemon: {{workers: 2, metrics: {{listen: "127.0.0.1:{port}"}}}}
-onramps: {{orders: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 50ms}}}}}}
-pipelines: {{main: [{{op: python, fn: "stages:picky"}}]}}
-offramps:
-  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
-  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
-links: {{orders: [main], main: [out], main/err: [dlq]}}
-""")
+    cfg = write("c.yaml", CONFIG.format(port=port, workers=2, stages='{op: python, fn: "stages:picky"}'))
     d = Daemon(cfg)
     try:
         d.wait_for(lambda: len(json_lines(tmp_path / "dlq.ndjson")) == 10 and len(json_lines(tmp_path / "out.ndjson")) == 20, timeout=30)
@@ -99,16 +102,7 @@ def test_replay_reads_dead_letters_from_a_kafka_topic_into_a_node(tmp_path: Path
     port = free_port()
     write("stages.py", FIXED)
     write("in.ndjson", "")
-    cfg = write("c.yaml", f"""
-version: 1
-daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
-onramps: {{orders: {{type: file, codec: json, config: {{path: in.ndjson, follow: true}}}}}}
-pipelines: {{main: [{{op: python, fn: "stages:picky"}}, {{op: set, set: {{seen: "True"}}}}]}}
-offramps:
-  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
-  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
-links: {{orders: [main], main: [out], main/err: [dlq]}}
-""")
+    cfg = write("c.yaml", CONFIG.format(port=port, workers=0, stages='{op: python, fn: "stages:picky"}, {op: set, set: {seen: "True"}}'))
     d = Daemon(cfg)
     try:
         d.wait_for(lambda: _ready(port), timeout=30)
