@@ -28,8 +28,8 @@ def config_digest(signatures: dict[str, str]) -> str:
 
 def stamp(batch: Batch, provenance: dict[str, str]) -> None:
     """Add to each dead letter's ``meta.error`` where it came from, once (the first err port it
-    reaches): ``origin`` (the onramp), ``at`` (UTC, ISO 8601) and ``config`` (the digest of the
-    config that failed it). The Kafka onramp's metas already hold topic, partition and offset."""
+    reaches): ``origin`` (the onramp), ``at`` (UTC, ISO 8601), ``config`` (the digest of the
+    config that failed it) and, for a record read from Kafka, ``kafka: {topic, partition, offset}``."""
     if batch.metas is None:
         return
     at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -40,6 +40,8 @@ def stamp(batch: Batch, provenance: dict[str, str]) -> None:
         if isinstance(err, dict) and "origin" not in err:
             m = dict(m)  # metas may be shared between events (and columns are read-only)
             m["error"] = {**err, **extra}
+            if "kafka_topic" in m:  # where in Kafka it was read: what a replay or a human looks up
+                m["error"]["kafka"] = {"topic": m["kafka_topic"], "partition": m.get("kafka_partition"), "offset": m.get("kafka_offset")}
             if "replayed" in m:  # a dead letter sent back in failed again: its replay learns why
                 replay.noted(m, err)
         metas.append(m)

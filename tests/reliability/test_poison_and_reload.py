@@ -66,6 +66,9 @@ links: {{in: [main], in/err: [dlq], main: [out], main/err: [dlq], out/err: [dlq]
     assert errors[crash]["type"] == "WorkerCrashed" and "killed by signal 9" in errors[crash]["message"], errors[crash]
     assert "3 times" in errors[crash]["message"]
     assert errors[hang]["type"] == "WorkerCrashed" and "stage_timeout" in errors[hang]["message"], errors[hang]
+    for err in (errors[crash], errors[hang]):  # provenance: where each was read, and from which config
+        assert err["origin"] == "in" and err["kafka"]["topic"] == src and err["kafka"]["partition"] in PARTS, err
+        assert isinstance(err["kafka"]["offset"], int) and len(err["config"]) == 16
     report = conserve(range(n), Lines(tmp_path / "out.ndjson").ids, dead_ids(dead), guarantee=EXACTLY_ONCE, expect_dead={crash, hang})
     assert report.ok, report.summary()
     figures(row=10, lost=len(report.lost), duplicates=report.duplicates, isolated=report.dead, worker_restarts=restarts,
