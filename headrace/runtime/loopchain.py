@@ -17,6 +17,7 @@ from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.records import to_events
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
+from headrace.runtime.tap import offer_sampled, sampling
 
 log = logging.getLogger("headrace.runtime")
 
@@ -89,24 +90,17 @@ class ChainRunner(Runner):
     async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: PassRefs, produce: Produce | None = None) -> None:
         """Stages ``start..`` on ``cur``; with ``produce`` (a tick or flush), stage ``start`` makes its input itself."""
         counts: Counts = {}
-        if self.interior:  # taps on nodes inside the chain: the executor copies every n-th event of their out
-            self.executor.tap_every = {node: min(t.every for t in taps) for node, taps in self.interior.items() if taps}
+        if self.interior or self.executor.tap_every:  # taps on nodes inside the chain: the executor copies every n-th event of their out
+            self.executor.tap_every = sampling(self.interior)
         await self.executor.run_async(cur, outputs, counts, start, produce, refs)
         apply_counts(self.stats, self.stages, counts)
         if self.executor.tapped:
-            self._feed_interior(counts)
-
-    def _feed_interior(self, counts: Counts) -> None:
-        tapped, self.executor.tapped, every = self.executor.tapped, {}, self.executor.tap_every
-        self.executor.tap_every = {}
-        for node, copies in tapped.items():
-            taps = self.interior.get(node)
-            if not taps:
-                continue
-            c = counts.get(node)
-            batch = Batch.decoded([ev.value for ev in copies], [ev.meta for ev in copies], codec="json", origin=node, group=node)
-            for tap in taps:
-                tap.offer(batch, passed=c.out if c is not None else len(copies), sampled_every=every.get(node, 1))
+            tapped, self.executor.tapped = self.executor.tapped, {}
+            for node, copies in tapped.items():
+                taps = self.interior.get(node)
+                if taps:
+                    batch = Batch.decoded([ev.value for ev in copies], [ev.meta for ev in copies], codec="json", origin=node, group=node)
+                    offer_sampled(taps, batch, counts[node].out if node in counts else len(copies))
 
     async def produce(self, k: int, fn: Produce) -> None:
         """Run what stage ``k`` produces on its own (tick, flush) through the rest of the chain."""

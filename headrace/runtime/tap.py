@@ -99,6 +99,19 @@ class Tap:
             return raw.decode("utf-8", "backslashreplace")
 
 
+def sampling(interior: dict[str, list[Tap]]) -> dict[str, int]:
+    """What a chain copies for the taps of its nodes inside it: per node, every n-th event of its
+    out for the tap that samples most (``ChainExecutor.tap_every``)."""
+    return {node: min(t.every for t in taps) for node, taps in interior.items() if taps}
+
+
+def offer_sampled(taps: list[Tap], batch: Batch, passed: int) -> None:
+    """Copies a chain made of a node's out (``sampling``) to that node's taps; ``passed`` events went out in all."""
+    every = min(t.every for t in taps)
+    for tap in taps:
+        tap.offer(batch, passed=passed, sampled_every=every)
+
+
 def feed(taps: dict[str, list[Tap]], port: str, batch: Batch) -> None:
     for tap in taps.get(port, ()):
         tap.offer(batch)

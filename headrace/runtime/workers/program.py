@@ -116,17 +116,14 @@ class SegmentProgram:
                     failures.append((i, codec.reason(exc)))
                     continue
                 append(Ev(value, metas[i] if metas is not None else {}, i, raw, ingest[i]))  # type: ignore[arg-type]
-        if req.taps:  # nodes inside the segment are tapped: their sampled copies leave as TAP outputs
-            self.executor.tap_every, self.executor.tapped = req.taps, {}
-            try:
-                outputs, counts = self.executor.run(evs)
-            finally:
-                self.executor.tap_every = {}
-            for sid, copies in self.executor.tapped.items():
-                outputs[(sid, TAP)] = copies
-            self.executor.tapped = {}
-        else:
+        # nodes inside the segment tapped: their sampled copies leave as TAP outputs
+        self.executor.tap_every, self.executor.tapped = req.taps or {}, {}
+        try:
             outputs, counts = self.executor.run(evs)
+        finally:
+            self.executor.tap_every = {}
+        for sid, copies in self.executor.tapped.items():
+            outputs[(sid, TAP)] = copies
         return self.encode(req, outputs, counts, failures, t0)
 
     def encode(self, req: Request, outputs: Outputs, counts: Counts, failures: list[tuple[int, str]], t0: int) -> Response:

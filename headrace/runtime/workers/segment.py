@@ -34,6 +34,7 @@ from headrace.runtime.inbox import Inbox
 from headrace.runtime.placement import Chain
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
+from headrace.runtime.tap import offer_sampled, sampling
 from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
 from headrace.runtime.workers.wire import PICKLED, TAP, UNCHANGED, Request, Response
@@ -163,7 +164,7 @@ class PooledChainRunner(Runner):
     def request(self, chunk: Batch) -> list[Any]:
         msg = self._request(chunk)
         if self.interior:  # nodes inside the segment are tapped: the worker sends sampled copies of their out
-            msg[0].taps = {node: min(t.every for t in taps) for node, taps in self.interior.items() if taps}
+            msg[0].taps = sampling(self.interior)
         return msg
 
     def _request(self, chunk: Batch) -> list[Any]:
@@ -247,10 +248,7 @@ class PooledChainRunner(Runner):
         if not taps:
             return
         copies = self.rebuild(chunk, out, blob, share=False)  # no ack shares: these events go nowhere
-        c = counts.get(out.node)
-        every = min(t.every for t in taps)
-        for tap in taps:
-            tap.offer(copies, passed=c.out if c is not None else len(copies), sampled_every=every)
+        offer_sampled(taps, copies, counts[out.node].out if out.node in counts else len(copies))
 
     @staticmethod
     def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes, share: bool = True) -> Batch:
