@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from typing import Any, SupportsIndex
 
 _MISSING = object()
-UNTRACKED = (dict, list)  # the exact types a tracked root is made from
 READONLY_WROTE = "the stage is declared readonly but wrote to its event"
 
 

@@ -38,7 +38,7 @@ from headrace.contract import tracked
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
 from headrace.contract.stage import STAGE_ERRORS, Emit, Ev, Operator, PerRecord, Placement
-from headrace.contract.tracked import READONLY_WROTE, UNTRACKED, ReadonlyViolation, track
+from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, track
 from headrace.contract.units import Duration
 from headrace.plugins.operators.readproof import prove
 
@@ -265,7 +265,7 @@ class PythonOperator(Operator):
                 sync.ev = ev
                 value = ev.value
                 if tracks:
-                    if ev.raw is not None and type(value) in UNTRACKED:  # a record as decoded: given tracked, its bytes kept
+                    if ev.raw is not None:  # a record as decoded (a dict or list): given tracked, its bytes kept
                         ev._value = value = track(value)
                     tracked.clean()
                 try:
