@@ -81,13 +81,14 @@ def _tap(args: argparse.Namespace) -> int:
     from headrace.cli.tap import run_tap
 
     url, target = (args.url, args.target) if args.target is not None else ("http://127.0.0.1:9898", args.url)
-    return run_tap(url, target, args.sample, args.limit, args.where, args.with_meta, args.format, args.record, args.max_rate)
+    return run_tap(url, target, args.sample, args.limit, args.where, args.with_meta, args.format, args.record, args.max_rate,
+                   args.token_file)  # fmt: skip
 
 
 def _replay(args: argparse.Namespace) -> int:
     from headrace.cli.replay import run_replay
 
-    return run_replay(args.file, args.url, args.into, args.where, args.rate, args.dry_run)
+    return run_replay(args.file, args.url, args.into, args.where, args.rate, args.dry_run, args.token_file, args.config)
 
 
 def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -185,11 +186,19 @@ config is valid, 78 otherwise.
                      "the rest are counted, so a tap stays cheap on a busy port")
     tap.add_argument("--record", metavar="FILE", help="write the tapped events (with their meta) as a headrace test case file instead of "
                      "showing them: injected where tapped, expecting as many; edit the expectation")
+    tap.add_argument("--token-file", metavar="FILE", help="send the token in FILE (daemon.metrics.token) as Authorization: Bearer; "
+                     "default: $HEADRACE_TOKEN when set")
     tap.set_defaults(fn=_tap)
-    rp = verb("replay", "send dead letters (a with_meta err file) back through a running daemon, once their cause is fixed")
+    rp = verb("replay", "send dead letters (a with_meta err file) back through a running daemon or a one-shot run, once their cause "
+              "is fixed")
     rp.add_argument("file", metavar="FILE|kafka://HOST:PORT/TOPIC", help="dead letters as an offramp with with_meta: true wrote them "
                     "(JSON of event and meta): a file of lines, or every record of a Kafka topic (read without a consumer group)")
-    rp.add_argument("--url", default="http://127.0.0.1:9898", help="the daemon's metrics address (a loopback one; default http://127.0.0.1:9898)")
+    rp.add_argument("--url", default="http://127.0.0.1:9898", help="the daemon's metrics address (loopback, or with --token-file; "
+                    "default http://127.0.0.1:9898)")
+    rp.add_argument("--config", metavar="CONFIG", help="no running daemon: run this config here just for the replay (its onramps read "
+                    "nothing, its pipelines and offramps run as under headrace run), drain it and exit; not with --url")
+    rp.add_argument("--token-file", metavar="FILE", help="send the token in FILE (daemon.metrics.token) as Authorization: Bearer; "
+                    "default: $HEADRACE_TOKEN when set")
     rp.add_argument("--into", metavar="ONRAMP|NODE", help="the onramp whose output they re-enter, or the first node of a chain whose queue "
                     "they enter (default: each one's meta.error.origin)")
     rp.add_argument("--where", metavar="EXPR", help="only dead letters for which this expression over event and meta is true")

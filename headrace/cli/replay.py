@@ -1,4 +1,4 @@
-"""``headrace replay FILE|kafka://HOST:PORT/TOPIC --url URL``: send dead letters back through a running daemon (``POST /replay``)."""
+"""``headrace replay FILE|kafka://HOST:PORT/TOPIC``: send dead letters back through a running daemon (``POST /replay``), or through a one-shot run of a config (``--config``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from headrace.cli.top import base_url
+from headrace.cli.top import admin_headers, base_url
 from headrace.contract.expr import ExpressionError, compile_expr
+from headrace.runtime.replay import Job
 
 CHUNK = 500  # records per request
 
@@ -77,8 +77,9 @@ def _parse(lines: list[str]) -> tuple[list[Any], int]:
     return letters, bad
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(f"{url}/replay", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST")
+def _post(url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    req = urllib.request.Request(f"{url}/replay", data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **headers},
+                                 method="POST")  # fmt: skip
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
@@ -89,11 +90,52 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
             return {"error": f"HTTP {exc.code}"}
 
 
-def run_replay(file: str, url: str, into: str | None, where: str | None, rate: float | None, dry_run: bool) -> int:
+def _through_daemon(job: Job, url: str, token_file: str | None) -> int:
+    """Send ``job``'s chunks to a running daemon's ``POST /replay``; 0, or the exit code of what went wrong."""
+    try:
+        headers = admin_headers(token_file)
+    except OSError as exc:
+        print(f"headrace replay: --token-file: {exc}", file=sys.stderr)
+        return 2
+    endpoint = base_url(url)
+    t0 = time.monotonic()
+    for due, chunk in job.chunks():
+        wait = due - (time.monotonic() - t0)
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            result = _post(endpoint, {"into": job.into, "dry_run": job.dry_run, "records": chunk}, headers)
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"headrace replay: cannot reach a headrace daemon at {endpoint}: {getattr(exc, 'reason', exc)} "
+                  "(with no daemon running, give --config CONFIG)", file=sys.stderr)  # fmt: skip
+            return 1
+        if "error" in result:
+            print(f"headrace replay: {result['error']}", file=sys.stderr)
+            return 1
+        job.add(result)
+    return 0
+
+
+def _one_shot(job: Job, config: str) -> int:
+    """Run ``config`` here with idle onramps, replay ``job`` through it, drain; the daemon's exit code."""
+    from headrace.daemon.process import Daemon
+
+    rc = Daemon(config, replay=job).run()
+    if job.error is not None:
+        print(f"headrace replay: {job.error}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def run_replay(file: str, url: str, into: str | None, where: str | None, rate: float | None, dry_run: bool,
+               token_file: str | None = None, config: str | None = None) -> int:  # fmt: skip
     try:
         test = compile_expr(where, ("event", "meta")) if where else None
     except ExpressionError as exc:
         print(f"headrace replay: --where: {exc}", file=sys.stderr)
+        return 2
+    if rate is not None and rate <= 0:
+        print("headrace replay: --rate: give a number of records a second above 0", file=sys.stderr)
         return 2
     if file.startswith("kafka://"):
         try:
@@ -117,28 +159,11 @@ def run_replay(file: str, url: str, into: str | None, where: str | None, rate: f
                 chosen.append(item)
         except Exception:  # an expression that raises on a record: that record is not chosen
             pass
-    totals: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    step = CHUNK if rate is None else max(1, min(CHUNK, int(rate)))
-    endpoint = base_url(url)
-    t0 = time.monotonic()
-    for k in range(0, len(chosen), step):
-        chunk = chosen[k : k + step]
-        try:
-            result = _post(endpoint, {"into": into, "dry_run": dry_run, "records": chunk})
-        except (urllib.error.URLError, OSError) as exc:
-            print(f"headrace replay: cannot reach a headrace daemon at {endpoint}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-            return 1
-        if "error" in result:
-            print(f"headrace replay: {result['error']}", file=sys.stderr)
-            return 1
-        for name in ("redelivered", "would_replay", "failed", "skipped", "invalid"):
-            totals[name] += int(result.get(name, 0))
-        reasons.update(result.get("reasons", {}))
-        if rate is not None:  # pace: the next chunk when this one's share of time has passed
-            wait = (k + len(chunk)) / rate - (time.monotonic() - t0)
-            if wait > 0:
-                time.sleep(wait)
+    job = Job(chosen, into, rate, dry_run, CHUNK)
+    rc = _one_shot(job, config) if config is not None else _through_daemon(job, url, token_file)
+    if rc != 0:
+        return rc
+    totals, reasons = job.totals, job.reasons
     first = f"would replay {totals['would_replay']}" if dry_run else f"re-delivered {totals['redelivered']}"
     print(f"headrace replay: {first}, failed again {totals['failed']}, skipped {totals['skipped']} (replayed before); "
           f"{len(letters) - len(chosen)} not chosen by --where, {bad + totals['invalid']} not dead letters")  # fmt: skip

@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from headrace.cli.top import base_url
+from headrace.cli.top import admin_headers, base_url
 
 
 def every_of(sample: str) -> int:
@@ -24,7 +24,7 @@ def every_of(sample: str) -> int:
 
 
 def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | None, with_meta: bool, fmt: str,
-            record: str | None = None, max_rate: float | None = None) -> int:  # fmt: skip
+            record: str | None = None, max_rate: float | None = None, token_file: str | None = None) -> int:  # fmt: skip
     component, _, port = target.partition("/")
     if record is not None:
         with_meta = True  # a recorded case keeps each event's meta
@@ -44,7 +44,12 @@ def run_tap(url: str, target: str, sample: str, limit: int | None, where: str | 
         query["max_rate"] = max_rate
     endpoint = f"{base_url(url)}/tap?{urllib.parse.urlencode(query)}"
     try:
-        resp = urllib.request.urlopen(endpoint, timeout=None)
+        headers = admin_headers(token_file)
+    except OSError as exc:
+        print(f"headrace tap: --token-file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(endpoint, headers=headers), timeout=None)
     except urllib.error.HTTPError as exc:
         try:
             why = json.loads(exc.read()).get("error", "")

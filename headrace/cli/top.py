@@ -39,6 +39,19 @@ class Snapshot:
     taken: float = field(default_factory=time.time)
 
 
+def admin_headers(token_file: str | None = None) -> dict[str, str]:
+    """``Authorization: Bearer`` for an admin endpoint with ``daemon.metrics.token``: the content of
+    ``token_file``, else ``$HEADRACE_TOKEN``; none when neither is given. ``OSError``: unreadable file."""
+    import os
+
+    if token_file is not None:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    else:
+        token = os.environ.get("HEADRACE_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def base_url(url: str) -> str:
     """``host:port``, ``http://host:port`` or a full endpoint URL -> ``http://host:port``."""
     url = url.strip().rstrip("/")

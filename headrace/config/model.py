@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from headrace.config.schema_types import text_or
 from headrace.contract.units import Duration, Size, parse_size
@@ -31,6 +31,19 @@ class MetricsConfig(Strict):
         "always allowed: the listen address, loopback names when it is on loopback, any address and the hostname when it is "
         "0.0.0.0 or ::. Other names get 403 (DNS rebinding); \"*\" allows any. Read at start, like listen",
     )
+    token: str | None = Field(None, description="a secret that POST /reload, GET /tap and POST /replay then need as "
+                              "`Authorization: Bearer TOKEN` (the CLI sends $HEADRACE_TOKEN or --token-file); with one, tap and replay "
+                              "also work on an endpoint that is not on loopback. Use ${VAR} to keep it out of the file. Read at start")
+    token_file: str | None = Field(None, description="read the token from this file instead (relative to the config file's folder; "
+                                   "e.g. a systemd credential: ${CREDENTIALS_DIRECTORY}/admin-token); surrounding whitespace is ignored")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> MetricsConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if self.token is not None and len(self.token.strip()) < 16:
+            raise ValueError("token: at least 16 characters (a secret that cannot be guessed)")
+        return self
 
 
 class ErrorBudgetConfig(Strict):

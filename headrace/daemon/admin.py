@@ -10,14 +10,22 @@ Exposure: a request whose ``Host`` is not a name of this endpoint (DNS rebinding
 carries a foreign ``Origin`` (a web page's script) gets 403; ``POST /reload`` also needs
 ``Content-Type: application/json``, which a cross-site form cannot send (CSRF) and a
 cross-site script can only send after a CORS preflight that this server never grants.
+
+With ``daemon.metrics.token`` (or ``token_file``) set, ``POST /reload``, ``GET /tap`` and
+``POST /replay`` need ``Authorization: Bearer TOKEN`` (401 otherwise; compared in constant
+time), and tap and replay then also answer on an endpoint that is not on loopback. Without a
+token they answer only on loopback. /metrics, /health, /ready and /status stay open: they are
+what Prometheus and a load balancer read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -34,19 +42,33 @@ from headrace.runtime.tap import MAX_RATE, Tap
 log = logging.getLogger("headrace.admin")
 
 INLINE_RENDER_S = 0.002
+GUARDED = frozenset({"/reload", "/tap", "/replay"})  # what needs the token when one is set
 WRITE_EVERY = 0.05  # a tap's stream is written at most this often (each write of aiohttp's chunked stream costs ~10 us)
+
+
+def admin_token(cfg: Any, base_dir: Path) -> str | None:
+    """``daemon.metrics.token``, or the content of ``token_file`` (``OSError`` when unreadable or too short)."""
+    if cfg.token_file is None:
+        return str(cfg.token) if cfg.token else None
+    path: Path = base_dir / cfg.token_file
+    text = path.read_text(encoding="utf-8").strip()
+    if len(text) < 16:
+        raise OSError(f"{path}: a token of at least 16 characters is needed, it holds {len(text)}")
+    return text
 
 
 class AdminServer:
     def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
                  reload: Callable[[], Awaitable[dict[str, Any]]], allowed_hosts: tuple[str, ...] = (),
                  tap: Callable[[Tap], Callable[[], None]] | None = None, codec_maker: Callable[[str], Codec] | None = None,
-                 replay: Callable[[str | None, list[Any], bool], Awaitable[dict[str, Any]]] | None = None) -> None:  # fmt: skip
+                 replay: Callable[[str | None, list[Any], bool], Awaitable[dict[str, Any]]] | None = None,
+                 token: str | None = None) -> None:  # fmt: skip
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self.port = int(port)
         self.allowed = AllowedHosts(self.host, self.port, allowed_hosts)
         self.refused = 0
+        self.token = token.strip().encode() if token else None  # needed by /reload, /tap and /replay when set
         self.log_due = LogEvery()
         self.metrics = metrics
         self.ready = ready
@@ -93,7 +115,21 @@ class AdminServer:
             return self._refuse(request, 403, f"cross-origin requests are refused (Origin {origin!r})")
         if request.method == "POST" and request.content_type != "application/json":
             return self._refuse(request, 415, f"POST {request.path} needs Content-Type: application/json")
+        if self.token is not None and request.path in GUARDED:
+            given = request.headers.get("Authorization", "")
+            scheme, _, secret = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(secret.strip().encode(), self.token):
+                resp = self._refuse(request, 401, f"{request.path} needs Authorization: Bearer TOKEN (daemon.metrics.token; "
+                                                  "the CLI sends $HEADRACE_TOKEN or --token-file)")  # fmt: skip
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="headrace"'
+                return resp
         return await handler(request)
+
+    def _private(self, request: web.Request, what: str) -> web.Response | None:
+        """Event data (tap) and injection (replay): on loopback, or anywhere once a token is needed; else 403."""
+        if self.allowed.loopback or self.token is not None:
+            return None
+        return self._refuse(request, 403, f"{what}: only on a loopback admin endpoint (daemon.metrics.listen), or with daemon.metrics.token set")
 
     def _render(self) -> bytes:
         t0 = time.thread_time()  # CPU, not wall: a render preempted by a busy machine stays inline
@@ -123,8 +159,8 @@ class AdminServer:
         ``{"tap_end": ...}`` says how many passed, were sampled and were dropped."""
         if self.tap is None:
             return web.json_response({"error": "no running graph"}, status=404)
-        if not self.allowed.loopback:
-            return self._refuse(request, 403, "tap shows event data: only on a loopback admin endpoint (daemon.metrics.listen)")
+        if (refused := self._private(request, "tap shows event data")) is not None:
+            return refused
         q = request.query
         try:
             component, port = q["component"], q.get("port") or "out"
@@ -166,8 +202,8 @@ class AdminServer:
         (see ``headrace.runtime.replay``), once every replayed record was delivered."""
         if self.replay is None:
             return web.json_response({"error": "no running graph"}, status=404)
-        if not self.allowed.loopback:
-            return self._refuse(request, 403, "replay injects events: only on a loopback admin endpoint (daemon.metrics.listen)")
+        if (refused := self._private(request, "replay injects events")) is not None:
+            return refused
         try:
             body = await request.json()
             records = body["records"]

@@ -26,6 +26,7 @@ from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.starting import StartFailed, describe
 
 if TYPE_CHECKING:
+    from headrace.runtime.replay import Job as ReplayJob
     from headrace.runtime.workers.pool import WorkerPool
 
 log = logging.getLogger("headrace.daemon")
@@ -47,8 +48,9 @@ LIVE_DAEMON_SETTINGS = frozenset({"shutdown_timeout", "start_timeout", "stage_ti
 
 
 class Daemon:
-    def __init__(self, config_path: str, watch: bool = False, early: list[str] | None = None) -> None:
+    def __init__(self, config_path: str, watch: bool = False, early: list[str] | None = None, replay: ReplayJob | None = None) -> None:
         self.early = early if early is not None else record_early_signals()
+        self.replay_job = replay  # a one-shot replay (headrace replay --config): no admin endpoint, onramps idle, exit when sent
         self.config_path = Path(config_path)
         self.watch = watch
         self.metrics = Metrics()
@@ -110,11 +112,16 @@ class Daemon:
         admin = None
         try:
             listen = self.graph.daemon.metrics.listen
-            if listen:
-                from headrace.daemon.admin import AdminServer
+            if listen and self.replay_job is None:
+                from headrace.daemon.admin import AdminServer, admin_token
 
+                try:
+                    token = admin_token(self.graph.daemon.metrics, self.graph.base_dir)
+                except OSError as exc:
+                    log.error("cannot start: daemon.metrics.token_file: %s", exc)
+                    return EX_CONFIG
                 admin = AdminServer(listen, self.metrics, self._ready, self._status, self._reload_request,
-                                    tuple(self.graph.daemon.metrics.allowed_hosts), self._tap, self._codec, self._replay)  # fmt: skip
+                                    tuple(self.graph.daemon.metrics.allowed_hosts), self._tap, self._codec, self._replay, token)  # fmt: skip
                 try:
                     await admin.start()
                 except OSError as exc:
@@ -122,7 +129,8 @@ class Daemon:
                     return EX_FAIL
             if self.pool is not None:
                 await self.pool.attach()
-            self.engine = Engine(self.graph, self.metrics, guard, self.request_stop, self.pool, on_failure=self._component_failed)
+            self.engine = Engine(self.graph, self.metrics, guard, self.request_stop, self.pool, on_failure=self._component_failed,
+                                 idle_onramps=self.replay_job is not None)  # fmt: skip
             if not await self._start():
                 return self.exit_code
             log.info("running %s: %d onramp(s), %d node(s), %d offramp(s)%s", self.config_path.name,
@@ -134,8 +142,10 @@ class Daemon:
             background.append(asyncio.create_task(run_sampler(self)))
             background.append(asyncio.create_task(self._watch_memory()))
             background.append(asyncio.create_task(self._heartbeat()))
-            if self.watch:
+            if self.watch and self.replay_job is None:
                 background.append(asyncio.create_task(self._watch()))
+            if self.replay_job is not None:
+                background.append(asyncio.create_task(self._one_shot(self.replay_job)))
             await self._serve()
         finally:
             for t in background:
@@ -263,6 +273,26 @@ class Daemon:
         self.request_stop()
 
     # -- hooks -------------------------------------------------------------------------------
+    async def _one_shot(self, job: ReplayJob) -> None:
+        """``headrace replay --config``: send the job's records through the graph, then drain and exit."""
+        assert self.engine is not None
+        try:
+            t0 = time.monotonic()
+            for due, chunk in job.chunks():
+                wait = due - (time.monotonic() - t0)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                result = await self.engine.replay(job.into, chunk, job.dry_run)
+                if "error" in result:
+                    job.error = str(result["error"])
+                    break
+                job.add(result)
+        except Exception as exc:  # a bug: the report must not claim the rest was sent
+            log.exception("replay failed")
+            job.error = f"replay failed: {exc!r}"
+        finally:
+            self.request_stop()
+
     def request_stop(self) -> None:
         if not self.stop_requested:
             self.stop_requested = True

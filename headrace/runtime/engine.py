@@ -42,8 +42,9 @@ log = logging.getLogger("headrace.engine")
 
 class Engine:
     def __init__(self, graph: Graph, metrics: Metrics, guard: LoopGuard, request_stop: Callable[[], None], pool: Any = None,
-                 on_failure: Callable[[str, BaseException], None] | None = None) -> None:  # fmt: skip
+                 on_failure: Callable[[str, BaseException], None] | None = None, idle_onramps: bool = False) -> None:  # fmt: skip
         self.graph = graph
+        self.idle_onramps = idle_onramps  # a one-shot replay: onramps read nothing (their outputs take the replayed records)
         self.metrics = metrics
         self.guard = guard
         self.pool = pool

@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from headrace.contract.source import Onramp, OnrampSink
+
 PENDING: dict[str, ReplayRun] = {}  # key -> the run waiting for it: an err port it reaches notes the failure (Router)
 LEDGER = "replayed.keys"
 
@@ -114,3 +116,38 @@ def report(keys_by_token: dict[int, list[str]], run: ReplayRun, skipped: int, un
         reasons[why] += n
     return {"redelivered": len(redelivered), "failed": sum(reasons.values()), "skipped": skipped, "invalid": invalid,
             "reasons": dict(reasons.most_common()), "keys": redelivered}  # fmt: skip
+
+
+class IdleOnramp(Onramp):
+    """Stands in for every onramp of a one-shot replay (``headrace replay --config``): reads nothing
+    and runs until the drain, so that replayed records are the only ones the graph sees."""
+
+    name = "(replay)"
+
+    async def run(self, sink: OnrampSink) -> None:
+        await asyncio.Event().wait()
+
+
+class Job:
+    """A one-shot replay run by the daemon (``Daemon(replay=...)``): the chosen dead letters, sent
+    in chunks at ``rate``; ``totals`` and ``reasons`` are the report once it ran."""
+
+    def __init__(self, letters: list[Any], into: str | None, rate: float | None, dry_run: bool, chunk: int = 500) -> None:
+        self.letters = letters
+        self.into = into
+        self.rate = rate
+        self.dry_run = dry_run
+        self.chunk = chunk
+        self.totals: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.error: str | None = None
+
+    def chunks(self) -> list[tuple[float, list[Any]]]:
+        """(seconds after the start when it may go, records) of each request."""
+        step = self.chunk if self.rate is None else max(1, min(self.chunk, int(self.rate)))
+        return [(k / self.rate if self.rate else 0.0, self.letters[k : k + step]) for k in range(0, len(self.letters), step)]
+
+    def add(self, result: dict[str, Any]) -> None:
+        for name in ("redelivered", "would_replay", "failed", "skipped", "invalid"):
+            self.totals[name] += int(result.get(name, 0))
+        self.reasons.update(result.get("reasons", {}))

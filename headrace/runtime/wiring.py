@@ -107,7 +107,12 @@ def _operator(e: Engine, c: ComponentSpec, g: Graph) -> Operator:
     return op
 
 def _onramp(e: Engine, c: ComponentSpec, g: Graph) -> tuple[Onramp, list[Preprocessor]]:
-    plugin: Onramp = registry.load("onramps", c.plugin)(c.config, e.context(c.id, g))
+    if e.idle_onramps:
+        from headrace.runtime.replay import IdleOnramp
+
+        plugin: Onramp = IdleOnramp(c.config, e.context(c.id, g))
+    else:
+        plugin = registry.load("onramps", c.plugin)(c.config, e.context(c.id, g))
     return plugin, [registry.load("preprocessors", p.name)(p.config) for p in c.processors]
 
 def _offramp(e: Engine, c: ComponentSpec, g: Graph) -> tuple[Offramp, list[Postprocessor]]:

@@ -85,6 +85,40 @@ def test_replay_redelivers_the_fixed_dead_letters_once_and_reports_the_rest(tmp_
         assert d.stop() == 0, d.stderr()
 
 
+def test_replay_with_no_daemon_running_runs_the_config_once_and_exits(tmp_path: Path, write: Any) -> None:
+    import socket
+
+    port = free_port()
+    write("stages.py", BROKEN)
+    write("in.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(30)))
+    cfg = write("c.yaml", CONFIG.format(port=port, workers=1, stages='{op: python, fn: "stages:picky"}'))
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(json_lines(tmp_path / "dlq.ndjson")) == 10 and len(json_lines(tmp_path / "out.ndjson")) == 20, timeout=30)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    letters = tmp_path / "letters.ndjson"
+    letters.write_text((tmp_path / "dlq.ndjson").read_text())
+    write("stages.py", FIXED)
+    (tmp_path / "in.ndjson").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(100, 105)))  # a new file: not read
+    with socket.socket() as taken:  # the admin port is busy (say, the daemon came back): a one-shot run does not need it
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        dry = replay(str(letters), "--config", str(cfg), "--dry-run")
+        assert dry.returncode == 0 and "would replay 10, failed again 0, skipped 0" in dry.stdout, dry
+        first = replay(str(letters), "--config", str(cfg), "--rate", "50")
+    assert first.returncode == 1, first  # one failed again
+    assert "re-delivered 9, failed again 1, skipped 0" in first.stdout and "1 x ValueError: nine is still refused" in first.stdout, first
+    assert sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson")) == [i for i in range(30) if i != 9], "its onramps read nothing"
+    again = json_lines(tmp_path / "dlq.ndjson")[10:]
+    assert [x["event"] for x in again] == [{"id": 9}] and again[0]["meta"]["error"]["message"] == "nine is still refused"
+    second = replay(str(letters), "--config", str(cfg))
+    assert "re-delivered 0, failed again 1, skipped 9 (replayed before)" in second.stdout, second
+    assert len(json_lines(tmp_path / "out.ndjson")) == 29, "nothing delivered twice"
+    bad = replay(str(letters), "--config", str(write("bad.yaml", "version: 1\nonramps: {x: {type: nope}}\n")))
+    assert bad.returncode == 78 and "nope" in bad.stderr, bad
+
+
 def test_replay_refuses_what_it_cannot_do(tmp_path: Path, write: Any) -> None:
     missing = replay(str(tmp_path / "nope.ndjson"))
     assert missing.returncode == 2 and "no file" in missing.stderr

@@ -21,19 +21,20 @@ def mark(event, meta):
 """
 
 
-def _daemon(tmp_path: Path, write: Any, workers: int) -> tuple[Daemon, int]:
+def _daemon(tmp_path: Path, write: Any, workers: int, token: str | None = None) -> tuple[Daemon, int]:
     write("tapstages.py", STAGES)
     write("src.ndjson", "".join(json.dumps({"id": i}) + "\n" for i in range(100)))
     port = free_port()
+    secret = ', token: "${ADMIN_TOKEN}"' if token else ""
     cfg = write("c.yaml", f"""
 version: 1
-daemon: {{workers: {workers}, metrics: {{listen: "127.0.0.1:{port}"}}}}
+daemon: {{workers: {workers}, metrics: {{listen: "127.0.0.1:{port}"{secret}}}}}
 onramps: {{src: {{type: blaster, config: {{source: src.ndjson, batch: 20}}}}}}
 pipelines: {{main: [{{op: python, fn: "tapstages:keep"}}, {{op: python, fn: "tapstages:mark"}}]}}
 offramps: {{out: {{type: blackhole}}}}
 links: {{src: [main], main: [out]}}
 """)
-    d = Daemon(cfg)
+    d = Daemon(cfg, env={"ADMIN_TOKEN": token} if token else None)
     d.wait_for(lambda: _sent(port) > 0, timeout=30)
     return d, port
 
@@ -106,6 +107,22 @@ def test_on_the_loop_the_same_ports_can_be_tapped(tmp_path: Path, write: Any) ->
         d.stop()
     res = headrace("test", str(tmp_path / "c.yaml"), timeout=60)
     assert res.returncode == 0 and "recorded from main.mark/out" in res.stdout.decode(), res.stdout.decode() + res.stderr.decode()
+
+
+def test_with_a_token_tap_needs_it_from_the_environment_or_a_file(tmp_path: Path, write: Any) -> None:
+    secret = "tap-token-abcdefghijklmnop"
+    d, port = _daemon(tmp_path, write, workers=0, token=secret)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        res = headrace("tap", url, "src", "--limit", "2", timeout=30, env={"HEADRACE_TOKEN": ""})
+        assert res.returncode == 1 and "needs Authorization: Bearer TOKEN" in res.stderr.decode(), res.stderr.decode()
+        res = headrace("tap", url, "src", "--limit", "2", timeout=30, env={"HEADRACE_TOKEN": secret})
+        assert res.returncode == 0 and len(_lines(res)) == 2, res.stderr.decode()
+        token_file = write("token", secret + "\n")
+        res = headrace("tap", url, "src", "--limit", "2", "--token-file", str(token_file), timeout=30, env={"HEADRACE_TOKEN": ""})
+        assert res.returncode == 0 and len(_lines(res)) == 2, res.stderr.decode()
+    finally:
+        d.stop()
 
 
 def test_tap_says_so_when_no_daemon_answers() -> None:

@@ -153,7 +153,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "2:20: unknown key 'listn' in daemon.metrics: did you mean 'listen'? (expected one of: allowed_hosts, listen)",
+            "2:20: unknown key 'listn' in daemon.metrics: did you mean 'listen'? (expected one of: allowed_hosts, listen, token, token_file)",
         ],
         id="unknown_metrics",
     ),

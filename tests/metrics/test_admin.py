@@ -68,12 +68,20 @@ class Calls:
         return {"ok": True}
 
 
-def _requests(cases: list[tuple[str, str, dict[str, str]]], allowed_hosts: tuple[str, ...] = ()) -> tuple[list[int], int]:
-    """Send each (method, path, headers) to a real admin server on loopback; the statuses and the reloads it ran."""
+def _no_such_component(tap: Any) -> Any:
+    raise ValueError("no component")
+
+
+def _requests(cases: list[tuple[str, str, dict[str, str]]], allowed_hosts: tuple[str, ...] = (), token: str | None = None,
+              loopback: bool = True) -> tuple[list[int], int]:  # fmt: skip
+    """Send each (method, path, headers) to a real admin server on loopback; the statuses and the reloads it ran.
+    ``loopback=False``: the server judges requests as one listening on another interface would (tests bind loopback only)."""
     calls = Calls()
 
     async def scenario() -> list[int]:
-        server = admin.AdminServer(f"127.0.0.1:{free_port()}", Metrics(), lambda: True, dict, calls.reload, allowed_hosts)
+        server = admin.AdminServer(f"127.0.0.1:{free_port()}", Metrics(), lambda: True, dict, calls.reload, allowed_hosts,
+                                   tap=_no_such_component, token=token)  # fmt: skip
+        server.allowed.loopback = loopback
         await server.start()
         statuses = []
         try:
@@ -153,3 +161,51 @@ def test_host_header_parsing() -> None:
     assert [host_name(h) for h in ("a.example:80", "A.Example", "[::1]:9898", "[::1]", "::1", "1.2.3.4:5")] == [
         "a.example", "a.example", "::1", "::1", "::1", "1.2.3.4",
     ]  # fmt: skip
+
+
+TOKEN = "s3cret-token-0123456789"
+
+
+def test_a_token_guards_reload_tap_and_replay_and_leaves_scrapes_open() -> None:
+    json_ct = {"Content-Type": "application/json"}
+    statuses, reloads = _requests([
+        ("POST", "/reload", json_ct),
+        ("POST", "/reload", {**json_ct, "Authorization": "Bearer wrong-token-0123456789"}),
+        ("POST", "/reload", {**json_ct, "Authorization": f"Basic {TOKEN}"}),
+        ("GET", "/tap?component=x", {}),
+        ("POST", "/replay", json_ct),
+        ("GET", "/metrics", {}),
+        ("GET", "/ready", {}),
+        ("GET", "/status", {}),
+        ("POST", "/reload", {**json_ct, "Authorization": f"Bearer {TOKEN}"}),
+        ("GET", "/tap?component=x", {"Authorization": f"bearer {TOKEN}"}),
+    ], token=TOKEN)  # fmt: skip
+    assert statuses == [401, 401, 401, 401, 401, 200, 200, 200, 200, 422], "422: the tap got past the guard to its own checks"
+    assert reloads == 1
+
+
+def test_tap_and_replay_off_loopback_need_a_token() -> None:
+    statuses, _ = _requests([("GET", "/tap?component=x", {}), ("POST", "/replay", {"Content-Type": "application/json"})], loopback=False)
+    assert statuses == [403, 404], "tap refused off loopback; replay (none wired here) too would be, after its 404"
+    statuses, _ = _requests([("GET", "/tap?component=x", {"Authorization": f"Bearer {TOKEN}"})], loopback=False, token=TOKEN)
+    assert statuses == [422]
+    statuses, _ = _requests([("GET", "/tap?component=x", {})], loopback=True)
+    assert statuses == [422], "on loopback without a token, as before"
+
+
+def test_a_token_must_be_long_and_given_once(tmp_path: Any) -> None:
+    from pydantic import ValidationError
+
+    from headrace.config.model import MetricsConfig
+
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        MetricsConfig(token="short")
+    with pytest.raises(ValidationError, match="not both"):
+        MetricsConfig(token=TOKEN, token_file="t")
+    (tmp_path / "t").write_text(TOKEN + "\n")
+    assert admin.admin_token(MetricsConfig(token_file="t"), tmp_path) == TOKEN
+    (tmp_path / "short").write_text("abc")
+    with pytest.raises(OSError, match="at least 16"):
+        admin.admin_token(MetricsConfig(token_file="short"), tmp_path)
+    with pytest.raises(OSError):
+        admin.admin_token(MetricsConfig(token_file="missing"), tmp_path)
