@@ -340,7 +340,7 @@ class Daemon:
 
     async def _watch_memory(self) -> None:
         """``daemon.memory`` (see ``headrace.daemon.memory``); the gauges are kept without it too."""
-        from headrace.daemon.memory import INTERVAL, MemoryWatch
+        from headrace.daemon.memory import MemoryWatch
 
         assert self.graph is not None
         watch = MemoryWatch(self.graph.daemon.memory, self.metrics, self._processes, self._memory_pause, self._memory_resume,
@@ -350,7 +350,7 @@ class Daemon:
                 watch.sample()
             except Exception:  # a failed read of /proc must not stop the daemon
                 log.exception("memory watch failed")
-            await asyncio.sleep(INTERVAL)
+            await asyncio.sleep(watch.interval)
 
     def _tap(self, tap: Any) -> Any:
         if self.engine is None:

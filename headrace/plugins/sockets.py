@@ -167,6 +167,10 @@ class StreamOnramp(Onramp):
             await self.sink_set.wait()  # a connection between start and run waits for the graph
             assert self.sink is not None
             await self._pump(reader, self.sink.stream(), self.peer_meta(writer))
+        except asyncio.CancelledError:
+            # the stop closes every connection: end here, since Python 3.11's stream server logs a
+            # cancelled handler as an error with a traceback (its callback calls task.exception())
+            return
         finally:
             self.conns.discard(task)
             self.writers.discard(writer)

@@ -85,6 +85,9 @@ class OfframpRunner(Runner):
         self.started = False  # the plugin's start() returned (the engine starts it before ``run``)
         self.latency = metrics["headrace_event_latency_seconds"].labels(spec.id)
         self.retry = RetryState(spec.id, spec.retry, metrics)
+        # encoded bytes per event of recent writes: what a batch of events a stage changed (counted
+        # at 64 bytes each until encoded) really weighs, so that a joined write stays near COALESCE_BYTES
+        self.event_bytes = 64.0
         self.taps: dict[str, list[Tap]] = {}  # "in": live taps of what this offramp is given
         self.framing: SelfFraming | None = None
         if plugin.frames_itself:  # it gets one record per event and frames groups of them itself
@@ -253,14 +256,15 @@ class OfframpRunner(Runner):
     def coalesce(self, batch: Batch, limit: int) -> Batch:
         """Join the batches queued behind ``batch`` (same codec and origin) into one write."""
         parts = [batch]
-        total, nbytes = len(batch), batch.nbytes
+        per = self.event_bytes
+        total, nbytes = len(batch), max(batch.nbytes, len(batch) * per)
         while total < limit and nbytes < COALESCE_BYTES:
             nxt = self.inbox.peek()
             if nxt is None or len(nxt) + total > limit or not joinable(batch, nxt):
                 break
             parts.append(self.inbox.take())
             total += len(nxt)
-            nbytes += nxt.nbytes
+            nbytes += max(nxt.nbytes, len(nxt) * per)
         return parts[0] if len(parts) == 1 else join(parts)
 
     async def prepare(self, batch: Batch) -> tuple[Batch, list[bytes]] | None:
@@ -274,6 +278,11 @@ class OfframpRunner(Runner):
             if not len(batch):
                 return None
         records, bad = self.encode(batch)
+        if records and len(records) == len(batch):
+            try:
+                self.event_bytes = 0.5 * self.event_bytes + 0.5 * sum(map(len, records)) / len(records)
+            except TypeError:  # not all bytes (a plugin's own records): keep the last estimate
+                pass
         if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason
             log.error("offramp %s: %d event(s) could not be encoded: %s", self.spec.id, len(bad), bad[0][1])
             batch, records = await self.reject(batch, records, bad, unencoded=True)

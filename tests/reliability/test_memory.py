@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from headrace.config.model import MemoryConfig
 from headrace.daemon.memory import MemoryWatch
 from headrace.metrics.defs import Metrics
@@ -128,3 +130,110 @@ def test_the_limit_is_the_cgroups_v2_or_v1_else_the_machines(tmp_path: Path) -> 
     (root / "memory" / "process_api" / "abc" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "unlimited"
     assert limit_bytes(procs, root) == machine
     assert limit_bytes(tmp_path / "absent", root) == machine
+
+
+GROW = '''
+def grow(event, meta):
+    event["pad"] = "x" * (50 * len(event["body"]))  # each event 50x larger
+    return event
+'''
+
+
+class _Flow:
+    """Numbered ~650-byte records into a tcp onramp; a tcp sink that reads nothing until ``go``."""
+
+    def __init__(self, n: int) -> None:
+        import socket
+        import threading
+
+        self.n = n
+        self.sent = 0
+        self.got: set[int] = set()
+        self.go = threading.Event()
+        self.sink = socket.socket()
+        self.sink.bind(("127.0.0.1", 0))
+        self.sink.listen()
+        self.port = self.sink.getsockname()[1]
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        conn, _ = self.sink.accept()
+        self.go.wait()
+        buf = b""
+        with conn:
+            while data := conn.recv(1 << 20):
+                *lines, buf = (buf + data).split(b"\n")
+                self.got.update(json.loads(line)["seq"] for line in lines)
+
+    def write(self, port: int, alive: Any) -> None:
+        import socket
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                w = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and alive(), "the onramp never listened"
+                time.sleep(0.05)
+        w.settimeout(None)  # whole lines only: a paused onramp stops reading and this blocks (the daemon slows the sender down)
+        body = "y" * 600
+        with w:
+            while self.sent < self.n:
+                try:
+                    w.sendall((json.dumps({"seq": self.sent, "body": body}) + "\n").encode())
+                except OSError:
+                    return  # the daemon died
+                self.sent += 1
+
+
+def _grow_config(write: Any, port: int, src: int, out: int, memory: str) -> Path:
+    write("growstages.py", GROW)
+    return write("grow.yaml", f"""
+version: 1
+daemon: {{workers: 0, queue_events: 100000, queue_bytes: 1GiB, metrics: {{listen: "127.0.0.1:{port}"}}{memory}}}
+onramps: {{src: {{type: tcp, codec: json, config: {{port: {src}}}}}}}
+pipelines: {{main: [{{op: python, fn: "growstages:grow"}}]}}
+offramps: {{out: {{type: tcp, codec: json, config: {{port: {out}}}}}}}
+links: {{src: [main], main: [out]}}
+""")
+
+
+@pytest.mark.slow
+def test_a_stage_making_events_50x_larger_under_a_300mib_cgroup_is_killed_without_the_budget_and_survives_with_it(
+        tmp_path: Path, write: Any) -> None:  # fmt: skip
+    """Queue bounds far too generous for the box (1 GiB) and a sink that reads nothing for a while:
+    without daemon.memory the kernel kills the daemon; with it the sources pause (the sender is
+    slowed down by TCP), the daemon lives, and every record sent arrives once the sink reads."""
+    import threading
+
+    from tests.support.cgroup import joiner, memory_cgroup, oom_kills
+
+    n = 20000  # 20,000 x 31 KB grown: about twice the limit
+    with memory_cgroup(300 << 20) as cg:
+        flow, src = _Flow(n), free_port()
+        d = Daemon(_grow_config(write, free_port(), src, flow.port, ""), preexec=joiner(cg))
+        try:
+            threading.Thread(target=flow.write, args=(src, lambda: d.proc.poll() is None), daemon=True).start()
+            rc = d.wait(timeout=60)  # the writer sends until the daemon dies (or all are in socket buffers)
+        finally:
+            d.stop()
+        assert rc == -9 and oom_kills(cg) > 0, f"without the budget the kernel kills it: rc {rc}, sent {flow.sent}\n{d.stderr()[-2000:]}"
+    with memory_cgroup(300 << 20) as cg:
+        flow, src = _Flow(n), free_port()
+        d = Daemon(_grow_config(write, free_port(), src, flow.port, ", memory: {high: 50%, max: 65%}"), preexec=joiner(cg))
+        try:
+            writer = threading.Thread(target=flow.write, args=(src, lambda: d.proc.poll() is None), daemon=True)
+            writer.start()
+            d.wait_for(lambda: "pausing every source: resident memory" in d.stderr(), timeout=60)
+            flow.go.set()
+            writer.join(timeout=120)
+            assert flow.sent == n, f"sent only {flow.sent}"
+            d.wait_for(lambda: len(flow.got) == n, timeout=60)
+        finally:
+            rc = d.stop()
+        assert rc == 0 and flow.got == set(range(n)), f"rc {rc}, {n - len(flow.got)} missing\n{d.stderr()[-2000:]}"
+        assert "the sources read again" in d.stderr()
+        usage = cg / ("memory.max_usage_in_bytes" if (cg / "memory.max_usage_in_bytes").exists() else "memory.peak")
+        if usage.exists():
+            assert int(usage.read_text()) < 300 << 20

@@ -52,14 +52,14 @@ class Daemon:
     """A running ``headrace run`` subprocess; stopped by PID."""
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None, stdin: Any = subprocess.DEVNULL,
-                 run_args: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 run_args: tuple[str, ...] = (), preexec: Any = None) -> None:  # fmt: skip
         self.config = config
         self.stdout_path = config.parent / f"{config.stem}.stdout"
         self.stderr_path = config.parent / f"{config.stem}.stderr"
         self._out: IO[bytes] = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in wait()
         self._err: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([*HEADRACE, *extra, "run", *run_args, str(config)], cwd=config.parent, stdout=self._out, stderr=self._err,
-                                     stdin=stdin, env={**os.environ, **(env or {})})  # fmt: skip
+                                     stdin=stdin, env={**os.environ, **(env or {})}, preexec_fn=preexec)  # fmt: skip
         LIVE.append(self)
 
     @property
