@@ -112,6 +112,10 @@ class MetaColumns(Sequence[dict[str, Any]]):
     def materialize(self) -> list[dict[str, Any]]:
         return list(self)
 
+    def with_column(self, name: str, values: Sequence[Any]) -> MetaColumns:
+        """These metas and one more key, ``values`` one per record (a range stays a range)."""
+        return MetaColumns(self._n, [*self._fields, (name, COLUMN, values)])
+
     # -- moving ----------------------------------------------------------------------------------
     def take(self, idx: Sequence[int]) -> MetaColumns:
         """The metas of the records at ``idx`` (in that order, repeats allowed)."""

@@ -12,11 +12,16 @@ from headrace.contract.metas import Metas
 class OnrampSink(Protocol):
     """Where an onramp puts what it reads. Both methods wait while the graph is full."""
 
-    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None) -> None:
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None, line: int | None = None) -> int | None:
         """A piece of a byte stream, framed by the onramp's preprocessors. ``ack``: a token handed back
         to ``Onramp.ack`` once every record framed from ``data`` is done (at once when it framed to
         none). Meaningful only when ``data`` ends where a record ends (a newline, for ``lines``):
-        framing state carried into the next chunk is not covered by this one's token."""
+        framing state carried into the next chunk is not covered by this one's token. ``line``: the
+        number of the line the first record framed from ``data`` is (1 + the newlines before
+        ``data``); when the framing is plain ``lines`` and each newline of ``data`` ended one record,
+        the records get ``file_line`` in their meta (else none: never a wrong number). Returns how
+        many newlines the framing found in ``data`` when it is plain ``lines`` (else None), so the
+        caller can number the next chunk without counting them itself."""
 
     async def records(
         self, payloads: list[bytes], metas: Metas | None = None, ack: Any = None, group: Any = None,

@@ -6,7 +6,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from headrace.config.graph import ComponentSpec
@@ -34,6 +34,20 @@ def same_meta(meta: dict[str, Any], n: int) -> Metas:
     if all(isinstance(v, _SCALARS) for v in meta.values()):
         return MetaColumns(n, [(k, CONST, v) for k, v in meta.items()])
     return [dict(meta) for _ in range(n)]
+
+
+def _line_numbers(data: bytes, first: int, carried: bool, n: int, newlines: int) -> Sequence[int] | None:
+    """The line number of each of the ``n`` records ``lines`` framed from ``data`` (whose first line
+    is number ``first``; ``carried``: it began in an earlier chunk; ``newlines``: the framing found
+    that many): a range when every newline ended a record, else counted line by line (blank lines
+    are skipped by the framing). None when the count does not come out (never a wrong number)."""
+    if n == newlines:
+        return range(first, first + n)
+    numbers = []
+    for k, piece in enumerate(data.split(b"\n")[:-1]):
+        if (piece[:-1] if piece.endswith(b"\r") else piece) or (k == 0 and carried):  # what the framing keeps (a carried start: the line has bytes)
+            numbers.append(first + k)
+    return numbers if len(numbers) == n else None
 
 
 class OnrampRunner(Runner):
@@ -108,13 +122,22 @@ class OnrampRunner(Runner):
         while (i := self._pending()) >= 0:
             yield self._resume(i)
 
-    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None) -> None:
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None, line: int | None = None) -> int | None:
         self.stats.received_bytes.inc(len(data))
         ref = AckRef(1, ack, self.plugin.ack, self.plugin.fail) if ack is not None else None  # its own share until all is framed
+        lines_pre = self.pre[0] if self._plain_lines() else None
+        before = lines_pre.separators if lines_pre is not None else 0  # type: ignore[attr-defined]
+        numbered = line is not None and lines_pre is not None and not lines_pre.discarding  # type: ignore[attr-defined]  # (an over-long line)
+        carried = numbered and bool(lines_pre.buf)  # type: ignore[union-attr]  # a line begun in an earlier chunk
         for records, rejected in self._steps(data):  # the next step once the graph took the last one
-            await self._emit(records, rejected, meta, ref)
+            lines = None
+            if numbered and not rejected:
+                lines = _line_numbers(data, line, carried, len(records), lines_pre.separators - before)  # type: ignore[arg-type, union-attr]
+            await self._emit(records, rejected, meta, ref, lines)
+            numbered = False  # a further step (a decompressor's): not numbered
         if ref is not None:
             ref.done()
+        return lines_pre.separators - before if lines_pre is not None else None  # type: ignore[attr-defined]
 
     async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
         records, rejected = self._finish()
@@ -151,14 +174,21 @@ class OnrampRunner(Runner):
         yield from view._steps(data)
         yield view._finish()
 
+    def _plain_lines(self) -> bool:
+        """Framing is one ``lines`` preprocessor splitting at ``\\n``: a record per non-empty line."""
+        return len(self.pre) == 1 and hasattr(self.pre[0], "separators") and getattr(self.pre[0], "sep", None) == b"\n"
+
     async def _emit(self, records: list[bytes], rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None,
-                    ref: AckRef | None = None) -> None:  # fmt: skip
+                    ref: AckRef | None = None, lines: Sequence[int] | None = None) -> None:  # fmt: skip
         if rejected:
             await self.reject(rejected, meta)
         bs = self.batch_size
         for start in range(0, len(records), bs):
             part = records[start : start + bs]
-            await self._send(part, same_meta(meta, len(part)) if meta else None, None, None, ref=ref)
+            metas = same_meta(meta, len(part)) if meta else None
+            if lines is not None and isinstance(metas, MetaColumns):  # numbered lines: one more column
+                metas = metas.with_column("file_line", lines[start : start + len(part)])
+            await self._send(part, metas, None, None, ref=ref)
 
     async def reject(self, rejected: list[tuple[bytes, str]], meta: dict[str, Any] | None = None) -> None:
         self.stats.error("framing", len(rejected))

@@ -37,6 +37,8 @@ def record_key(event: Any, meta: dict[str, Any]) -> str:
     err: dict[str, Any] = found if isinstance(found, dict) else {}
     where: dict[str, Any] = {k: err.get(k) for k in ("origin", "at", "config", "stage", "type", "message")}
     where["kafka"] = [meta.get("kafka_topic"), meta.get("kafka_partition"), meta.get("kafka_offset")]
+    if "file_path" in meta:  # absent before files were named: keys of earlier replays stay the same
+        where["file"] = [meta.get("file_path"), meta.get("file_line")]
     blob = orjson.dumps({"where": where, "event": event}, option=orjson.OPT_SORT_KEYS, default=repr)
     return hashlib.sha256(blob).hexdigest()[:32]
 

@@ -29,7 +29,8 @@ def config_digest(signatures: dict[str, str]) -> str:
 def stamp(batch: Batch, provenance: dict[str, str]) -> None:
     """Add to each dead letter's ``meta.error`` where it came from, once (the first err port it
     reaches): ``origin`` (the onramp), ``at`` (UTC, ISO 8601), ``config`` (the digest of the
-    config that failed it) and, for a record read from Kafka, ``kafka: {topic, partition, offset}``."""
+    config that failed it) and, for a record read from Kafka, ``kafka: {topic, partition, offset}``;
+    from a file, ``file: {path, line}``."""
     if batch.metas is None:
         return
     at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -42,6 +43,8 @@ def stamp(batch: Batch, provenance: dict[str, str]) -> None:
             m["error"] = {**err, **extra}
             if "kafka_topic" in m:  # where in Kafka it was read: what a replay or a human looks up
                 m["error"]["kafka"] = {"topic": m["kafka_topic"], "partition": m.get("kafka_partition"), "offset": m.get("kafka_offset")}
+            elif "file_path" in m:  # the file and line (when counted) it was read from
+                m["error"]["file"] = {"path": m["file_path"], "line": m.get("file_line")}
             if "replayed" in m:  # a dead letter sent back in failed again: its replay learns why
                 replay.noted(m, err)
         metas.append(m)

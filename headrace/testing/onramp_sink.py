@@ -92,14 +92,16 @@ class CheckedSink:
         self.probe = probe
         self.runner = runner
 
-    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None) -> None:
+    async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None, line: int | None = None) -> int | None:
         self.probe.call("chunk")
         if not isinstance(data, bytes):
             self.probe.problem(f"chunk(): data must be bytes, got {type(data).__name__}")
         _check_meta(self.probe, meta, "chunk()")
+        if line is not None and (not isinstance(line, int) or isinstance(line, bool) or line < 1):
+            self.probe.problem(f"chunk(): line must be a line number (1 or more), got {line!r}")
         if ack is not None:
             self.probe.handed += 1
-        await self.runner.chunk(data, meta, ack)
+        return await self.runner.chunk(data, meta, ack, line)
 
     async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
         self.probe.call("end_of_stream")

@@ -119,6 +119,38 @@ def test_replay_with_no_daemon_running_runs_the_config_once_and_exits(tmp_path: 
     assert bad.returncode == 78 and "nope" in bad.stderr, bad
 
 
+def test_dead_letters_from_a_file_name_its_path_and_line_across_chunks_blank_lines_and_a_restart(tmp_path: Path, write: Any) -> None:
+    write("stages.py", BROKEN)
+    lines = []
+    for i in range(40):
+        lines.append(json.dumps({"id": i}) + ("\r" if i % 5 == 0 else ""))
+        if i % 11 == 0:
+            lines.append("")  # blank lines are skipped by the framing, and still counted
+    write("in.ndjson", "".join(line + "\n" for line in lines[:30]))
+    numbers = {json.loads(line)["id"]: k + 1 for k, line in enumerate(lines) if line}
+    port = free_port()
+    cfg = write("c.yaml", CONFIG.format(port=port, workers=1, stages='{op: python, fn: "stages:picky"}').replace(
+        "poll_interval: 50ms", "poll_interval: 50ms, read_size: 64, checkpoint_interval: 50ms"))  # fmt: skip
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(json_lines(tmp_path / "out.ndjson")) + len(json_lines(tmp_path / "dlq.ndjson")) == 27, timeout=30)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    with open(tmp_path / "in.ndjson", "a") as f:  # more lines while it is down: resumed after the checkpoint, still counted
+        f.write("".join(line + "\n" for line in lines[30:]))
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(json_lines(tmp_path / "dlq.ndjson")) == 14, timeout=30)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    path = str(tmp_path / "in.ndjson")
+    for letter in json_lines(tmp_path / "dlq.ndjson"):
+        i = letter["event"]["id"]
+        assert letter["meta"]["error"]["file"] == {"path": path, "line": numbers[i]}, letter
+        assert letter["meta"]["file_path"] == path and letter["meta"]["file_line"] == numbers[i]
+    assert sorted(x["event"]["id"] for x in json_lines(tmp_path / "dlq.ndjson")) == list(range(0, 40, 3))
+
+
 def test_replay_refuses_what_it_cannot_do(tmp_path: Path, write: Any) -> None:
     missing = replay(str(tmp_path / "nope.ndjson"))
     assert missing.returncode == 2 and "no file" in missing.stderr

@@ -6,6 +6,13 @@ daemon restarts; the file is recognised by device, inode and a hash of its first
 rotation by rename is followed and a truncated or replaced file is read from its start. A
 SIGKILL delivers again at most what was delivered in the last ``checkpoint_interval``. A file
 read once (no ``follow``) is read whole every run.
+
+Each record's meta holds ``file_path`` (the file it was read from: a rotated file's new name
+while its rest is read) and, with the default ``lines`` framing, ``file_line`` (its line number,
+blank lines counted; kept in the checkpoint, so a resumed file goes on counting). A dead letter
+carries both as ``error.file: {path, line}``. Where a number cannot be known (a file followed
+from its end, a checkpoint written before lines were counted, a line too long for the framing
+in the chunk) the record has no ``file_line``: never a wrong one.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def open_any(path: str) -> IO[bytes]:
 class FileOnramp(Onramp):
     name = "file"
     Config = FileOnrampConfig
-    summary = "read a file (plain, gzip or xz); follow: true tails it and follows rotation"
+    summary = "read a file (plain, gzip or xz); follow: true tails it and follows rotation; meta file_path, file_line"
     default_preprocessors = ("lines",)
     example = "{type: file, codec: json, config: {path: data/logs.ndjson}}"
 
@@ -73,6 +80,8 @@ class FileOnramp(Onramp):
         self.checkpoints = Checkpoints(folder / f"{context.component_id}.json" if folder is not None and self.checkpoint else None)
         self.progress: Progress | None = None
         self.carry = b""  # the bytes after the last newline read (checkpoints: handed on with their line)
+        self.reading = self.path  # the file being read (a rotated one is read to its end under its new name)
+        self.line: int | None = 1  # the number of the next line handed on (None: unknown, after a resume from an old checkpoint)
 
     def check(self) -> None:
         check_file_path("path", Path(self.path))
@@ -91,9 +100,12 @@ class FileOnramp(Onramp):
         if not self.cfg.follow:
             f = self.file or open_any(self.path)
             self.file = None
+            meta = {"file_path": self.path}
+            line: int | None = 1
             with f:
                 while chunk := f.read(self.cfg.read_size):
-                    await sink.chunk(chunk)
+                    found = await sink.chunk(chunk, meta, line=line)
+                    line = line + found if line is not None and found is not None else None  # the framing counted them
             return
         await self._follow(sink)
 
@@ -120,7 +132,11 @@ class FileOnramp(Onramp):
                     except FileNotFoundError:
                         await asyncio.sleep(self.cfg.poll_interval)
                         continue
+                    self.reading, self.line = self.path, 1
                     self.progress = self._resume(f, first) if self.checkpoint else None
+                    if first and not self.checkpoint and self.cfg.read_from == "end":
+                        f.seek(0, os.SEEK_END)
+                        self.line = None
                     first = False
                 chunk = f.read(self.cfg.read_size)
                 if chunk:
@@ -162,6 +178,7 @@ class FileOnramp(Onramp):
                          self.path, entry["offset"])  # fmt: skip
                 f.seek(entry["offset"])
                 self.carry = b""
+                self.reading, self.line = str(moved), entry.get("line")
                 self.progress = Progress(self.checkpoints, entry)
                 await self._finish(sink, f)
                 entry["path"] = str(moved)  # done with it: it is no longer the file at the path
@@ -180,20 +197,24 @@ class FileOnramp(Onramp):
         entry = self.checkpoints.find(f)
         if entry is not None:
             f.seek(entry["offset"])
+            self.line = entry.get("line")  # None: a checkpoint written before lines were counted
             log.info("file onramp %s: resuming %s at byte %d", self.context.component_id, self.path, entry["offset"])
         else:
-            entry = {**fingerprint(f), "path": self.path, "offset": 0}
+            entry = {**fingerprint(f), "path": self.path, "offset": 0, "line": 1}
             if first and self.cfg.read_from == "end":
                 entry["offset"] = f.seek(0, os.SEEK_END)
-            self.checkpoints.moved(entry, entry["offset"])
+                entry["line"] = self.line = None  # where "end" was is not counted in lines
+            self.checkpoints.moved(entry, entry["offset"], entry["line"])
         self.carry = b""
         return Progress(self.checkpoints, entry)
 
     async def _hand(self, sink: OnrampSink, data: bytes, end: int) -> None:
         """Hand on ``data`` (the file's bytes up to ``end``); with checkpoints, up to its last newline
         with a token for that offset (the rest waits for the next read)."""
+        meta = {"file_path": self.reading}
         if self.progress is None:
-            await sink.chunk(data)
+            found = await sink.chunk(data, meta, line=self.line)
+            self.line = self.line + found if self.line is not None and found is not None else None  # the framing counted them
             return
         buf = self.carry + data if self.carry else data
         cut = buf.rfind(b"\n") + 1
@@ -202,10 +223,14 @@ class FileOnramp(Onramp):
             return
         if not cut:  # a line longer than CARRY_MAX: handed on untracked (its framing bounds it)
             self.carry = b""
-            await sink.chunk(buf)
+            await sink.chunk(buf, meta)
+            self.line = None  # (the framing refuses it: where the count stands is not known)
             return
         self.carry = buf[cut:]
-        await sink.chunk(buf[:cut], ack=self.progress.handed(end - len(self.carry)))
+        line = self.line
+        if line is not None:  # counted here, not by the framing: the checkpoint's token holds the number before the chunk goes
+            self.line = line + buf.count(b"\n", 0, cut)
+        await sink.chunk(buf[:cut], meta, ack=self.progress.handed(end - len(self.carry), self.line), line=line)
 
     async def _save_every(self) -> None:
         while True:

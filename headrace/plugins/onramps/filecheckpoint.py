@@ -88,8 +88,9 @@ class Checkpoints:
             return None
         return None
 
-    def moved(self, entry: dict[str, Any], offset: int) -> None:
+    def moved(self, entry: dict[str, Any], offset: int, line: int | None) -> None:
         entry["offset"] = offset
+        entry["line"] = line  # the number of the line at offset (None: not known)
         if not self.files or self.files[-1] is not entry:  # most recently moved last; the oldest forgotten
             self.files = [*[e for e in self.files if e is not entry][-(MAX_FILES - 1) :], entry]
         self.dirty = True
@@ -113,11 +114,11 @@ class Progress:
     def __init__(self, checkpoints: Checkpoints, entry: dict[str, Any]) -> None:
         self.checkpoints = checkpoints
         self.entry = entry
-        self.chunks: deque[list[Any]] = deque()  # [end offset, done]
+        self.chunks: deque[list[Any]] = deque()  # [end offset, done, self, the number of the line at end]
 
-    def handed(self, end: int) -> list[Any]:
-        """A token for the chunk of this file that ends at byte ``end``."""
-        token = [end, False, self]
+    def handed(self, end: int, line: int | None = None) -> list[Any]:
+        """A token for the chunk of this file that ends at byte ``end`` (where line ``line`` begins)."""
+        token = [end, False, self, line]
         self.chunks.append(token)
         return token
 
@@ -125,6 +126,6 @@ class Progress:
         token[1] = True
         moved = None
         while self.chunks and self.chunks[0][1]:
-            moved = self.chunks.popleft()[0]
+            moved = self.chunks.popleft()
         if moved is not None:
-            self.checkpoints.moved(self.entry, moved)
+            self.checkpoints.moved(self.entry, moved[0], moved[3])

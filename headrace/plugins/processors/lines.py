@@ -30,6 +30,7 @@ class LinesPreprocessor(Preprocessor):
         self.discarding = False  # inside an over-long line: drop until the next separator
         self.tail = b""  # while discarding, with a separator of several bytes: the last bytes read, which may begin one
         self.sample = min(SAMPLE, self.max + 1)
+        self.separators = 0  # separators found so far (the runner numbers lines by it)
 
     def _emit(self, line: bytes, out: list[bytes]) -> None:
         if line.endswith(b"\r"):
@@ -52,10 +53,12 @@ class LinesPreprocessor(Preprocessor):
         elif len(sep) > 1 and self.discarding and self.tail:
             chunk = self.tail + chunk
         self.tail = b""
+        found = 0
         while True:
             idx = chunk.find(sep, start)
             if idx < 0:
                 break
+            found += 1
             if self.discarding:
                 self.discarding = False
             elif self.buf:
@@ -71,6 +74,7 @@ class LinesPreprocessor(Preprocessor):
             else:
                 self._emit(chunk[start:idx], out)
             start = idx + len(sep)
+        self.separators += found
         if start < len(chunk):
             if self.discarding:
                 self.tail = chunk[-(len(sep) - 1) :] if len(sep) > 1 else b""  # a separator may begin here
