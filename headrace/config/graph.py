@@ -37,6 +37,7 @@ class ComponentSpec:
     ordered: bool = True
     with_meta: bool = False  # an offramp writing each event as {event, meta}
     retry: Any = None  # an offramp's RetryConfig: when a failing write gives up (None: never)
+    buffer: Any = None  # an offramp's BufferConfig (None or type memory: its queue only)
 
 
 Edge = tuple[str, str]  # (component id, port)

@@ -138,12 +138,26 @@ class RetryConfig(Strict):
                                                                    "(checked after each failed write; none: no limit)")
 
 
+class BufferConfig(Strict):
+    type: Literal["memory", "disk"] = Field("memory", description="memory: the offramp's queue only (daemon.queue_events/queue_bytes); "
+                                                                  "disk: a write-ahead log under daemon.state_dir between the queue and the "
+                                                                  "sink (docs/delivery.md)")
+    max_bytes: Size = Field(1 << 30, ge=1 << 16, description="disk: the most its segment files may hold (e.g. 1GiB)")
+    when_full: Literal["block", "drop_newest"] = Field("block", description="disk, when max_bytes is reached: block (the queue waits: "
+                                                                            "backpressure) or drop_newest (new events are dropped and "
+                                                                            "counted; the other branches of a fan-out go on)")
+    sync_interval: Duration = Field(0.1, gt=0, description="disk: how often appended events are fsynced; upstream they count as done "
+                                                           "(a Kafka source commits them) once synced")
+
+
 class OfframpConfig(Strict):
     type: str = Field(description="offramp plugin name (see `headrace plugins`)")
     codec: str | ProcessorRef = Field("json", description="how events are encoded: a name, or {name: csv, header: [...], ...}")
     postprocessors: list[str | ProcessorRef] | None = Field(None, description="framing/compression; default depends on the offramp")
     config: dict[str, Any] = Field(default_factory=dict, description="plugin-specific settings")
     with_meta: bool = Field(False, description="write each event as {event, meta} (meta holds the error of err-port events)")
+    buffer: BufferConfig = Field(default_factory=lambda: BufferConfig(), description="what holds events between the offramp's queue and "
+                                 "its sink: memory (default) or a disk buffer")
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig(), description="bounds on retrying a failed write; default: retry "
                                                                                    "with backoff until it succeeds")
 

@@ -36,6 +36,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_event_latency_seconds", "histogram", "Time from ingest to offramp accept.", ("offramp",), LATENCY_BUCKETS),
     MetricDef("headrace_offramp_state", "gauge", "1 for the offramp's current state, 0 for the other: `ok` (its writes succeed, or none is due) "
               "or `retrying` (a write failed and waits for its next attempt).", ("offramp", "state")),
+    MetricDef("headrace_buffer_bytes", "gauge", "Bytes in an offramp's disk buffer (segment files not yet freed).", ("component_id",)),
+    MetricDef("headrace_buffer_events", "gauge", "Events in an offramp's disk buffer not yet written to its sink.", ("component_id",)),
+    MetricDef("headrace_buffer_dropped_events_total", "counter", "Events an offramp's disk buffer dropped (`when_full: drop_newest`).",
+              ("component_id", "reason")),
+    MetricDef("headrace_buffer_torn_total", "counter", "Torn or corrupt segment tails cut off when a disk buffer was opened "
+              "(a crash during a write).", ("component_id",)),
     MetricDef("headrace_offramp_backoff_seconds", "gauge", "The wait before the next attempt of the offramp's failing write; 0 when none fails.", ("offramp",)),
     MetricDef("headrace_error_budget_exceeded", "gauge", "1 once more than daemon.error_budget.ratio of an onramp's records went to err "
               "ports within the window: the onramp is paused (or the daemon stops) and its err records fail instead of being acked.",

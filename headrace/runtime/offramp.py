@@ -17,6 +17,7 @@ from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.errors import describe_exception, safe_repr, safe_str
 from headrace.metrics.defs import Metrics
 from headrace.runtime.batch import Batch, join, joinable
+from headrace.runtime.diskbuffer import DiskBuffer
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.records import check
 from headrace.runtime.retry import RetryState
@@ -89,6 +90,7 @@ class OfframpRunner(Runner):
         # at 64 bytes each until encoded) really weighs, so that a joined write stays near COALESCE_BYTES
         self.event_bytes = 64.0
         self.taps: dict[str, list[Tap]] = {}  # "in": live taps of what this offramp is given
+        self.buffer: DiskBuffer | None = None  # buffer: {type: disk} (set by the wiring)
         self.framing: SelfFraming | None = None
         if plugin.frames_itself:  # it gets one record per event and frames groups of them itself
             self.framing = plugin.postprocess = SelfFraming(post)
@@ -217,6 +219,9 @@ class OfframpRunner(Runner):
         await self.plugin.stop()
 
     async def run(self) -> None:
+        if self.buffer is not None:
+            await self._run_buffered(self.buffer)
+            return
         depth = max(int(self.plugin.max_in_flight), 1)
         writing: set[asyncio.Task[None]] = set()  # deliveries in flight (at most ``depth``)
         try:
@@ -252,6 +257,62 @@ class OfframpRunner(Runner):
             await asyncio.gather(*writing, return_exceptions=True)
             for inbox in self.closes:
                 inbox.close()
+
+    async def _run_buffered(self, buf: DiskBuffer) -> None:
+        """``buffer: {type: disk}``: what the queue gives is encoded and appended to the buffer (done
+        upstream once synced); a writer task writes the buffer's entries to the sink in order. At the
+        end of the queue (a drain, a reload) the writer goes on until the buffer is empty, unless the
+        sink is failing: then what is left stays on disk for the next start."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, buf.open)  # reads back what a previous run left
+        except BaseException:
+            for inbox in self.closes:
+                inbox.close()
+            raise
+        syncing = asyncio.create_task(buf.sync_forever())
+        writer = asyncio.create_task(self._write_buffered(buf))
+        try:
+            limit = self.plugin.coalesce_events
+            while (batch := await self.inbox.get()) is not None:
+                if writer.done():
+                    writer.result()  # a fault of the writer ends the runner
+                if limit:
+                    batch = self.coalesce(batch, limit)
+                prepared = await self.prepare(batch)
+                if prepared is None:
+                    continue
+                batch, records = prepared
+                entry = await buf.append(records, batch.ingest, batch.metas, batch.origin)
+                acks = batch.acks
+                if entry is None:  # full, drop_newest: dropped (and counted); upstream it is done
+                    self.stats.discard("buffer_full", len(batch))
+                    done_each(acks)
+                elif acks is not None:
+                    entry.when_synced(lambda acks=acks: done_each(acks))  # type: ignore[misc]
+            await buf.sync()
+            while not buf.empty and not writer.done() and not self.retry.failing:
+                await asyncio.sleep(0.02)
+            if writer.done():
+                writer.result()
+            elif not buf.empty:
+                log.warning("offramp %s: its sink is failing: %d event(s) stay in its disk buffer for the next start", self.spec.id,
+                            buf.events)  # fmt: skip
+            if self.started and buf.empty:
+                await self.plugin.flush()
+        finally:
+            writer.cancel()
+            syncing.cancel()
+            await asyncio.gather(writer, syncing, return_exceptions=True)
+            await buf.close()
+            for inbox in self.closes:
+                inbox.close()
+
+    async def _write_buffered(self, buf: DiskBuffer) -> None:
+        while True:
+            entry, (records, ingest, metas, origin) = await buf.next()
+            batch = Batch(payloads=records, metas=metas, ingest=ingest, codec=self.spec.codec, origin=origin, group=origin)  # type: ignore[arg-type]
+            await self.send(batch, records)  # retried within the offramp's retry bounds; what it gives up on goes to err
+            buf.done(entry)
 
     def coalesce(self, batch: Batch, limit: int) -> Batch:
         """Join the batches queued behind ``batch`` (same codec and origin) into one write."""

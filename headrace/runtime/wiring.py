@@ -199,6 +199,12 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
             with_meta = c.with_meta
             r2 = OfframpRunner(c, plugin_off, e.codec(c.codec, g), post, inboxes[c.id], routers[c.id].stats,
                                e.codecs, e.routers, e.metrics, with_meta)  # fmt: skip
+            if c.buffer is not None and c.buffer.type == "disk":
+                from headrace.runtime.diskbuffer import DiskBuffer
+
+                b = c.buffer
+                r2.buffer = DiskBuffer(folder / "buffers" / c.id, b.max_bytes, b.when_full, b.sync_interval,
+                                       e.metrics, c.id)  # fmt: skip
             fresh.append(r2)
         offramps[c.id] = r2
     added = {c.id for c in g.of_kind("onramp") if c.id not in e.onramps}

@@ -183,7 +183,7 @@ offramps:
 links: {src: [main], main: [out]}
 """,
         [
-            "5:23: unknown key 'with_mta' in offramps.out: did you mean 'with_meta'? (expected one of: codec, config, postprocessors, retry, type, with_meta)",
+            "5:23: unknown key 'with_mta' in offramps.out: did you mean 'with_meta'? (expected one of: buffer, codec, config, postprocessors, retry, type, with_meta)",
         ],
         id="unknown_offramp_key",
     ),

@@ -115,7 +115,7 @@ pipelines:
     - {{op: filter, where: "not event.get('drop')"}}
 offramps:
   out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
-  dlq: {{type: file, codec: json, config: {{path: dlq.ndjson}}}}
+  dlq: {{type: file, codec: json, buffer: {{type: disk}}, config: {{path: dlq.ndjson}}}}  # a disk buffer: its metrics are exposed too
 links: {{src: [main], main: [out], main/err: [dlq], src/err: [dlq]}}
 """)
     d = Daemon(cfg)

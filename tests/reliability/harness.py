@@ -470,6 +470,7 @@ class HttpSink:
         sink = self
         self.delay = delay
         self.refuse = refuse
+        self.down = False  # answer 503 to everything (a dead sink), until set back
         self.bodies: list[bytes] = []
         self.requests = 0
         self.lock = threading.Lock()
@@ -481,6 +482,11 @@ class HttpSink:
                 time.sleep(sink.delay)
                 with sink.lock:
                     sink.requests += 1
+                if sink.down:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if sink.refuse is not None and sink.refuse(body):
                     self.send_response(400)
                     self.send_header("Content-Length", "7")

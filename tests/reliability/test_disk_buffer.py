@@ -1,0 +1,149 @@
+"""Offramp disk buffers (issue 16, item 1): ``buffer: {type: disk}`` between an offramp's queue and its sink."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.harness import HttpSink
+from tests.support.daemon import Daemon, free_port, metric
+
+N = 20000
+
+
+def _config(tmp_path: Path, port: int, sink: int, buffer: str = "{type: disk, sync_interval: 50ms}", extra: str = "") -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}, state_dir: state}}
+onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 20ms, checkpoint_interval: 50ms}}}}}}
+offramps:
+  out: {{type: http, codec: json, buffer: {buffer}, config: {{url: "http://127.0.0.1:{sink}/", retries: 0, backoff_max: 200ms}}}}
+{extra}
+links: {{src: [out{", copy" if extra else ""}]}}
+""")
+    return path
+
+
+def _input(tmp_path: Path, n: int = N) -> None:
+    (tmp_path / "in.ndjson").write_text("".join(json.dumps({"id": i}) + "\n" for i in range(n)))
+
+
+def _checkpoint(tmp_path: Path) -> int:
+    try:
+        files = json.loads((tmp_path / "state" / "file-onramp" / "src.json").read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return max((f["offset"] for f in files), default=0)
+
+
+@pytest.mark.slow
+def test_a_source_commits_once_on_disk_and_a_sigkill_and_a_torn_tail_lose_nothing(tmp_path: Path) -> None:
+    """The sink dies mid-run: the file source still reads and checkpoints to its end (its records are
+    safe in the buffer), the daemon is SIGKILLed, a segment gets a torn tail; after the restart
+    every record reaches the sink, the torn tail is cut and counted."""
+    _input(tmp_path)
+    port, sink_port = free_port(), free_port()
+    sink = HttpSink(sink_port)
+    cfg = _config(tmp_path, port, sink_port)
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: sink.count() >= 2000, timeout=30)
+        sink.down = True  # the sink answers 503 from now on
+        size = (tmp_path / "in.ndjson").stat().st_size
+        d.wait_for(lambda: _checkpoint(tmp_path) == size, timeout=30)  # the source committed everything: on disk, not delivered
+        assert sink.count() < N
+        buffered = metric(port, 'headrace_buffer_events{component_id="out"}')
+        assert buffered > 0, "what the sink did not take waits in the buffer"
+        d.signal(signal.SIGKILL)
+        assert d.wait(10) == -signal.SIGKILL
+    finally:
+        d.stop()
+    segments = sorted((tmp_path / "state" / "buffers" / "out").glob("*.seg"))
+    assert segments
+    with open(segments[-1], "ab") as f:
+        f.write(b"\x48\x52\x42\x31 half of an entry")  # a crash in the middle of a write
+    before = len(sink.ids())
+    sink.down = False
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: set(sink.ids()) == set(range(N)), timeout=60)
+        assert metric(port, 'headrace_buffer_torn_total{component_id="out"}') == 1
+        d.wait_for(lambda: metric(port, 'headrace_buffer_events{component_id="out"}', -1) == 0, timeout=10)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert "torn or corrupt tail" in d.stderr()
+    ids = sink.ids()
+    assert len(ids) - N <= before, "duplicates: at most what the sink had taken before the kill"
+    assert not list((tmp_path / "state" / "buffers" / "out").glob("*.seg")), "all written: no segment left"
+
+
+@pytest.mark.slow
+def test_a_full_disk_holds_the_queue_back_and_nothing_is_lost_once_space_is_back(tmp_path: Path) -> None:
+    """Files the daemon writes may grow to 256 KiB (RLIMIT_FSIZE: the disk is full for them): the
+    buffer's appends fail, it says so, and the queue waits; once the limit is lifted every record
+    arrives."""
+    _input(tmp_path)
+    port, sink_port = free_port(), free_port()
+    sink = HttpSink(sink_port)
+    sink.down = True
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, resource.RLIM_INFINITY))
+
+    d = Daemon(_config(tmp_path, port, sink_port), preexec=small_files)
+    try:
+        d.wait_for(lambda: "cannot append to its disk buffer" in d.stderr(), timeout=30)
+        assert sink.count() == 0 and d.proc.poll() is None
+        resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space is back
+        sink.down = False
+        d.wait_for(lambda: set(sink.ids()) == set(range(N)), timeout=60)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert "takes appends again" in d.stderr()
+
+
+@pytest.mark.slow
+def test_drop_newest_keeps_a_healthy_branch_going_while_another_sink_is_dead(tmp_path: Path) -> None:
+    """Fan-out to a file and to an HTTP sink that answers 503 forever: with a small disk buffer and
+    ``when_full: drop_newest`` on the HTTP branch, the file gets every record, the drops are
+    counted, and the drain does not wait for the dead sink."""
+    _input(tmp_path)
+    port, sink_port = free_port(), free_port()
+    sink = HttpSink(sink_port)
+    sink.down = True
+    cfg = _config(tmp_path, port, sink_port, buffer="{type: disk, max_bytes: 64KiB, when_full: drop_newest}",
+                  extra="  copy: {type: file, codec: json, config: {path: copy.ndjson}}")  # fmt: skip
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: _lines(tmp_path / "copy.ndjson") == N, timeout=60)
+        dropped = metric(port, 'headrace_buffer_dropped_events_total{component_id="out",reason="full"}')
+        assert dropped > 0
+        assert metric(port, 'headrace_buffer_bytes{component_id="out"}') <= 64 << 10
+    finally:
+        assert d.stop(timeout=15) == 0, d.stderr()
+    assert sorted(json.loads(x)["id"] for x in (tmp_path / "copy.ndjson").read_text().splitlines()) == list(range(N))
+    assert "stay in its disk buffer for the next start" in d.stderr()
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_buffer_folder_is_held_by_one_process(tmp_path: Path) -> None:
+    from headrace.metrics.defs import Metrics
+    from headrace.runtime.diskbuffer import BufferInUse, DiskBuffer
+
+    first = DiskBuffer(tmp_path / "b", 1 << 20, "block", 0.1, Metrics(), "out")
+    first.open()
+    second = DiskBuffer(tmp_path / "b", 1 << 20, "block", 0.1, Metrics(), "out")
+    with pytest.raises(BufferInUse, match="in use by another process"):
+        second.open()
+    first.lock_file.close()
