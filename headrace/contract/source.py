@@ -32,8 +32,9 @@ class OnrampSink(Protocol):
         ``wire``: the same records as (lengths as ``array('I')`` bytes, blobs of them joined), when the
         source has them so anyway; workers then get them without a copy per record."""
 
-    async def end_of_stream(self) -> None:
-        """Flush framing state at the end of one stream (a file, a connection)."""
+    async def end_of_stream(self, meta: dict[str, Any] | None = None, line: int | None = None) -> None:
+        """Flush framing state at the end of one stream (a file, a connection); ``meta`` and ``line``
+        as for ``chunk`` (the number of the last line, one that had no newline)."""
 
 
 class Onramp:

@@ -139,9 +139,10 @@ class OnrampRunner(Runner):
             ref.done()
         return lines_pre.separators - before if lines_pre is not None else None  # type: ignore[attr-defined]
 
-    async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
+    async def end_of_stream(self, meta: dict[str, Any] | None = None, line: int | None = None) -> None:
         records, rejected = self._finish()
-        await self._emit(records, rejected, meta)
+        numbered = line is not None and not rejected and len(records) <= 1 and self._plain_lines()  # at most the last line, unended
+        await self._emit(records, rejected, meta, lines=range(line, line + len(records)) if numbered else None)  # type: ignore[operator, arg-type]
 
     def _finish(self) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         records: list[bytes] = []

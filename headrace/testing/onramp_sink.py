@@ -103,10 +103,10 @@ class CheckedSink:
             self.probe.handed += 1
         return await self.runner.chunk(data, meta, ack, line)
 
-    async def end_of_stream(self, meta: dict[str, Any] | None = None) -> None:
+    async def end_of_stream(self, meta: dict[str, Any] | None = None, line: int | None = None) -> None:
         self.probe.call("end_of_stream")
         _check_meta(self.probe, meta, "end_of_stream()")
-        await self.runner.end_of_stream(meta)
+        await self.runner.end_of_stream(meta, line)
 
     async def records(self, payloads: list[bytes], metas: Metas | None = None, ack: Any = None, group: Any = None,
                       refused: dict[int, str] | None = None, wire: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:  # fmt: skip
