@@ -127,7 +127,7 @@ class _Builder:
         self.components[cid] = ComponentSpec(
             cid, kind, spec.type, cfg, self.data[section][cid], pos, ports, None, codec_key, procs,  # type: ignore[arg-type]
             spec.ordered if isinstance(spec, OnrampConfig) else True, spec.with_meta if isinstance(spec, OfframpConfig) else False,
-            spec.retry if isinstance(spec, OfframpConfig) else None, spec.buffer if isinstance(spec, OfframpConfig) else None,
+            spec.retry if isinstance(spec, OfframpConfig) else None, spec.buffer if isinstance(spec, OfframpConfig | OnrampConfig) else None,
         )
 
     # -- pipelines ---------------------------------------------------------------------------

@@ -124,30 +124,32 @@ class ProcessorRef(Strict):
     name: str
 
 
+class BufferConfig(Strict):
+    type: Literal["memory", "disk"] = Field("memory", description="memory: queues only (daemon.queue_events/queue_bytes); disk: a "
+                                                                  "write-ahead log under daemon.state_dir (docs/delivery.md)")
+    max_bytes: Size = Field(1 << 30, ge=1 << 16, description="disk: the most its segment files may hold (e.g. 1GiB)")
+    when_full: Literal["block", "drop_newest"] = Field("block", description="disk, when max_bytes is reached: block (what feeds it "
+                                                                            "waits: backpressure) or drop_newest (new events are dropped "
+                                                                            "and counted; the other branches of a fan-out go on)")
+    sync_interval: Duration = Field(0.1, gt=0, description="disk: how often appended events are fsynced (an onramp's: at once "
+                                                           "when a source waits for it); upstream they count as done once synced")
+
+
 class OnrampConfig(Strict):
     type: str = Field(description="onramp plugin name (see `headrace plugins`)")
     codec: str | ProcessorRef = Field("json", description="how records are decoded: a name, or {name: csv, delimiter: ';', ...}")
     preprocessors: list[str | ProcessorRef] | None = Field(None, description="framing/decompression; default depends on the onramp")
     config: dict[str, Any] = Field(default_factory=dict, description="plugin-specific settings")
     ordered: bool = Field(True, description="keep order per partition/key across workers")
+    buffer: BufferConfig = Field(default_factory=lambda: BufferConfig(), description="disk: records are written to a write-ahead log "
+                                 "right after framing and count as read (the source's ack: an HTTP answer, a commit) once fsynced; "
+                                 "memory (default): they go straight into the graph")
 
 
 class RetryConfig(Strict):
     max_attempts: int | None = Field(None, ge=1, description="writes of a batch before its records go to the offramp's err port (none: no limit)")
     max_elapsed: Duration | None = Field(None, gt=0, description="time from a batch's first failed write after which its records go to err "
                                                                    "(checked after each failed write; none: no limit)")
-
-
-class BufferConfig(Strict):
-    type: Literal["memory", "disk"] = Field("memory", description="memory: the offramp's queue only (daemon.queue_events/queue_bytes); "
-                                                                  "disk: a write-ahead log under daemon.state_dir between the queue and the "
-                                                                  "sink (docs/delivery.md)")
-    max_bytes: Size = Field(1 << 30, ge=1 << 16, description="disk: the most its segment files may hold (e.g. 1GiB)")
-    when_full: Literal["block", "drop_newest"] = Field("block", description="disk, when max_bytes is reached: block (the queue waits: "
-                                                                            "backpressure) or drop_newest (new events are dropped and "
-                                                                            "counted; the other branches of a fan-out go on)")
-    sync_interval: Duration = Field(0.1, gt=0, description="disk: how often appended events are fsynced; upstream they count as done "
-                                                           "(a Kafka source commits them) once synced")
 
 
 class OfframpConfig(Strict):

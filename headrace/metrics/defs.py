@@ -36,9 +36,12 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_event_latency_seconds", "histogram", "Time from ingest to offramp accept.", ("offramp",), LATENCY_BUCKETS),
     MetricDef("headrace_offramp_state", "gauge", "1 for the offramp's current state, 0 for the other: `ok` (its writes succeed, or none is due) "
               "or `retrying` (a write failed and waits for its next attempt).", ("offramp", "state")),
-    MetricDef("headrace_buffer_bytes", "gauge", "Bytes in an offramp's disk buffer (segment files not yet freed).", ("component_id",)),
-    MetricDef("headrace_buffer_events", "gauge", "Events in an offramp's disk buffer not yet written to its sink.", ("component_id",)),
-    MetricDef("headrace_buffer_dropped_events_total", "counter", "Events an offramp's disk buffer dropped (`when_full: drop_newest`).",
+    MetricDef("headrace_buffer_bytes", "gauge", "Bytes in a disk buffer (segment files not yet freed).", ("component_id",)),
+    MetricDef("headrace_buffer_events", "gauge", "Events in a disk buffer not yet done (an offramp's: written to its sink; an onramp's: "
+              "delivered by the graph).", ("component_id",)),
+    MetricDef("headrace_buffer_synced_events_total", "counter", "Events appended to a disk buffer and covered by an fsync since start.",
+              ("component_id",)),
+    MetricDef("headrace_buffer_dropped_events_total", "counter", "Events a disk buffer dropped (`when_full: drop_newest`).",
               ("component_id", "reason")),
     MetricDef("headrace_buffer_torn_total", "counter", "Torn or corrupt segment tails cut off when a disk buffer was opened "
               "(a crash during a write).", ("component_id",)),

@@ -72,6 +72,7 @@ class Entry:
     events: int
     content: Any = None  # what was appended, kept in memory while there is room (else read back from the segment)
     synced: bool = False  # an fsync covered it
+    finished: bool = False  # done: written to the sink (offramp), or delivered by the graph (onramp)
     then: list[Callable[[], None]] = field(default_factory=list)  # called once it is synced
 
     def when_synced(self, fn: Callable[[], None]) -> None:
@@ -100,7 +101,9 @@ class DiskBuffer:
         self.component = component
         self.segment_bytes = max(1 << 16, min(SEGMENT_BYTES, max_bytes // 4))
         self.segments: deque[Segment] = deque()
-        self.entries: deque[Entry] = deque()  # appended, not yet written to the sink; in order
+        self.entries: deque[Entry] = deque()  # appended and not done yet, in order (taken or not)
+        self.untaken: deque[Entry] = deque()  # of those, the ones ``take`` has not handed out yet
+        self.sync_now = asyncio.Event()  # someone waits for an fsync (``durable``): do it at once
         self.next_seq = 0
         self.written = 0  # every entry below this was written to the sink
         self.saved_written = -1
@@ -121,6 +124,7 @@ class DiskBuffer:
         self.m_events = metrics["headrace_buffer_events"].labels(component)
         self.m_dropped = metrics["headrace_buffer_dropped_events_total"].labels(component, "full")
         self.m_torn = metrics["headrace_buffer_torn_total"].labels(component)
+        self.m_synced = metrics["headrace_buffer_synced_events_total"].labels(component)
 
     # -- open: what a previous run left ---------------------------------------------------------
     def open(self) -> None:
@@ -161,7 +165,9 @@ class DiskBuffer:
             seg.last = seq
             self.next_seq = seq + 1
             if seq >= self.written:
-                self.entries.append(Entry(seq, seg, body_at, length, events))
+                e = Entry(seq, seg, body_at, length, events)
+                self.entries.append(e)
+                self.untaken.append(e)
                 self.events += events
             at = body_at + length
         if at < len(data):
@@ -222,6 +228,7 @@ class DiskBuffer:
         self.next_seq += 1
         self.events += len(records)
         self.entries.append(entry)
+        self.untaken.append(entry)
         self.unsynced.append(entry)
         self.has_entries.set()
         self._gauges()
@@ -243,10 +250,27 @@ class DiskBuffer:
         return seg
 
     async def sync_forever(self) -> None:
-        """Every ``sync_interval``: fsync what was appended, set its entries' ``synced``, save the watermark."""
+        """Every ``sync_interval`` (at once when ``durable`` waits): fsync what was appended, run what
+        waited for it, save the watermark."""
         while True:
-            await asyncio.sleep(self.sync_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sync_now.wait(), self.sync_interval)
+            self.sync_now.clear()
             await self.sync()
+
+    async def durable(self, entry: Entry) -> None:
+        """Once an fsync covered ``entry`` (one is started now; appends meanwhile share it)."""
+        if entry.synced:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        entry.when_synced(wake)
+        self.sync_now.set()
+        await fut
 
     async def sync(self) -> None:
         if self.unsynced:
@@ -259,6 +283,7 @@ class DiskBuffer:
             finally:
                 for fd in fds:
                     os.close(fd)
+            self.m_synced.inc(sum(e.events for e in todo))
             for e in todo:
                 e.mark_synced()
         if self.written != self.saved_written:
@@ -268,12 +293,12 @@ class DiskBuffer:
             self.saved_written = self.written
 
     # -- the writer's side ----------------------------------------------------------------------
-    async def next(self) -> tuple[Entry, tuple[list[bytes], list[int], Any, str]]:
-        """The oldest entry not yet written, and its content (read back from disk if not kept)."""
-        while not self.entries:
+    async def take(self) -> tuple[Entry, tuple[list[bytes], list[int], Any, str]]:
+        """The oldest entry not handed out yet, and its content (read back from disk if not kept)."""
+        while not self.untaken:
             self.has_entries.clear()
             await self.has_entries.wait()
-        e = self.entries[0]
+        e = self.untaken.popleft()
         if e.content is not None:
             return e, e.content
         with open(e.segment.path, "rb") as f:
@@ -282,14 +307,15 @@ class DiskBuffer:
         return e, _unbody(body)
 
     def done(self, entry: Entry) -> None:
-        """``entry`` (the oldest) was written to the sink, or went to err: free what it held."""
-        e = self.entries.popleft()
-        assert e is entry
-        if e.content is not None:
-            self.kept -= e.length
-            e.content = None
-        self.written = e.seq + 1
-        self.events -= e.events
+        """``entry`` was written to the sink or went to err (an offramp's), or its records were
+        delivered (an onramp's): in any order; what every entry up to one holds is freed."""
+        entry.finished = True
+        if entry.content is not None:
+            self.kept -= entry.length
+            entry.content = None
+        self.events -= entry.events
+        while self.entries and self.entries[0].finished:
+            self.written = self.entries.popleft().seq + 1
         while len(self.segments) > 1 and self.segments[0].last < self.written:
             seg = self.segments.popleft()
             self.size -= seg.size
@@ -312,6 +338,8 @@ class DiskBuffer:
         self.m_events.set(self.events)
 
     async def close(self) -> None:
+        if self.lock_file is None:  # not open (or closed already)
+            return
         with contextlib.suppress(OSError):
             await self.sync()
         for fd in self.retired:

@@ -322,6 +322,10 @@ class Engine:
                 await r.plugin.stop()
             except Exception:
                 log.exception("stopping onramp %s failed", r.spec.id)
+            try:
+                await r.close_buffer()
+            except Exception:
+                log.exception("closing the disk buffer of onramp %s failed", r.spec.id)
         for off in self.offramps.values():
             try:
                 await off.plugin.stop()

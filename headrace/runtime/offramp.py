@@ -309,7 +309,7 @@ class OfframpRunner(Runner):
 
     async def _write_buffered(self, buf: DiskBuffer) -> None:
         while True:
-            entry, (records, ingest, metas, origin) = await buf.next()
+            entry, (records, ingest, metas, origin) = await buf.take()
             batch = Batch(payloads=records, metas=metas, ingest=ingest, codec=self.spec.codec, origin=origin, group=origin)  # type: ignore[arg-type]
             await self.send(batch, records)  # retried within the offramp's retry bounds; what it gives up on goes to err
             buf.done(entry)

@@ -18,6 +18,7 @@ from headrace.contract.metas import CONST, MetaColumns, Metas
 from headrace.contract.source import Onramp
 from headrace.errors import safe_str
 from headrace.runtime.batch import Batch
+from headrace.runtime.diskbuffer import DiskBuffer
 from headrace.runtime.records import check
 from headrace.runtime.router import Router
 from headrace.runtime.runner import Runner
@@ -73,6 +74,10 @@ class OnrampRunner(Runner):
         self.unheld.set()
         self.holds: set[str] = set()
         self.start_timeout = start_timeout
+        self.buffer: DiskBuffer | None = None  # buffer: {type: disk} (set by the wiring)
+        self.feeding = False  # the buffer's feeder is handing an entry to the graph (not waiting for one)
+        self.feed_stop = False  # the feeder ends once it handed on what it has
+        self.syncing: asyncio.Future[None] | None = None  # the buffer's fsync loop
         self.fanout_codec: Codec | None = None  # set by the wiring when ``out`` has several targets
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
@@ -260,9 +265,43 @@ class OnrampRunner(Runner):
 
     async def _out(self, batch: Batch) -> None:
         """To the ``out`` port. When it fans out to several targets, the records are checked here,
-        once: each target would otherwise report every malformed record on this onramp's err port."""
+        once: each target would otherwise report every malformed record on this onramp's err port.
+        With a disk buffer: into the buffer, and done for the source once fsynced (``_feed`` hands them on)."""
+        if self.buffer is not None:
+            await self._buffered(self.buffer, batch)
+            return
         if not self.unheld.is_set():  # paused by the error budget: the source waits here (a Kafka one pauses its partitions)
             await self.unheld.wait()
+        await self._route(batch)
+
+    async def _buffered(self, buf: DiskBuffer, batch: Batch) -> None:
+        entry = await buf.append(batch.payloads, batch.ingest, batch.metas, self.spec.id)  # type: ignore[arg-type]
+        if entry is None:  # full, drop_newest: dropped (and counted); for the source it is done
+            self.stats.discard("buffer_full", len(batch))
+        else:
+            await buf.durable(entry)  # the source reads on (an HTTP request is answered) once its records are on disk
+        done_each(batch.acks)
+
+    async def _feed(self, buf: DiskBuffer) -> None:
+        """Hand the buffer's entries to the graph, oldest first; an entry is done in the buffer once
+        the graph delivered all its records (one that failed stays, for the next start)."""
+        while not self.feed_stop:
+            entry, (records, ingest, metas, _origin) = await buf.take()
+            self.feeding = True
+            try:
+                if not self.unheld.is_set():
+                    await self.unheld.wait()
+                ref = AckRef(len(records), entry, buf.done, self._feed_failed)
+                await self._route(Batch(payloads=records, metas=metas, ingest=ingest, acks=[ref] * len(records), codec=self.codec,  # type: ignore[arg-type]
+                                        origin=self.spec.id, group=self.group, unchecked=True))  # fmt: skip
+            finally:
+                self.feeding = False
+
+    def _feed_failed(self, entry: Any) -> None:
+        log.error("onramp %s: %d buffered record(s) were not delivered (a stop, a reload, the error budget): they stay in its disk "
+                  "buffer and are handed on again at the next start", self.spec.id, entry.events)  # fmt: skip
+
+    async def _route(self, batch: Batch) -> None:
         if self.fanout_codec is not None:
             batch, err = check(batch, self.fanout_codec)
             if err is not None:
@@ -329,9 +368,14 @@ class OnrampRunner(Runner):
         return failure is None and not self.stopped
 
     async def run(self) -> None:
+        feeder: asyncio.Task[None] | None = None
         try:
             if self.stopped or not await self._start():
                 return
+            if self.buffer is not None:  # what a previous run left is handed on first
+                await asyncio.get_running_loop().run_in_executor(None, self.buffer.open)
+                self.syncing = asyncio.ensure_future(self.buffer.sync_forever())
+                feeder = asyncio.ensure_future(self._feed(self.buffer))
             # the source runs in a task of its own: a stop cancels it, and framing is still flushed
             self.task = asyncio.ensure_future(self._source())
             try:
@@ -341,13 +385,34 @@ class OnrampRunner(Runner):
                     self.task.cancel()
                     raise
             await self.end_of_stream()
+            if feeder is not None and self.buffer is not None:
+                while not self.stopped and self.buffer.untaken and not feeder.done():  # a finite source ended: all of it goes on
+                    await asyncio.sleep(0.01)
+                self.feed_stop = True
+                while self.feeding and not feeder.done():  # a stop: the rest stays on disk; the entry being handed on goes on
+                    await asyncio.sleep(0.005)
         finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
             for inbox in self.closes:
                 inbox.close()
 
     async def release(self) -> None:
         self.plugin.ready = False
-        await self.plugin.stop()
+        try:
+            await self.plugin.stop()
+        finally:
+            await self.close_buffer()
+
+    async def close_buffer(self) -> None:
+        """After the drain (the graph's last acks moved the buffer's watermark): sync and close it."""
+        if self.buffer is not None:
+            if self.syncing is not None:
+                self.syncing.cancel()
+                await asyncio.gather(self.syncing, return_exceptions=True)
+                self.syncing = None
+            await self.buffer.close()
 
     def stop(self) -> None:
         """Stop intake: the source's task is cancelled, framing is flushed, targets close."""

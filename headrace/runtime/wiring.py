@@ -172,6 +172,11 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
         else:
             plugin, pre = _construct(c.id, _onramp, e, c, g)
             r = OnrampRunner(c, plugin, pre, routers[c.id], d.batch_size, d.start_timeout)
+            if c.buffer is not None and c.buffer.type == "disk":
+                from headrace.runtime.diskbuffer import DiskBuffer
+
+                b = c.buffer
+                r.buffer = DiskBuffer(folder / "buffers" / c.id, b.max_bytes, b.when_full, b.sync_interval, e.metrics, c.id)
             fresh.append(r)
         onramps[c.id] = r
     generation = e.generation + 1

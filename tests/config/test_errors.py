@@ -169,7 +169,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "5:5: unknown key 'cdec' in onramps.src: did you mean 'codec'? (expected one of: codec, config, ordered, preprocessors, type)",
+            "5:5: unknown key 'cdec' in onramps.src: did you mean 'codec'? (expected one of: buffer, codec, config, ordered, preprocessors, type)",
         ],
         id="unknown_onramp_key",
     ),
