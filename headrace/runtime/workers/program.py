@@ -218,6 +218,10 @@ def _metas_as_sent(resp: Response, before: list[bytes]) -> None:
             src.frombytes(out.src)
         if len(src) != len(out.metas) or len(set(src)) != len(src) or not claimed.isdisjoint(src):
             continue
-        if all(_pickle(m) == before[i] for i, m in zip(src, out.metas, strict=True)):
+        try:
+            same = all(_pickle(m) == before[i] for i, m in zip(src, out.metas, strict=True))
+        except Exception:  # a stage put a value that cannot be pickled in a meta: the answer says so (``_answer``), per record
+            continue
+        if same:
             out.metas, out.metas_as_sent = None, True
             claimed.update(src)
