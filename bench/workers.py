@@ -174,10 +174,26 @@ def disk_buffer() -> list[str]:
             cfg = cfg.replace("{type: blackhole,", "{type: blackhole, buffer: {type: disk},")
         got[kind].append(run_daemon(cfg, folder)["throughput_mib_s"])
     mem, disk = sum(got["memory"]) / 2, sum(got["disk"]) / 2
-    return [
+    out = [
         f"  passthrough, 2 workers, sink behind its queue: {mem:.1f} MiB/s; behind a disk buffer (sync every 100 ms): {disk:.1f} MiB/s",
         line("16. Disk buffer vs memory buffer", f"{disk / mem:.2f}x", ">=0.7x", disk / mem >= 0.7),
     ]
+    # a fan-out to a healthy sink and to an HTTP sink that is down, behind a 64 MiB disk buffer
+    # that drops when full: the healthy branch's rate vs its rate alone (solo, fan-out, fan-out, solo)
+    from tests.support.daemon import free_port
+
+    dead = f'{{type: http, codec: json, buffer: {{type: disk, max_bytes: 64MiB, when_full: drop_newest}}, config: {{url: "http://127.0.0.1:{free_port()}/", retries: 0}}}}'
+    rates: dict[str, list[float]] = {"solo": [], "fanout": []}
+    for kind in ("solo", "fanout", "fanout", "solo"):
+        folder = tmpdir()
+        cfg = _blaster_config(folder, 2, '    - {op: python, fn: "bench.stages:read_only"}')
+        if kind == "fanout":
+            cfg = cfg.replace("offramps: {sink:", f"offramps: {{dead: {dead}, sink:").replace("main: [sink]", "main: [sink, dead]")
+        rates[kind].append(run_daemon(cfg, folder)["throughput_mib_s"])
+    solo, fan = sum(rates["solo"]) / 2, sum(rates["fanout"]) / 2
+    out.append(f"  healthy sink alone: {solo:.1f} MiB/s; beside a dead HTTP sink (drop_newest, 64 MiB disk buffer): {fan:.1f} MiB/s")
+    out.append(line("16b. Healthy branch beside a dead one", f"{fan / solo:.2f}x of its solo rate", ">=0.9x", fan / solo >= 0.9))
+    return out
 
 
 ALL = [passthrough, writer, tremor_throughput, seed_scenario, scaling, responsiveness, disk_buffer]

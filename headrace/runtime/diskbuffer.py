@@ -188,6 +188,9 @@ class DiskBuffer:
     async def append(self, records: list[bytes], ingest: list[int], metas: Any, origin: str) -> Entry | None:
         """Append one batch; the entry (``entry.when_synced`` runs what waits for an fsync to cover it), or None
         when it was dropped (full, ``drop_newest``)."""
+        if self.when_full == "drop_newest" and self.size > 0 and self.size + sum(map(len, records)) > self.max_bytes:
+            self.m_dropped.inc(len(records))  # full for certain: dropped before anything is made of it
+            return None
         parts = _body(records, ingest, metas, origin)
         length = sum(map(len, parts))
         need = HEADER.size + length

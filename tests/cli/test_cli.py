@@ -62,7 +62,7 @@ onramps:
     assert r.stdout == b""
     assert r.stderr.decode().splitlines() == [  # the file named as given, not resolved
         "bad.yaml:2:19: daemon.workers: expected auto or a number from 0 to 1024",
-        "bad.yaml:4:22: unknown key 'cdec' in onramps.src: did you mean 'codec'? (expected one of: codec, config, ordered, preprocessors, type)",
+        "bad.yaml:4:22: unknown key 'cdec' in onramps.src: did you mean 'codec'? (expected one of: buffer, codec, config, ordered, preprocessors, type)",
     ]
 
 
