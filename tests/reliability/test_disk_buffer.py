@@ -198,3 +198,40 @@ links: {{src: [out]}}
     ids = sink.ids()
     dups = len(ids) - len(set(ids))
     assert dups <= delivered_before, f"{dups} duplicates: only records delivered before the kill may come again"
+
+
+def test_an_http_request_into_a_buffered_onramp_is_answered_once_on_disk_and_delivered_after_a_restart(tmp_path: Path) -> None:
+    """With a disk buffer on the http onramp, a request is answered 200 once its records are
+    fsynced, though the sink is down; a SIGKILL then loses none of them."""
+    import urllib.request
+
+    port, web, sink_port = free_port(), free_port(), free_port()
+    sink = HttpSink(sink_port)
+    sink.down = True
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}, state_dir: state}}
+onramps: {{web: {{type: http, codec: json, buffer: {{type: disk}}, config: {{port: {web}}}}}}}
+offramps: {{out: {{type: http, codec: json, config: {{url: "http://127.0.0.1:{sink_port}/", retries: 0}}}}}}
+links: {{web: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: metric(port, 'headrace_buffer_bytes{component_id="web"}', -1) >= 0, timeout=30)
+        for k in range(5):
+            body = "".join(json.dumps({"id": k * 10 + i}) + "\n" for i in range(10)).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{web}/", data=body, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200 and json.loads(resp.read())["events"] == 10
+        assert metric(port, 'headrace_buffer_synced_events_total{component_id="web"}') == 50 and sink.count() == 0
+        d.signal(signal.SIGKILL)
+        d.wait(10)
+    finally:
+        d.stop()
+    sink.down = False
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: sorted(sink.ids()) == list(range(50)), timeout=30)
+    finally:
+        assert d.stop() == 0, d.stderr()
