@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from itertools import compress
+from itertools import compress, islice
 from typing import Any
 
 from pydantic import Field
@@ -136,7 +136,7 @@ class BucketOperator(Operator):
             # part of this window's events get in: the first ``took`` of them in arrival order
             decision.update(dict.fromkeys(members, 0))
             mine = set(members)
-            partial.extend([i for i, x in enumerate(ids) if x in mine][:took])
+            partial.extend(islice((i for i, x in enumerate(ids) if x in mine), took))  # stops at the last one admitted
         flags = bytearray(map(decision.__getitem__, ids))
         for i in partial:
             flags[i] = 1
