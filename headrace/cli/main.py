@@ -182,7 +182,7 @@ config is valid, 78 otherwise.
     tap.add_argument("--where", metavar="EXPR", help="only events for which this expression over event and meta is true")
     tap.add_argument("--with-meta", action="store_true", help="show each event's meta too")
     tap.add_argument("--format", choices=["json", "yaml", "pretty"], default="json", help="json lines (default), yaml documents, or indented JSON")
-    tap.add_argument("--max-rate", type=float, metavar="N", help="look at no more than N sampled events a second (default 1000; 0: no cap); "
+    tap.add_argument("--max-rate", type=float, metavar="N", help="look at no more than N sampled events a second (default 200, as vector tap; 0: no cap); "
                      "the rest are counted, so a tap stays cheap on a busy port")
     tap.add_argument("--record", metavar="FILE", help="write the tapped events (with their meta) as a headrace test case file instead of "
                      "showing them: injected where tapped, expecting as many; edit the expectation")
