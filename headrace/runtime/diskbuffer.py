@@ -185,10 +185,10 @@ class DiskBuffer:
         self.size += at
 
     # -- appending ----------------------------------------------------------------------------
-    async def append(self, records: list[bytes], ingest: list[int], metas: Any, origin: str) -> Entry | None:
-        """Append one batch; the entry (``entry.when_synced`` runs what waits for an fsync to cover it), or None
-        when it was dropped (full, ``drop_newest``)."""
-        if self.when_full == "drop_newest" and self.size > 0 and self.size + sum(map(len, records)) > self.max_bytes:
+    async def append(self, records: list[bytes], ingest: list[int], metas: Any, origin: str, nbytes: int | None = None) -> Entry | None:
+        """Append one batch (``nbytes``: the records' size, when known); the entry (``entry.when_synced``
+        runs what waits for an fsync to cover it), or None when it was dropped (full, ``drop_newest``)."""
+        if self.when_full == "drop_newest" and self.size > 0 and self.size + (nbytes if nbytes is not None else sum(map(len, records))) > self.max_bytes:
             self.m_dropped.inc(len(records))  # full for certain: dropped before anything is made of it
             return None
         parts = _body(records, ingest, metas, origin)

@@ -282,7 +282,8 @@ class OfframpRunner(Runner):
                 if prepared is None:
                     continue
                 batch, records = prepared
-                entry = await buf.append(records, batch.ingest, batch.metas, batch.origin)
+                entry = await buf.append(records, batch.ingest, batch.metas, batch.origin,
+                                         batch.nbytes if records is batch.payloads else None)  # fmt: skip
                 acks = batch.acks
                 if entry is None:  # full, drop_newest: dropped (and counted); upstream it is done
                     self.stats.discard("buffer_full", len(batch))
@@ -341,7 +342,8 @@ class OfframpRunner(Runner):
         records, bad = self.encode(batch)
         if records and len(records) == len(batch):
             try:
-                self.event_bytes = 0.5 * self.event_bytes + 0.5 * sum(map(len, records)) / len(records)
+                size = batch.nbytes if records is batch.payloads else sum(map(len, records))  # the payloads' size is known
+                self.event_bytes = 0.5 * self.event_bytes + 0.5 * size / len(records)
             except TypeError:  # not all bytes (a plugin's own records): keep the last estimate
                 pass
         if bad:  # an event this codec cannot carry goes to the offramp's err port with the reason

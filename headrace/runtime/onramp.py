@@ -275,7 +275,7 @@ class OnrampRunner(Runner):
         await self._route(batch)
 
     async def _buffered(self, buf: DiskBuffer, batch: Batch) -> None:
-        entry = await buf.append(batch.payloads, batch.ingest, batch.metas, self.spec.id)  # type: ignore[arg-type]
+        entry = await buf.append(batch.payloads, batch.ingest, batch.metas, self.spec.id, batch.nbytes)  # type: ignore[arg-type]
         if entry is None:  # full, drop_newest: dropped (and counted); for the source it is done
             self.stats.discard("buffer_full", len(batch))
         else:
