@@ -200,12 +200,12 @@ class DiskBuffer:
                 return None
             self.space.clear()
             await self.space.wait()
-        seg = self._segment(need)
         digest = xxh3_64()
         for part in parts:
             digest.update(part)
         header = HEADER.pack(MAGIC, length, digest.intdigest(), self.next_seq)
         while True:
+            seg = self._segment(need)  # again after a wait: the writer may have freed the open segment meanwhile
             try:
                 _write_all(self.fd, [header, *parts])  # type: ignore[arg-type]
                 break
