@@ -179,7 +179,7 @@ links: {{src: [out]}}
     synced = 'headrace_buffer_synced_events_total{component_id="src"}'
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: metric(port, "headrace_buffer_bytes{component_id=\"src\"}", -1) >= 0, timeout=30)
+        d.wait_for(lambda: _listening(src), timeout=30)  # the source listens (its buffer was read back first)
         threading.Thread(target=stream, daemon=True).start()
         d.wait_for(lambda: metric(port, synced) >= 100_000, timeout=60)
         durable = int(metric(port, synced))
@@ -218,7 +218,7 @@ links: {{web: [out]}}
 """)
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: metric(port, 'headrace_buffer_bytes{component_id="web"}', -1) >= 0, timeout=30)
+        d.wait_for(lambda: _listening(web), timeout=30)
         for k in range(5):
             body = "".join(json.dumps({"id": k * 10 + i}) + "\n" for i in range(10)).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{web}/", data=body, method="POST")
@@ -235,3 +235,13 @@ links: {{web: [out]}}
         d.wait_for(lambda: sorted(sink.ids()) == list(range(50)), timeout=30)
     finally:
         assert d.stop() == 0, d.stderr()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
