@@ -1,10 +1,13 @@
-"""An offramp's disk buffer (``buffer: {type: disk}``): a write-ahead log between its queue and its sink.
+"""A disk buffer (``buffer: {type: disk}``): a write-ahead log of batches under
+``<state_dir>/buffers/<component>/``.
 
-What the offramp is given is encoded as usual and appended to segment files under
-``<state_dir>/buffers/<offramp>/``; upstream it counts as done once an fsync covered it (every
+On an offramp it sits between its queue and its sink: what the offramp is given is encoded as
+usual and appended; upstream it counts as done once an fsync covered it (every
 ``sync_interval``), so a slow or dead sink no longer holds its sources: a Kafka source commits
 once its records are on disk. A writer takes the entries in order and writes them to the sink
-(with the offramp's retry rules); the entries written are freed a segment at a time.
+(with the offramp's retry rules). On an onramp it sits right after framing: a source's read
+completes once its records are synced (``durable``), and a feeder hands the entries to the
+graph. Entries are done in any order; their segments are freed once every entry before is.
 
 Each entry is one batch: a header (magic, length, xxh3-64 checksum of the body, sequence number)
 and the body: the record lengths and ingest times as arrays, the metas pickled, the origin, and
@@ -57,8 +60,7 @@ WRITTEN = "written"  # the watermark file: entries below this sequence number we
 
 @dataclass
 class Segment:
-    path: Path
-    first: int  # sequence number of its first entry
+    path: Path  # named by the sequence number of its first entry
     size: int = 0
     last: int = -1  # sequence number of its last entry (-1: none yet)
 
@@ -117,7 +119,6 @@ class DiskBuffer:
         self.space = asyncio.Event()
         self.space.set()
         self.has_entries = asyncio.Event()
-        self.torn = 0
         self.lock_file: Any = None
         self.refusals = Backoff(0.1, 5.0)
         self.m_bytes = metrics["headrace_buffer_bytes"].labels(component)
@@ -149,11 +150,11 @@ class DiskBuffer:
         self._gauges()
         if self.entries:
             self.has_entries.set()
-            log.info("offramp %s: disk buffer holds %d event(s) in %d entries from before; they are written first", self.component,
+            log.info("%s: disk buffer holds %d event(s) in %d entries from before; they are handed on first", self.component,
                      self.events, len(self.entries))  # fmt: skip
 
     def _read_back(self, path: Path) -> None:
-        seg = Segment(path, int(path.stem))
+        seg = Segment(path)
         data = path.read_bytes()
         at = 0
         while at + HEADER.size <= len(data):
@@ -171,9 +172,8 @@ class DiskBuffer:
                 self.events += events
             at = body_at + length
         if at < len(data):
-            self.torn += 1
             self.m_torn.inc()
-            log.error("offramp %s: disk buffer segment %s has a torn or corrupt tail at byte %d of %d (a crash during a write): "
+            log.error("%s: disk buffer segment %s has a torn or corrupt tail at byte %d of %d (a crash during a write): "
                       "cut there; the entries before it are kept", self.component, path.name, at, len(data))  # fmt: skip
             with open(path, "r+b") as f:
                 f.truncate(at)
@@ -215,11 +215,11 @@ class DiskBuffer:
                     os.lseek(self.fd, seg.size, os.SEEK_SET)  # type: ignore[arg-type]
                 delay = self.refusals.next()
                 if self.refusals.attempt == 1 or delay >= 5.0:
-                    log.error("offramp %s: cannot append to its disk buffer (%s); its queue waits and it tries again in %.1fs",
+                    log.error("%s: cannot append to its disk buffer (%s); what feeds it waits and it tries again in %.1fs",
                               self.component, exc, delay)  # fmt: skip
                 await asyncio.sleep(delay)
         if self.refusals.attempt:
-            log.warning("offramp %s: its disk buffer takes appends again", self.component)
+            log.warning("%s: its disk buffer takes appends again", self.component)
             self.refusals = Backoff(0.1, 5.0)
         entry = Entry(self.next_seq, seg, seg.size + HEADER.size, length, len(records))
         if self.kept + length <= KEEP_BYTES:
@@ -246,7 +246,7 @@ class DiskBuffer:
                 else:
                     os.close(self.fd)
                 self.fd = None
-            seg = Segment(self.folder / f"{self.next_seq:020d}.seg", self.next_seq)
+            seg = Segment(self.folder / f"{self.next_seq:020d}.seg")
             self.segments.append(seg)
             self.fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self.new_files = True  # the next sync makes the folder's entry of it durable too
@@ -320,17 +320,18 @@ class DiskBuffer:
         while self.entries and self.entries[0].finished:
             self.written = self.entries.popleft().seq + 1
         while len(self.segments) > 1 and self.segments[0].last < self.written:
-            seg = self.segments.popleft()
-            self.size -= seg.size
-            seg.path.unlink(missing_ok=True)
+            self._free(self.segments.popleft())
         if not self.entries and self.segments and self.segments[-1].last < self.written and self.fd is not None and not self.unsynced:
-            seg = self.segments.pop()  # everything written: the open segment goes too, the next append starts a fresh one
-            os.close(self.fd)
+            os.close(self.fd)  # everything written: the open segment goes too, the next append starts a fresh one
             self.fd = None
-            self.size -= seg.size
-            seg.path.unlink(missing_ok=True)
+            self._free(self.segments.pop())
         self.space.set()
         self._gauges()
+
+    def _free(self, seg: Segment) -> None:
+        """A segment none of whose entries is needed any more: its file goes."""
+        self.size -= seg.size
+        seg.path.unlink(missing_ok=True)
 
     @property
     def empty(self) -> bool:
@@ -352,14 +353,11 @@ class DiskBuffer:
             os.close(self.fd)
             self.fd = None
         if not self.entries:  # everything was written: no segment is needed any more
-            for seg in self.segments:
-                seg.path.unlink(missing_ok=True)
-            self.segments.clear()
-            self.size = 0
+            while self.segments:
+                self._free(self.segments.popleft())
             self._gauges()
-        if self.lock_file is not None:
-            self.lock_file.close()
-            self.lock_file = None
+        self.lock_file.close()
+        self.lock_file = None
 
 
 def _body(records: list[bytes], ingest: list[int], metas: Any, origin: str) -> list[bytes]:

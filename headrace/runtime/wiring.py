@@ -25,6 +25,7 @@ from headrace.contract.sink import Offramp
 from headrace.contract.source import Onramp
 from headrace.contract.stage import Operator
 from headrace.metrics.defs import Tally
+from headrace.runtime.diskbuffer import DiskBuffer
 from headrace.runtime.inbox import Inbox
 from headrace.runtime.lastresort import LastResort, state_dir
 from headrace.runtime.loopchain import ChainRunner
@@ -119,6 +120,14 @@ def _offramp(e: Engine, c: ComponentSpec, g: Graph) -> tuple[Offramp, list[Postp
     plugin: Offramp = registry.load("offramps", c.plugin)(c.config, e.context(c.id, g))
     return plugin, [registry.load("postprocessors", p.name)(p.config) for p in c.processors]
 
+def _disk_buffer(e: Engine, c: ComponentSpec, state: Path) -> DiskBuffer | None:
+    """An onramp's or offramp's ``buffer: {type: disk}`` (None: memory, its queue only)."""
+    b = c.buffer
+    if b is None or b.type != "disk":
+        return None
+    return DiskBuffer(state / "buffers" / c.id, b.max_bytes, b.when_full, b.sync_interval, e.metrics, c.id)
+
+
 def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
     """The runtime for ``g``, reusing what ``diff`` says is unchanged; nothing running changes
     until ``_commit``. A plugin that cannot even be constructed raises ``StartFailed``."""
@@ -172,11 +181,7 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
         else:
             plugin, pre = _construct(c.id, _onramp, e, c, g)
             r = OnrampRunner(c, plugin, pre, routers[c.id], d.batch_size, d.start_timeout)
-            if c.buffer is not None and c.buffer.type == "disk":
-                from headrace.runtime.diskbuffer import DiskBuffer
-
-                b = c.buffer
-                r.buffer = DiskBuffer(folder / "buffers" / c.id, b.max_bytes, b.when_full, b.sync_interval, e.metrics, c.id)
+            r.buffer = _disk_buffer(e, c, folder)
             fresh.append(r)
         onramps[c.id] = r
     generation = e.generation + 1
@@ -204,12 +209,7 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
             with_meta = c.with_meta
             r2 = OfframpRunner(c, plugin_off, e.codec(c.codec, g), post, inboxes[c.id], routers[c.id].stats,
                                e.codecs, e.routers, e.metrics, with_meta)  # fmt: skip
-            if c.buffer is not None and c.buffer.type == "disk":
-                from headrace.runtime.diskbuffer import DiskBuffer
-
-                b = c.buffer
-                r2.buffer = DiskBuffer(folder / "buffers" / c.id, b.max_bytes, b.when_full, b.sync_interval,
-                                       e.metrics, c.id)  # fmt: skip
+            r2.buffer = _disk_buffer(e, c, folder)
             fresh.append(r2)
         offramps[c.id] = r2
     added = {c.id for c in g.of_kind("onramp") if c.id not in e.onramps}

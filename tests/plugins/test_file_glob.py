@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import Daemon, json_lines
+from tests.support.daemon import Daemon, headrace, json_lines
 
 
 def _lines(prefix: str, n: int, start: int = 0) -> str:
@@ -76,3 +76,15 @@ links: {src: [out]}
     finally:
         d.stop()
     assert sorted(ids()) == sorted(expected), "every line once: the rotated file not read again under its new name"
+
+
+def test_a_glob_under_a_file_is_a_config_error(tmp_path: Path, write: Any) -> None:
+    write("logs", "a file where the pattern's folder should be\n")
+    cfg = write("c.yaml", """
+version: 1
+onramps: {src: {type: file, config: {path: "logs/*.log", follow: true}}}
+offramps: {out: {type: blackhole}}
+links: {src: [out]}
+""")
+    res = headrace("check", str(cfg))
+    assert res.returncode == 78 and "can never be a folder" in res.stderr.decode(), res.stderr.decode()

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
-from headrace.contract.paths import SettingError, check_file_path
+from headrace.contract.paths import SettingError, check_file_path, check_folder_path
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.contract.units import Duration, Size
 from headrace.plugins.onramps.filecheckpoint import Checkpoints, Progress, fingerprint
@@ -96,7 +96,7 @@ class FileOnramp(Onramp):
 
     def check(self) -> None:
         if self.pattern:
-            check_file_path("path", Path(self.path).parent / "x")  # the folder of the pattern; the matches come and go
+            check_folder_path("path", Path(self.path).parent)  # the folder of the pattern; the matches come and go
         else:
             check_file_path("path", Path(self.path))
         framing = self.context.framing
