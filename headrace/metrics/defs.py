@@ -39,7 +39,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_buffer_bytes", "gauge", "Bytes in a disk buffer (segment files not yet freed).", ("component_id",)),
     MetricDef("headrace_buffer_events", "gauge", "Events in a disk buffer not yet done (an offramp's: written to its sink; an onramp's: "
               "delivered by the graph).", ("component_id",)),
-    MetricDef("headrace_buffer_synced_events_total", "counter", "Events appended to a disk buffer and covered by an fsync since start.",
+    MetricDef("headrace_buffer_synced_events_total", "counter", "Events appended to a disk buffer and safe since start: covered by an fsync, or delivered before one was due.",
               ("component_id",)),
     MetricDef("headrace_buffer_dropped_events_total", "counter", "Events a disk buffer dropped (`when_full: drop_newest`).",
               ("component_id", "reason")),

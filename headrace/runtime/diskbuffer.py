@@ -3,8 +3,8 @@
 
 On an offramp it sits between its queue and its sink: what the offramp is given is encoded as
 usual and appended; upstream it counts as done once an fsync covered it (every
-``sync_interval``), so a slow or dead sink no longer holds its sources: a Kafka source commits
-once its records are on disk. A writer takes the entries in order and writes them to the sink
+``sync_interval``) or the sink took it, whichever comes first, so a slow or dead sink no longer
+holds its sources: a Kafka source commits once its records are on disk. A writer takes the entries in order and writes them to the sink
 (with the offramp's retry rules). On an onramp it sits right after framing: a source's read
 completes once its records are synced (``durable``), and a feeder hands the entries to the
 graph. Entries are done in any order; their segments are freed once every entry before is.
@@ -52,7 +52,9 @@ log = logging.getLogger("headrace.buffer")
 MAGIC = 0x32425248  # "HRB2"
 HEADER = struct.Struct("<IIQQ")  # magic, body length, xxh3-64 of the body, sequence number of the entry
 BODY = struct.Struct("<III")  # records, bytes of pickled metas (0: none), bytes of the origin; then lengths, ingest, metas, origin, records
-SEGMENT_BYTES = 64 << 20  # a segment is closed once it holds this much (or a quarter of max_bytes, if less)
+# a segment is closed once it holds this much (or a quarter of max_bytes, if less): small, so that while the sink
+# keeps up, whole segments are written to it and unlinked before any fsync, and their pages never reach the disk
+SEGMENT_BYTES = 4 << 20
 KEEP_BYTES = 8 << 20  # bodies kept in memory for the writer; beyond, it reads them back from the segment
 IOV_MAX = 1024  # buffers one writev takes (Linux)
 WRITTEN = "written"  # the watermark file: entries below this sequence number were written to the sink
@@ -75,16 +77,20 @@ class Entry:
     content: Any = None  # what was appended, kept in memory while there is room (else read back from the segment)
     synced: bool = False  # an fsync covered it
     finished: bool = False  # done: written to the sink (offramp), or delivered by the graph (onramp)
-    then: list[Callable[[], None]] = field(default_factory=list)  # called once it is synced
+    then: list[Callable[[], None]] = field(default_factory=list)  # called once it is safe
 
-    def when_synced(self, fn: Callable[[], None]) -> None:
-        if self.synced:
+    @property
+    def safe(self) -> bool:
+        """On disk (an fsync covered it), or done before one was needed: nothing is lost without it."""
+        return self.synced or self.finished
+
+    def when_safe(self, fn: Callable[[], None]) -> None:
+        if self.safe:
             fn()
         else:
             self.then.append(fn)
 
-    def mark_synced(self) -> None:
-        self.synced = True
+    def _release(self) -> None:
         then, self.then = self.then, []
         for fn in then:
             fn()
@@ -112,8 +118,8 @@ class DiskBuffer:
         self.size = 0  # bytes in segment files
         self.kept = 0  # bytes of bodies kept in memory
         self.events = 0  # events in ``entries``
-        self.fd: int | None = None  # the open segment (the last)
-        self.retired: list[int] = []  # earlier segments' files with appends not yet synced: synced, then closed
+        self.fd: int | None = None  # the open segment's file (the last segment)
+        self.retired: list[tuple[Segment, int]] = []  # earlier segments' files with appends not yet synced: synced if needed, then closed
         self.new_files = False  # a segment was created since the last sync
         self.unsynced: list[Entry] = []
         self.space = asyncio.Event()
@@ -186,8 +192,8 @@ class DiskBuffer:
 
     # -- appending ----------------------------------------------------------------------------
     async def append(self, records: list[bytes], ingest: list[int], metas: Any, origin: str, nbytes: int | None = None) -> Entry | None:
-        """Append one batch (``nbytes``: the records' size, when known); the entry (``entry.when_synced``
-        runs what waits for an fsync to cover it), or None when it was dropped (full, ``drop_newest``)."""
+        """Append one batch (``nbytes``: the records' size, when known); the entry (``entry.when_safe``
+        runs what waits for it to be safe: synced, or done before), or None when it was dropped (full, ``drop_newest``)."""
         if self.when_full == "drop_newest" and self.size > 0 and self.size + (nbytes if nbytes is not None else sum(map(len, records))) > self.max_bytes:
             self.m_dropped.inc(len(records))  # full for certain: dropped before anything is made of it
             return None
@@ -241,8 +247,8 @@ class DiskBuffer:
         seg = self.segments[-1] if self.segments else None
         if seg is None or self.fd is None or (seg.size > 0 and seg.size + need > self.segment_bytes):
             if self.fd is not None:
-                if self.unsynced:  # the next sync covers it before it is closed
-                    self.retired.append(self.fd)
+                if self.unsynced:  # the next sync covers it (if still needed) before it is closed
+                    self.retired.append((self.segments[-1], self.fd))
                 else:
                     os.close(self.fd)
                 self.fd = None
@@ -262,8 +268,8 @@ class DiskBuffer:
             await self.sync()
 
     async def durable(self, entry: Entry) -> None:
-        """Once an fsync covered ``entry`` (one is started now; appends meanwhile share it)."""
-        if entry.synced:
+        """Once an fsync covered ``entry`` (one is started now; appends meanwhile share it), or it was done first."""
+        if entry.safe:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -271,24 +277,37 @@ class DiskBuffer:
             if not fut.done():
                 fut.set_result(None)
 
-        entry.when_synced(wake)
+        entry.when_safe(wake)
         self.sync_now.set()
         await fut
 
     async def sync(self) -> None:
+        """fsync the segments holding appended entries that are not done yet. An entry done before
+        (the sink took it) needs none: its upstream was released then, and a segment whose every
+        entry is done is unlinked before its pages are written back, so a sink that keeps up costs
+        the disk only what is in flight at each sync."""
         if self.unsynced:
             todo, self.unsynced = self.unsynced, []
             retired, self.retired = self.retired, []
-            fds = [*retired, os.dup(self.fd)] if self.fd is not None else retired
+            need = {id(e.segment) for e in todo if not e.finished}
+            fds = [os.dup(fd) for seg, fd in retired if id(seg) in need]
+            for _, fd in retired:
+                os.close(fd)
+            if self.fd is not None and self.segments and id(self.segments[-1]) in need:
+                fds.append(os.dup(self.fd))
             folder, self.new_files = self.new_files, False
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, _fsync_each, fds, self.folder if folder else None)
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            if fds:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, _fsync_each, fds, self.folder if folder else None)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+            else:
+                self.new_files = folder  # the folder's entries are synced with the next segment that needs it
             self.m_synced.inc(sum(e.events for e in todo))
             for e in todo:
-                e.mark_synced()
+                e.synced = True
+                e._release()
         if self.written != self.saved_written:
             tmp = self.folder / (WRITTEN + ".tmp")
             tmp.write_text(str(self.written))
@@ -313,6 +332,7 @@ class DiskBuffer:
         """``entry`` was written to the sink or went to err (an offramp's), or its records were
         delivered (an onramp's): in any order; what every entry up to one holds is freed."""
         entry.finished = True
+        entry._release()  # done before an fsync covered it: nothing waits for one any more
         if entry.content is not None:
             self.kept -= entry.length
             entry.content = None
@@ -346,7 +366,7 @@ class DiskBuffer:
             return
         with contextlib.suppress(OSError):
             await self.sync()
-        for fd in self.retired:
+        for _, fd in self.retired:
             os.close(fd)
         self.retired = []
         if self.fd is not None:

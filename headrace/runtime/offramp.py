@@ -289,7 +289,7 @@ class OfframpRunner(Runner):
                     self.stats.discard("buffer_full", len(batch))
                     done_each(acks)
                 elif acks is not None:
-                    entry.when_synced(lambda acks=acks: done_each(acks))  # type: ignore[misc]
+                    entry.when_safe(lambda acks=acks: done_each(acks))  # type: ignore[misc]
             await buf.sync()
             while not buf.empty and not writer.done() and not self.retry.failing:
                 await asyncio.sleep(0.02)

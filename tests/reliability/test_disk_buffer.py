@@ -130,6 +130,64 @@ def test_drop_newest_keeps_a_healthy_branch_going_while_another_sink_is_dead(tmp
     assert "stay in its disk buffer for the next start" in d.stderr()
 
 
+def _immutable(path: Path, on: bool) -> bool:
+    """``chattr +i`` / ``-i``: not even root may write the file (its open descriptors included)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True, timeout=10).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_file_sink_made_unwritable_holds_nothing_back_and_a_sigkill_loses_nothing(tmp_path: Path) -> None:
+    """An offramp disk buffer in front of a file sink whose file is made unwritable mid-run
+    (``chattr +i``: EPERM for every write, even as root): the source still reads and commits to
+    the end (its records are on disk), the daemon is SIGKILLed; the file is made writable again,
+    and after the restart it holds every record."""
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    if not _immutable(probe, True):
+        pytest.skip("chattr +i is not supported here (no e2fsprogs, or a file system without the immutable flag)")
+    _immutable(probe, False)
+    _input(tmp_path)
+    port = free_port()
+    out = tmp_path / "out.ndjson"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}, state_dir: state}}
+onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 20ms, checkpoint_interval: 50ms}}}}}}
+offramps: {{out: {{type: file, codec: json, buffer: {{type: disk, sync_interval: 50ms}}, config: {{path: out.ndjson}}}}}}
+links: {{src: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: _lines(out) >= 1, timeout=30)
+        assert _immutable(out, True)
+        size = (tmp_path / "in.ndjson").stat().st_size
+        d.wait_for(lambda: _checkpoint(tmp_path) == size, timeout=30)  # everything read and committed: safe on disk
+        d.wait_for(lambda: "Operation not permitted" in d.stderr(), timeout=30)
+        written = _lines(out)
+        assert written < N
+        assert metric(port, 'headrace_buffer_events{component_id="out"}') == N - written, "the rest waits in the buffer"
+        d.signal(signal.SIGKILL)
+        assert d.wait(10) == -signal.SIGKILL
+    finally:
+        _immutable(out, False)
+        d.stop()
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: _lines(out) >= N, timeout=60)
+        d.wait_for(lambda: metric(port, 'headrace_buffer_events{component_id="out"}', -1) == 0, timeout=10)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    ids = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert sorted(set(ids)) == list(range(N)), "every record, once the file is writable again"
+    assert len(ids) == N, "no duplicates: the watermark was saved while the sink refused"
+
+
 def _lines(path: Path) -> int:
     try:
         return path.read_bytes().count(b"\n")
@@ -245,3 +303,68 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _buffer_with_spy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, segment_bytes: int = 1 << 20) -> tuple[object, list[int]]:
+    """A real buffer on disk; the fsyncs it does are counted (file descriptors per sync)."""
+    from headrace.metrics.defs import Metrics
+    from headrace.runtime import diskbuffer
+
+    fsynced: list[int] = []
+    real = diskbuffer._fsync_each
+
+    def spy(fds: list[int], folder: Path | None) -> None:
+        fsynced.append(len(fds))
+        real(fds, folder)
+
+    monkeypatch.setattr(diskbuffer, "_fsync_each", spy)
+    buf = diskbuffer.DiskBuffer(tmp_path / "b", 1 << 30, "block", 0.1, Metrics(), "out")
+    buf.segment_bytes = segment_bytes
+    buf.open()
+    return buf, fsynced
+
+
+def test_an_entry_the_sink_took_before_a_sync_releases_its_upstream_and_needs_no_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    async def main() -> None:
+        buf, fsynced = _buffer_with_spy(tmp_path, monkeypatch)
+        released: list[str] = []
+        a = await buf.append([b'{"id":1}'], [0], None, "src")
+        a.when_safe(lambda: released.append("a"))
+        taken, (records, *_) = await buf.take()
+        assert taken is a and records == [b'{"id":1}'] and released == []
+        buf.done(a)  # the sink took it before any fsync
+        assert released == ["a"], "upstream is released when the sink took it"
+        await buf.sync()
+        assert fsynced == [], "nothing waits for a sync: no fsync"
+        b = await buf.append([b'{"id":2}'], [0], None, "src")
+        b.when_safe(lambda: released.append("b"))
+        await buf.sync()
+        assert fsynced == [1] and released == ["a", "b"], "an entry not yet written is synced, then released"
+        assert b.synced
+        await buf.close()
+
+    asyncio.run(main())
+
+
+def test_a_sync_covers_only_segments_with_entries_not_yet_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries in three segments; the first two are written to the sink before the sync: only the
+    third segment's file is fsynced, and the segments of done entries are unlinked."""
+    import asyncio
+
+    async def main() -> None:
+        buf, fsynced = _buffer_with_spy(tmp_path, monkeypatch, segment_bytes=1 << 16)
+        big = [b"x" * 40_000]
+        entries = [await buf.append(big, [0], None, "src") for _ in range(3)]
+        assert len({id(e.segment) for e in entries}) == 3
+        for _ in range(2):
+            e, _content = await buf.take()
+            buf.done(e)
+        assert len(list((tmp_path / "b").glob("*.seg"))) == 1, "the done entries' segments are gone"
+        await buf.sync()
+        assert fsynced == [1], "one file synced: the segment whose entry waits for the sink"
+        assert all(e.safe for e in entries)
+        await buf.close()
+
+    asyncio.run(main())
