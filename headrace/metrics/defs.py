@@ -36,7 +36,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_event_latency_seconds", "histogram", "Time from ingest to offramp accept.", ("offramp",), LATENCY_BUCKETS),
     MetricDef("headrace_offramp_state", "gauge", "1 for the offramp's current state, 0 for the other: `ok` (its writes succeed, or none is due) "
               "or `retrying` (a write failed and waits for its next attempt).", ("offramp", "state")),
-    MetricDef("headrace_buffer_bytes", "gauge", "Bytes in a disk buffer (segment files not yet freed).", ("component_id",)),
+    MetricDef("headrace_buffer_bytes", "gauge", "Bytes in a disk buffer: segment files not yet freed, and appended entries waiting in memory for the next sync.", ("component_id",)),
     MetricDef("headrace_buffer_events", "gauge", "Events in a disk buffer not yet done (an offramp's: written to its sink; an onramp's: "
               "delivered by the graph).", ("component_id",)),
     MetricDef("headrace_buffer_synced_events_total", "counter", "Events appended to a disk buffer and safe since start: covered by an fsync, or delivered before one was due.",

@@ -274,8 +274,9 @@ class OfframpRunner(Runner):
         try:
             limit = self.plugin.coalesce_events
             while (batch := await self.inbox.get()) is not None:
-                if writer.done():
-                    writer.result()  # a fault of the writer ends the runner
+                for task in (writer, syncing):
+                    if task.done():
+                        task.result()  # a fault of the writer or the syncer ends the runner
                 if limit:
                     batch = self.coalesce(batch, limit)
                 prepared = await self.prepare(batch)

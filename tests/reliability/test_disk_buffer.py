@@ -100,11 +100,12 @@ def test_a_full_disk_holds_the_queue_back_and_nothing_is_lost_once_space_is_back
         d.wait_for(lambda: "cannot append to its disk buffer" in d.stderr(), timeout=30)
         assert sink.count() == 0 and d.proc.poll() is None
         resource.prlimit(d.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space is back
+        d.wait_for(lambda: "takes appends again" in d.stderr(), timeout=30)
+        d.wait_for(lambda: metric(port, 'headrace_buffer_synced_events_total{component_id="out"}') == N, timeout=30)
         sink.down = False
         d.wait_for(lambda: set(sink.ids()) == set(range(N)), timeout=60)
     finally:
         assert d.stop() == 0, d.stderr()
-    assert "takes appends again" in d.stderr()
 
 
 @pytest.mark.slow
@@ -151,7 +152,7 @@ def test_a_file_sink_made_unwritable_holds_nothing_back_and_a_sigkill_loses_noth
     if not _immutable(probe, True):
         pytest.skip("chattr +i is not supported here (no e2fsprogs, or a file system without the immutable flag)")
     _immutable(probe, False)
-    _input(tmp_path)
+    _input(tmp_path, 1000)
     port = free_port()
     out = tmp_path / "out.ndjson"
     cfg = tmp_path / "c.yaml"
@@ -164,13 +165,15 @@ links: {{src: [out]}}
 """)
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: _lines(out) >= 1, timeout=30)
+        d.wait_for(lambda: _lines(out) == 1000, timeout=30)
         assert _immutable(out, True)
+        with open(tmp_path / "in.ndjson", "a") as f:  # the rest arrives while the sink refuses every write
+            f.write("".join(json.dumps({"id": i}) + "\n" for i in range(1000, N)))
         size = (tmp_path / "in.ndjson").stat().st_size
         d.wait_for(lambda: _checkpoint(tmp_path) == size, timeout=30)  # everything read and committed: safe on disk
         d.wait_for(lambda: "Operation not permitted" in d.stderr(), timeout=30)
         written = _lines(out)
-        assert written < N
+        assert written == 1000
         assert metric(port, 'headrace_buffer_events{component_id="out"}') == N - written, "the rest waits in the buffer"
         d.signal(signal.SIGKILL)
         assert d.wait(10) == -signal.SIGKILL
@@ -338,6 +341,7 @@ def test_an_entry_the_sink_took_before_a_sync_releases_its_upstream_and_needs_no
         assert released == ["a"], "upstream is released when the sink took it"
         await buf.sync()
         assert fsynced == [], "nothing waits for a sync: no fsync"
+        assert not list((tmp_path / "b").glob("*.seg")), "an entry the sink took before the sync is never written"
         b = await buf.append([b'{"id":2}'], [0], None, "src")
         b.when_safe(lambda: released.append("b"))
         await buf.sync()
@@ -349,22 +353,25 @@ def test_an_entry_the_sink_took_before_a_sync_releases_its_upstream_and_needs_no
 
 
 def test_a_sync_covers_only_segments_with_entries_not_yet_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Entries in three segments; the first two are written to the sink before the sync: only the
-    third segment's file is fsynced, and the segments of done entries are unlinked."""
+    """Entries written to three segments (the sink fell behind); the first two are then written to
+    the sink before the sync: only the third segment's file is fsynced, and the segments of done
+    entries are unlinked."""
     import asyncio
 
     async def main() -> None:
         buf, fsynced = _buffer_with_spy(tmp_path, monkeypatch, segment_bytes=1 << 16)
         big = [b"x" * 40_000]
         entries = [await buf.append(big, [0], None, "src") for _ in range(3)]
-        assert len({id(e.segment) for e in entries}) == 3
+        assert all(e.segment is None for e in entries), "in memory until a sync"
+        await buf.write_pending()
+        assert len({id(e.segment) for e in entries}) == 3 and len(list((tmp_path / "b").glob("*.seg"))) == 3
         for _ in range(2):
             e, _content = await buf.take()
             buf.done(e)
-        assert len(list((tmp_path / "b").glob("*.seg"))) == 1, "the done entries' segments are gone"
         await buf.sync()
         assert fsynced == [1], "one file synced: the segment whose entry waits for the sink"
         assert all(e.safe for e in entries)
-        await buf.close()
+        await buf.close()  # waits for the unlinks on the buffer's I/O thread
+        assert [p.name for p in (tmp_path / "b").glob("*.seg")] == [f"{2:020d}.seg"], "the done entries' segments are gone"
 
     asyncio.run(main())
