@@ -52,6 +52,12 @@ class Codec:
         produces (``bytes`` included; how, its page says)."""
         raise NotImplementedError
 
+    def fast_encoder(self) -> tuple[Callable[[Any], bytes], tuple[type[Exception], ...]] | None:
+        """A C-level function that encodes most values exactly as ``encode`` does, and the
+        exceptions it raises for the others (``encode`` then decides): workers call it with no
+        Python frame per record. None: ``encode`` is used."""
+        return None
+
     def encode_with_meta(self, value: Any, meta: dict[str, Any]) -> bytes:
         """The event and its meta as one record (an offramp's ``with_meta: true``): by default
         ``{"event": value, "meta": meta}``; codecs whose records cannot nest override it."""

@@ -232,3 +232,42 @@ def test_counts_of_the_mixed_stage(tmp_path: Path) -> None:
     assert c.errors == len(raise_)
     side = [o for o in resp.outputs if o.port == "side"]
     assert sum(len(o.src) // 4 for o in side) == len([i for i in ids if i % 7 and i % 11 and i % 13 and i % 17 == 0])
+
+
+def test_values_the_fast_encoder_refuses_are_written_as_the_codec_writes_them(tmp_path: Path) -> None:
+    """Workers encode written records with orjson alone; what it refuses (a non-str key, bytes, an
+    integer beyond 64 bits) is written by the codec's own encode, exactly as before."""
+    from headrace.plugins.codecs.json import to_json
+
+    (tmp_path / "oddstages.py").write_text('''
+def odd(event, meta):
+    i = event["id"]
+    if i == 1:
+        event["by_number"] = {7: "seven"}
+    elif i == 2:
+        event["raw"] = b"bytes \\xff"
+    elif i == 3:
+        event["big"] = 2 ** 70
+    else:
+        event["plain"] = True
+    return event
+''')
+    cfg = PythonOperator.Config.model_validate({"fn": "oddstages:odd"})
+    prog = SegmentProgram(SegmentSpec("seg", [NodeDef("s0", "python", cfg, tmp_path)], {("s0", "out"): "json"}))
+    prog.setup()
+    recs = [json.dumps({"id": i}).encode() for i in range(5)]
+    resp = run(prog, recs, None)
+    (out,) = [o for o in resp.outputs if o.port == "out"]
+    lens = array("i")
+    lens.frombytes(out.lens)
+    blob, pos, got = bytes(resp.blob), out.start, []
+    for n in lens:
+        got.append(blob[pos : pos + n])
+        pos += n
+    expected = []
+    for i in range(5):
+        ev: dict[str, Any] = {"id": i}
+        ev.update({1: {"by_number": {7: "seven"}}, 2: {"raw": b"bytes \xff"}, 3: {"big": 2**70}}.get(i, {"plain": True}))
+        expected.append(to_json(ev))
+    assert got == expected
+    assert b'"7":"seven"' in got[1] and b"1180591620717411303424" in got[3]

@@ -173,6 +173,11 @@ class JsonCodec(Codec):
     def encode(self, value: Any) -> bytes:
         return to_json(value)
 
+    def fast_encoder(self) -> tuple[Callable[[Any], bytes], tuple[type[Exception], ...]] | None:
+        # orjson with no option and no default writes what to_json writes for every value it takes; it
+        # refuses (TypeError) the rest: bytes, non-str keys, integers beyond 64 bits, numpy, what needs _plain
+        return orjson.dumps, (TypeError,)
+
 
 def to_json(value: Any) -> bytes:
     """``value`` as JSON text (bytes as the module doc says; integers beyond 64 bits exact), for

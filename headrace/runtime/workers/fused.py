@@ -103,6 +103,7 @@ class FusedChain:
         if viewer is not None:  # its parser straight, its recovery only for what that refuses
             decode, caught = viewer.parse, (*viewer.errors, RecursionError)
         encode = codec.encode
+        fast, refused = codec.fast_encoder() or (encode, ())  # refused: encode decides
         lens = array("I")
         lens.frombytes(req.lens)
         # simdjson parses a bytes slice with ~3k fewer instructions than a memoryview slice (it pads
@@ -139,13 +140,15 @@ class FusedChain:
         failures: list[tuple[int, str]] = []
         out_src: array[int] = array("I")
         out_metas: list[Any] = []  # None for an event of a blind chain (its meta as sent)
-        changed_at: list[tuple[int, int]] = []  # (position in out, length of its new encoding); the rest are unchanged
+        # the out events encoded anew: their positions in out and the lengths of their encodings (the rest are unchanged)
+        changed_pos: array[int] = array("I")
+        changed_len: array[int] = array("i")
         parts: list[bytes] = []
         unencodable: list[tuple[int, Ev]] = []  # (place among the out events, event the codec cannot hold)
-        nbytes = 0
         sync = _emit.sync
         sync.fused = self
         value = result = None
+        enc: bytes | None
         try:
             for i, n in enumerate(lens):
                 end = pos + n
@@ -259,38 +262,48 @@ class FusedChain:
                             unencodable.append((len(out_src), ev))  # tried again by the batch-wise encoder, which hands it back as a value
                             continue
                         parts.append(data)
+                        changed_pos.append(len(out_src))
+                        changed_len.append(len(data))
                         out_src.append(i)
-                        changed_at.append((len(out_src) - 1, len(data)))
                         out_metas.append(ev.meta)
-                        nbytes += len(data)
                     continue
                 if changed:
                     try:
-                        data = encode(result)
+                        enc = fast(result)
+                    except refused:
+                        enc = None
                     except STAGE_ERRORS:
                         unencodable.append((len(out_src), Ev(result, self.meta_of(meta, i), i, None, ingest[i])))  # see above
                         continue
-                    parts.append(data)
-                    changed_at.append((len(out_src), len(data)))
-                    nbytes += len(data)
+                    if enc is None:  # the fast encoder refused it: the codec decides
+                        try:
+                            enc = encode(result)
+                        except STAGE_ERRORS:
+                            unencodable.append((len(out_src), Ev(result, self.meta_of(meta, i), i, None, ingest[i])))
+                            continue
+                    parts.append(enc)
+                    changed_pos.append(len(out_src))
+                    changed_len.append(len(enc))
                 out_src.append(i)
                 out_metas.append(meta)
         finally:
             sync.fused = None
             self.metas = None
         if wrap and self.adapt is not None:
-            self.adapt.saw(len(lens), len(out_src) - len(changed_at))
+            self.adapt.saw(len(lens), len(out_src) - len(changed_len))
         sent_back = self._blind_metas(req, out_src, out_metas) if blind else out_metas
         if single:
             entered[0] += len(lens) - len(failures)
         out_lens: array[int] | None = None
-        if changed_at or len(out_src) != len(lens):  # else each input came out once, in order, unchanged
+        if len(changed_len) == len(out_src) and changed_len:  # every out event encoded anew (a writer): in order
+            out_lens = changed_len
+        elif changed_len or len(out_src) != len(lens):  # else each input came out once, in order, unchanged
             out_lens = array("i", [UNCHANGED]) * len(out_src)
-            for at, ln in changed_at:
+            for at, ln in zip(changed_pos, changed_len, strict=True):
                 out_lens[at] = ln
         resp = self._respond(req, t0, outputs, entered, errs, dropped, failures,
                              (out_src, out_lens, share_equal(sent_back) if sent_back is not None and any(sent_back) else None),
-                             parts, nbytes, unencodable)  # fmt: skip
+                             parts, unencodable)  # fmt: skip
         if blind and sent_back is None:
             for o in resp.outputs:
                 if o.port == "out" and o.node == ids[-1] and o.metas is None and o.codec == req.codec:
@@ -307,7 +320,7 @@ class FusedChain:
 
     def _respond(self, req: Request, t0: int, outputs: dict[tuple[str, str], list[Ev]], entered: list[int], errs: list[int],
                  dropped: list[int], failures: list[tuple[int, str]], out: tuple[array[int], array[int] | None, list[dict[str, Any]] | None],
-                 parts: list[bytes], nbytes: int, unencodable: list[tuple[int, Ev]]) -> Response:  # fmt: skip
+                 parts: list[bytes], unencodable: list[tuple[int, Ev]]) -> Response:  # fmt: skip
         ids = self.ids
         last = ids[-1]
         out_src, out_lens, out_metas = out
