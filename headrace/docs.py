@@ -135,11 +135,21 @@ def _config() -> str:
     return "\n".join(parts) + "\n"
 
 
+def _tls() -> str:
+    import headrace.plugins.tls as tls
+    from headrace.plugins.onramps.http import HttpAuthConfig
+
+    doc = (tls.__doc__ or "").strip()
+    return "\n".join(["# TLS and credentials", "", "Generated from `headrace/plugins/tls.py` (`make docs`).", "", doc, "",
+                      "## `tls:` (in the `config:` of a tcp or http onramp or offramp)", "", model_table(tls.TlsConfig),
+                      "## `auth:` (in the `config:` of an http onramp)", "", model_table(HttpAuthConfig)])  # fmt: skip
+
+
 def _references() -> dict[str, Callable[[], str]]:
     from headrace import registry
 
     refs: dict[str, Callable[[], str]] = {"reference/metrics.md": _metrics, "reference/config.md": _config, "reference/cli.md": _cli,
-                                          "reference/tests.md": _tests}  # fmt: skip
+                                          "reference/tests.md": _tests, "reference/tls.md": _tls}  # fmt: skip
     for kind in registry.KINDS:
         for name in sorted(registry.BUILTINS[kind]):  # built-ins only: the output must not depend on what is installed
             refs[f"reference/{kind}/{name}.md"] = _component(kind, name)

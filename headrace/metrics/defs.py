@@ -29,7 +29,7 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_component_sent_bytes_total", "counter", "Bytes sent by a component (encoded records).", ("component_id", "component_kind")),
     MetricDef("headrace_component_errors_total", "counter", "Errors in a component, by type.", ("component_id", "component_kind", "error_type")),
     MetricDef("headrace_component_discarded_events_total", "counter", "Events discarded on purpose (filtered, unlinked port, dropped by a stage).", ("component_id", "reason")),
-    MetricDef("headrace_onramp_refused_total", "counter", "Connections and requests an onramp refused or cut off (over a cap, too slow, too large, from a foreign origin).", ("component_id", "reason")),
+    MetricDef("headrace_onramp_refused_total", "counter", "Connections and requests an onramp refused or cut off (over a cap, too slow, too large, from a foreign origin, without credentials).", ("component_id", "reason")),
     MetricDef("headrace_component_buffered_bytes", "gauge", "Approximate bytes a component holds outside the edge queues: datagrams or request bodies an onramp read and did not hand on yet, an operator's open windows or remembered keys.", ("component_id",)),
     MetricDef("headrace_queue_events", "gauge", "Events waiting in an edge queue.", ("edge",)),
     MetricDef("headrace_queue_bytes", "gauge", "Bytes waiting in an edge queue.", ("edge",)),

@@ -32,8 +32,10 @@ from headrace.contract.backoff import Backoff
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
 from headrace.contract.metas import Metas
+from headrace.contract.paths import SettingError
 from headrace.contract.sink import Offramp, PartialWrite, Rejections
 from headrace.contract.units import Duration
+from headrace.plugins.tls import TlsConfig, check_tls, client_context
 
 log = logging.getLogger("headrace.plugins.http")
 
@@ -51,6 +53,8 @@ class HttpOfframpConfig(PluginConfig):
     retries: int = Field(5, ge=0, description="retries of one request on connection errors, timeouts, 408, 425, 429 and 5xx")
     backoff_initial: Duration = Field(0.1, gt=0, description="first wait between retries; doubles each time")
     backoff_max: Duration = Field(10.0, gt=0, description="longest wait between retries (also caps Retry-After)")
+    tls: TlsConfig | None = Field(None, description="for an https url (see reference/tls.md): the CAs to verify the server against "
+                                  "(default: the system's), a client certificate, the name to verify")
 
 
 class HttpRetryable(Exception):
@@ -86,10 +90,19 @@ class HttpOfframp(Offramp):
         self.limit = asyncio.Semaphore(config.concurrency)
         self._warned_joined = False
 
+    def check(self) -> None:
+        check_tls(self.cfg.tls, listening=False)
+        if self.cfg.tls is not None and not self.cfg.url.startswith("https://"):
+            raise SettingError("tls", "tls is for an https:// url")
+        if self.cfg.tls is not None and self.cfg.tls.server_name is not None:
+            raise SettingError("tls", "server_name: the http offramp verifies the url's host name")
+
     async def start(self) -> None:
+        tls = self.cfg.tls
+        context = client_context(tls, self.context.base_dir) if tls is not None else True  # True: aiohttp's default verification
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
-            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency),
+            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency, ssl=context),
             headers=self.cfg.headers,
         )
 

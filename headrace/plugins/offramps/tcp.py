@@ -15,16 +15,20 @@ acknowledgement of its own; use the ``http`` or ``kafka`` offramp where that mat
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from pydantic import Field
 
 from headrace.contract.context import PluginContext
 from headrace.plugins.sockets import StreamOfframp, StreamOfframpConfig
+from headrace.plugins.tls import TlsConfig, check_tls, client_context
 
 
 class TcpOfframpConfig(StreamOfframpConfig):
     host: str = Field("127.0.0.1", description="address of the server")
     port: int = Field(ge=1, le=65535, description="port of the server")
+    tls: TlsConfig | None = Field(None, description="speak TLS (see reference/tls.md): verify the server against ca (default: the "
+                                  "system's CAs) and its name; cert and key present a client certificate")
 
 
 class TcpOfframp(StreamOfframp):
@@ -37,8 +41,18 @@ class TcpOfframp(StreamOfframp):
         super().__init__(config, context)
         self.cfg = config
 
+        self.ssl: ssl.SSLContext | None = None
+
+    def check(self) -> None:
+        check_tls(self.cfg.tls, listening=False)
+
     def where(self) -> str:
-        return f"{self.cfg.host}:{self.cfg.port}"
+        return f"{'tls://' if self.cfg.tls else ''}{self.cfg.host}:{self.cfg.port}"
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.cfg.host, self.cfg.port)
+        tls = self.cfg.tls
+        if tls is None:
+            return await asyncio.open_connection(self.cfg.host, self.cfg.port)
+        if self.ssl is None:
+            self.ssl = client_context(tls, self.context.base_dir)
+        return await asyncio.open_connection(self.cfg.host, self.cfg.port, ssl=self.ssl, server_hostname=tls.server_name or self.cfg.host)

@@ -25,27 +25,39 @@ one line per 10 s).
 Browsers: a web page's script can POST to any address the browser reaches, including
 this onramp on 127.0.0.1, and browsers send ``Origin`` with every cross-origin POST (tools
 such as curl and client libraries do not). A request with an ``Origin`` header is refused
-with 403 unless the origin is in ``allowed_origins``. There is no authentication yet:
-bind to loopback or a trusted network, or put an authenticating proxy in front.
+with 403 unless the origin is in ``allowed_origins``.
+
+TLS (``tls: {cert, key, ca, client_auth}``) makes it an HTTPS server (with ``client_auth``,
+mutual TLS; the verified client's common name is in the meta as ``tls_client_cn``).
+``auth: {type: bearer, token}`` or ``auth: {type: basic, user, password}`` (secrets from
+``${VAR}``) answers 401 with ``WWW-Authenticate`` to a request without the credentials (compared
+in constant time), before its body is read: nothing of it enters the graph. Without TLS the
+credentials cross the network in clear text: bind to loopback, or set ``tls``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hmac
 import logging
-from typing import Any
+import ssl
+from typing import Any, Literal
 
 from aiohttp import ClientPayloadError, web
 from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
+from headrace.contract.paths import SettingError
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.contract.units import Duration, Size
 from headrace.metrics.defs import Tally
 from headrace.metrics.refusals import Refusals
 from headrace.plugins.onramps.http_server import CappedServer, busy_answer, listen
 from headrace.plugins.sockets import FramingSink, Meta, framing_sink
+from headrace.plugins.tls import TlsConfig, check_tls, client_cn, server_context
 
 log = logging.getLogger("headrace.plugins.http")
 
@@ -54,6 +66,13 @@ MAX_META_HEADERS = 32
 MAX_HEADER_VALUE = 1024
 READ_SIZE = 64 * 1024
 LINGER = 2.0  # seconds the rest of a refused body is read and dropped, so that its client reads the answer (not a reset)
+
+
+class HttpAuthConfig(PluginConfig):
+    type: Literal["bearer", "basic"] = Field(description="bearer: `Authorization: Bearer <token>`; basic: user and password")
+    token: str | None = Field(None, min_length=16, description="bearer: the token (16+ characters; use ${VAR} to keep it out of the file)")
+    user: str | None = Field(None, min_length=1, description="basic: the user name")
+    password: str | None = Field(None, min_length=8, description="basic: the password (8+ characters; use ${VAR})")
 
 
 class HttpOnrampConfig(PluginConfig):
@@ -76,6 +95,8 @@ class HttpOnrampConfig(PluginConfig):
                                    "the connection is closed")
     allowed_origins: list[str] = Field(default_factory=list, description="origins (scheme://host[:port]) whose browser pages may post; "
                                        "a request with another Origin header gets 403. Empty: no browser page may ('*': any may)")
+    tls: TlsConfig | None = Field(None, description="serve HTTPS (see reference/tls.md): cert and key; client_auth for mutual TLS")
+    auth: HttpAuthConfig | None = Field(None, description="credentials every request must carry (401 otherwise, before its body is read)")
 
 
 class _Request:
@@ -119,6 +140,22 @@ class HttpOnramp(Onramp):
         self.gauge = Tally(metrics["headrace_component_buffered_bytes"].labels(context.component_id)) if metrics else None
         self.any_origin = "*" in config.allowed_origins
         self.origins = {o.rstrip("/").lower() for o in config.allowed_origins}
+        self.expected: bytes | None = None  # the Authorization header value that is let in
+        auth = config.auth
+        if auth is not None and auth.type == "bearer" and auth.token:
+            self.expected = f"Bearer {auth.token}".encode()
+        elif auth is not None and auth.type == "basic" and auth.user and auth.password:
+            self.expected = b"Basic " + base64.b64encode(f"{auth.user}:{auth.password}".encode())
+
+    def check(self) -> None:
+        check_tls(self.cfg.tls, listening=True)
+        auth = self.cfg.auth
+        if auth is not None and auth.type == "bearer" and (auth.token is None or auth.user or auth.password):
+            raise SettingError("auth", "type bearer takes `token` (and no user or password)")
+        if auth is not None and auth.type == "basic" and (auth.user is None or auth.password is None or auth.token):
+            raise SettingError("auth", "type basic takes `user` and `password` (and no token)")
+        if auth is not None and ":" in (auth.user or ""):
+            raise SettingError("auth", "a basic user name cannot hold ':'")
 
     async def start(self) -> None:
         """Listen now: a port in use fails the start (naming this onramp), not a later moment. Ready once
@@ -127,11 +164,12 @@ class HttpOnramp(Onramp):
         self.server = CappedServer(self.handle, max_connections=cfg.max_connections, refused=self._over_connections,
                                    keepalive_timeout=cfg.header_timeout, lingering_time=LINGER, access_log=None)  # fmt: skip
         try:
-            self.listener = await listen(self.server, cfg.host, cfg.port)
+            context = server_context(cfg.tls, self.context.base_dir) if cfg.tls is not None else None
+            self.listener = await listen(self.server, cfg.host, cfg.port, context)
         except BaseException:
             await self._shutdown()
             raise
-        log.info("%s: listening on http://%s:%d%s", self.context.component_id, cfg.host, cfg.port, cfg.path)
+        log.info("%s: listening on %s://%s:%d%s", self.context.component_id, "https" if cfg.tls else "http", cfg.host, cfg.port, cfg.path)
 
     async def run(self, sink: OnrampSink) -> None:
         self.sink = framing_sink(sink)
@@ -217,10 +255,23 @@ class HttpOnramp(Onramp):
             if len(headers) >= MAX_META_HEADERS:
                 break
             headers[name] = v[:MAX_HEADER_VALUE]
-        return {"http_path": request.path, "http_method": request.method, "http_headers": headers}
+        meta: Meta = {"http_path": request.path, "http_method": request.method, "http_headers": headers}
+        if self.cfg.tls is not None and self.cfg.tls.client_auth and request.transport is not None:
+            obj = request.transport.get_extra_info("ssl_object")
+            cn = client_cn(obj.getpeercert()) if isinstance(obj, ssl.SSLObject | ssl.SSLSocket) else None
+            if cn is not None:
+                meta["tls_client_cn"] = cn
+        return meta
 
     def _check(self, request: web.BaseRequest) -> None:
-        """Refuses what is not a POST to the path, from a page of a foreign origin, or while too much is in flight."""
+        """Refuses what lacks the credentials, is not a POST to the path, comes from a page of a foreign
+        origin, or comes while too much is in flight."""
+        if self.expected is not None and not _authorized(request.headers.get("Authorization"), self.expected):
+            self.refused("auth", f"answered 401 to {request.remote}: no valid credentials")
+            scheme = "Bearer" if self.cfg.auth is not None and self.cfg.auth.type == "bearer" else "Basic"
+            resp = web.json_response({"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": f'{scheme} realm="headrace"'})
+            resp.force_close()  # the body is not read
+            raise _Refused(resp)
         if request.path != self.cfg.path:
             raise _Refused(web.json_response({"error": "not found"}, status=404))
         if request.method != "POST":
@@ -303,3 +354,17 @@ class HttpOnramp(Onramp):
     def fail(self, token: Any) -> None:
         token.failed = True
         self._part_done(token)
+
+
+def _authorized(header: str | None, expected: bytes) -> bool:
+    """Whether an Authorization header carries the expected credentials (constant time; the scheme's case ignored)."""
+    if header is None:
+        return False
+    scheme, _, rest = header.strip().partition(" ")
+    given = f"{scheme.capitalize()} {rest.strip()}".encode("utf-8", "surrogateescape")
+    if scheme.lower() == "basic":  # compare the decoded pair: base64 allows more than one spelling of it
+        try:
+            given = b"Basic " + base64.b64encode(base64.b64decode(rest.strip(), validate=True))
+        except (binascii.Error, ValueError):
+            return False
+    return hmac.compare_digest(given, expected)

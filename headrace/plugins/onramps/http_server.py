@@ -10,6 +10,7 @@ is closed at once.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -84,5 +85,5 @@ def busy_answer(message: str, retry_after: int) -> bytes:
     return head.encode() + body
 
 
-async def listen(server: CappedServer, host: str, port: int) -> asyncio.AbstractServer:
-    return await asyncio.get_running_loop().create_server(server.accept, host, port, reuse_address=True)
+async def listen(server: CappedServer, host: str, port: int, context: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+    return await asyncio.get_running_loop().create_server(server.accept, host, port, reuse_address=True, ssl=context)
