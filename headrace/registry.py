@@ -27,6 +27,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "udp": "headrace.plugins.onramps.udp:UdpOnramp",
         "unix": "headrace.plugins.onramps.unix:UnixOnramp",
         "http": "headrace.plugins.onramps.http:HttpOnramp",
+        "redis": "headrace.plugins.onramps.redis:RedisOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",
@@ -38,6 +39,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "udp": "headrace.plugins.offramps.udp:UdpOfframp",
         "unix": "headrace.plugins.offramps.unix:UnixOfframp",
         "http": "headrace.plugins.offramps.http:HttpOfframp",
+        "redis": "headrace.plugins.offramps.redis:RedisOfframp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",

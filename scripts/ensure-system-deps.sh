@@ -2,24 +2,35 @@
 # Make sure the system tools the headrace test suite needs are present:
 #   - promtool and prometheus (Debian package `prometheus`, v2.42 on Debian 12)
 #     for tests/ops/test_dashboards.py
+#   - redis-server (Debian package `redis-server`) for the redis connector's tests
+#     (tests/plugins/test_redis.py, the contract suites); the tests start their own
+#     server on a free loopback port
+#   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)
 #
 # Idempotent: exits 0 without doing anything when the tools are already there.
-# When something is missing it installs the package with apt-get if run as root,
+# When something is missing it installs the packages with apt-get if run as root,
 # and otherwise prints the command to run and exits 1.
 # Set HEADRACE_SKIP_SYSTEM_DEPS=1 to only report and always exit 0.
 set -euo pipefail
 
-PKG=prometheus
 skip=${HEADRACE_SKIP_SYSTEM_DEPS:-0}
 
 say() { printf 'ensure-system-deps: %s\n' "$*" >&2; }
 
+# tool -> Debian package
+declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [openssl]=openssl)
+
 missing=()
-for tool in promtool prometheus; do
+packages=()
+for tool in promtool prometheus redis-server openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         missing+=("$tool")
+        pkg=${PACKAGE[$tool]}
+        if [[ " ${packages[*]-} " != *" $pkg "* ]]; then
+            packages+=("$pkg")
+        fi
     fi
 done
 
@@ -28,43 +39,48 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "promtool and prometheus are installed ($(promtool --version 2>&1 | head -n 1))."
+    say "promtool, prometheus, redis-server and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
     exit 0
 fi
 
-say "missing: ${missing[*]} (from the Debian package '$PKG')."
+say "missing: ${missing[*]} (from the Debian package(s) ${packages[*]})."
 
 if [ "$skip" = "1" ]; then
-    say "HEADRACE_SKIP_SYSTEM_DEPS=1: not installing; the ops tests will fail without them."
+    say "HEADRACE_SKIP_SYSTEM_DEPS=1: not installing; the tests that need them will fail."
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    say "apt-get not found: install Prometheus 2.x (prometheus and promtool) with your"
-    say "system's package manager, or from https://prometheus.io/download/, and put"
-    say "both on PATH."
+    say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server and"
+    say "openssl with your system's package manager and put them on PATH."
     exit 1
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
     say "not running as root, so not installing. Run:"
-    say "    sudo apt-get update && sudo apt-get install -y $PKG"
+    say "    sudo apt-get update && sudo apt-get install -y ${packages[*]}"
     say "(or run this script with sudo)."
     exit 1
 fi
 
-say "installing '$PKG' with apt-get ..."
+say "installing ${packages[*]} with apt-get ..."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
-apt-get install -y --no-install-recommends "$PKG"
+apt-get install -y --no-install-recommends "${packages[@]}"
 
-for tool in promtool prometheus; do
+for tool in "${missing[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
-        say "error: '$tool' still not found after installing '$PKG'."
+        say "error: '$tool' still not found after installing ${packages[*]}."
         exit 1
     fi
 done
-say "installed: $(promtool --version 2>&1 | head -n 1)"
-say "note: the package enables prometheus.service; if you only need promtool for the"
-say "tests, stop it with: systemctl disable --now prometheus"
+say "installed: ${packages[*]}"
+if [[ " ${packages[*]} " == *" prometheus "* ]]; then
+    say "note: the package enables prometheus.service; if you only need promtool for the"
+    say "tests, stop it with: systemctl disable --now prometheus"
+fi
+if [[ " ${packages[*]} " == *" redis-server "* ]]; then
+    say "note: the package enables redis-server.service (port 6379); the tests start their own."
+    say "Stop it with: systemctl disable --now redis-server"
+fi
 exit 0

@@ -222,3 +222,21 @@ class KafkaTopic(OfframpPeer):
             await self.consumer.stop()
         with contextlib.suppress(Exception):
             await self.broker.adelete_topic(self.topic)
+
+
+class RedisStream(OfframpPeer):
+    """A stream of its own, read whole (XRANGE); taken down by stopping the server."""
+
+    def __init__(self, server: Any, key: str) -> None:
+        self.server = server
+        self.key = key
+
+    async def received(self) -> list[bytes] | None:
+        return [fields[b"data"] for _, fields in self.server.client().xrange(self.key)]
+
+    async def fail(self) -> bool:
+        self.server.stop()
+        return True
+
+    async def recover(self) -> None:
+        self.server.start()

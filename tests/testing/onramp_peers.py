@@ -202,3 +202,25 @@ class KafkaRecords(OnrampPeer):
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.broker.adelete_topic(self.topic)
+
+
+class RedisEntries(OnrampPeer):
+    """Entries of a stream of its own (field ``data``), before the onramp starts and once it is ready again."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.stream = f"contract-{uuid.uuid4().hex[:10]}"
+
+    def _add(self, tag: str, n: int) -> list[bytes]:
+        records = lines(tag, n)
+        pipe = self.server.client().pipeline(transaction=False)
+        for r in records:
+            pipe.xadd(self.stream, {b"data": r})
+        pipe.execute()
+        return records
+
+    async def prepare(self, config: Any) -> Expected:
+        return self._add("before", 30)
+
+    async def feed(self, config: Any, cycle: int) -> Expected:
+        return self._add(f"ready{cycle}", 10)

@@ -4,7 +4,7 @@ on 127.0.0.1 (files, clients, servers, a Kafka topic on the real broker)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 from headrace import registry
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from tests.support.daemon import free_port
+from tests.support.redis import RedisServer
 from tests.testing import offramp_peers, onramp_peers
 
 Options = Callable[[], dict[str, Any]]
@@ -35,6 +36,28 @@ def _kafka_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]
     return [(lambda: options, peer, {"fail_every": 0, "timeout": 30.0})]
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    s = RedisServer(tmp_path / "redis")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _redis_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
+    server = request.getfixturevalue("redis_server")
+    peer = onramp_peers.RedisEntries(server)
+    options = {"url": server.url, "streams": [peer.stream], "group": "contract", "consumer": "c1", "block": "100ms"}
+    return [(lambda: options, peer, {"fail_every": 0})]  # a failed entry stays pending and comes again after a restart
+
+
+def _redis_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    server = request.getfixturevalue("redis_server")
+    key = f"contract-{uuid.uuid4().hex[:10]}"
+    return [(lambda: {"url": server.url, "key": key}, offramp_peers.RedisStream(server, key), {"timeout": 30.0})]
+
+
 ONRAMPS: dict[str, Setup] = {
     "file": lambda tmp, _: [
         (lambda: {"path": str(tmp / "in.ndjson")}, onramp_peers.FileLines(tmp / "in.ndjson"), {}),
@@ -53,6 +76,7 @@ ONRAMPS: dict[str, Setup] = {
                             (lambda: {"path": str(tmp / "up.sock"), "mode": "client"}, onramp_peers.StreamServer(tmp / "up.sock"), {})],
     "udp": lambda tmp, _: [(_port, onramp_peers.Datagrams(), {})],
     "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, onramp_peers.HttpClient(), {})],
+    "redis": _redis_onramp,
 }
 
 
@@ -83,6 +107,7 @@ OFFRAMPS: dict[str, Setup] = {
     "udp": lambda tmp, _: [(_port, offramp_peers.DatagramServer(), {}),
                            (lambda: {"max_datagram_bytes": 36, **_port()}, offramp_peers.DatagramServer(), {})],  # ids from 10 up: to err
     "http": _http_offramp,
+    "redis": _redis_offramp,
 }
 
 
