@@ -49,6 +49,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "csv": "headrace.plugins.codecs.csv:CsvCodec",
         "influx": "headrace.plugins.codecs.influx:InfluxCodec",
         "yaml": "headrace.plugins.codecs.yaml:YamlCodec",
+        "syslog": "headrace.plugins.codecs.syslog:SyslogCodec",
     },
     "preprocessors": {
         "lines": "headrace.plugins.processors.lines:LinesPreprocessor",
@@ -56,6 +57,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "zstd": "headrace.plugins.processors.compress:ZstdPreprocessor",
         "lz4": "headrace.plugins.processors.compress:Lz4Preprocessor",
         "length-prefixed": "headrace.plugins.processors.framing:LengthPrefixedPreprocessor",
+        "octet-counting": "headrace.plugins.processors.framing:OctetCountingPreprocessor",
         "base64": "headrace.plugins.processors.base64:Base64Preprocessor",
     },
     "postprocessors": {
@@ -64,6 +66,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "zstd": "headrace.plugins.processors.compress:ZstdPostprocessor",
         "lz4": "headrace.plugins.processors.compress:Lz4Postprocessor",
         "length-prefixed": "headrace.plugins.processors.framing:LengthPrefixedPostprocessor",
+        "octet-counting": "headrace.plugins.processors.framing:OctetCountingPostprocessor",
         "base64": "headrace.plugins.processors.base64:Base64Postprocessor",
     },
     "operators": {

@@ -22,7 +22,14 @@ from headrace.plugins.processors.compress import (
     ZstdPostprocessor,
     ZstdPreprocessor,
 )
-from headrace.plugins.processors.framing import LengthPrefixedConfig, LengthPrefixedPostprocessor, LengthPrefixedPreprocessor
+from headrace.plugins.processors.framing import (
+    LengthPrefixedConfig,
+    LengthPrefixedPostprocessor,
+    LengthPrefixedPreprocessor,
+    OctetCountingConfig,
+    OctetCountingPostprocessor,
+    OctetCountingPreprocessor,
+)
 
 Rejected = list[tuple[bytes, str]]
 
@@ -196,19 +203,52 @@ def test_missing_package_names_the_extra(monkeypatch: pytest.MonkeyPatch, pre: t
         assert isinstance(info.value, MissingExtra)
 
 
+# -- octet counting (RFC 6587) ---------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=300), max_size=10), st.lists(st.integers(0, 5000), max_size=8))
+def test_octet_counting_round_trip_whatever_the_chunking(records: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(OctetCountingPostprocessor().process(records))
+    out, rejected = run(OctetCountingPreprocessor(), split(stream, cuts))
+    assert (out, rejected) == (records, [])
+
+
+@given(st.lists(st.sampled_from([b"<13>one", b"<34>two three", b"<0>"]), max_size=8), st.lists(st.booleans(), max_size=8),
+       st.lists(st.integers(0, 500), max_size=6))  # fmt: skip
+def test_octet_counted_and_newline_framed_messages_mix_in_one_stream(messages: list[bytes], counted: list[bool], cuts: list[int]) -> None:
+    parts = [(b"%d %s" % (len(m), m)) if (counted[i] if i < len(counted) else False) else m + b"\n" for i, m in enumerate(messages)]
+    out, rejected = run(OctetCountingPreprocessor(), split(b"".join(parts), cuts))
+    assert (out, rejected) == (messages, [])
+
+
+@pytest.mark.parametrize(("stream", "reason"), [
+    (b"12x <13>hello", "bad octet count"),
+    (b"hello world", "bad octet count"),
+    (b"0123 <13>x", "bad octet count"),
+    (b"99999999999999 <13>x", "no octet count"),
+    (b"100 <13>x", "over max_frame_bytes"),
+    (b"10 <13>abc", "truncated frame"),
+])  # fmt: skip
+def test_octet_counting_refuses_what_it_cannot_frame(stream: bytes, reason: str) -> None:
+    out, rejected = run(OctetCountingPreprocessor(OctetCountingConfig(max_frame_bytes=50)), [b"5 <1>ok", stream])
+    assert out == [b"<1>ok"]
+    assert len(rejected) == 1 and reason in rejected[0][1]
+
+
 # -- any bytes: records or rejections, never an exception ----------------------------------------
 
 
 def _pre(name: str) -> Preprocessor:
     return {
         "length-prefixed": lambda: LengthPrefixedPreprocessor(LengthPrefixedConfig(max_frame_bytes=64)),
+        "octet-counting": lambda: OctetCountingPreprocessor(OctetCountingConfig(max_frame_bytes=64)),
         "base64": Base64Preprocessor,
         "zstd": ZstdPreprocessor,
         "lz4": Lz4Preprocessor,
     }[name]()
 
 
-@pytest.mark.parametrize("name", ["length-prefixed", "base64", "zstd", "lz4"])
+@pytest.mark.parametrize("name", ["length-prefixed", "octet-counting", "base64", "zstd", "lz4"])
 @settings(max_examples=200)
 @given(pieces=st.lists(st.binary(max_size=100), max_size=5))
 def test_any_bytes_give_records_or_rejections(name: str, pieces: list[bytes]) -> None:

@@ -62,6 +62,11 @@ CODECS: dict[str, tuple[list[Any], list[bytes]]] = {  # samples, garbage
                 {"measurement": "m", "tags": {}, "fields": {"v": 1.0}, "timestamp": None}], [b"no_fields", b"m v=1x", b"\xff"]),
     "yaml": ([{"a": 1, "b": [1, 2.5, None, True], "s": "two\nlines"}, [1, "x"], "text", 3, None],
              [b"a: [unclosed", b"!!python/object/apply:os.system [ls]", b"--- 1\n--- 2"]),
+    "syslog": ([{"protocol": "rfc5424", "facility": 20, "severity": 5, "version": 1, "timestamp": "2003-10-11T22:14:15.003Z",
+                 "hostname": "h", "appname": "app", "procid": None, "msgid": "ID47", "structured_data": {"x@1": {"k": 'v"]'}},
+                 "message": "ünï ✓"},
+                {"protocol": "rfc3164", "facility": 4, "severity": 2, "timestamp": "Oct 11 22:14:15", "hostname": "h", "appname": "su",
+                 "procid": "1", "message": "m"}], [b"no pri", b"<999>1 - - - - - -", b"<13>1 - - - - - [open"]),
 }  # fmt: skip
 
 
