@@ -28,6 +28,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "unix": "headrace.plugins.onramps.unix:UnixOnramp",
         "http": "headrace.plugins.onramps.http:HttpOnramp",
         "redis": "headrace.plugins.onramps.redis:RedisOnramp",
+        "nats": "headrace.plugins.onramps.nats:NatsOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",
@@ -40,6 +41,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "unix": "headrace.plugins.offramps.unix:UnixOfframp",
         "http": "headrace.plugins.offramps.http:HttpOfframp",
         "redis": "headrace.plugins.offramps.redis:RedisOfframp",
+        "nats": "headrace.plugins.offramps.nats:NatsOfframp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",

@@ -5,6 +5,7 @@
 #   - redis-server (Debian package `redis-server`) for the redis connector's tests
 #     (tests/plugins/test_redis.py, the contract suites); the tests start their own
 #     server on a free loopback port
+#   - nats-server (Debian package `nats-server`, in /usr/sbin) for the nats connector's tests
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)
@@ -20,11 +21,12 @@ skip=${HEADRACE_SKIP_SYSTEM_DEPS:-0}
 say() { printf 'ensure-system-deps: %s\n' "$*" >&2; }
 
 # tool -> Debian package
-declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [openssl]=openssl)
+declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [openssl]=openssl)
+export PATH="$PATH:/usr/sbin:/sbin"  # nats-server lives in /usr/sbin
 
 missing=()
 packages=()
-for tool in promtool prometheus redis-server openssl; do
+for tool in promtool prometheus redis-server nats-server openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         missing+=("$tool")
         pkg=${PACKAGE[$tool]}
@@ -39,7 +41,7 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "promtool, prometheus, redis-server and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
+    say "promtool, prometheus, redis-server, nats-server and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
     exit 0
 fi
 
@@ -51,8 +53,8 @@ if [ "$skip" = "1" ]; then
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server and"
-    say "openssl with your system's package manager and put them on PATH."
+    say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server,"
+    say "nats-server and openssl with your system's package manager and put them on PATH."
     exit 1
 fi
 

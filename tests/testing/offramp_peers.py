@@ -240,3 +240,40 @@ class RedisStream(OfframpPeer):
 
     async def recover(self) -> None:
         self.server.start()
+
+
+class NatsStream(OfframpPeer):
+    """A JetStream stream of its own, read whole; taken down by stopping the server."""
+
+    def __init__(self, server: Any, subject: str) -> None:
+        self.server = server
+        self.subject = subject
+        self.stream = subject.replace(".", "_").upper()
+
+    async def prepare(self, config: Any) -> None:
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        nc = await nats.connect(self.server.url)
+        await nc.jetstream().add_stream(StreamConfig(name=self.stream, subjects=[self.subject], storage=StorageType.FILE))
+        await nc.close()
+
+    async def received(self) -> list[bytes] | None:
+        import nats
+
+        nc = await nats.connect(self.server.url, max_reconnect_attempts=1, connect_timeout=2)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(self.stream)
+            if not info.state.messages:
+                return []
+            return [(await js.get_msg(self.stream, seq)).data for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+        finally:
+            await nc.close()
+
+    async def fail(self) -> bool:
+        self.server.stop()
+        return True
+
+    async def recover(self) -> None:
+        self.server.start()

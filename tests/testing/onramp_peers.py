@@ -224,3 +224,33 @@ class RedisEntries(OnrampPeer):
 
     async def feed(self, config: Any, cycle: int) -> Expected:
         return self._add(f"ready{cycle}", 10)
+
+
+class NatsMessages(OnrampPeer):
+    """Messages in a JetStream stream of its own, before the onramp starts and once it is ready again."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.stream = f"C{uuid.uuid4().hex[:10]}"
+        self.subject = f"contract.{self.stream}"
+
+    async def _publish(self, tag: str, n: int) -> list[bytes]:
+        import nats
+        from nats.js.api import StorageType, StreamConfig
+
+        records = lines(tag, n)
+        nc = await nats.connect(self.server.url)
+        js = nc.jetstream()
+        try:
+            await js.stream_info(self.stream)
+        except Exception:
+            await js.add_stream(StreamConfig(name=self.stream, subjects=[self.subject], storage=StorageType.FILE))
+        await asyncio.gather(*(js.publish(self.subject, r) for r in records))
+        await nc.close()
+        return records
+
+    async def prepare(self, config: Any) -> Expected:
+        return await self._publish("before", 30)
+
+    async def feed(self, config: Any, cycle: int) -> Expected:
+        return await self._publish(f"ready{cycle}", 10)

@@ -13,6 +13,7 @@ import pytest
 from headrace import registry
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from tests.support.daemon import free_port
+from tests.support.nats import NatsServer
 from tests.support.redis import RedisServer
 from tests.testing import offramp_peers, onramp_peers
 
@@ -43,6 +44,28 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    s = NatsServer(tmp_path / "nats")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _nats_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
+    server = request.getfixturevalue("nats_server")
+    peer = onramp_peers.NatsMessages(server)
+    options = {"servers": [server.url], "stream": peer.stream, "durable": "contract", "ack_wait": "1s"}
+    return [(lambda: options, peer, {"fail_every": 0})]  # a failed message is delivered again after ack_wait
+
+
+def _nats_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    server = request.getfixturevalue("nats_server")
+    subject = f"contract.c{uuid.uuid4().hex[:10]}"
+    return [(lambda: {"servers": [server.url], "subject": subject, "timeout": "1s"}, offramp_peers.NatsStream(server, subject), {"timeout": 30.0})]
 
 
 def _redis_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
@@ -77,6 +100,7 @@ ONRAMPS: dict[str, Setup] = {
     "udp": lambda tmp, _: [(_port, onramp_peers.Datagrams(), {})],
     "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, onramp_peers.HttpClient(), {})],
     "redis": _redis_onramp,
+    "nats": _nats_onramp,
 }
 
 
@@ -108,6 +132,7 @@ OFFRAMPS: dict[str, Setup] = {
                            (lambda: {"max_datagram_bytes": 36, **_port()}, offramp_peers.DatagramServer(), {})],  # ids from 10 up: to err
     "http": _http_offramp,
     "redis": _redis_offramp,
+    "nats": _nats_offramp,
 }
 
 
