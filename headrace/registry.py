@@ -29,6 +29,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "http": "headrace.plugins.onramps.http:HttpOnramp",
         "redis": "headrace.plugins.onramps.redis:RedisOnramp",
         "nats": "headrace.plugins.onramps.nats:NatsOnramp",
+        "mqtt": "headrace.plugins.onramps.mqtt:MqttOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",
@@ -42,6 +43,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "http": "headrace.plugins.offramps.http:HttpOfframp",
         "redis": "headrace.plugins.offramps.redis:RedisOfframp",
         "nats": "headrace.plugins.offramps.nats:NatsOfframp",
+        "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",

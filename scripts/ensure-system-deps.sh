@@ -6,6 +6,7 @@
 #     (tests/plugins/test_redis.py, the contract suites); the tests start their own
 #     server on a free loopback port
 #   - nats-server (Debian package `nats-server`, in /usr/sbin) for the nats connector's tests
+#   - mosquitto (Debian package `mosquitto`, in /usr/sbin) for the mqtt connector's tests
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)
@@ -21,12 +22,12 @@ skip=${HEADRACE_SKIP_SYSTEM_DEPS:-0}
 say() { printf 'ensure-system-deps: %s\n' "$*" >&2; }
 
 # tool -> Debian package
-declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [openssl]=openssl)
+declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [openssl]=openssl)
 export PATH="$PATH:/usr/sbin:/sbin"  # nats-server lives in /usr/sbin
 
 missing=()
 packages=()
-for tool in promtool prometheus redis-server nats-server openssl; do
+for tool in promtool prometheus redis-server nats-server mosquitto openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         missing+=("$tool")
         pkg=${PACKAGE[$tool]}
@@ -41,7 +42,7 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "promtool, prometheus, redis-server, nats-server and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
+    say "promtool, prometheus, redis-server, nats-server, mosquitto and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
     exit 0
 fi
 
@@ -54,7 +55,7 @@ fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server,"
-    say "nats-server and openssl with your system's package manager and put them on PATH."
+    say "nats-server, mosquitto and openssl with your system's package manager and put them on PATH."
     exit 1
 fi
 
@@ -80,6 +81,9 @@ say "installed: ${packages[*]}"
 if [[ " ${packages[*]} " == *" prometheus "* ]]; then
     say "note: the package enables prometheus.service; if you only need promtool for the"
     say "tests, stop it with: systemctl disable --now prometheus"
+fi
+if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
+    say "note: the package enables mosquitto.service (port 1883); the tests start their own."
 fi
 if [[ " ${packages[*]} " == *" redis-server "* ]]; then
     say "note: the package enables redis-server.service (port 6379); the tests start their own."

@@ -10,11 +10,14 @@ from contextlib import contextmanager
 
 @contextmanager
 def restored_imports() -> Iterator[None]:
-    """``sys.path`` and ``sys.modules`` as they were on entry, once the block ends."""
+    """``sys.path`` and ``sys.modules`` as they were on entry, once the block ends. headrace's own
+    modules first imported in the block stay: dropping one would leave a second copy of it (a new
+    ``headrace.contract.tracked`` with its own write flag, say) beside modules that hold the first."""
     path, modules = list(sys.path), set(sys.modules)
     try:
         yield
     finally:
         sys.path[:] = path
         for name in set(sys.modules) - modules:
-            del sys.modules[name]
+            if name != "headrace" and not name.startswith("headrace."):
+                del sys.modules[name]

@@ -277,3 +277,45 @@ class NatsStream(OfframpPeer):
 
     async def recover(self) -> None:
         self.server.start()
+
+
+class MqttTopic(OfframpPeer):
+    """A QoS 1 subscriber with a session of its own on a topic of its own; taken down by stopping the broker."""
+
+    def __init__(self, broker: Any, topic: str) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.got: list[bytes] = []
+        self.client: Any = None
+
+    async def prepare(self, config: Any) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        subscribed = threading.Event()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"peer-{uuid.uuid4().hex[:8]}", clean_session=False)
+        c.on_message = lambda _c, _u, m: self.got.append(m.payload)
+        c.on_connect = lambda cl, *a: cl.subscribe(self.topic, qos=1)
+        c.on_subscribe = lambda *a: subscribed.set()
+        c.reconnect_delay_set(1, 1)
+        c.connect("127.0.0.1", self.broker.port)
+        c.loop_start()
+        self.client = c
+        await asyncio.get_running_loop().run_in_executor(None, subscribed.wait, 10)
+
+    async def received(self) -> list[bytes] | None:
+        return list(self.got)
+
+    async def fail(self) -> bool:
+        self.broker.stop()
+        return True
+
+    async def recover(self) -> None:
+        self.broker.start()
+
+    async def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self.client.loop_stop()

@@ -254,3 +254,28 @@ class NatsMessages(OnrampPeer):
 
     async def feed(self, config: Any, cycle: int) -> Expected:
         return await self._publish(f"ready{cycle}", 10)
+
+
+class MqttMessages(OnrampPeer):
+    """QoS 1 messages on a topic of its own, published once the onramp is ready (its session subscribed)."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.topic = f"contract/{uuid.uuid4().hex[:10]}"
+
+    def _publish(self, tag: str, n: int) -> list[bytes]:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        records = lines(tag, n)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"peer-{uuid.uuid4().hex[:8]}")
+        c.connect("127.0.0.1", self.broker.port)
+        c.loop_start()
+        for info in [c.publish(self.topic, r, qos=1) for r in records]:
+            info.wait_for_publish(10)
+        c.disconnect()
+        c.loop_stop()
+        return records
+
+    async def feed(self, config: Any, cycle: int) -> Expected:  # ready means subscribed: the session holds what is published now
+        return await asyncio.get_running_loop().run_in_executor(None, self._publish, f"ready{cycle}", 10)

@@ -13,6 +13,7 @@ import pytest
 from headrace import registry
 from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_contract
 from tests.support.daemon import free_port
+from tests.support.mosquitto import Mosquitto
 from tests.support.nats import NatsServer
 from tests.support.redis import RedisServer
 from tests.testing import offramp_peers, onramp_peers
@@ -68,6 +69,28 @@ def _nats_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase
     return [(lambda: {"servers": [server.url], "subject": subject, "timeout": "1s"}, offramp_peers.NatsStream(server, subject), {"timeout": 30.0})]
 
 
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "mqtt")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def _mqtt_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
+    broker = request.getfixturevalue("mqtt_broker")
+    peer = onramp_peers.MqttMessages(broker)
+    options = {"port": broker.port, "topics": [peer.topic], "client_id": f"contract-{uuid.uuid4().hex[:8]}"}
+    return [(lambda: options, peer, {"fail_every": 0})]  # an unacknowledged message comes again only with a new session
+
+
+def _mqtt_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    broker = request.getfixturevalue("mqtt_broker")
+    topic = f"contract/{uuid.uuid4().hex[:10]}"
+    return [(lambda: {"port": broker.port, "topic": topic, "timeout": "1s"}, offramp_peers.MqttTopic(broker, topic), {"timeout": 30.0})]
+
+
 def _redis_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
     server = request.getfixturevalue("redis_server")
     peer = onramp_peers.RedisEntries(server)
@@ -101,6 +124,7 @@ ONRAMPS: dict[str, Setup] = {
     "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, onramp_peers.HttpClient(), {})],
     "redis": _redis_onramp,
     "nats": _nats_onramp,
+    "mqtt": _mqtt_onramp,
 }
 
 
@@ -133,6 +157,7 @@ OFFRAMPS: dict[str, Setup] = {
     "http": _http_offramp,
     "redis": _redis_offramp,
     "nats": _nats_offramp,
+    "mqtt": _mqtt_offramp,
 }
 
 
