@@ -1,7 +1,8 @@
 """The MQTT client the mqtt onramp and offramp share: paho-mqtt's network thread, bridged to asyncio.
 
 paho runs its own thread (``loop_start``: reading, writing, keep-alive, reconnecting with
-backoff); its callbacks hand what they get to the event loop with ``call_soon_threadsafe``.
+backoff); its callbacks hand what they get to the event loop with ``call_soon_threadsafe``
+(messages in runs: the loop is woken once for all that arrived meanwhile).
 Its ``publish`` and ``ack`` are safe to call from the event loop (paho queues the packet under
 its own lock).
 """
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +37,7 @@ class MqttConnection(PluginConfig):
 
 
 def make_client(cfg: MqttConnection, component: str, base_dir: Any, manual_ack: bool, on_connect: Callable[[Any], None] | None = None,
-                on_message: Callable[[Any], None] | None = None, on_publish: Callable[[int], None] | None = None,
+                on_message: Callable[[list[Any]], None] | None = None, on_publish: Callable[[int], None] | None = None,
                 on_subscribed: Callable[[], None] | None = None) -> Any:  # fmt: skip
     """A connected-in-the-background paho client with a persistent session; callbacks run on the event loop."""
     try:
@@ -81,9 +83,22 @@ def make_client(cfg: MqttConnection, component: str, base_dir: Any, manual_ack: 
     client.on_connect = connected
     client.on_disconnect = disconnected
     client.on_subscribe = subscribed
-    if on_message is not None:
+    if on_message is not None:  # messages reach the loop in runs: one wake-up per run, not per message
+        arrived: list[Any] = []
+        lock = threading.Lock()
+
         def message(_c: Any, _u: Any, msg: Any) -> None:
-            loop.call_soon_threadsafe(on_message, msg)
+            with lock:
+                arrived.append(msg)
+                if len(arrived) > 1:
+                    return  # a hand-over is scheduled already
+            loop.call_soon_threadsafe(hand_over)
+
+        def hand_over() -> None:
+            with lock:
+                msgs = arrived[:]
+                arrived.clear()
+            on_message(msgs)
 
         client.on_message = message
     if on_publish is not None:

@@ -2,7 +2,8 @@
 
 With ``qos: 1`` (default) a write is **confirmed** once the broker acknowledged (``PUBACK``)
 every message of the batch; a batch not acknowledged within ``timeout`` is retried whole by the
-runtime, so the broker may get some messages twice (at least once). With ``qos: 0`` a write is
+runtime, so the broker may get some messages twice (at least once). While the client is not
+connected, a write fails at once (the runtime retries it with backoff) instead of queueing. With ``qos: 0`` a write is
 confirmed once paho handed it to the socket: at most once. ``topic_from_meta`` names a meta key
 choosing each record's topic. Needs ``paho-mqtt`` (``pip install headrace[mqtt]``).
 """
@@ -73,10 +74,14 @@ class MqttOfframp(Offramp):
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         if self.client is None:
             await self.start()
+        if not self.client.is_connected():  # fail fast: what paho would queue now is sent again by the runtime's retry anyway
+            raise ConnectionError(f"not connected to the broker {self.cfg.host}:{self.cfg.port} (reconnecting)")
         loop = asyncio.get_running_loop()
         futures = []
         for topic, data in zip(self._topics(len(chunks), metas if len(chunks) == events else None), chunks, strict=True):
             info = self.client.publish(topic, data, qos=self.cfg.qos, retain=self.cfg.retain)
+            if info.rc not in (0, 4):  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (queued until the reconnect)
+                raise ConnectionError(f"paho did not take the message: {info.rc}")
             if self.cfg.qos == 0:
                 continue
             fut = self.waiting[info.mid] = loop.create_future()

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from headrace.contract.context import PluginContext
+from headrace.contract.metas import COLUMN, CONST, MetaColumns
 from headrace.contract.source import Onramp, OnrampSink
 from headrace.plugins.mqtt_client import MqttConnection, close_client, make_client
 from headrace.plugins.tls import check_tls
@@ -46,7 +47,7 @@ class MqttOnramp(Onramp):
         super().__init__(config, context)
         self.cfg = config
         self.client: Any = None
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queue: asyncio.Queue[list[Any]] = asyncio.Queue()  # runs of messages from paho's thread
 
     def check(self) -> None:
         check_tls(self.cfg.tls, listening=False)
@@ -71,12 +72,19 @@ class MqttOnramp(Onramp):
         if self.client is None:
             await self.start()
         queue = self.queue
+        batch = self.cfg.batch
         while True:
-            msgs = [await queue.get()]
-            while len(msgs) < self.cfg.batch and not queue.empty():
-                msgs.append(queue.get_nowait())
-            metas = [{"mqtt_topic": m.topic, "mqtt_retain": bool(m.retain), "mqtt_dup": bool(m.dup)} for m in msgs]
-            await sink.records([m.payload for m in msgs], metas, ack=[(m.mid, m.qos) for m in msgs])
+            msgs = await queue.get()
+            while len(msgs) < batch and not queue.empty():
+                msgs += queue.get_nowait()
+            for start in range(0, len(msgs), batch):
+                part = msgs[start : start + batch]
+                topics = [m.topic for m in part]
+                metas = MetaColumns(len(part), [
+                    ("mqtt_topic", CONST, topics[0]) if topics.count(topics[0]) == len(topics) else ("mqtt_topic", COLUMN, topics),
+                    ("mqtt_retain", COLUMN, [bool(m.retain) for m in part]), ("mqtt_dup", COLUMN, [bool(m.dup) for m in part]),
+                ])  # fmt: skip
+                await sink.records([m.payload for m in part], metas, ack=[(m.mid, m.qos) for m in part])
 
     def ack(self, token: Any) -> None:
         client = self.client
