@@ -162,3 +162,28 @@ links: {{src: [out]}}
 
 def _stream_ids(url: str) -> list[Any]:
     return [json.loads(p)["id"] for p in asyncio.run(_stream_payloads(url, "OUT"))]
+
+
+def test_the_source_goes_on_after_the_server_was_away(tmp_path: Path, server: NatsServer) -> None:
+    """The server stops under a reading onramp and comes back: what was published before and after
+    is delivered, and the onramp never fails."""
+    asyncio.run(_publish(server.url, "EVENTS", "events.in", [json.dumps({"id": i}).encode() for i in range(1000)]))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{src: {{type: nats, codec: json, config: {{servers: ["{server.url}"], stream: EVENTS, durable: hr, ack_wait: 2s}}}}}}
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{src: [out]}}
+""")
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: set(_ids(tmp_path / "out.ndjson")) == set(range(1000)), timeout=30)
+        server.stop()
+        d.wait_for(lambda: "disconnected" in d.stderr(), timeout=30)
+        server.start()
+        asyncio.run(_publish(server.url, "EVENTS", "events.in", [json.dumps({"id": i}).encode() for i in range(1000, 2000)]))
+        d.wait_for(lambda: set(_ids(tmp_path / "out.ndjson")) == set(range(2000)), timeout=60)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert "Traceback" not in d.stderr() and "restarting it in" not in d.stderr()

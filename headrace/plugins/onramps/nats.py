@@ -107,6 +107,7 @@ class NatsOnramp(Onramp):
 
     async def run(self, sink: OnrampSink) -> None:
         from nats.errors import ConnectionClosedError
+        from nats.errors import Error as NatsError
         from nats.errors import TimeoutError as NatsTimeout
 
         if self.nc is None:
@@ -122,6 +123,10 @@ class NatsOnramp(Onramp):
                 msgs = await self.sub.fetch(self.cfg.batch, timeout=1.0)
             except (TimeoutError, NatsTimeout):
                 continue  # nothing new within a second (or the server is away: the client reconnects)
+            except NatsError as exc:  # reconnecting, or the server answered with an error: wait, fetch again
+                log.warning("nats onramp %s: fetch failed (%s); fetching again in 1s", self.context.component_id, exc)
+                await asyncio.sleep(1.0)
+                continue
             if msgs:
                 await self._hand_on(sink, msgs)
 
