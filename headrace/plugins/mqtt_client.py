@@ -69,6 +69,9 @@ def make_client(cfg: MqttConnection, component: str, base_dir: Any, manual_ack: 
             loop.call_soon_threadsafe(on_connect, client)
 
     def disconnected(_c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if not getattr(reason, "is_failure", True):  # our own disconnect (a stop)
+            log.info("mqtt %s: disconnected from %s:%d", component, cfg.host, cfg.port)
+            return
         log.warning("mqtt %s: disconnected from %s:%d (%s); reconnecting", component, cfg.host, cfg.port, reason)
 
     def subscribed(_c: Any, _u: Any, _mid: int, reasons: Any, _props: Any) -> None:

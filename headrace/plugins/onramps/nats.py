@@ -65,7 +65,8 @@ class NatsOnramp(Onramp):
         cid = self.context.component_id
 
         async def disconnected() -> None:
-            log.warning("nats onramp %s: disconnected from %s; reconnecting", cid, ", ".join(self.cfg.servers))
+            if self.nc is not None:  # not our own stop
+                log.warning("nats onramp %s: disconnected from %s; reconnecting", cid, ", ".join(self.cfg.servers))
 
         async def reconnected() -> None:
             log.info("nats onramp %s: reconnected", cid)
