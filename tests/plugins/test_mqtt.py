@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, json_lines, metric
+from tests.support.daemon import Daemon, free_port, ids_written, json_lines, metric
 from tests.support.mosquitto import Mosquitto
 
 
@@ -74,10 +74,7 @@ class _Collector:
 
 
 def _ids(path: Path) -> list[int]:
-    try:
-        return [json.loads(x)["id"] for x in path.read_text().splitlines() if x.strip()]
-    except FileNotFoundError:
-        return []
+    return ids_written(path)  # complete lines only: the daemon may be writing the last one
 
 
 @pytest.mark.slow

@@ -170,3 +170,15 @@ def json_lines(path: Path) -> list[Any]:
         return []
     text = path.read_text()
     return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
+
+
+def ids_written(path: Path) -> list[Any]:
+    """The ``id`` of every complete line of an ndjson file a running daemon is writing (a last line
+    without its newline is still being written: left out), [] while the file does not exist."""
+    import json
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [json.loads(x)["id"] for x in data.split(b"\n")[:-1] if x.strip()]
