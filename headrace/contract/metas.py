@@ -175,3 +175,15 @@ def _concat(cols: list[Sequence[Any]]) -> Sequence[Any]:
 def take_metas(metas: Sequence[dict[str, Any]], idx: Sequence[int]) -> Sequence[dict[str, Any]]:
     """``[metas[i] for i in idx]``, as columns when ``metas`` are columns."""
     return metas.take(idx) if isinstance(metas, MetaColumns) else take(metas, idx)
+
+
+def destinations(default: str, meta_key: str | None, n: int, metas: Metas | None) -> list[str]:
+    """Where each of ``n`` records goes: the text of its meta's ``meta_key`` (bytes decoded), else
+    ``default`` (also for every record when no key is set or the records have no metas)."""
+    if meta_key is None or metas is None:
+        return [default] * n
+    out = []
+    for i in range(n):
+        v = metas[i].get(meta_key)
+        out.append(v.decode() if isinstance(v, bytes) else str(v) if v is not None else default)
+    return out

@@ -182,3 +182,14 @@ def ids_written(path: Path) -> list[Any]:
     except FileNotFoundError:
         return []
     return [json.loads(x)["id"] for x in data.split(b"\n")[:-1] if x.strip()]
+
+
+def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a server a test started (by its PID), SIGKILL if it does not exit within 20 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.daemon import free_port
+from tests.support.daemon import free_port, stop_server
 
 
 class Mosquitto:
@@ -49,11 +49,5 @@ log_dest file {folder}/mosquitto.log
         raise RuntimeError("mosquitto did not listen within 20 s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.daemon import free_port
+from tests.support.daemon import free_port, stop_server
 
 
 def nats_server_binary() -> str:
@@ -53,11 +53,5 @@ class NatsServer:
         raise RuntimeError("nats-server was not ready within 20 s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None

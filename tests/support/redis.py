@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.daemon import free_port
+from tests.support.daemon import free_port, stop_server
 
 
 class RedisServer:
@@ -48,13 +48,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM (redis writes its append-only file and exits), by PID."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None
 
     def client(self):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from headrace.contract.context import PluginContext
-from headrace.contract.metas import Metas
+from headrace.contract.metas import Metas, destinations
 from headrace.contract.sink import Offramp, Rejections
 from headrace.contract.units import Duration
 from headrace.plugins.mqtt_client import MqttConnection, close_client, make_client
@@ -61,16 +61,6 @@ class MqttOfframp(Offramp):
             client, self.client = self.client, None
             await asyncio.get_running_loop().run_in_executor(None, close_client, client)
 
-    def _topics(self, n: int, metas: Metas | None) -> list[str]:
-        name = self.cfg.topic_from_meta
-        if name is None or metas is None:
-            return [self.cfg.topic] * n
-        out = []
-        for i in range(n):
-            v = metas[i].get(name)
-            out.append(v.decode() if isinstance(v, bytes) else str(v) if v is not None else self.cfg.topic)
-        return out
-
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         if self.client is None:
             await self.start()
@@ -78,7 +68,8 @@ class MqttOfframp(Offramp):
             raise ConnectionError(f"not connected to the broker {self.cfg.host}:{self.cfg.port} (reconnecting)")
         loop = asyncio.get_running_loop()
         futures = []
-        for topic, data in zip(self._topics(len(chunks), metas if len(chunks) == events else None), chunks, strict=True):
+        topics = destinations(self.cfg.topic, self.cfg.topic_from_meta, len(chunks), metas if len(chunks) == events else None)
+        for topic, data in zip(topics, chunks, strict=True):
             info = self.client.publish(topic, data, qos=self.cfg.qos, retain=self.cfg.retain)
             if info.rc not in (0, 4):  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (queued until the reconnect)
                 raise ConnectionError(f"paho did not take the message: {info.rc}")

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
-from headrace.contract.metas import Metas
+from headrace.contract.metas import Metas, destinations
 from headrace.contract.sink import Offramp, Rejections
 from headrace.contract.units import Duration
 
@@ -71,20 +71,10 @@ class NatsOfframp(Offramp):
             except Exception:
                 await nc.close()
 
-    def _subjects(self, n: int, metas: Metas | None) -> list[str]:
-        name = self.cfg.subject_from_meta
-        if name is None or metas is None:
-            return [self.cfg.subject] * n
-        out = []
-        for i in range(n):
-            v = metas[i].get(name)
-            out.append(v.decode() if isinstance(v, bytes) else str(v) if v is not None else self.cfg.subject)
-        return out
-
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         if self.nc is None:
             await self.start()
-        subjects = self._subjects(len(chunks), metas if len(chunks) == events else None)
+        subjects = destinations(self.cfg.subject, self.cfg.subject_from_meta, len(chunks), metas if len(chunks) == events else None)
         try:
             if not self.cfg.jetstream:
                 for subject, data in zip(subjects, chunks, strict=True):

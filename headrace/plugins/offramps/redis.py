@@ -23,7 +23,7 @@ from pydantic import Field
 
 from headrace.contract.config import PluginConfig
 from headrace.contract.context import PluginContext
-from headrace.contract.metas import Metas
+from headrace.contract.metas import Metas, destinations
 from headrace.contract.sink import Offramp, Rejections
 
 
@@ -60,21 +60,11 @@ class RedisOfframp(Offramp):
             await self.client.aclose()
             self.client = None
 
-    def _keys(self, n: int, metas: Metas | None) -> list[str]:
-        name = self.cfg.key_from_meta
-        if name is None or metas is None:
-            return [self.cfg.key] * n
-        out = []
-        for i in range(n):
-            v = metas[i].get(name)
-            out.append(v.decode() if isinstance(v, bytes) else str(v) if v is not None else self.cfg.key)
-        return out
-
     async def write(self, chunks: list[bytes], events: int, ingest_ns: list[int], metas: Metas | None) -> Rejections:
         if self.client is None:
             await self.start()
         cfg = self.cfg
-        keys = self._keys(len(chunks), metas if len(chunks) == events else None)
+        keys = destinations(self.cfg.key, self.cfg.key_from_meta, len(chunks), metas if len(chunks) == events else None)
         async with self.client.pipeline(transaction=False) as pipe:
             if cfg.mode == "xadd":
                 field = cfg.field
