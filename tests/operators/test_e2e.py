@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, json_lines
 
 SLOW = """
 import asyncio
@@ -25,7 +25,7 @@ def double(event, meta):
 
 
 def lines(path: Path) -> list[Any]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    return json_lines(path)
 
 
 def records(values: list[dict[str, Any]]) -> str:

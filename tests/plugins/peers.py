@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from tests.support.daemon import json_lines  # noqa: F401  (re-exported for the connector tests)
+
 T = TypeVar("T")
 
 
@@ -55,12 +57,6 @@ def wait_connectable(port: int | None = None, path: Path | None = None, timeout:
             return True
 
     wait_until(ok, timeout, f"a listener on {path or port}")
-
-
-def json_lines(path: Path) -> list[Any]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 class LineServer:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.reliability.harness import scrape_or_empty
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import Daemon, free_port, json_lines
 
 STAGE = '''
 def route(event, meta):
@@ -41,7 +41,7 @@ links: {{src: [main], main: [out], out/err: [dlq]}}
 
 def dlq(tmp_path: Path) -> dict[int, str]:
     p = tmp_path / "dlq.ndjson"
-    return {json.loads(x)["event"]["id"]: json.loads(x)["meta"]["error"]["message"] for x in p.read_text().splitlines()} if p.exists() else {}
+    return {x["event"]["id"]: x["meta"]["error"]["message"] for x in json_lines(p)}
 
 
 def test_template_writes_per_meta_value_inside_root(tmp_path: Path, write: Any) -> None:

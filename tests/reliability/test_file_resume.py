@@ -3,7 +3,6 @@ under systemd used to send the whole file again."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections import Counter
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, metric, scrape
+from tests.support.daemon import Daemon, free_port, ids_written, metric, scrape
 
 CONFIG = """
 version: 1
@@ -50,8 +49,7 @@ class Log:
 
 
 def out_ids(folder: Path) -> list[int]:
-    path = folder / "out.ndjson"
-    return [json.loads(x)["id"] for x in path.read_text().splitlines()] if path.exists() else []
+    return ids_written(folder / "out.ndjson")
 
 
 def up(port: int) -> bool:

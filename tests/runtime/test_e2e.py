@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import HEADRACE, Daemon, headrace
+from tests.support.daemon import HEADRACE, Daemon, headrace, json_lines
 
 STAGES = '''
 def tag(event, meta):
@@ -32,7 +32,7 @@ def explode(event, meta):
 
 
 def lines(path: Path) -> list[Any]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return json_lines(path)
 
 
 def records(n: int, **extra: Any) -> str:
