@@ -30,6 +30,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.onramps.redis:RedisOnramp",
         "nats": "headrace.plugins.onramps.nats:NatsOnramp",
         "mqtt": "headrace.plugins.onramps.mqtt:MqttOnramp",
+        "otlp": "headrace.plugins.onramps.otlp:OtlpOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",

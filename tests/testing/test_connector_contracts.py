@@ -122,6 +122,7 @@ ONRAMPS: dict[str, Setup] = {
                             (lambda: {"path": str(tmp / "up.sock"), "mode": "client"}, onramp_peers.StreamServer(tmp / "up.sock"), {})],
     "udp": lambda tmp, _: [(_port, onramp_peers.Datagrams(), {})],
     "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, onramp_peers.HttpClient(), {})],
+    "otlp": lambda tmp, _: [(_port, onramp_peers.OtlpClient(), {})],
     "redis": _redis_onramp,
     "nats": _nats_onramp,
     "mqtt": _mqtt_onramp,
