@@ -39,7 +39,6 @@ objects, ``bytes`` values as base64 text):
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -144,8 +143,7 @@ def _scope(s: Any) -> dict[str, Any]:
     return {"name": s.name, "version": s.version, "attributes": attributes(s.attributes)}
 
 
-def _hex(b: bytes) -> str:
-    return binascii.hexlify(b).decode()
+_hex = bytes.hex
 
 
 def logs(req: Any) -> Iterator[dict[str, Any]]:
