@@ -74,7 +74,10 @@ class PostgresServer:
         return f"postgresql://{USER}:${{{password_var}}}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        log = open(self.folder / "postgres.log", "ab")  # noqa: SIM115 - the server writes it while it runs
+        """Start the server on its port and wait until it takes connections (it says so in its log)."""
+        path = self.folder / "postgres.log"
+        offset = path.stat().st_size if path.exists() else 0  # a restart appends: only what this start wrote counts
+        log = open(path, "ab")  # noqa: SIM115 - the server writes it while it runs
         # fsync off: the tests stop the server cleanly (a checkpoint at shutdown), never the machine
         self.proc = subprocess.Popen([str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-h", "127.0.0.1", "-k", "",
                                       "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off",
@@ -82,17 +85,13 @@ class PostgresServer:
                                      stdout=log, stderr=log, **self.as_user)  # fmt: skip
         log.close()
         deadline = time.monotonic() + 30
-        last: BaseException | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited ({self.proc.returncode}): {(self.folder / 'postgres.log').read_text()[-2000:]}")
-            try:
-                self.fetch("SELECT 1")
+                raise RuntimeError(f"postgres exited ({self.proc.returncode}): {path.read_text()[-2000:]}")
+            if b"ready to accept connections" in path.read_bytes()[offset:]:
                 return
-            except Exception as exc:  # not listening yet, or still starting (57P03)
-                last = exc
             time.sleep(0.05)
-        raise RuntimeError(f"postgres did not answer within 30 s: {last!r}")
+        raise RuntimeError(f"postgres was not ready within 30 s: {path.read_text()[-2000:]}")
 
     def stop(self) -> None:
         """A fast shutdown (SIGINT: sessions are ended, a checkpoint written), by PID."""
