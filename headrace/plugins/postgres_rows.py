@@ -175,14 +175,19 @@ def cell(value: Any, kind: str) -> str | None:
     return str(value)
 
 
-def array_literal(items: Sequence[Any]) -> str:
+MAX_DIMENSIONS = 6  # PostgreSQL's limit on an array's dimensions
+
+
+def array_literal(items: Sequence[Any], depth: int = 1) -> str:
     """A JSON array as a PostgreSQL array literal (``{"a","b"}``; nested arrays for dimensions)."""
+    if depth > MAX_DIMENSIONS:
+        raise RowRefused(f"an array nested deeper than the {MAX_DIMENSIONS} dimensions PostgreSQL allows")
     parts = []
     for item in items:
         if item is None:
             parts.append("NULL")
         elif isinstance(item, list):
-            parts.append(array_literal(item))
+            parts.append(array_literal(item, depth + 1))
         else:
             text = cell(item, SCALAR)
             assert text is not None

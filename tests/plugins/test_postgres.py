@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import shutil
 import signal
 import socket
@@ -182,6 +183,27 @@ def test_many_refused_rows_in_one_write_are_each_found(tmp_path: Path, server: P
         rejected = asyncio.run(_written(_plugin(server, tmp_path, table=table, **extra), records))
         assert {i for i, _ in rejected} == bad and all("SQLSTATE 23514" in why for _, why in rejected)
         assert [r["id"] for r in _rows(server, f"SELECT id FROM {table} ORDER BY id")] == [i for i in range(1000) if i not in bad]
+
+
+def test_values_a_column_cannot_hold_are_refused_with_the_reason(tmp_path: Path, server: PostgresServer) -> None:
+    server.execute("CREATE TABLE odd (id int, a int[], t text, b bytea, m text, k text); CREATE INDEX ON odd (k)")
+    deep = "[" * 7 + "1" + "]" * 7
+    records = [b'{"id":1,"a":%s}' % deep.encode(), b'{"id":2,"t":"nul\\u0000byte"}', b'{"id":3,"a":[[1,2],[3]]}', b'{"id":4,"a":"{5,6}"}',
+               b'{"id":5,"b":"\\\\x00"}', b'{"id":6}', b'{"id":7,"a":%s}' % ("[" * 1000 + "]" * 1000).encode(),
+               b'{"id":8,"k":"%s"}' % os.urandom(8000).hex().encode()]  # fmt: skip
+    for method, extra in (("copy", {}), ("insert", {"on_conflict": "nothing"})):
+        server.execute("TRUNCATE odd")
+        plugin = _plugin(server, tmp_path, table="odd", columns={"id": "id", "a": "a", "t": "t", "b": "b", "m": "$m", "k": "k"}, **extra)
+        metas = [{}, {}, {}, {}, {}, {"m": b"\xff not utf-8"}, {}, {}]
+        rejected = dict(asyncio.run(_written(plugin, records, metas)))
+        assert sorted(rejected) == [0, 1, 2, 5, 6, 7], (method, rejected)
+        assert rejected[0] == rejected[6] == "an array nested deeper than the 6 dimensions PostgreSQL allows"
+        assert rejected[1] == 'SQLSTATE 22021: invalid byte sequence for encoding "UTF8": 0x00'
+        assert rejected[2].startswith("SQLSTATE 22P02: malformed array literal"), rejected[2]  # arrays must be rectangular
+        assert rejected[5] == "bytes that are not UTF-8 text can only go to a bytea column"
+        assert rejected[7].startswith("SQLSTATE 54000: index row "), rejected[7]  # a limit of the server, for this row only
+        assert _rows(server, "SELECT id, a, b FROM odd ORDER BY id") == [{"id": 4, "a": [5, 6], "b": None},
+                                                                        {"id": 5, "a": None, "b": b"\\x00"}], method  # fmt: skip
 
 
 # -- bad settings, start-up --------------------------------------------------------------------

@@ -20,7 +20,8 @@ its own transaction; a batch of records with different sets of columns is one st
 run of records with the same set, in order).
 
 A row the database refuses (a constraint: ``23505`` duplicate key, ``23502`` null, ``23514``
-check; a value its column type cannot read: ``22P02``; a trigger's ``RAISE``) goes to the
+check; a value its column type cannot read: ``22P02``; a limit, such as an index row too large:
+``54000``; a trigger's ``RAISE``) goes to the
 offramp's ``err`` port with the reason (``SQLSTATE 23505: duplicate key value violates unique
 constraint "orders_pkey" (Key (id)=(7) already exists.)``), and the rest of its batch is written:
 a failed ``COPY`` names the line it stopped at, so that row is set aside and the others are
@@ -36,7 +37,8 @@ once). Start-up waits for the server (within ``daemon.start_timeout``); a wrong 
 missing database or table, or a ``columns`` entry the table lacks fail it at once.
 
 The password comes from the environment: ``password: "${PG_PASSWORD}"`` (or in the DSN,
-URL-encoded: ``postgresql://app:${PG_PASSWORD}@db/app``).
+URL-encoded: ``postgresql://app:${PG_PASSWORD}@db/app``); with none, asyncpg reads
+``PGPASSWORD`` or ``~/.pgpass`` as libpq does.
 Table names are spelled as in the catalog (quoted: ``Events`` is not ``events``);
 ``schema.table`` names a schema. Needs ``asyncpg`` (``pip install headrace[postgres]``).
 """
@@ -63,7 +65,7 @@ from headrace.plugins.postgres_rows import LAYOUT_SQL, Column, RowMaker, RowRefu
 log = logging.getLogger("headrace.postgres")
 
 # SQLSTATE classes of a refusal of the row itself: writing it again cannot help
-REFUSALS = ("21", "22", "23", "44", "P0")  # cardinality, data, integrity, check option, a trigger's RAISE
+REFUSALS = ("21", "22", "23", "44", "54", "P0")  # cardinality, data, integrity, check option, a limit (7 array dimensions), a trigger's RAISE
 PERMANENT_AT_START = ("28", "3D", "42")  # authentication, no such database, no such table or no permission
 # the columns of each unique index of a table (what ON CONFLICT can name; not partial ones, not expressions)
 UNIQUE_SQL = """
@@ -77,7 +79,7 @@ Row = tuple[tuple[str, ...], list[str | None]]  # (columns, values as text)
 
 class PostgresOfframpConfig(PluginConfig):
     dsn: str = Field(pattern=r"^postgres(ql)?://", description="the server and database: postgresql://USER:${PASSWORD_VAR}@HOST:PORT/DATABASE?sslmode=...")
-    password: str | None = Field(None, description="the password (from ${VAR}) when the DSN holds none: no URL encoding needed")
+    password: str | None = Field(None, description="the password (from ${VAR}) when the DSN holds none: no URL encoding needed; empty: none")
     table: str = Field(min_length=1, description="the table (schema.table for another schema), spelled as in the catalog")
     columns: dict[str, str] | list[str] | None = Field(None, description="column: field (a.b nested, $key a meta key); a list: same-named fields; none: every field naming a column")  # fmt: skip
     on_conflict: Literal["nothing", "update"] | None = Field(None, description="INSERT ... ON CONFLICT DO NOTHING or DO UPDATE instead of COPY (idempotent re-delivery)")  # fmt: skip
@@ -157,7 +159,7 @@ class PostgresOfframp(Offramp):
     async def _connect(self) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(self.cfg.dsn, password=self.cfg.password, timeout=self.cfg.connect_timeout, command_timeout=self.cfg.timeout,
+        conn = await asyncpg.connect(self.cfg.dsn, password=self.cfg.password or None, timeout=self.cfg.connect_timeout, command_timeout=self.cfg.timeout,
                                      server_settings={"application_name": f"headrace {self.context.component_id}"[:63]})  # fmt: skip
         try:
             layout = await self._layout(conn)
@@ -219,6 +221,9 @@ class PostgresOfframp(Offramp):
             except RowRefused as exc:
                 rows.append(None)
                 rejected.append((i, str(exc)))
+            except (ValueError, TypeError, RecursionError) as exc:  # a value no column text can hold (arrays nested past the stack)
+                rows.append(None)
+                rejected.append((i, f"cannot make a row of it: {type(exc).__name__}: {exc}"))
         delivered: list[int] = []
         try:
             for columns, idx in _runs(rows):
