@@ -285,7 +285,10 @@ def test_nothing_is_lost_while_the_server_is_down_for_10s(tmp_path: Path, server
 
 @pytest.mark.slow
 def test_a_sigkill_in_the_middle_of_50000_loses_nothing_and_upserts_leave_each_row_once(tmp_path: Path, server: PostgresServer) -> None:
-    server.execute("CREATE TABLE killed (id int PRIMARY KEY, v text NOT NULL)")
+    # a slow table (each statement takes 0.1 s more), so that the kill finds a write in flight however fast the machine
+    server.execute("CREATE TABLE killed (id int PRIMARY KEY, v text NOT NULL);"
+                   "CREATE FUNCTION slowly() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.1); RETURN NULL; END $$;"
+                   "CREATE TRIGGER slowly AFTER INSERT ON killed FOR EACH STATEMENT EXECUTE FUNCTION slowly()")  # fmt: skip
     n = 50_000
     offramp = f'  out: {{type: postgres, codec: json, config: {{dsn: "{server.dsn_with("PG_PASSWORD")}", table: killed, on_conflict: update}}}}'
     cfg = _file_source(tmp_path, [{"id": i, "v": f"v{i}"} for i in range(n)], offramp, "{src: [out]}",
