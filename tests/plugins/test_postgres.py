@@ -118,6 +118,11 @@ def test_columns_map_fields_nested_fields_and_meta(tmp_path: Path, server: Postg
     listed = _plugin(server, tmp_path, table="mapped", columns=["id", "total"])
     assert asyncio.run(_written(listed, [b'{"id":4,"total":3,"customer":"left out"}'])) == []
     assert _rows(server, "SELECT customer, total FROM mapped WHERE id = 4") == [{"customer": None, "total": Decimal(3)}]
+    # with_meta: true makes each record {event, meta}: dead letters into a table, the event whole and the reason
+    server.execute("CREATE TABLE dead (payload jsonb, reason text)")
+    letters = _plugin(server, tmp_path, table="dead", columns={"payload": "event", "reason": "meta.error.message"})
+    assert asyncio.run(_written(letters, [b'{"event":{"id":1,"x":[2]},"meta":{"error":{"message":"boom","stage":"s"}}}'])) == []
+    assert _rows(server, "SELECT payload::text, reason FROM dead") == [{"payload": '{"x": [2], "id": 1}', "reason": "boom"}]
 
 
 def test_on_conflict_update_and_nothing_make_redelivery_idempotent(tmp_path: Path, server: PostgresServer) -> None:

@@ -6,9 +6,11 @@ sink), and a column the record has no field for is left out of the row, so it ta
 ``DEFAULT`` (a ``serial`` id, ``now()``; Vector writes ``NULL`` there). ``columns:`` maps
 columns to what fills them instead: ``{id: order.id, amount: total, offset: $kafka_offset}``
 (a field, a nested field, or ``$`` and a meta key); a list ``[id, amount]`` takes same-named
-fields. The server parses every value for its column's type: a JSON object or array goes
-into a ``json``/``jsonb`` column as it is, a JSON array into an array column, text into a
-``timestamptz`` as PostgreSQL reads it (``2026-12-04T10:00:00Z``).
+fields. With ``with_meta: true`` a record is ``{event, meta}``: ``columns: {payload: event,
+reason: meta.error.message}`` keeps dead letters in a table. The server parses every value for
+its column's type: a JSON object or array goes into a ``json``/``jsonb`` column as it is, a
+JSON array into an array column, text into a ``timestamptz`` as PostgreSQL reads it
+(``2026-12-04T10:00:00Z``).
 
 How it writes: ``COPY ... FROM STDIN`` (the fast path), or with ``on_conflict`` one
 ``INSERT ... SELECT FROM unnest(...) ON CONFLICT (key) DO NOTHING`` (or ``DO UPDATE SET`` every
