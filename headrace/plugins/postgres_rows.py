@@ -109,7 +109,7 @@ class RowMaker:
         try:
             obj = loads_exact(record)
         except ValueError as exc:
-            raise RowRefused(f"not JSON: {exc}") from None
+            raise RowRefused(f"not JSON (the postgres offramp reads its records as JSON: codec: json): {exc}") from None
         if not isinstance(obj, dict):
             raise RowRefused(f"a row is made from a JSON object, not {type(obj).__name__ if obj is not None else 'null'}")
         names: list[str] = []

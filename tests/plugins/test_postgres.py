@@ -195,18 +195,19 @@ def test_values_a_column_cannot_hold_are_refused_with_the_reason(tmp_path: Path,
     deep = "[" * 7 + "1" + "]" * 7
     records = [b'{"id":1,"a":%s}' % deep.encode(), b'{"id":2,"t":"nul\\u0000byte"}', b'{"id":3,"a":[[1,2],[3]]}', b'{"id":4,"a":"{5,6}"}',
                b'{"id":5,"b":"\\\\x00"}', b'{"id":6}', b'{"id":7,"a":%s}' % ("[" * 1000 + "]" * 1000).encode(),
-               b'{"id":8,"k":"%s"}' % os.urandom(8000).hex().encode()]  # fmt: skip
+               b'{"id":8,"k":"%s"}' % os.urandom(8000).hex().encode(), b"id=9 (a codec other than json)"]  # fmt: skip
     for method, extra in (("copy", {}), ("insert", {"on_conflict": "nothing"})):
         server.execute("TRUNCATE odd")
         plugin = _plugin(server, tmp_path, table="odd", columns={"id": "id", "a": "a", "t": "t", "b": "b", "m": "$m", "k": "k"}, **extra)
-        metas = [{}, {}, {}, {}, {}, {"m": b"\xff not utf-8"}, {}, {}]
+        metas = [{}, {}, {}, {}, {}, {"m": b"\xff not utf-8"}, {}, {}, {}]
         rejected = dict(asyncio.run(_written(plugin, records, metas)))
-        assert sorted(rejected) == [0, 1, 2, 5, 6, 7], (method, rejected)
+        assert sorted(rejected) == [0, 1, 2, 5, 6, 7, 8], (method, rejected)
         assert rejected[0] == rejected[6] == "an array nested deeper than the 6 dimensions PostgreSQL allows"
         assert rejected[1] == 'SQLSTATE 22021: invalid byte sequence for encoding "UTF8": 0x00'
         assert rejected[2].startswith("SQLSTATE 22P02: malformed array literal"), rejected[2]  # arrays must be rectangular
         assert rejected[5] == "bytes that are not UTF-8 text can only go to a bytea column"
         assert rejected[7].startswith("SQLSTATE 54000: index row "), rejected[7]  # a limit of the server, for this row only
+        assert rejected[8].startswith("not JSON (the postgres offramp reads its records as JSON: codec: json)"), rejected[8]
         assert _rows(server, "SELECT id, a, b FROM odd ORDER BY id") == [{"id": 4, "a": [5, 6], "b": None},
                                                                         {"id": 5, "a": None, "b": b"\\x00"}], method  # fmt: skip
 
