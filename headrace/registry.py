@@ -45,6 +45,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.offramps.redis:RedisOfframp",
         "nats": "headrace.plugins.offramps.nats:NatsOfframp",
         "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
+        "postgres": "headrace.plugins.offramps.postgres:PostgresOfframp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",

@@ -186,10 +186,11 @@ def ids_written(path: Path, key: Callable[[Any], Any] | None = None) -> list[Any
     return [e["id"] for e in events] if key is None else list(map(key, events))
 
 
-def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM a server a test started (by its PID), SIGKILL if it does not exit within 20 s."""
+def stop_server(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Stop a server a test started, by its PID: ``sig`` (SIGTERM; PostgreSQL's fast shutdown is
+    SIGINT), then SIGKILL if it does not exit within 20 s."""
     if proc is not None and proc.poll() is None:
-        proc.terminate()
+        proc.send_signal(sig)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
