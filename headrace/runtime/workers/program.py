@@ -68,6 +68,9 @@ class SegmentProgram:
             st.teardown()
 
     def execute(self, req: Request) -> Response:
+        if req.shipments:  # e.g. the registry schemas of this job's records, fetched by the parent
+            for key, shipment in req.shipments.items():
+                self.codec(key).receive(shipment)
         if self.fused is not None and self.fused.blind and self._fusable(req):  # no stage names meta: it says itself which metas are as sent
             return self._execute(req)
         if isinstance(req.metas, MetaColumns):  # each record's dict, built once (the stages may change them)

@@ -1,0 +1,316 @@
+"""Protocol Buffers messages <-> dicts, with types from a descriptor set, or named by a schema registry.
+
+``descriptor_set`` is a compiled ``FileDescriptorSet`` (``protoc --include_imports
+--descriptor_set_out=orders.pb orders.proto``); ``message`` names the type of every record
+(``shop.Order``). With ``registry``, records are in the Confluent wire format: the magic byte
+0, the schema id (4 bytes, big-endian), the message indexes (zig-zag varints: their count,
+then the path of the type in its file; a single 0 for the first message), then the message.
+The id's schema is fetched from the registry once, in the parent, as a serialized file
+descriptor (``GET /schemas/ids/{id}?format=serialized``) and given to the workers with the
+jobs that need it; its imports may be the well-known types (``google/protobuf/*.proto``);
+a schema with other references is refused. Writing with a registry (``subject``, with
+``descriptor_set`` and ``message``) writes the id of the subject's latest version (looked up
+once, at start; register it with the registry's tools, from the ``.proto``).
+
+Values: a message is a dict with every field of its type (unset scalars as their default, an
+unset message field as None), repeated fields are lists, maps dicts, enums their name (the
+number when unknown), ``bytes`` fields ``bytes``, 64-bit integers ``int``. Writing takes the
+same shape (enum names or numbers; a missing field is left unset); a key the type has no
+field for, a value of the wrong type or a missing proto2 ``required`` field is refused (to
+``err`` with the reason), as is a record that does not parse.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+from pydantic import Field
+
+from headrace.contract.codec import DecodeError
+from headrace.contract.config import PluginConfig
+from headrace.contract.context import PluginContext
+from headrace.contract.paths import SettingError
+from headrace.errors import safe_str
+from headrace.plugins.codecs.schema_registry import HEADER, RegistryCodec, RegistryConfig, SchemaRegistry
+
+_WELL_KNOWN = "google/protobuf/"
+
+
+class ProtobufConfig(PluginConfig):
+    descriptor_set: str | None = Field(None, description="a FileDescriptorSet file (protoc --include_imports --descriptor_set_out=...), "
+                                       "relative to the config's folder")
+    message: str | None = Field(None, min_length=1, description="the full name of every record's message type, e.g. shop.Order")
+    registry: RegistryConfig | None = Field(None, description="a Confluent schema registry: records carry the magic byte, schema id and "
+                                            "message indexes before the message; each id's schema is fetched once, in the parent")
+    subject: str | None = Field(None, min_length=1, description="writing with a registry: the subject whose latest schema id is written "
+                                "(looked up once, at start)")
+
+
+def load_message(path: Path, name: str) -> type[Message]:
+    """The message class ``name`` from the descriptor set at ``path``."""
+    fds = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for fd in fds.file:
+        pool.Add(fd)
+    cls: type[Message] = message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+    return cls
+
+
+def _zigzag(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while True:
+        b = z & 0x7F
+        z >>= 7
+        if z:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_zigzag(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    shift = z = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise DecodeError("Confluent protobuf header: the message indexes are cut short")
+        b = data[pos]
+        pos += 1
+        z |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (z >> 1) ^ -(z & 1), pos
+
+
+def message_indexes(desc: Descriptor) -> list[int]:
+    """The path of a message type in its file: index among the file's messages, then among nested types."""
+    path = []
+    while desc.containing_type is not None:
+        path.append(desc.containing_type.nested_types.index(desc))
+        desc = desc.containing_type
+    path.append(list(desc.file.message_types_by_name).index(desc.name))
+    return path[::-1]
+
+
+def indexes_bytes(path: list[int]) -> bytes:
+    if path == [0]:
+        return b"\x00"
+    return _zigzag(len(path)) + b"".join(_zigzag(i) for i in path)
+
+
+class Compiled:
+    """A registry schema: its file's message classes by index path."""
+
+    def __init__(self, fdp: descriptor_pb2.FileDescriptorProto) -> None:
+        pool = descriptor_pool.DescriptorPool()
+        for dep in fdp.dependency:
+            if not dep.startswith(_WELL_KNOWN):
+                raise ValueError(f"it imports {dep}, which this codec does not fetch (only google/protobuf/ imports are known)")
+            _add_well_known(pool, dep)
+        self.file = pool.Add(fdp)
+        self.classes: dict[tuple[int, ...], type[Message]] = {}
+
+    def message(self, path: tuple[int, ...]) -> type[Message]:
+        cls = self.classes.get(path)
+        if cls is None:
+            types = list(self.file.message_types_by_name.values())
+            try:
+                desc = types[path[0]]
+                for i in path[1:]:
+                    desc = desc.nested_types[i]
+            except IndexError:
+                raise DecodeError(f"message indexes {list(path)} name no message type of {self.file.name}") from None
+            cls = self.classes[path] = message_factory.GetMessageClass(desc)
+        return cls
+
+
+def _add_well_known(pool: descriptor_pool.DescriptorPool, name: str) -> None:
+    from google.protobuf import any_pb2, duration_pb2, empty_pb2, field_mask_pb2, struct_pb2, timestamp_pb2, wrappers_pb2  # noqa: F401
+
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    fd = descriptor_pool.Default().FindFileByName(name)
+    proto = descriptor_pb2.FileDescriptorProto()
+    fd.CopyToProto(proto)
+    for dep in proto.dependency:
+        _add_well_known(pool, dep)
+    pool.Add(proto)
+
+
+# -- message <-> value ---------------------------------------------------------------------------------
+
+
+def to_value(msg: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in msg.DESCRIPTOR.fields:
+        v = getattr(msg, f.name)
+        mt = f.message_type
+        if mt is not None and mt.GetOptions().map_entry:
+            vf = mt.fields_by_name["value"]
+            out[f.name] = {k: _scalar_out(vf, v[k]) for k in v}
+        elif f.is_repeated:
+            out[f.name] = [_scalar_out(f, x) for x in v]
+        elif mt is not None:
+            out[f.name] = to_value(v) if msg.HasField(f.name) else None
+        else:
+            out[f.name] = _scalar_out(f, v)
+    return out
+
+
+def _scalar_out(f: FieldDescriptor, v: Any) -> Any:
+    if f.message_type is not None:
+        return to_value(v)
+    if f.enum_type is not None:
+        ev = f.enum_type.values_by_number.get(v)
+        return ev.name if ev is not None else v
+    return v
+
+
+def fill(msg: Message, value: Any) -> None:
+    desc = msg.DESCRIPTOR
+    if not isinstance(value, dict):
+        raise TypeError(f"{desc.full_name}: a message is written from a mapping, not {type(value).__name__}")
+    msg.SetInParent()
+    fields = desc.fields_by_name
+    for k, v in value.items():
+        f = fields.get(k)
+        if f is None:
+            raise ValueError(f"{desc.full_name} has no field {k!r}")
+        if v is None:
+            continue
+        mt = f.message_type
+        target = getattr(msg, k) if (f.is_repeated or mt is not None) else None
+        if mt is not None and mt.GetOptions().map_entry:
+            vf = mt.fields_by_name["value"]
+            for mk, mv in v.items():
+                if vf.message_type is not None:
+                    fill(target[mk], mv)  # type: ignore[index]
+                else:
+                    target[mk] = _scalar_in(vf, mv)  # type: ignore[index]
+        elif f.is_repeated:
+            if not isinstance(v, (list, tuple)):
+                raise TypeError(f"{desc.full_name}.{k}: a repeated field is written from a list, not {type(v).__name__}")
+            for x in v:
+                if mt is not None:
+                    fill(target.add(), x)  # type: ignore[union-attr]
+                else:
+                    target.append(_scalar_in(f, x))  # type: ignore[union-attr]
+        elif mt is not None:
+            fill(target, v)
+        else:
+            try:
+                setattr(msg, k, _scalar_in(f, v))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{desc.full_name}.{k}: {exc}") from None
+
+
+def _scalar_in(f: FieldDescriptor, v: Any) -> Any:
+    if f.enum_type is not None and isinstance(v, str):
+        ev = f.enum_type.values_by_name.get(v)
+        if ev is None:
+            raise ValueError(f"{f.full_name}: {v!r} is not a value of {f.enum_type.full_name}")
+        return ev.number
+    if f.type == FieldDescriptor.TYPE_BYTES and isinstance(v, str):
+        return v.encode("utf-8")
+    return v
+
+
+class ProtobufCodec(RegistryCodec):
+    name = "protobuf"
+    summary = "Protocol Buffers messages from a descriptor set, or in the Confluent wire format with a schema registry (fetched once, in the parent)"
+    Config = ProtobufConfig
+    schema_type = "PROTOBUF"
+    fetch_format = "serialized"
+
+    def __init__(self, config: ProtobufConfig | None = None, context: PluginContext | None = None) -> None:
+        super().__init__(config, context)
+        cfg: ProtobufConfig = self.config  # type: ignore[assignment]
+        self.cfg = cfg
+        self.cls: type[Message] | None = None
+        self.indexes = b""
+        if cfg.descriptor_set is not None and cfg.message is not None:
+            self.cls = load_message(Path(cfg.descriptor_set), cfg.message)
+            self.indexes = indexes_bytes(message_indexes(self.cls.DESCRIPTOR))
+        self.parse: Callable[[bytes], Message] | None = self.cls.FromString if self.cls is not None else None
+
+    @classmethod
+    def settle(cls, config: PluginConfig, context: PluginContext) -> PluginConfig:
+        cfg: ProtobufConfig = config  # type: ignore[assignment]
+        if cfg.registry is None and (cfg.descriptor_set is None or cfg.message is None):
+            raise SettingError("descriptor_set", "give a descriptor set and a message type, a registry, or both")
+        if (cfg.descriptor_set is None) != (cfg.message is None):
+            raise SettingError("message" if cfg.message is None else "descriptor_set", "descriptor_set and message go together")
+        if cfg.subject is not None and (cfg.registry is None or cfg.message is None):
+            raise SettingError("subject", "writing to a registry subject needs `registry`, `descriptor_set` and `message`")
+        if cfg.descriptor_set is None:
+            return cfg
+        path = context.resolve(cfg.descriptor_set)
+        try:
+            load_message(path, cfg.message)  # type: ignore[arg-type]
+        except OSError as exc:
+            raise SettingError("descriptor_set", f"cannot read {path}: {exc.strerror or exc}") from None
+        except KeyError:
+            raise SettingError("message", f"{path} has no message type {cfg.message!r} (give its full name, package included)") from None
+        except (ProtobufDecodeError, TypeError, ValueError) as exc:
+            raise SettingError("descriptor_set", f"{path} is not a FileDescriptorSet: {safe_str(exc)}") from None
+        return cfg.model_copy(update={"descriptor_set": str(path)})
+
+    def compile(self, answer: dict[str, Any]) -> Any:
+        if answer.get("references"):
+            raise ValueError("it references other schemas, which this codec does not fetch")
+        return Compiled(descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(answer["schema"], validate=True)))
+
+    async def writer(self, client: SchemaRegistry) -> int | None:
+        if self.cfg.subject is None:
+            return None
+        return await client.latest(self.cfg.subject)
+
+    def decode(self, data: bytes) -> Any:
+        if self.client is None:
+            assert self.parse is not None
+            return self._parse(self.parse, data)
+        compiled: Compiled = self.schema_of(data)
+        pos = HEADER
+        count, pos = _read_zigzag(data, pos)
+        if count == 0:
+            path: tuple[int, ...] = (0,)
+        else:
+            if count < 0 or count > 64:
+                raise DecodeError(f"Confluent protobuf header: {count} message indexes")
+            idx = []
+            for _ in range(count):
+                i, pos = _read_zigzag(data, pos)
+                idx.append(i)
+            path = tuple(idx)
+        return self._parse(compiled.message(path).FromString, data[pos:])
+
+    @staticmethod
+    def _parse(parse: Callable[[bytes], Message], data: bytes | memoryview) -> Any:
+        try:
+            return to_value(parse(bytes(data)))
+        except ProtobufDecodeError as exc:
+            raise DecodeError(f"invalid protobuf: {safe_str(exc) or 'the message does not parse'}") from None
+        except (ValueError, RuntimeError) as exc:
+            raise DecodeError(f"invalid protobuf: {type(exc).__name__}: {safe_str(exc)}") from None
+
+    def encode(self, value: Any) -> bytes:
+        if self.cls is None:
+            raise ValueError("codec protobuf: writing needs `descriptor_set` and `message`")
+        msg = self.cls()
+        fill(msg, value)
+        if not msg.IsInitialized():
+            raise ValueError(f"{msg.DESCRIPTOR.full_name}: required field(s) missing: {', '.join(msg.FindInitializationErrors())}")
+        body: bytes = msg.SerializeToString()
+        if self.client is not None:
+            return self.header() + self.indexes + body
+        return body
