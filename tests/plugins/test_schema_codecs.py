@@ -1,0 +1,384 @@
+"""The avro and protobuf codecs, and their schema-registry client (issue 18).
+
+No schema registry can run here: ``tests.support.schema_registry`` serves the registry's
+documented endpoints from the test process and counts the requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import descriptor_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headrace.config.errors import ConfigError
+from headrace.config.load import load_file
+from headrace.contract.codec import DecodeError
+from headrace.plugins.codecs.avro import AvroCodec, AvroConfig
+from headrace.plugins.codecs.protobuf import ProtobufCodec, ProtobufConfig, indexes_bytes
+from headrace.plugins.codecs.schema_registry import RegistryConfig, wire_header
+from tests.support.daemon import headrace
+from tests.support.schema_registry import FakeRegistry, fake_registry
+
+ORDER = {"type": "record", "name": "Order", "namespace": "shop", "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "customer", "type": "string"},
+    {"name": "amount", "type": "double"},
+    {"name": "paid", "type": "boolean"},
+    {"name": "raw", "type": "bytes"},
+    {"name": "tags", "type": {"type": "array", "items": "string"}},
+    {"name": "attrs", "type": {"type": "map", "values": "long"}},
+    {"name": "note", "type": ["null", "string"], "default": None},
+    {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["NEW", "PAID", "SHIPPED"]}},
+]}  # fmt: skip
+# the next version of the schema: a field added with a default, one dropped
+ORDER_V2 = {**ORDER, "fields": [f for f in ORDER["fields"] if f["name"] != "attrs"] + [{"name": "channel", "type": "string", "default": "web"}]}
+
+
+def avsc(tmp_path: Path, schema: dict[str, Any] = ORDER, name: str = "order.avsc") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(schema))
+    return str(path)
+
+
+def order(i: int) -> dict[str, Any]:
+    return {"id": i, "customer": f"c{i}", "amount": i / 4, "paid": i % 2 == 0, "raw": bytes([i % 256]), "tags": ["a"] * (i % 3),
+            "attrs": {"n": i}, "note": None if i % 2 else "n", "status": ["NEW", "PAID", "SHIPPED"][i % 3]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[FakeRegistry]:
+    with fake_registry() as reg:
+        yield reg
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+# -- avro, schema from a file -------------------------------------------------------------------------
+
+_VALUES = st.fixed_dictionaries({
+    "id": st.integers(-(2**63), 2**63 - 1), "customer": st.text(max_size=20),
+    "amount": st.floats(allow_nan=False), "paid": st.booleans(), "raw": st.binary(max_size=20),
+    "tags": st.lists(st.text(max_size=5), max_size=4), "attrs": st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=3),
+    "note": st.one_of(st.none(), st.text(max_size=10)), "status": st.sampled_from(["NEW", "PAID", "SHIPPED"]),
+})  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_VALUES)
+def test_any_avro_record_survives_encode_then_decode(tmp_path_factory: pytest.TempPathFactory, value: dict[str, Any]) -> None:
+    codec = AvroCodec(AvroConfig(schema_file=avsc(tmp_path_factory.getbasetemp())))
+    assert codec.decode(codec.encode(value)) == value
+
+
+@pytest.mark.parametrize(("record", "reason"), [
+    (b"", "cut short"),
+    (b"\x02\x02", "cut short"),
+    (b"\x02\x02a" + b"\x00" * 8 + b"\x01\x00\x00\x00\x00\x00\x00" + b"\x00", "invalid Avro"),
+])  # fmt: skip
+def test_an_avro_record_that_does_not_decode_is_refused_with_the_reason(tmp_path: Path, record: bytes, reason: str) -> None:
+    codec = AvroCodec(AvroConfig(schema_file=avsc(tmp_path)))
+    with pytest.raises(DecodeError, match=reason):
+        codec.decode(record)
+    with pytest.raises(DecodeError, match="left over"):
+        codec.decode(codec.encode(order(1)) + b"\x00")
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    ({k: v for k, v in order(1).items() if k != "customer"}, "no value and no default for customer"),
+    ({**order(1), "id": "one"}, "integer is required"),
+    ({**order(1), "status": "LOST"}, "LOST"),
+])  # fmt: skip
+def test_an_event_that_does_not_match_the_schema_is_an_encode_error(tmp_path: Path, value: dict[str, Any], error: str) -> None:
+    codec = AvroCodec(AvroConfig(schema_file=avsc(tmp_path)))
+    with pytest.raises((ValueError, TypeError), match=error):
+        codec.encode(value)
+
+
+def test_strict_refuses_fields_the_schema_does_not_have(tmp_path: Path) -> None:
+    assert AvroCodec(AvroConfig(schema_file=avsc(tmp_path))).encode({**order(1), "extra": 1})  # left out by default
+    with pytest.raises(ValueError, match="extra"):
+        AvroCodec(AvroConfig(schema_file=avsc(tmp_path), strict=True)).encode({**order(1), "extra": 1})
+
+
+# -- the registry: fetched once per id, in the parent; workers get it with the job -----------------------------
+
+
+def test_each_schema_id_is_fetched_once_however_many_records_and_workers_decode_with_the_shipment(tmp_path: Path,
+                                                                                                  registry: FakeRegistry) -> None:  # fmt: skip
+    v1 = registry.add(json.dumps(ORDER))
+    v2 = registry.add(json.dumps(ORDER_V2))
+    missing = 9_000_001
+    plain = AvroCodec(AvroConfig(schema_file=avsc(tmp_path)))
+    plain_v2 = AvroCodec(AvroConfig(schema_file=avsc(tmp_path, ORDER_V2, "v2.avsc")))
+    records = [wire_header(v1) + plain.encode(order(i)) for i in range(1000)]
+    records += [wire_header(v2) + plain_v2.encode({**order(i), "channel": "app"}) for i in range(1000, 1500)]
+    records += [wire_header(missing) + b"\x00", b"\x01not the wire format"] * 50
+    cfg = AvroConfig(registry=RegistryConfig(url=registry.url))
+    parent = AvroCodec(cfg)
+    before = registry.count("GET /schemas/ids/")
+    for start in range(0, len(records), 100):  # batch after batch, as an onramp routes them
+        run(parent.prepare(records[start : start + 100]))
+    asked = {k: n for k, n in registry.requests.items() if k.startswith("GET /schemas/ids/")}
+    assert asked == {f"GET /schemas/ids/{v1}": 1, f"GET /schemas/ids/{v2}": 1, f"GET /schemas/ids/{missing}": 1}
+    assert registry.count("GET /schemas/ids/") - before == 3
+
+    worker = AvroCodec(cfg)  # another process's instance: it never asks the registry
+    worker.receive(parent.shipment(records))
+    got, refused = [], []
+    for r in records:
+        try:
+            got.append(worker.decode(r))
+        except DecodeError as exc:
+            refused.append(str(exc))
+    assert got[:1000] == [order(i) for i in range(1000)]
+    assert got[1000:] == [{**{k: v for k, v in order(i).items() if k != "attrs"}, "channel": "app"} for i in range(1000, 1500)]
+    assert refused.count(f"schema id {missing}: not in the registry (HTTP 404: Schema not found (error code 40403))") == 50
+    assert sum("not in the Confluent wire format" in r for r in refused) == 50
+    assert registry.count("GET /schemas/ids/") - before == 3
+    assert [parent.decode(r) for r in records[:3]] == [order(i) for i in range(3)]  # the parent decodes too (stages on the loop)
+
+
+def test_a_reader_schema_file_resolves_every_writer_version_into_it(tmp_path: Path, registry: FakeRegistry) -> None:
+    v1 = registry.add(json.dumps(ORDER))
+    codec = AvroCodec(AvroConfig(schema_file=avsc(tmp_path, ORDER_V2), registry=RegistryConfig(url=registry.url)))
+    record = wire_header(v1) + AvroCodec(AvroConfig(schema_file=avsc(tmp_path, ORDER, "v1.avsc"))).encode(order(7))
+    run(codec.prepare([record]))
+    assert codec.decode(record) == {**{k: v for k, v in order(7).items() if k != "attrs"}, "channel": "web"}
+
+
+def test_writing_registers_the_subject_once_and_prefixes_its_id(tmp_path: Path, registry: FakeRegistry) -> None:
+    cfg = AvroConfig(schema_file=avsc(tmp_path), registry=RegistryConfig(url=registry.url), subject="orders-value")
+    parent, worker = AvroCodec(cfg), AvroCodec(cfg)
+    run(parent.open())
+    run(AvroCodec(cfg).open())  # the same schema again: the same id
+    assert registry.count("POST /subjects/orders-value/versions") == 2
+    sid = parent.writer_id
+    assert sid is not None and registry.subjects["orders-value"] == [sid]
+    with pytest.raises(ValueError, match="no registry id"):
+        worker.encode(order(1))  # a worker knows the id only from a shipment
+    worker.receive(parent.shipment(None))
+    data = worker.encode(order(1))
+    assert data[:5] == wire_header(sid)
+    reader = AvroCodec(AvroConfig(registry=RegistryConfig(url=registry.url)))
+    run(reader.prepare([data]))
+    assert reader.decode(data) == order(1)
+
+
+def test_a_registry_that_is_down_holds_the_records_back_until_it_answers(tmp_path: Path, registry: FakeRegistry) -> None:
+    sid = registry.add(json.dumps(ORDER))
+    codec = AvroCodec(AvroConfig(registry=RegistryConfig(url=registry.url)))
+    record = wire_header(sid) + AvroCodec(AvroConfig(schema_file=avsc(tmp_path))).encode(order(3))
+
+    async def scenario() -> None:
+        registry.down = True
+        try:
+            task = asyncio.ensure_future(codec.prepare([record]))
+            while registry.count(f"GET /schemas/ids/{sid}") < 2:  # asked again with backoff, not given up
+                await asyncio.sleep(0.05)
+            assert not task.done()
+        finally:
+            registry.down = False
+        await task
+
+    run(scenario())
+    assert codec.decode(record) == order(3)
+
+
+def test_credentials_go_with_every_request(tmp_path: Path) -> None:
+    with fake_registry(auth="Basic " + base64.b64encode(b"key:secret").decode()) as reg:
+        sid = reg.add(json.dumps(ORDER))
+        record = wire_header(sid) + AvroCodec(AvroConfig(schema_file=avsc(tmp_path))).encode(order(1))
+        good = AvroCodec(AvroConfig.model_validate({"registry": {"url": reg.url, "auth": {"type": "basic", "user": "key", "password": "secret"}}}))
+        run(good.prepare([record]))
+        assert good.decode(record) == order(1)
+        bad = AvroCodec(AvroConfig.model_validate({"registry": {"url": reg.url, "auth": {"type": "basic", "user": "key", "password": "wrong"}}}))
+        run(bad.prepare([record]))
+        with pytest.raises(DecodeError, match="HTTP 401"):
+            bad.decode(record)
+
+
+def test_a_schema_of_another_type_is_refused(registry: FakeRegistry) -> None:
+    sid = registry.add("syntax = 'proto3';", "PROTOBUF")
+    codec = AvroCodec(AvroConfig(registry=RegistryConfig(url=registry.url)))
+    run(codec.prepare([wire_header(sid) + b"\x00"]))
+    with pytest.raises(DecodeError, match="is a PROTOBUF schema, not AVRO"):
+        codec.decode(wire_header(sid) + b"\x00")
+
+
+# -- protobuf ---------------------------------------------------------------------------------------------
+
+F = descriptor_pb2.FieldDescriptorProto
+
+
+def shop_file() -> descriptor_pb2.FileDescriptorProto:
+    """shop.proto, built as protoc would compile it: Order (with a nested Line), Customer, an enum Status."""
+    fd = descriptor_pb2.FileDescriptorProto(name="shop.proto", package="shop", syntax="proto3", dependency=["google/protobuf/timestamp.proto"])
+
+    def field(msg: Any, name: str, num: int, typ: int, label: int = F.LABEL_OPTIONAL, type_name: str = "") -> None:
+        f = msg.field.add(name=name, number=num, type=typ, label=label)
+        if type_name:
+            f.type_name = type_name
+
+    fd.message_type.add(name="Customer").field.add(name="name", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    m = fd.message_type.add(name="Order")
+    field(m, "id", 1, F.TYPE_INT64)
+    field(m, "customer", 2, F.TYPE_STRING)
+    field(m, "amount", 3, F.TYPE_DOUBLE)
+    field(m, "tags", 4, F.TYPE_STRING, F.LABEL_REPEATED)
+    field(m, "status", 5, F.TYPE_ENUM, type_name=".shop.Status")
+    field(m, "lines", 6, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".shop.Order.Line")
+    field(m, "raw", 7, F.TYPE_BYTES)
+    field(m, "at", 8, F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp")
+    entry = m.nested_type.add(name="AttrsEntry", options=descriptor_pb2.MessageOptions(map_entry=True))
+    field(entry, "key", 1, F.TYPE_STRING)
+    field(entry, "value", 2, F.TYPE_INT64)
+    field(m, "attrs", 9, F.TYPE_MESSAGE, F.LABEL_REPEATED, ".shop.Order.AttrsEntry")
+    line = m.nested_type.add(name="Line")
+    field(line, "sku", 1, F.TYPE_STRING)
+    field(line, "qty", 2, F.TYPE_INT32)
+    status = fd.enum_type.add(name="Status")
+    for i, n in enumerate(["NEW", "PAID", "SHIPPED"]):
+        status.value.add(name=n, number=i)
+    return fd
+
+
+def descriptor_set(tmp_path: Path) -> str:
+    """What ``protoc --include_imports --descriptor_set_out`` writes for shop.proto."""
+    from google.protobuf import timestamp_pb2
+
+    ts = descriptor_pb2.FileDescriptorProto()
+    timestamp_pb2.DESCRIPTOR.CopyToProto(ts)
+    path = tmp_path / "shop.pb"
+    path.write_bytes(descriptor_pb2.FileDescriptorSet(file=[ts, shop_file()]).SerializeToString())
+    return str(path)
+
+
+def proto_order(i: int) -> dict[str, Any]:
+    return {"id": 2**40 + i, "customer": f"c{i}", "amount": i / 4, "tags": ["a"] * (i % 3), "status": ["NEW", "PAID", "SHIPPED"][i % 3],
+            "lines": [{"sku": "s", "qty": i}], "raw": bytes([i % 256]), "at": {"seconds": i, "nanos": 0}, "attrs": {"n": i}}  # fmt: skip
+
+
+_PROTO_VALUES = st.fixed_dictionaries({
+    "id": st.integers(-(2**63), 2**63 - 1), "customer": st.text(max_size=20), "amount": st.floats(allow_nan=False),
+    "tags": st.lists(st.text(max_size=5), max_size=4), "status": st.sampled_from(["NEW", "PAID", "SHIPPED"]),
+    "lines": st.lists(st.fixed_dictionaries({"sku": st.text(max_size=5), "qty": st.integers(-(2**31), 2**31 - 1)}), max_size=3),
+    "raw": st.binary(max_size=10), "at": st.one_of(st.none(), st.fixed_dictionaries({"seconds": st.integers(0, 2**40), "nanos": st.integers(0, 999_999_999)})),
+    "attrs": st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1), max_size=3),
+})  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_PROTO_VALUES)
+def test_any_protobuf_message_survives_encode_then_decode(tmp_path_factory: pytest.TempPathFactory, value: dict[str, Any]) -> None:
+    codec = ProtobufCodec(ProtobufConfig(descriptor_set=descriptor_set(tmp_path_factory.getbasetemp()), message="shop.Order"))
+    back = codec.decode(codec.encode(value))
+    assert back == value or (math.isnan(value["amount"]) and back["amount"] != back["amount"])
+
+
+def test_protobuf_refuses_what_does_not_parse_or_fit(tmp_path: Path) -> None:
+    codec = ProtobufCodec(ProtobufConfig(descriptor_set=descriptor_set(tmp_path), message="shop.Order"))
+    for garbage in (b"\xff", b"\x08", b"\x0a\x05ab"):
+        with pytest.raises(DecodeError, match="invalid protobuf"):
+            codec.decode(garbage)
+    with pytest.raises(ValueError, match=r"shop\.Order has no field 'nope'"):
+        codec.encode({"nope": 1})
+    with pytest.raises(TypeError, match=r"shop\.Order\.id"):
+        codec.encode({"id": "one"})
+    with pytest.raises(ValueError, match="LOST"):
+        codec.encode({"status": "LOST"})
+    assert codec.decode(codec.encode({})) == {"id": 0, "customer": "", "amount": 0.0, "tags": [], "status": "NEW", "lines": [], "raw": b"",
+                                              "at": None, "attrs": {}}  # fmt: skip
+
+
+def test_protobuf_in_the_wire_format_fetches_each_id_once_and_follows_the_message_indexes(tmp_path: Path, registry: FakeRegistry) -> None:
+    fdp = shop_file()
+    sid = registry.add("syntax = 'proto3'; // the .proto text", "PROTOBUF", serialized=fdp.SerializeToString(), subject="shop-value")
+    local = ProtobufCodec(ProtobufConfig(descriptor_set=descriptor_set(tmp_path), message="shop.Order"))
+    line = ProtobufCodec(ProtobufConfig(descriptor_set=descriptor_set(tmp_path), message="shop.Order.Line"))
+    # Order is the file's second message ([1]); Line is nested in it ([1, 1]); Customer is the first (the single 0)
+    records = [wire_header(sid) + indexes_bytes([1]) + local.encode(proto_order(i)) for i in range(300)]
+    records += [wire_header(sid) + indexes_bytes([1, 1]) + line.encode({"sku": "x", "qty": 5})]
+    records += [wire_header(sid) + b"\x00" + b"\x0a\x03ann"]
+    records += [wire_header(sid) + indexes_bytes([7]) + b""]
+    cfg = ProtobufConfig(registry=RegistryConfig(url=registry.url))
+    parent, worker = ProtobufCodec(cfg), ProtobufCodec(cfg)
+    for start in range(0, len(records), 50):
+        run(parent.prepare(records[start : start + 50]))
+    assert registry.requests[f"GET /schemas/ids/{sid}?format=serialized"] == 1
+    worker.receive(parent.shipment(records))
+    assert [worker.decode(r) for r in records[:300]] == [proto_order(i) for i in range(300)]
+    assert worker.decode(records[300]) == {"sku": "x", "qty": 5}
+    assert worker.decode(records[301]) == {"name": "ann"}
+    with pytest.raises(DecodeError, match=r"message indexes \[7\] name no message type"):
+        worker.decode(records[302])
+
+    writer_cfg = ProtobufConfig(descriptor_set=descriptor_set(tmp_path), message="shop.Order", registry=RegistryConfig(url=registry.url),
+                                subject="shop-value")  # fmt: skip
+    writer = ProtobufCodec(writer_cfg)
+    run(writer.open())
+    assert writer.encode(proto_order(1)) == records[1]
+    assert registry.requests["GET /subjects/shop-value/versions/latest"] == 1
+
+
+def test_a_protobuf_schema_with_references_is_refused_with_the_reason(registry: FakeRegistry) -> None:
+    sid = registry.add("x", "PROTOBUF", serialized=shop_file().SerializeToString(),
+                       references=[{"name": "other.proto", "subject": "other", "version": 1}])  # fmt: skip
+    codec = ProtobufCodec(ProtobufConfig(registry=RegistryConfig(url=registry.url)))
+    run(codec.prepare([wire_header(sid) + b"\x00"]))
+    with pytest.raises(DecodeError, match="references other schemas"):
+        codec.decode(wire_header(sid) + b"\x00")
+
+
+# -- config: checked before anything starts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("codec", "message"), [
+    ("avro", "codec 'avro' of onramp 'src' needs options: give a schema file, a registry, or both"),
+    ("{name: avro, schema_file: missing.avsc}", "schema_file: cannot read"),
+    ("{name: avro, schema_file: bad.avsc}", "is not a valid Avro schema"),
+    ("{name: avro, schema_file: order.avsc, subject: s}", "subject: a subject is registered with `schema_file` in the `registry`"),
+    ("{name: protobuf, descriptor_set: shop.pb, message: shop.Nope}", "has no message type 'shop.Nope'"),
+    ("{name: protobuf, descriptor_set: order.avsc, message: shop.Order}", "is not a FileDescriptorSet"),
+    ("{name: protobuf, registry: {url: 'ftp://x'}}", "url"),
+])  # fmt: skip
+def test_check_reports_codec_settings_that_cannot_work(tmp_path: Path, codec: str, message: str) -> None:
+    avsc(tmp_path)
+    (tmp_path / "bad.avsc").write_text('{"type": "record", "name": "R", "fields": [{"name": "a", "type": "nope"}]}')
+    descriptor_set(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""version: 1
+onramps: {{src: {{type: stdin, codec: {codec}}}}}
+offramps: {{out: {{type: stdout}}}}
+links: {{src: [out]}}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_file(cfg)
+    text = str(info.value)
+    assert message in text
+    assert "c.yaml:2:" in text
+
+
+def test_check_accepts_relative_schema_files(tmp_path: Path) -> None:
+    avsc(tmp_path)
+    descriptor_set(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("""version: 1
+onramps: {src: {type: stdin, codec: {name: avro, schema_file: order.avsc}}}
+offramps: {out: {type: stdout, codec: {name: protobuf, descriptor_set: shop.pb, message: shop.Order}}}
+links: {src: [out]}
+""")
+    proc = headrace("check", str(cfg), cwd=Path("/"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    graph = load_file(cfg)
+    assert graph.codecs["avro@src"].config.schema_file == str(tmp_path / "order.avsc")  # what the workers get: resolved
