@@ -382,3 +382,123 @@ links: {src: [out]}
     assert proc.returncode == 0, proc.stdout + proc.stderr
     graph = load_file(cfg)
     assert graph.codecs["avro@src"].config.schema_file == str(tmp_path / "order.avsc")  # what the workers get: resolved
+
+
+# -- end to end: avro wire-format records over TCP -> a python stage on the workers -> avro and json ------------------
+
+STAGES = '''
+def enrich(event, meta):
+    event["customer"] = event["customer"].upper()
+    if event["id"] == 7:
+        event["id"] = "seven"  # the avro offramp cannot write this: its err port, with the reason
+    return event
+'''
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The complete length-prefixed frames of a file a daemon may still be writing."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        if pos + 4 + n > len(data):
+            break
+        out.append(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def test_avro_wire_format_over_tcp_through_workers_to_avro_and_json(tmp_path: Path) -> None:
+    import socket
+
+    from tests.support.daemon import Daemon, free_port, json_lines
+
+    v1_path, v2_path = avsc(tmp_path, ORDER, "v1.avsc"), avsc(tmp_path, ORDER_V2, "v2.avsc")
+    (tmp_path / "stages.py").write_text(STAGES)
+    port = free_port()
+    with fake_registry() as reg:
+        v1, v2 = reg.add(json.dumps(ORDER)), reg.add(json.dumps(ORDER_V2))
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"""version: 1
+daemon: {{workers: 2, metrics: {{listen: null}}}}
+onramps:
+  src:
+    type: tcp
+    codec: {{name: avro, schema_file: v2.avsc, registry: {{url: "{reg.url}"}}}}
+    preprocessors: [length-prefixed]
+    config: {{port: {port}}}
+pipelines:
+  main: [{{op: python, fn: "stages:enrich"}}]
+  copy: [{{op: filter, where: "event['id'] >= 0"}}]
+offramps:
+  enriched:
+    type: file
+    codec: {{name: avro, schema_file: v2.avsc, registry: {{url: "{reg.url}"}}, subject: orders-enriched}}
+    postprocessors: [length-prefixed]
+    config: {{path: enriched.avro}}
+  copied: {{type: file, codec: json, config: {{path: copy.ndjson}}}}
+  errs: {{type: file, codec: json, with_meta: true, config: {{path: errs.ndjson}}}}
+links:
+  src: [main, copy]
+  src/err: [errs]
+  main: [enriched]
+  main/err: [errs]
+  enriched/err: [errs]
+  copy: [copied]
+""")
+        w1 = AvroCodec(AvroConfig(schema_file=v1_path))
+        w2 = AvroCodec(AvroConfig(schema_file=v2_path))
+        records = [wire_header(v1) + w1.encode(order(i)) if i % 4 else wire_header(v2) + w2.encode({**order(i), "channel": "app"})
+                   for i in range(2000)]  # fmt: skip
+        bad = [wire_header(999) + b"\x00"] * 5 + [b"\x07junk"] * 5 + [wire_header(v1) + w1.encode(order(1))[:3]]
+        stream = b"".join(len(r).to_bytes(4, "big") + r for r in records[:1000] + bad + records[1000:])
+        d = Daemon(cfg)
+        try:
+            d.wait_for(lambda: _listening(port), timeout=30)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(stream)
+            d.wait_for(lambda: len(_frames(_read(tmp_path / "enriched.avro"))) == 1999 and len(json_lines(tmp_path / "copy.ndjson")) == 2000
+                       and len(json_lines(tmp_path / "errs.ndjson")) == 12, timeout=60)  # fmt: skip
+        finally:
+            assert d.stop() == 0, d.stderr()
+        asked = {k: n for k, n in reg.requests.items() if k.startswith("GET")}
+        assert asked == {f"GET /schemas/ids/{v1}": 1, f"GET /schemas/ids/{v2}": 1, "GET /schemas/ids/999": 1}, asked
+        assert reg.requests["POST /subjects/orders-enriched/versions"] == 1
+        written = reg.subjects["orders-enriched"][0]
+
+        def expected(i: int) -> dict[str, Any]:
+            v = {k: x for k, x in order(i).items() if k != "attrs"}
+            return {**v, "channel": "web" if i % 4 else "app"}
+
+        reader = AvroCodec(AvroConfig(registry=RegistryConfig(url=reg.url)))
+        frames = _frames(_read(tmp_path / "enriched.avro"))
+        run(reader.prepare(frames))
+        assert {f[:5] for f in frames} == {wire_header(written)}
+        assert sorted((reader.decode(f) for f in frames), key=lambda e: e["id"]) == [
+            {**expected(i), "customer": f"C{i}"} for i in range(2000) if i != 7
+        ]
+    copies = json_lines(tmp_path / "copy.ndjson")
+    assert sorted(c["id"] for c in copies) == list(range(2000)) and copies[0]["raw"] == "\x00" and copies[1]["channel"] == "web"
+    errs = json_lines(tmp_path / "errs.ndjson")
+    reasons = sorted(e["meta"]["error"]["message"] for e in errs)
+    assert reasons.count("schema id 999: not in the registry (HTTP 404: Schema not found (error code 40403))") == 5
+    assert sum("not in the Confluent wire format" in r for r in reasons) == 5
+    assert sum("cut short" in r for r in reasons) == 1
+    (unwritable,) = [e for e in errs if e["meta"]["error"]["stage"] == "enriched"]
+    assert unwritable["event"]["id"] == "seven" and "integer is required" in unwritable["meta"]["error"]["message"]
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
