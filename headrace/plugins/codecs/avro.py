@@ -70,6 +70,7 @@ class AvroCodec(RegistryCodec):
         self.text = ""
         if cfg.schema_file is not None:
             self.schema, self.text = load_schema(Path(cfg.schema_file))
+        self.reader = self.schema if self.client is not None else None  # with a registry, the file is the reader's schema
 
     @classmethod
     def settle(cls, config: PluginConfig, context: PluginContext) -> PluginConfig:
@@ -99,23 +100,23 @@ class AvroCodec(RegistryCodec):
 
     def decode(self, data: bytes) -> Any:
         if self.client is None:
-            return self._read(data, 0, self.schema)
-        return self._read(data, HEADER, self.schema_of(data))
-
-    def _read(self, data: bytes | memoryview, start: int, writer: Any) -> Any:
+            writer, start = self.schema, 0
+        else:
+            writer = self.by_head.get(data[:HEADER]) or self.schema_of(data)  # one dict look-up per record
+            start = HEADER
         buf = io.BytesIO(data)
-        buf.seek(start)
+        if start:
+            buf.seek(start)
         try:
-            value = fastavro.schemaless_reader(buf, writer, self.schema if self.client is not None else None)
+            value = fastavro.schemaless_reader(buf, writer, self.reader)
         except (EOFError, StopIteration):
             raise DecodeError("invalid Avro: the record is cut short") from None
         except SchemaResolutionError as exc:
             raise DecodeError(f"Avro: the writer's schema does not resolve into the reader's: {safe_str(exc)}") from None
         except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as exc:
             raise DecodeError(f"invalid Avro: {type(exc).__name__}: {safe_str(exc)}") from None
-        left = len(data) - buf.tell()
-        if left:
-            raise DecodeError(f"invalid Avro: {left} byte(s) left over after the record")
+        if buf.tell() != len(data):
+            raise DecodeError(f"invalid Avro: {len(data) - buf.tell()} byte(s) left over after the record")
         return value
 
     def encode(self, value: Any) -> bytes:
