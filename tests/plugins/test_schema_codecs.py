@@ -129,8 +129,7 @@ def test_each_schema_id_is_fetched_once_however_many_records_and_workers_decode_
     before = registry.count("GET /schemas/ids/")
     for start in range(0, len(records), 100):  # batch after batch, as an onramp routes them
         run(parent.prepare(records[start : start + 100]))
-    asked = {k: n for k, n in registry.requests.items() if k.startswith("GET /schemas/ids/")}
-    assert asked == {f"GET /schemas/ids/{v1}": 1, f"GET /schemas/ids/{v2}": 1, f"GET /schemas/ids/{missing}": 1}
+    assert [registry.requests[f"GET /schemas/ids/{i}"] for i in (v1, v2, missing)] == [1, 1, 1]
     assert registry.count("GET /schemas/ids/") - before == 3
 
     worker = AvroCodec(cfg)  # another process's instance: it never asks the registry
@@ -147,6 +146,19 @@ def test_each_schema_id_is_fetched_once_however_many_records_and_workers_decode_
     assert sum("not in the Confluent wire format" in r for r in refused) == 50
     assert registry.count("GET /schemas/ids/") - before == 3
     assert [parent.decode(r) for r in records[:3]] == [order(i) for i in range(3)]  # the parent decodes too (stages on the loop)
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=_VALUES)
+def test_any_record_survives_the_wire_format_from_writer_to_reader(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
+                                                                     value: dict[str, Any]) -> None:  # fmt: skip
+    reg = RegistryConfig(url=registry.url)
+    writer = AvroCodec(AvroConfig(schema_file=avsc(tmp_path_factory.getbasetemp(), name="wire.avsc"), registry=reg, subject="prop-value"))
+    run(writer.open())
+    data = writer.encode(value)
+    reader = AvroCodec(AvroConfig(registry=reg))
+    run(reader.prepare([data]))
+    assert reader.decode(data) == value
 
 
 def test_a_reader_schema_file_resolves_every_writer_version_into_it(tmp_path: Path, registry: FakeRegistry) -> None:
@@ -387,6 +399,11 @@ links: {src: [out]}
 # -- end to end: avro wire-format records over TCP -> a python stage on the workers -> avro and json ------------------
 
 STAGES = '''
+def count_lines(event, meta):
+    event["n_lines"] = len(event["lines"])
+    return event
+
+
 def enrich(event, meta):
     event["customer"] = event["customer"].upper()
     if event["id"] == 7:
@@ -421,9 +438,13 @@ def test_avro_wire_format_over_tcp_through_workers_to_avro_and_json(tmp_path: Pa
 
     v1_path, v2_path = avsc(tmp_path, ORDER, "v1.avsc"), avsc(tmp_path, ORDER_V2, "v2.avsc")
     (tmp_path / "stages.py").write_text(STAGES)
-    port = free_port()
+    port, pb_port = free_port(), free_port()
+    local = ProtobufCodec(ProtobufConfig(descriptor_set=descriptor_set(tmp_path), message="shop.Order"))
     with fake_registry() as reg:
         v1, v2 = reg.add(json.dumps(ORDER)), reg.add(json.dumps(ORDER_V2))
+        shop = reg.add("syntax = 'proto3'; // shop.proto", "PROTOBUF", serialized=shop_file().SerializeToString())
+        pb_records = [wire_header(shop) + indexes_bytes([1]) + local.encode(proto_order(i)) for i in range(500)]
+        pb_records += [wire_header(shop) + indexes_bytes([5]) + b"", wire_header(shop) + indexes_bytes([1]) + b"\xff"]
         cfg = tmp_path / "c.yaml"
         cfg.write_text(f"""version: 1
 daemon: {{workers: 2, metrics: {{listen: null}}}}
@@ -433,8 +454,14 @@ onramps:
     codec: {{name: avro, schema_file: v2.avsc, registry: {{url: "{reg.url}"}}}}
     preprocessors: [length-prefixed]
     config: {{port: {port}}}
+  pb:
+    type: tcp
+    codec: {{name: protobuf, registry: {{url: "{reg.url}"}}}}
+    preprocessors: [length-prefixed]
+    config: {{port: {pb_port}}}
 pipelines:
   main: [{{op: python, fn: "stages:enrich"}}]
+  pbmain: [{{op: python, fn: "stages:count_lines"}}]
   copy: [{{op: filter, where: "event['id'] >= 0"}}]
 offramps:
   enriched:
@@ -443,6 +470,7 @@ offramps:
     postprocessors: [length-prefixed]
     config: {{path: enriched.avro}}
   copied: {{type: file, codec: json, config: {{path: copy.ndjson}}}}
+  pbout: {{type: file, codec: json, config: {{path: pb.ndjson}}}}
   errs: {{type: file, codec: json, with_meta: true, config: {{path: errs.ndjson}}}}
 links:
   src: [main, copy]
@@ -451,6 +479,9 @@ links:
   main/err: [errs]
   enriched/err: [errs]
   copy: [copied]
+  pb: [pbmain]
+  pb/err: [errs]
+  pbmain: [pbout]
 """)
         w1 = AvroCodec(AvroConfig(schema_file=v1_path))
         w2 = AvroCodec(AvroConfig(schema_file=v2_path))
@@ -461,14 +492,18 @@ links:
         d = Daemon(cfg)
         try:
             d.wait_for(lambda: _listening(port), timeout=30)
+            d.wait_for(lambda: _listening(pb_port), timeout=30)
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 s.sendall(stream)
+            with socket.create_connection(("127.0.0.1", pb_port), timeout=10) as s:
+                s.sendall(b"".join(len(r).to_bytes(4, "big") + r for r in pb_records))
             d.wait_for(lambda: len(_frames(_read(tmp_path / "enriched.avro"))) == 1999 and len(json_lines(tmp_path / "copy.ndjson")) == 2000
-                       and len(json_lines(tmp_path / "errs.ndjson")) == 12, timeout=60)  # fmt: skip
+                       and len(json_lines(tmp_path / "errs.ndjson")) == 14 and len(json_lines(tmp_path / "pb.ndjson")) == 500, timeout=60)  # fmt: skip
         finally:
             assert d.stop() == 0, d.stderr()
         asked = {k: n for k, n in reg.requests.items() if k.startswith("GET")}
-        assert asked == {f"GET /schemas/ids/{v1}": 1, f"GET /schemas/ids/{v2}": 1, "GET /schemas/ids/999": 1}, asked
+        assert asked == {f"GET /schemas/ids/{v1}": 1, f"GET /schemas/ids/{v2}": 1, "GET /schemas/ids/999": 1,
+                         f"GET /schemas/ids/{shop}?format=serialized": 1}, asked  # fmt: skip
         assert reg.requests["POST /subjects/orders-enriched/versions"] == 1
         written = reg.subjects["orders-enriched"][0]
 
@@ -490,6 +525,10 @@ links:
     assert reasons.count("schema id 999: not in the registry (HTTP 404: Schema not found (error code 40403))") == 5
     assert sum("not in the Confluent wire format" in r for r in reasons) == 5
     assert sum("cut short" in r for r in reasons) == 1
+    assert sum("message indexes [5] name no message type of shop.proto" in r for r in reasons) == 1
+    assert sum("invalid protobuf" in r for r in reasons) == 1
+    pbs = json_lines(tmp_path / "pb.ndjson")
+    assert sorted(e["id"] for e in pbs) == [2**40 + i for i in range(500)] and all(e["n_lines"] == 1 for e in pbs)
     (unwritable,) = [e for e in errs if e["meta"]["error"]["stage"] == "enriched"]
     assert unwritable["event"]["id"] == "seven" and "integer is required" in unwritable["meta"]["error"]["message"]
 
@@ -502,3 +541,40 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_records_wait_while_the_registry_is_down_and_none_is_lost(tmp_path: Path) -> None:
+    import socket
+
+    from tests.support.daemon import Daemon, free_port, json_lines
+
+    port = free_port()
+    writer = AvroCodec(AvroConfig(schema_file=avsc(tmp_path)))
+    with fake_registry() as reg:
+        sid = reg.add(json.dumps(ORDER))
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"""version: 1
+daemon: {{workers: 2, metrics: {{listen: null}}}}
+onramps:
+  src: {{type: tcp, codec: {{name: avro, registry: {{url: "{reg.url}"}}}}, preprocessors: [length-prefixed], config: {{port: {port}}}}}
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+  errs: {{type: file, codec: json, with_meta: true, config: {{path: errs.ndjson}}}}
+links: {{src: [out], src/err: [errs]}}
+""")
+        reg.down = True
+        d = Daemon(cfg)
+        try:
+            d.wait_for(lambda: _listening(port), timeout=30)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"".join(len(r).to_bytes(4, "big") + r for r in (wire_header(sid) + writer.encode(order(i)) for i in range(300))))
+                d.wait_for(lambda: reg.count(f"GET /schemas/ids/{sid}") >= 3, timeout=30)  # asked again with backoff
+                assert not (tmp_path / "out.ndjson").exists() or not json_lines(tmp_path / "out.ndjson")
+                assert not json_lines(tmp_path / "errs.ndjson")  # held back, not dead-lettered
+                reg.down = False
+                d.wait_for(lambda: len(json_lines(tmp_path / "out.ndjson")) == 300, timeout=30)
+        finally:
+            assert d.stop() == 0, d.stderr()
+    assert [e["id"] for e in json_lines(tmp_path / "out.ndjson")] == list(range(300))
+    assert not json_lines(tmp_path / "errs.ndjson")
+    assert "cannot fetch schema id" in d.stderr()
