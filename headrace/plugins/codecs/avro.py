@@ -19,6 +19,11 @@ Refused (to ``err`` with the reason): a record that does not decode with its sch
 short, bytes left over after it), a wire-format record whose schema id the registry does not
 have, and, when writing, an event missing a field that has no default or holding a value of
 the wrong type (``strict: true`` also refuses fields the schema does not have).
+
+``registry: {url, auth: {type: basic, user, password} | {type: bearer, token}, timeout}``;
+what is fetched when, and what happens while the registry cannot be reached: docs/schemas.md.
+The registry client is tested against a local stand-in serving the registry's documented
+endpoints (no registry server can run in the test environment).
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ number when unknown), ``bytes`` fields ``bytes``, 64-bit integers ``int``. Writi
 same shape (enum names or numbers; a missing field is left unset); a key the type has no
 field for, a value of the wrong type or a missing proto2 ``required`` field is refused (to
 ``err`` with the reason), as is a record that does not parse.
+
+``registry: {url, auth: {type: basic, user, password} | {type: bearer, token}, timeout}``;
+what is fetched when, and what happens while the registry cannot be reached: docs/schemas.md.
+The registry client is tested against a local stand-in serving the registry's documented
+endpoints (no registry server can run in the test environment).
 """
 
 from __future__ import annotations
