@@ -35,6 +35,9 @@ class Codec:
     name: ClassVar[str] = ""
     validates: ClassVar[bool] = True  # False: any bytes are a valid record (nothing to check)
     takes_buffer: ClassVar[bool] = False  # True: decode() accepts a memoryview (workers then skip a copy)
+    # False: a value a stage made may not survive encode -> decode (a schema drops or refuses fields);
+    # workers then hand modified events on as values, not re-encoded in this codec, between stages
+    carries_any: ClassVar[bool] = True
 
     Config: ClassVar[type[PluginConfig]] = NoConfig
     summary: ClassVar[str] = ""

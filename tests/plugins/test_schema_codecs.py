@@ -406,6 +406,7 @@ def count_lines(event, meta):
 
 def enrich(event, meta):
     event["customer"] = event["customer"].upper()
+    event["total"] = event["amount"] * 2  # not in the schema: the json copy of main's output has it
     if event["id"] == 7:
         event["id"] = "seven"  # the avro offramp cannot write this: its err port, with the reason
     return event
@@ -471,11 +472,12 @@ offramps:
     config: {{path: enriched.avro}}
   copied: {{type: file, codec: json, config: {{path: copy.ndjson}}}}
   pbout: {{type: file, codec: json, config: {{path: pb.ndjson}}}}
+  mainjson: {{type: file, codec: json, config: {{path: main.ndjson}}}}
   errs: {{type: file, codec: json, with_meta: true, config: {{path: errs.ndjson}}}}
 links:
   src: [main, copy]
   src/err: [errs]
-  main: [enriched]
+  main: [enriched, mainjson]
   main/err: [errs]
   enriched/err: [errs]
   copy: [copied]
@@ -498,7 +500,8 @@ links:
             with socket.create_connection(("127.0.0.1", pb_port), timeout=10) as s:
                 s.sendall(b"".join(len(r).to_bytes(4, "big") + r for r in pb_records))
             d.wait_for(lambda: len(_frames(_read(tmp_path / "enriched.avro"))) == 1999 and len(json_lines(tmp_path / "copy.ndjson")) == 2000
-                       and len(json_lines(tmp_path / "errs.ndjson")) == 14 and len(json_lines(tmp_path / "pb.ndjson")) == 500, timeout=60)  # fmt: skip
+                       and len(json_lines(tmp_path / "errs.ndjson")) == 14 and len(json_lines(tmp_path / "pb.ndjson")) == 500
+                       and len(json_lines(tmp_path / "main.ndjson")) == 2000, timeout=60)  # fmt: skip
         finally:
             assert d.stop() == 0, d.stderr()
         asked = {k: n for k, n in reg.requests.items() if k.startswith("GET")}
@@ -518,6 +521,8 @@ links:
         assert sorted((reader.decode(f) for f in frames), key=lambda e: e["id"]) == [
             {**expected(i), "customer": f"C{i}"} for i in range(2000) if i != 7
         ]
+    mains = sorted(json_lines(tmp_path / "main.ndjson"), key=lambda e: str(e["id"]))  # between stages a field the schema lacks survives
+    assert len(mains) == 2000 and all(e["total"] == e["amount"] * 2 and e["customer"].startswith("C") for e in mains)
     copies = json_lines(tmp_path / "copy.ndjson")
     assert sorted(c["id"] for c in copies) == list(range(2000)) and copies[0]["raw"] == "\x00" and copies[1]["channel"] == "web"
     errs = json_lines(tmp_path / "errs.ndjson")
@@ -578,3 +583,27 @@ links: {{src: [out], src/err: [errs]}}
     assert [e["id"] for e in json_lines(tmp_path / "out.ndjson")] == list(range(300))
     assert not json_lines(tmp_path / "errs.ndjson")
     assert "cannot fetch schema id" in d.stderr()
+
+
+def test_a_field_a_stage_adds_survives_between_stages_on_workers(tmp_path: Path) -> None:
+    """Events modified on a worker and bound for several codecs go on as values, not re-encoded in
+    the onramp's Avro schema (which would drop the new field)."""
+    from tests.support.daemon import Daemon, json_lines
+
+    codec = AvroCodec(AvroConfig(schema_file=avsc(tmp_path)))
+    (tmp_path / "in.avro").write_bytes(b"".join(len(r).to_bytes(4, "big") + r for r in (codec.encode(order(i)) for i in range(200))))
+    (tmp_path / "stages.py").write_text('def total(event, meta):\n    event["total"] = event["amount"] * 2\n    return event\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("""version: 1
+daemon: {workers: 2, metrics: {listen: null}}
+onramps: {src: {type: file, codec: {name: avro, schema_file: order.avsc}, preprocessors: [length-prefixed], config: {path: in.avro}}}
+pipelines: {main: [{op: python, fn: "stages:total"}]}
+offramps:
+  a: {type: file, codec: json, config: {path: a.ndjson}}
+  b: {type: file, codec: msgpack, postprocessors: [length-prefixed], config: {path: b.msgpack}}
+links: {src: [main], main: [a, b]}
+""")
+    d = Daemon(cfg)
+    assert d.wait(60) == 0, d.stderr()
+    got = json_lines(tmp_path / "a.ndjson")
+    assert sorted(e["id"] for e in got) == list(range(200)) and all(e["total"] == e["amount"] * 2 for e in got)

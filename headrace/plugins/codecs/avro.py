@@ -65,6 +65,7 @@ class AvroCodec(RegistryCodec):
     name = "avro"
     summary = "Avro binary with a schema file, or in the Confluent wire format with a schema registry (schemas fetched once, in the parent)"
     Config = AvroConfig
+    carries_any = False  # a stage's new fields would be dropped: between stages, workers pass modified events as values
     schema_type = "AVRO"
 
     def __init__(self, config: AvroConfig | None = None, context: PluginContext | None = None) -> None:

@@ -234,6 +234,7 @@ class ProtobufCodec(RegistryCodec):
     name = "protobuf"
     summary = "Protocol Buffers messages from a descriptor set, or in the Confluent wire format with a schema registry (fetched once, in the parent)"
     Config = ProtobufConfig
+    carries_any = False  # a stage's new fields would be dropped: between stages, workers pass modified events as values
     schema_type = "PROTOBUF"
     fetch_format = "serialized"
 
