@@ -187,6 +187,17 @@ def test_writing_registers_the_subject_once_and_prefixes_its_id(tmp_path: Path, 
     assert reader.decode(data) == order(1)
 
 
+def test_without_auto_register_the_writer_only_looks_its_schema_up(tmp_path: Path, registry: FakeRegistry) -> None:
+    reg = RegistryConfig(url=registry.url)
+    lookup = AvroCodec(AvroConfig(schema_file=avsc(tmp_path), registry=reg, subject="lookup-value", auto_register=False))
+    with pytest.raises(RuntimeError, match=r"refused the schema it writes: HTTP 404: Subject 'lookup-value' not found"):
+        run(lookup.open())
+    sid = registry.add(json.dumps(ORDER, separators=(",", ":")), subject="lookup-value")
+    run(lookup.open())
+    assert lookup.writer_id == sid and lookup.encode(order(1))[:5] == wire_header(sid)
+    assert registry.count("POST /subjects/lookup-value/versions") == 0 and registry.requests["POST /subjects/lookup-value"] == 2
+
+
 def test_a_registry_that_is_down_holds_the_records_back_until_it_answers(tmp_path: Path, registry: FakeRegistry) -> None:
     sid = registry.add(json.dumps(ORDER))
     codec = AvroCodec(AvroConfig(registry=RegistryConfig(url=registry.url)))

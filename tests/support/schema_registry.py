@@ -4,7 +4,8 @@ thread of the test process, counting every request.
 
 ``GET /schemas/ids/{id}`` (``?format=serialized`` answers the protobuf schema's serialized
 file descriptor, base64, as the registry does), ``POST /subjects/{subject}/versions``
-(registers a schema, or answers the id it has), ``GET /subjects/{subject}/versions/latest``.
+(registers a schema, or answers the id it has), ``POST /subjects/{subject}`` (the id of a schema
+registered already), ``GET /subjects/{subject}/versions/latest``.
 Errors are the registry's shape: ``{"error_code": 40403, "message": "Schema not found"}``.
 """
 
@@ -90,6 +91,19 @@ class FakeRegistry:
                 return web.json_response({"id": sid})
         return web.json_response({"id": self.add(doc["schema"], kind, subject=subject)})
 
+    async def lookup(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        doc = await request.json()
+        subject = request.match_info["subject"]
+        for version, sid in enumerate(self.subjects.get(subject, []), 1):
+            entry = self.schemas[sid]
+            if entry["schema"] == doc["schema"] and entry["schemaType"] == doc.get("schemaType", "AVRO"):
+                return web.json_response({"subject": subject, "version": version, "id": sid, "schema": entry["schema"]})
+        if subject not in self.subjects:
+            return web.json_response({"error_code": 40401, "message": f"Subject '{subject}' not found."}, status=404)
+        return web.json_response({"error_code": 40403, "message": "Schema not found"}, status=404)
+
     async def latest(self, request: web.Request) -> web.Response:
         if (refused := self._refuse(request)) is not None:
             return refused
@@ -105,6 +119,7 @@ class FakeRegistry:
         app = web.Application()
         app.router.add_get("/schemas/ids/{id:\\d+}", self.by_id)
         app.router.add_post("/subjects/{subject}/versions", self.register)
+        app.router.add_post("/subjects/{subject}", self.lookup)
         app.router.add_get("/subjects/{subject}/versions/latest", self.latest)
         self.thread.start()
 

@@ -7,7 +7,8 @@ binary. Each id's schema is fetched from the registry once, in the parent, and c
 (workers get it with the jobs that need it); with ``schema_file`` too, that file is the reader's
 schema and records are resolved into it (Avro schema resolution: added fields take their
 defaults, removed ones are dropped). Writing with a registry registers ``schema_file`` under
-``subject`` once, at start, and writes its id before every record.
+``subject`` once, at start (or, with ``auto_register: false``, only looks its id up), and writes
+its id before every record.
 
 Values: records are dicts, arrays lists, maps dicts, ``bytes`` and ``fixed`` are ``bytes``
 (JSON writes them as text or ``{"base64": ...}``), enums their symbol, unions the value.
@@ -52,6 +53,8 @@ class AvroConfig(PluginConfig):
                                             "before the Avro binary; each id's schema is fetched once, in the parent")
     subject: str | None = Field(None, min_length=1, description="writing with a registry: the subject `schema_file` is registered under "
                                 "(once, at start), e.g. orders-value")
+    auto_register: bool = Field(True, description="writing with a registry: register `schema_file` under `subject` if it is new; false: "
+                           "only look its id up (POST /subjects/{subject}), and fail the start when the registry does not have it")
     strict: bool = Field(False, description="writing: refuse an event with fields the schema does not have (by default they are left out)")
 
 
@@ -102,7 +105,9 @@ class AvroCodec(RegistryCodec):
     async def writer(self, client: SchemaRegistry) -> int | None:
         if self.cfg.subject is None:
             return None
-        return await client.register(self.cfg.subject, self.text, "AVRO")
+        if self.cfg.auto_register:
+            return await client.register(self.cfg.subject, self.text, "AVRO")
+        return await client.lookup(self.cfg.subject, self.text, "AVRO")
 
     def decode(self, data: bytes) -> Any:
         if self.client is None:

@@ -7,7 +7,8 @@ before the records that name it are decoded anywhere); a worker's instance of th
 gets the schemas of each job's records with the job (``shipment`` -> ``receive``) and never
 talks to the registry. Endpoints used (the registry's REST API): ``GET /schemas/ids/{id}``
 (``?format=serialized`` for protobuf), ``POST /subjects/{subject}/versions`` (register a
-writer's schema, or find the id it has) and ``GET /subjects/{subject}/versions/latest``.
+writer's schema, or find the id it has), ``POST /subjects/{subject}`` (find the id of a schema
+registered already) and ``GET /subjects/{subject}/versions/latest``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,13 @@ class SchemaRegistry:
             body["schemaType"] = schema_type
         answer = await self.call("POST", f"/subjects/{quote(subject, safe='')}/versions", body)
         return _id(answer)
+
+    async def lookup(self, subject: str, schema: str, schema_type: str) -> int:
+        """``POST /subjects/{subject}``: the id ``schema`` has under ``subject`` (it must be registered already)."""
+        body: dict[str, Any] = {"schema": schema}
+        if schema_type != "AVRO":
+            body["schemaType"] = schema_type
+        return _id(await self.call("POST", f"/subjects/{quote(subject, safe='')}", body))
 
     async def latest(self, subject: str) -> int:
         """``GET /subjects/{subject}/versions/latest``: the id of the subject's latest schema."""
