@@ -618,3 +618,21 @@ links: {src: [main], main: [a, b]}
     assert d.wait(60) == 0, d.stderr()
     got = json_lines(tmp_path / "a.ndjson")
     assert sorted(e["id"] for e in got) == list(range(200)) and all(e["total"] == e["amount"] * 2 for e in got)
+
+
+def test_a_writer_schema_the_registry_refuses_fails_the_start_naming_the_codec(tmp_path: Path) -> None:
+    from tests.support.daemon import Daemon
+
+    avsc(tmp_path)
+    with fake_registry() as reg:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"""version: 1
+daemon: {{workers: 0, metrics: {{listen: null}}}}
+onramps: {{src: {{type: stdin}}}}
+offramps:
+  out: {{type: stdout, codec: {{name: avro, schema_file: order.avsc, registry: {{url: "{reg.url}"}}, subject: nope-value, auto_register: false}}}}
+links: {{src: [out]}}
+""")
+        d = Daemon(cfg)
+        assert d.wait(60) == 1
+    assert "cannot start: codec avro@out" in d.stderr() and "Subject 'nope-value' not found" in d.stderr(), d.stderr()
