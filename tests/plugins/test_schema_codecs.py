@@ -324,6 +324,18 @@ def test_protobuf_refuses_what_does_not_parse_or_fit(tmp_path: Path) -> None:
                                               "at": None, "attrs": {}}  # fmt: skip
 
 
+def test_a_missing_proto2_required_field_is_an_encode_error(tmp_path: Path) -> None:
+    fd = descriptor_pb2.FileDescriptorProto(name="p2.proto", package="p2", syntax="proto2")
+    msg = fd.message_type.add(name="M")
+    msg.field.add(name="must", number=1, type=F.TYPE_STRING, label=F.LABEL_REQUIRED)
+    msg.field.add(name="may", number=2, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL)
+    (tmp_path / "p2.pb").write_bytes(descriptor_pb2.FileDescriptorSet(file=[fd]).SerializeToString())
+    codec = ProtobufCodec(ProtobufConfig(descriptor_set=str(tmp_path / "p2.pb"), message="p2.M"))
+    assert codec.decode(codec.encode({"must": "x"})) == {"must": "x", "may": 0}
+    with pytest.raises(ValueError, match="required field"):
+        codec.encode({"may": 1})
+
+
 def test_protobuf_in_the_wire_format_fetches_each_id_once_and_follows_the_message_indexes(tmp_path: Path, registry: FakeRegistry) -> None:
     fdp = shop_file()
     sid = registry.add("syntax = 'proto3'; // the .proto text", "PROTOBUF", serialized=fdp.SerializeToString(), subject="shop-value")
@@ -398,10 +410,12 @@ def test_check_accepts_relative_schema_files(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("""version: 1
 onramps: {src: {type: stdin, codec: {name: avro, schema_file: order.avsc}}}
-offramps: {out: {type: stdout, codec: {name: protobuf, descriptor_set: shop.pb, message: shop.Order}}}
-links: {src: [out]}
+offramps:
+  out: {type: stdout, codec: {name: protobuf, descriptor_set: shop.pb, message: shop.Order}}
+  reg: {type: stdout, codec: {name: avro, schema_file: order.avsc, registry: {url: "http://127.0.0.1:9"}, subject: s}}
+links: {src: [out, reg]}
 """)
-    proc = headrace("check", str(cfg), cwd=Path("/"))
+    proc = headrace("check", str(cfg), cwd=Path("/"))  # the registry is never asked (nothing listens there)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     graph = load_file(cfg)
     assert graph.codecs["avro@src"].config.schema_file == str(tmp_path / "order.avsc")  # what the workers get: resolved
