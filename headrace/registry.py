@@ -56,6 +56,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "influx": "headrace.plugins.codecs.influx:InfluxCodec",
         "yaml": "headrace.plugins.codecs.yaml:YamlCodec",
         "syslog": "headrace.plugins.codecs.syslog:SyslogCodec",
+        "avro": "headrace.plugins.codecs.avro:AvroCodec",
+        "protobuf": "headrace.plugins.codecs.protobuf:ProtobufCodec",
     },
     "preprocessors": {
         "lines": "headrace.plugins.processors.lines:LinesPreprocessor",
