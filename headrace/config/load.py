@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -121,7 +122,10 @@ class _Builder:
             except (ValueError, OSError, ImportError) as exc:
                 self.err(self.smap.at((*path, "codec")), f"codec '{codec_name}' of {kind} '{cid}': {exc}")
                 return
-            codec_key = f"{codec_name}@{cid}"
+            # the options are part of the key: a reload that changes them makes a new codec instance
+            # (batches of the old graph still in flight keep the old one)
+            digest = hashlib.sha1(repr(codec_cfg.model_dump()).encode(), usedforsecurity=False).hexdigest()[:12]
+            codec_key = f"{codec_name}@{cid}#{digest}"
             self.codecs[codec_key] = ProcessorSpec(codec_name, codec_cfg)
         cfg = self.plugin_config(cls, spec.config, (*path, "config"), f"{kind} '{cid}' ({spec.type}) config")
         if isinstance(spec, OnrampConfig):

@@ -143,7 +143,11 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
     for c in g.of_kind("node"):
         operators[c.id] = _construct(c.id, _operator, e, c, g)
     chains = plan_chains(g, operators, e.pool.size if e.pool is not None else 0)
-    new_chain_sigs = {ch.id: (tuple((n, e._signatures_new[n]) for n in ch.nodes), ch.on_workers) for ch in chains}
+    # a worker chain's segment carries the codec specs of its graph: one whose codecs changed (their
+    # options are in their keys) is made anew, else its workers would not know the new keys
+    codec_keys = tuple(sorted(g.codecs))
+    new_chain_sigs = {ch.id: (tuple((n, e._signatures_new[n]) for n in ch.nodes), ch.on_workers, codec_keys if ch.on_workers else ())
+                      for ch in chains}  # fmt: skip
     kept_chains = {ch.id for ch in chains if ch.id in e.chains and e.chain_sigs.get(ch.id) == new_chain_sigs.get(ch.id)}
     kept_offramps = {c.id for c in g.of_kind("offramp") if c.id in keep and c.id in e.offramps}
     kept_onramps = {c.id for c in g.of_kind("onramp") if c.id in keep and c.id in e.onramps}

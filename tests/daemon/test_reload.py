@@ -230,3 +230,47 @@ links: {{tick: [main], main: [out]}}
         assert "daemon.shutdown_timeout changed" not in d.stderr() and "daemon.stage_timeout changed" not in d.stderr()
     finally:
         assert d.stop() == 0, d.stderr()
+
+
+CODEC_RELOAD = """
+version: 1
+daemon: {{workers: {workers}, metrics: {{listen: "127.0.0.1:{port}"}}}}
+onramps: {{src: {{type: file, codec: {{name: csv, delimiter: "{delim}", header: [a, b]}}, config: {{path: in.csv, follow: true, poll_interval: 20ms, checkpoint_interval: 20ms}}}}}}
+pipelines: {{main: [{{op: python, fn: "tagstage:tag"}}]}}
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+  bad: {{type: file, codec: json, with_meta: true, config: {{path: err.ndjson}}}}
+links: {{src: [main], src/err: [bad], main: [out]}}
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_reload_that_changes_a_codecs_options_decodes_with_the_new_ones(tmp_path: Path, write: Any, workers: int) -> None:
+    """The codec's options are part of its identity: after the reload the new delimiter is used, on
+    the loop and on the workers (whose unchanged pipeline gets the new codec too)."""
+    write("tagstage.py", "def tag(event, meta):\n    event['t'] = 1\n    return event\n")
+    write("in.csv", "1;2\n")
+    port = free_port()
+    cfg = write("c.yaml", CODEC_RELOAD.format(workers=workers, port=port, delim=";"))
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(json_lines(tmp_path / "out.ndjson")) == 1, timeout=30)
+        # the changed onramp starts again from its checkpoint: once it is saved, no line is read twice
+        d.wait_for(lambda: '"offset": 4' in _text(tmp_path / "headrace-state" / "file-onramp" / "src.json"), timeout=30)
+        cfg.write_text(CODEC_RELOAD.format(workers=workers, port=port, delim="|"))
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: "reloaded in" in d.stderr(), timeout=30)
+        with open(tmp_path / "in.csv", "a") as f:
+            f.write("3|4\n")
+        d.wait_for(lambda: len(json_lines(tmp_path / "out.ndjson")) + len(json_lines(tmp_path / "err.ndjson")) >= 2, timeout=30)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert json_lines(tmp_path / "err.ndjson") == [], "nothing decoded with the old options"
+    assert json_lines(tmp_path / "out.ndjson") == [{"a": "1", "b": "2", "t": 1}, {"a": "3", "b": "4", "t": 1}]
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
