@@ -44,6 +44,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.offramps.redis:RedisOfframp",
         "nats": "headrace.plugins.offramps.nats:NatsOfframp",
         "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
+        "s3": "headrace.plugins.offramps.s3:S3Offramp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",
