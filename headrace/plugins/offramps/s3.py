@@ -267,12 +267,17 @@ class S3Offramp(Offramp):
             self._close(obj)  # a part failed: the object fails now, its writes are retried into a new one
 
     def _send_part(self, obj: OpenObject) -> None:
+        """Send the pending bytes as parts of exactly ``part_size``; what is left stays pending."""
         data = b"".join(obj.pending)
-        obj.pending, obj.pending_size = [], 0
-        task = asyncio.create_task(self._part(obj, data, obj.sending))
-        obj.sending = task
-        self.uploads.add(task)
-        task.add_done_callback(self.uploads.discard)
+        size = self.cfg.part_size
+        whole = len(data) - len(data) % size
+        rest = data[whole:]
+        obj.pending, obj.pending_size = ([rest] if rest else []), len(rest)
+        for at in range(0, whole, size):
+            task = asyncio.create_task(self._part(obj, data[at : at + size], obj.sending))
+            obj.sending = task
+            self.uploads.add(task)
+            task.add_done_callback(self.uploads.discard)
 
     async def _part(self, obj: OpenObject, data: bytes, before: asyncio.Task[None] | None) -> None:
         if before is not None:
