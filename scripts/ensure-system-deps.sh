@@ -7,6 +7,8 @@
 #     server on a free loopback port
 #   - nats-server (Debian package `nats-server`, in /usr/sbin) for the nats connector's tests
 #   - mosquitto (Debian package `mosquitto`, in /usr/sbin) for the mqtt connector's tests
+#   - the s3 offramp's tests need no system package: their server, moto (`moto[server]`), comes
+#     from PyPI with the `test` extra
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)

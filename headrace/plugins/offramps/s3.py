@@ -284,14 +284,20 @@ class S3Offramp(Offramp):
             await before  # parts are numbered in order; a failed one fails the rest
         cfg = self.cfg
         if obj.upload_id is None:
-            extra = {"ContentEncoding": cfg.compression} if cfg.compression != "none" else {}
-            if cfg.storage_class:
-                extra["StorageClass"] = cfg.storage_class
-            answer = await self.client.create_multipart_upload(Bucket=cfg.bucket, Key=obj.key, ContentType=cfg.content_type, **extra)
+            answer = await self.client.create_multipart_upload(Bucket=cfg.bucket, Key=obj.key, **self._headers())
             obj.upload_id = answer["UploadId"]
         number = len(obj.parts) + 1
         answer = await self.client.upload_part(Bucket=cfg.bucket, Key=obj.key, UploadId=obj.upload_id, PartNumber=number, Body=data)
         obj.parts.append({"ETag": answer["ETag"], "PartNumber": number})
+
+    def _headers(self) -> dict[str, str]:
+        cfg = self.cfg
+        out = {"ContentType": cfg.content_type}
+        if cfg.compression != "none":
+            out["ContentEncoding"] = cfg.compression
+        if cfg.storage_class:
+            out["StorageClass"] = cfg.storage_class
+        return out
 
     def _close(self, obj: OpenObject) -> None:
         if self.open.get(obj.prefix) is not obj:
@@ -310,10 +316,7 @@ class S3Offramp(Offramp):
         obj.pending = []
         try:
             if obj.sending is None:
-                extra: dict[str, Any] = {"ContentEncoding": cfg.compression} if cfg.compression != "none" else {}
-                if cfg.storage_class:
-                    extra["StorageClass"] = cfg.storage_class
-                await self.client.put_object(Bucket=cfg.bucket, Key=obj.key, Body=data, ContentType=cfg.content_type, **extra)
+                await self.client.put_object(Bucket=cfg.bucket, Key=obj.key, Body=data, **self._headers())
             else:
                 if data:
                     await self._part(obj, data, obj.sending)
@@ -394,11 +397,11 @@ class S3Offramp(Offramp):
         delivered: list[int] = []
         failure: BaseException | None = None
         for obj, piece in mine:
-            exc = obj.done.exception()
-            if exc is None:
+            err = obj.done.exception()
+            if err is None:
                 delivered += piece
             else:
-                failure = failure or exc
+                failure = failure or err
         if failure is not None:
             if not delivered and not rejected:
                 raise failure
