@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,7 +72,7 @@ def _run_to_end(cfg: Path) -> Daemon:
     return d
 
 
-@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])  # none: the multipart test
 def test_objects_split_by_count_hold_each_record_once_under_keys_from_meta(tmp_path: Path, moto: MotoServer, bucket: str,
                                                                            compression: str) -> None:  # fmt: skip
     (tmp_path / "in.ndjson").write_text(_records(1000))
@@ -121,7 +122,9 @@ def test_a_large_object_is_a_multipart_upload(tmp_path: Path, moto: MotoServer, 
     _run_to_end(_config(tmp_path, moto.url, bucket, free_port(), "key: '{uuid}', compression: none, part_size: 5MiB, batch: {max_bytes: 64MiB}"))
     objects = moto.objects(bucket)
     assert len(objects) == 1 and sorted(_ids(objects)) == list(range(12_000))
-    etag = moto.client().head_object(Bucket=bucket, Key=next(iter(objects)))["ETag"]
+    head = moto.client().head_object(Bucket=bucket, Key=next(iter(objects)))
+    assert "ContentEncoding" not in head, "compression: none"
+    etag = head["ETag"]
     assert etag.strip('"').endswith("-3"), f"3 parts (5 + 5 + 2 MiB): {etag}"
     assert not moto.client().list_multipart_uploads(Bucket=bucket).get("Uploads"), "no upload left unfinished"
 
@@ -212,29 +215,40 @@ def test_an_outage_of_10s_loses_nothing_and_the_state_metric_shows_it(tmp_path: 
 
 @pytest.mark.slow
 def test_a_sigkill_in_the_middle_loses_nothing(tmp_path: Path, moto: MotoServer, bucket: str) -> None:
-    """50,000 records from a followed file (its delivered offset checkpointed): SIGKILL once objects
-    are in the bucket, restart: every record in the bucket; duplicates only from objects uploaded
-    whose records' offsets were not checkpointed yet."""
+    """50,000 records from a followed file (its delivered offset checkpointed): 10,000 first; once
+    objects of them are in the bucket the other 40,000 are appended, and the daemon is SIGKILLed
+    as soon as its offramp has taken the first of those (objects open and uploading); restart:
+    every record in the bucket, duplicates only from objects uploaded before the kill."""
     n = 50_000
-    (tmp_path / "in.ndjson").write_text(_records(n))
-    cfg = _config(tmp_path, moto.url, bucket, free_port(), "key: '{uuid}.gz', batch: {max_events: 2000, timeout: 200ms}", follow=True)
+    src = tmp_path / "in.ndjson"
+    src.write_text(_records(10_000))
+    port = free_port()
+    cfg = _config(tmp_path, moto.url, bucket, port, "key: '{uuid}.gz', batch: {max_events: 1000, timeout: 200ms}", follow=True)
+    received = 'headrace_component_received_events_total{component_id="out",component_kind="offramp"}'
     d = Daemon(cfg, env=CREDS)
     try:
-        d.wait_for(lambda: len(moto.client().list_objects_v2(Bucket=bucket).get("Contents", [])) >= 3, timeout=60, interval=0.01)
+        d.wait_for(lambda: len(moto.client().list_objects_v2(Bucket=bucket).get("Contents", [])) >= 3, timeout=60)
+        with open(src, "a") as f:
+            f.write(_records(n - 10_000, 10_000))
+        d.wait_for(lambda: metric(port, received) > 10_000, timeout=30, interval=0.005)
         d.signal(signal.SIGKILL)
         assert d.wait(10) == -signal.SIGKILL
     finally:
         d.stop()
-    before = len(_ids(moto.objects(bucket)))
-    assert 0 < before < n, before
+    before, seen = -1, len(_ids(moto.objects(bucket)))
+    while seen != before:  # an upload moto was still storing at the kill lands in the count
+        before = seen
+        time.sleep(0.3)
+        seen = len(_ids(moto.objects(bucket)))
+    assert 3000 <= before < n, before
     d = Daemon(cfg, env=CREDS)
     try:
-        d.wait_for(lambda: set(_ids(moto.objects(bucket))) == set(range(n)), timeout=60, interval=0.2)
+        d.wait_for(lambda: set(_ids(moto.objects(bucket))) == set(range(n)), timeout=60, interval=0.5)
     finally:
         assert d.stop() == 0, d.stderr()
     ids = _ids(moto.objects(bucket))
     assert sorted(set(ids)) == list(range(n)), "every record delivered"
-    assert len(ids) - n <= 256 * 2000, "duplicates: at most the objects uploaded and not yet checkpointed"
+    assert len(ids) - n <= before, "duplicates: only records of objects uploaded before the kill"
 
 
 def test_the_example_config_runs_against_moto(tmp_path: Path, moto: MotoServer, bucket: str) -> None:
