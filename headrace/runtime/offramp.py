@@ -271,6 +271,7 @@ class OfframpRunner(Runner):
             for inbox in self.closes:
                 inbox.close()
             raise
+        self.plugin.max_in_flight = 1  # the writer writes one at a time: a sink that gathers writes (s3) must not wait for more
         syncing = asyncio.create_task(buf.sync_forever())
         writer = asyncio.create_task(self._write_buffered(buf))
         try:

@@ -144,6 +144,23 @@ def test_sigterm_uploads_the_open_object(tmp_path: Path, moto: MotoServer, bucke
     assert sorted(_ids(moto.objects(bucket))) == list(range(500))
 
 
+def test_behind_a_disk_buffer_each_write_is_an_object_at_once(tmp_path: Path, moto: MotoServer, bucket: str) -> None:
+    """The runtime writes from a disk buffer one write at a time: the offramp must not wait for more (batch.timeout is 10 minutes)."""
+    src = tmp_path / "in.ndjson"
+    src.write_text(_records(100))
+    cfg = _config(tmp_path, moto.url, bucket, free_port(), "key: '{uuid}.gz', batch: {timeout: 10m}", follow=True)
+    cfg.write_text(cfg.read_text().replace("type: s3, codec: json,", "type: s3, codec: json, buffer: {type: disk, max_bytes: 10MiB},"))
+    d = Daemon(cfg, env=CREDS)
+    try:
+        d.wait_for(lambda: len(_ids(moto.objects(bucket))) == 100, timeout=20)
+        with open(src, "a") as f:
+            f.write(_records(50, 100))
+        d.wait_for(lambda: len(_ids(moto.objects(bucket))) == 150, timeout=20)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert sorted(_ids(moto.objects(bucket))) == list(range(150))
+
+
 def test_records_whose_key_or_encoding_fails_go_to_err_with_the_reason_and_the_rest_is_written(tmp_path: Path, moto: MotoServer,
                                                                                                  bucket: str) -> None:  # fmt: skip
     lines = [{"id": 0, "app": "web"}, {"id": 1}, {"id": 2, "app": "a/../b"}, {"id": 3, "app": "web", "bad": True}, {"id": 4, "app": ".."},

@@ -29,6 +29,15 @@ fixed prefix: a meta value that is missing, empty, ``.`` or ``..``, or holds ``/
 or a control character is refused, as is a key longer than 1024 bytes, and that record goes
 to the offramp's ``err`` port with the reason (the rest of the batch is written).
 
+Every error of an upload is retried (a bucket that does not exist or a denied access can be
+fixed while the records wait, unacked); the offramp's ``retry: {max_attempts, max_elapsed}``
+bounds that, and then the records go to ``err``. Until its object is uploaded a record is held
+in memory twice: in the object (compressed) and in its write (for a retry), so the memory of
+the offramp is about ``batch.max_bytes`` per key prefix open at once. Compression runs on the
+event loop, a write at a time (gzip at level 6: roughly 10-20 ms per MiB of records; ``level:
+1`` is several times faster). With ``buffer: {type: disk}`` the runtime writes one at a time from the buffer, so each write's records close their objects at
+once (an object per write of the buffer: up to 8,192 records or 4 MiB).
+
 The client is ``aiobotocore`` (``pip install headrace[s3]``): ``region``, ``endpoint_url``
 (MinIO, moto, Ceph ...), ``force_path_style`` (``bucket`` in the path, not the host name),
 and the credentials ``access_key_id``/``secret_access_key``/``session_token`` (use
