@@ -81,7 +81,8 @@ class S3Batch(PluginConfig):
 
 class S3OfframpConfig(PluginConfig):
     bucket: str = Field(min_length=3, max_length=63, description="the bucket (it must exist)")
-    key: str = Field("{uuid}.log", min_length=1, description="object key template: {meta.KEY}, {uuid} (required), strftime codes (UTC)")
+    key: str = Field(min_length=1, description="object key template: {meta.KEY}, {uuid} (required), strftime codes (UTC); "
+                     "e.g. logs/%Y/%m/%d/{uuid}.ndjson.gz")
     batch: S3Batch = Field(default_factory=lambda: S3Batch(), description="when an object closes: {max_bytes, max_events, timeout}")
     compression: Literal["none", "gzip", "zstd"] = Field("gzip", description="compression of each object (zstd: headrace[compression])")
     level: int | None = Field(None, ge=1, le=22, description="compression level (default: gzip 6, zstd 3)")
