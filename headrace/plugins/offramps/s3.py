@@ -33,10 +33,11 @@ Every error of an upload is retried (a bucket that does not exist or a denied ac
 fixed while the records wait, unacked); the offramp's ``retry: {max_attempts, max_elapsed}``
 bounds that, and then the records go to ``err``. Until its object is uploaded a record is held
 in memory twice: in the object (compressed) and in its write (for a retry), so the memory of
-the offramp is about ``batch.max_bytes`` per key prefix open at once. Compression runs on the
-event loop, a write at a time (gzip at level 6: roughly 10-20 ms per MiB of records; ``level:
-1`` is several times faster). With ``buffer: {type: disk}`` the runtime writes one at a time from the buffer, so each write's records close their objects at
-once (an object per write of the buffer: up to 8,192 records or 4 MiB).
+the offramp is about ``batch.max_bytes`` per key prefix open at once. Compression runs on a
+thread for writes over 64 KiB (zlib and zstd release the GIL), in order per object. With
+``buffer: {type: disk}`` the runtime writes one at a time from the buffer, so each write's
+records close their objects at once (an object per write of the buffer: up to 8,192 records
+or 4 MiB).
 
 The client is ``aiobotocore`` (``pip install headrace[s3]``): ``region``, ``endpoint_url``
 (MinIO, moto, Ceph ...), ``force_path_style`` (``bucket`` in the path, not the host name),
@@ -68,6 +69,7 @@ log = logging.getLogger("headrace.s3")
 
 MIN_PART = 5 * 2**20  # S3's smallest part (all but the last)
 MAX_KEY = 1024  # bytes of UTF-8
+INLINE = 64 * 1024  # records of a write up to this size are compressed on the loop (a thread hop costs more)
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _META = re.compile(r"meta\.([A-Za-z_][A-Za-z0-9_]*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -107,7 +109,7 @@ class KeyRefused(ValueError):
 class OpenObject:
     """An object being filled: its compressed bytes not sent yet, the parts already sent, its outcome."""
 
-    __slots__ = ("compressor", "done", "events", "key", "opened", "parts", "pending", "pending_size", "prefix", "raw", "sending",
+    __slots__ = ("compressing", "compressor", "done", "events", "key", "opened", "parts", "pending", "pending_size", "prefix", "raw", "sending",
                  "timer", "upload_id")  # fmt: skip
 
     def __init__(self, prefix: tuple[str, ...], compressor: Any, done: asyncio.Future[None]) -> None:
@@ -121,6 +123,7 @@ class OpenObject:
         self.pending_size = 0
         self.opened = time.monotonic()
         self.sending: asyncio.Task[None] | None = None  # the last part upload (each awaits the one before)
+        self.compressing: asyncio.Task[None] | None = None  # the last compression job on a thread (each awaits the one before)
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
         self.timer: asyncio.TimerHandle | None = None
@@ -178,9 +181,10 @@ class S3Offramp(Offramp):
         except ValueError as exc:
             raise ValueError(f"key: {exc}") from None
         if self.cfg.compression == "zstd":
-            from headrace.plugins.processors.compress import _require
-
-            _require("zstandard", "compression: zstd")
+            try:
+                import zstandard  # noqa: F401
+            except ImportError:
+                raise ValueError("compression: zstd needs the zstandard package: pip install 'headrace[compression]'") from None
         if (self.cfg.access_key_id is None) != (self.cfg.secret_access_key is None):
             raise ValueError("give access_key_id and secret_access_key together")
 
@@ -265,16 +269,35 @@ class S3Offramp(Offramp):
         return obj
 
     def _add(self, obj: OpenObject, records: list[bytes], raw: int) -> None:
-        data = obj.compressor.compress(b"".join(self.postprocess(records)))
+        data = b"".join(self.postprocess(records))
         obj.events += len(records)
         obj.raw += raw
+        if obj.sending is not None and obj.sending.done() and not obj.sending.cancelled() and obj.sending.exception() is not None:
+            self._close(obj)  # a part failed: the object fails now, its writes are retried into a new one
+            return
+        if (len(data) < INLINE or self.cfg.compression == "none") and obj.compressing is None:
+            self._compressed(obj, obj.compressor.compress(data))
+            return
+        # larger data is compressed on a thread (zlib and zstd let go of the GIL), in order: each job awaits the one before
+        task = asyncio.create_task(self._compress(obj, data, obj.compressing))
+        obj.compressing = task
+        self.uploads.add(task)
+        task.add_done_callback(self.uploads.discard)
+
+    async def _compress(self, obj: OpenObject, data: bytes, before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await before
+        out = await asyncio.get_running_loop().run_in_executor(None, obj.compressor.compress, data)
+        if obj.compressing is asyncio.current_task():
+            obj.compressing = None  # the last job: small data may be compressed inline again
+        self._compressed(obj, out)
+
+    def _compressed(self, obj: OpenObject, data: bytes) -> None:
         if data:
             obj.pending.append(data)
             obj.pending_size += len(data)
         if obj.pending_size >= self.cfg.part_size:
             self._send_part(obj)
-        elif obj.sending is not None and obj.sending.done() and not obj.sending.cancelled() and obj.sending.exception() is not None:
-            self._close(obj)  # a part failed: the object fails now, its writes are retried into a new one
 
     def _send_part(self, obj: OpenObject) -> None:
         """Send the pending bytes as parts of exactly ``part_size``; what is left stays pending."""
@@ -321,10 +344,12 @@ class S3Offramp(Offramp):
 
     async def _upload(self, obj: OpenObject) -> None:
         cfg = self.cfg
-        tail = obj.compressor.flush()
-        data = b"".join([*obj.pending, tail])
-        obj.pending = []
         try:
+            if obj.compressing is not None:
+                await obj.compressing  # what the object's writes handed over is all compressed
+            tail = obj.compressor.flush()
+            data = b"".join([*obj.pending, tail])
+            obj.pending = []
             if obj.sending is None:
                 await self.client.put_object(Bucket=cfg.bucket, Key=obj.key, Body=data, **self._headers())
             else:
