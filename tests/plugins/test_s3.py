@@ -190,8 +190,9 @@ def test_records_whose_key_or_encoding_fails_go_to_err_with_the_reason_and_the_r
 
 
 @pytest.mark.parametrize(("key", "message"), [("logs/%Y.gz", "key must hold {uuid}"), ("{uuid}/{meta.a-b}", "unknown placeholder {meta.a-b}"),
-                                              ("/{uuid}", "must not start with '/'"), ("{uuid}{", "unmatched")])  # fmt: skip
-def test_check_refuses_a_bad_key_template(tmp_path: Path, key: str, message: str) -> None:
+                                              ("/{uuid}", "must not start with '/'"), ("{uuid}{", "unmatched"),
+                                              ("{uuid}', level: 12, compression: 'gzip", "gzip's levels are 1 to 9")])  # fmt: skip
+def test_check_refuses_a_bad_key_template_or_level(tmp_path: Path, key: str, message: str) -> None:
     (tmp_path / "in.ndjson").write_text("")
     cfg = _config(tmp_path, "http://127.0.0.1:9", "bkt", free_port(), f"key: '{key}'")
     res = headrace("check", str(cfg), env=CREDS)

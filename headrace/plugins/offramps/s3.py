@@ -85,7 +85,8 @@ class S3OfframpConfig(PluginConfig):
     bucket: str = Field(min_length=3, max_length=63, description="the bucket (it must exist)")
     key: str = Field(min_length=1, description="object key template: {meta.KEY}, {uuid} (required), strftime codes (UTC); "
                      "e.g. logs/%Y/%m/%d/{uuid}.ndjson.gz")
-    batch: S3Batch = Field(default_factory=lambda: S3Batch(), description="when an object closes: {max_bytes, max_events, timeout}")
+    batch: S3Batch = Field(default_factory=lambda: S3Batch(), description="when an object closes: {max_bytes: 10MB (its records' bytes "
+                        "before framing and compression), max_events: none, timeout: 5m}, whichever comes first")
     compression: Literal["none", "gzip", "zstd"] = Field("gzip", description="compression of each object (zstd: headrace[compression])")
     level: int | None = Field(None, ge=1, le=22, description="compression level (default: gzip 6, zstd 3)")
     part_size: Size = Field(8 * 2**20, ge=MIN_PART, le=5 * 2**30, description="an object whose compressed size reaches this is sent as a "
@@ -185,6 +186,8 @@ class S3Offramp(Offramp):
                 import zstandard  # noqa: F401
             except ImportError:
                 raise ValueError("compression: zstd needs the zstandard package: pip install 'headrace[compression]'") from None
+        if self.cfg.compression == "gzip" and self.cfg.level is not None and self.cfg.level > 9:
+            raise ValueError(f"level: gzip's levels are 1 to 9, not {self.cfg.level}")
         if (self.cfg.access_key_id is None) != (self.cfg.secret_access_key is None):
             raise ValueError("give access_key_id and secret_access_key together")
 
