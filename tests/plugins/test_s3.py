@@ -189,6 +189,19 @@ def test_records_whose_key_or_encoding_fails_go_to_err_with_the_reason_and_the_r
     assert "longer than 1024 bytes" in errs[5]
 
 
+def test_a_missing_bucket_is_retried_then_given_up_to_err_with_the_reason(tmp_path: Path, moto: MotoServer) -> None:
+    (tmp_path / "in.ndjson").write_text(_records(10))
+    cfg = _config(tmp_path, moto.url, "no-such-bucket-here", free_port(), "key: '{uuid}.gz', batch: {timeout: 100ms}")
+    cfg.write_text(cfg.read_text().replace("type: s3, codec: json,", "type: s3, codec: json, retry: {max_attempts: 2},"))
+    d = _run_to_end(cfg)
+    errs = json_lines(tmp_path / "err.ndjson")
+    assert sorted(e["event"]["id"] for e in errs) == list(range(10)), "nothing lost: every record on err"
+    error = errs[0]["meta"]["error"]
+    assert error["type"] == "GaveUp" and error["attempts"] == 2
+    assert "NoSuchBucket" in error["last_error"], error
+    assert "upload of s3://no-such-bucket-here/" in d.stderr()
+
+
 @pytest.mark.parametrize(("key", "message"), [("logs/%Y.gz", "key must hold {uuid}"), ("{uuid}/{meta.a-b}", "unknown placeholder {meta.a-b}"),
                                               ("/{uuid}", "must not start with '/'"), ("{uuid}{", "unmatched"),
                                               ("{uuid}', level: 12, compression: 'gzip", "gzip's levels are 1 to 9")])  # fmt: skip
