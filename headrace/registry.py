@@ -30,6 +30,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.onramps.redis:RedisOnramp",
         "nats": "headrace.plugins.onramps.nats:NatsOnramp",
         "mqtt": "headrace.plugins.onramps.mqtt:MqttOnramp",
+        "otlp": "headrace.plugins.onramps.otlp:OtlpOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",
@@ -44,6 +45,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.offramps.redis:RedisOfframp",
         "nats": "headrace.plugins.offramps.nats:NatsOfframp",
         "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
+        "postgres": "headrace.plugins.offramps.postgres:PostgresOfframp",
         "s3": "headrace.plugins.offramps.s3:S3Offramp",
     },
     "codecs": {
@@ -55,6 +57,8 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "influx": "headrace.plugins.codecs.influx:InfluxCodec",
         "yaml": "headrace.plugins.codecs.yaml:YamlCodec",
         "syslog": "headrace.plugins.codecs.syslog:SyslogCodec",
+        "avro": "headrace.plugins.codecs.avro:AvroCodec",
+        "protobuf": "headrace.plugins.codecs.protobuf:ProtobufCodec",
     },
     "preprocessors": {
         "lines": "headrace.plugins.processors.lines:LinesPreprocessor",

@@ -7,6 +7,8 @@
 #     server on a free loopback port
 #   - nats-server (Debian package `nats-server`, in /usr/sbin) for the nats connector's tests
 #   - mosquitto (Debian package `mosquitto`, in /usr/sbin) for the mqtt connector's tests
+#   - initdb and postgres (Debian package `postgresql`, in /usr/lib/postgresql/N/bin) for the
+#     postgres offramp's tests: they make a cluster of their own in a temporary folder
 #   - the s3 offramp's tests need no system package: their server, moto (`moto[server]`), comes
 #     from PyPI with the `test` extra
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
@@ -24,12 +26,19 @@ skip=${HEADRACE_SKIP_SYSTEM_DEPS:-0}
 say() { printf 'ensure-system-deps: %s\n' "$*" >&2; }
 
 # tool -> Debian package
-declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [openssl]=openssl)
+declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [openssl]=openssl [initdb]=postgresql)
 export PATH="$PATH:/usr/sbin:/sbin"  # nats-server lives in /usr/sbin
+postgres_on_path() {  # Debian keeps initdb and postgres off PATH, in /usr/lib/postgresql/N/bin
+    local d
+    for d in /usr/lib/postgresql/*/bin; do
+        if [ -x "$d/initdb" ]; then PATH="$PATH:$d"; fi
+    done
+}
+postgres_on_path
 
 missing=()
 packages=()
-for tool in promtool prometheus redis-server nats-server mosquitto openssl; do
+for tool in promtool prometheus redis-server nats-server mosquitto openssl initdb; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         missing+=("$tool")
         pkg=${PACKAGE[$tool]}
@@ -44,7 +53,7 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "promtool, prometheus, redis-server, nats-server, mosquitto and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
+    say "promtool, prometheus, redis-server, nats-server, mosquitto, openssl and initdb are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
     exit 0
 fi
 
@@ -57,7 +66,7 @@ fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server,"
-    say "nats-server, mosquitto and openssl with your system's package manager and put them on PATH."
+    say "nats-server, mosquitto, openssl and postgresql with your system's package manager and put them on PATH."
     exit 1
 fi
 
@@ -72,6 +81,7 @@ say "installing ${packages[*]} with apt-get ..."
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends "${packages[@]}"
+postgres_on_path
 
 for tool in "${missing[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
@@ -86,6 +96,9 @@ if [[ " ${packages[*]} " == *" prometheus "* ]]; then
 fi
 if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
     say "note: the package enables mosquitto.service (port 1883); the tests start their own."
+fi
+if [[ " ${packages[*]} " == *" postgresql "* ]]; then
+    say "note: the package may start a cluster (postgresql.service, port 5432); the tests make their own."
 fi
 if [[ " ${packages[*]} " == *" redis-server "* ]]; then
     say "note: the package enables redis-server.service (port 6379); the tests start their own."

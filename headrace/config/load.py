@@ -14,6 +14,7 @@ from headrace.config.model import Config, OfframpConfig, OnrampConfig, Processor
 from headrace.config.names import list_node_ids
 from headrace.config.validate import validate_model
 from headrace.config.yamlpos import SourceMap, load_yaml
+from headrace.contract.codec import Codec
 from headrace.contract.context import PluginContext
 from headrace.contract.expr import ExpressionError
 from headrace.contract.paths import SettingError, check_folder_path
@@ -101,10 +102,24 @@ class _Builder:
         if codec_cls is None or cls is None:
             return
         codec_key = codec_name
+        if isinstance(spec.codec, str) and getattr(codec_cls.settle, "__func__", None) is not getattr(Codec.settle, "__func__", None):
+            try:  # a codec named without options: its defaults must do
+                codec_cls.settle(codec_cls.Config(), self.context(cid))
+            except (ValueError, OSError) as exc:
+                self.err(self.smap.at((*path, "codec")), f"codec '{codec_name}' of {kind} '{cid}' needs options: {exc}")
+                return
         if not isinstance(spec.codec, str):  # options: a codec instance of this component's own
             options = dict(spec.codec.model_extra or {})
             codec_cfg = self.plugin_config(codec_cls, options, (*path, "codec"), f"codec '{codec_name}' of {kind} '{cid}'")
             if codec_cfg is None:
+                return
+            try:  # paths resolved, files read: every instance (workers' too) gets the settled config
+                codec_cfg = codec_cls.settle(codec_cfg, self.context(cid))
+            except SettingError as exc:
+                self.err(self.smap.at((*path, "codec", exc.key)), f"codec '{codec_name}' of {kind} '{cid}': {exc.key}: {exc}")
+                return
+            except (ValueError, OSError, ImportError) as exc:
+                self.err(self.smap.at((*path, "codec")), f"codec '{codec_name}' of {kind} '{cid}': {exc}")
                 return
             codec_key = f"{codec_name}@{cid}"
             self.codecs[codec_key] = ProcessorSpec(codec_name, codec_cfg)

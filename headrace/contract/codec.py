@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from headrace.contract.config import NoConfig, PluginConfig
@@ -35,6 +35,9 @@ class Codec:
     name: ClassVar[str] = ""
     validates: ClassVar[bool] = True  # False: any bytes are a valid record (nothing to check)
     takes_buffer: ClassVar[bool] = False  # True: decode() accepts a memoryview (workers then skip a copy)
+    # False: a value a stage made may not survive encode -> decode (a schema drops or refuses fields);
+    # workers then hand modified events on as values, not re-encoded in this codec, between stages
+    carries_any: ClassVar[bool] = True
 
     Config: ClassVar[type[PluginConfig]] = NoConfig
     summary: ClassVar[str] = ""
@@ -82,6 +85,37 @@ class Codec:
         """A loader of read-only views for stages that never modify events (``readonly``), or
         None. Views only need to be read (``[]``, ``get``, ``in``, iteration, ``len``)."""
         return None
+
+    @classmethod
+    def settle(cls, config: PluginConfig, context: PluginContext) -> PluginConfig:
+        """The config as every instance gets it (workers too), checked against its surroundings when
+        the config is loaded (``headrace check`` too): relative paths resolved against the config's
+        folder, files read. Raise ``SettingError(key, message)`` for a setting that cannot work.
+        Touches no network."""
+        return config
+
+    # A codec whose records name something only the parent can look up (a schema registry) says so
+    # with ``needs_parent``; the runtime then calls ``open`` once before any record, ``prepare`` in
+    # the parent before records are decoded anywhere, and gives each worker job ``shipment`` of its
+    # records, which the codec's instance in the worker takes with ``receive``.
+    def needs_parent(self) -> bool:
+        return False
+
+    async def open(self) -> None:
+        """In the parent, once, before any record is written or read (e.g. register the schema it
+        writes with). Raising fails the component's start; it may wait (the start is bounded)."""
+
+    async def prepare(self, payloads: Sequence[bytes | None]) -> None:
+        """In the parent, before ``payloads`` (records straight from an onramp) are decoded anywhere:
+        fetch what decoding them needs. Never raises for a bad record: ``decode`` refuses it later."""
+
+    def shipment(self, payloads: Sequence[bytes | None] | None) -> Any:
+        """Picklable, small: what this codec's instance in a worker needs besides its config to
+        decode ``payloads`` (None: to encode only). It goes with every job that needs it."""
+        return None
+
+    def receive(self, shipment: Any) -> None:
+        """In a worker: take a ``shipment`` of the parent's instance (before the job's records)."""
 
     def reason(self, exc: BaseException) -> str:
         """Why a record did not decode, for its err event (``exc`` may be anything the codec raised)."""

@@ -57,6 +57,7 @@ class Engine:
         self.inboxes: dict[str, Inbox] = {}
         self.routers: dict[str, Router] = {}
         self.codecs: dict[str, Codec] = {}
+        self.opened: set[str] = set()  # codec keys whose ``open`` returned
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.failures: list[tuple[str, BaseException]] = []
         self.generation = 0
@@ -228,6 +229,10 @@ class Engine:
         ons = [r for r in b.fresh if isinstance(r, OnrampRunner) and r.spec.id in b.added_onramps] if self.started else []
         loops = [r for r in b.fresh if isinstance(r, ChainRunner)]
         try:
+            # codecs that need the parent (a schema registry) learn what they write with before any record
+            opening = [(k, c) for k, c in self.codecs.items() if c.needs_parent() and k not in self.opened]
+            await start_all([(f"codec {k}", c.open) for k, c in opening], timeout)
+            self.opened.update(k for k, _ in opening)
             await start_all([(f"offramp {r.spec.id}", r.plugin.start) for r in offs], timeout)
             await start_all([(f"node {r.cid}", r.start) for r in loops], timeout)
             if self.pool is not None and b.segments:

@@ -79,6 +79,7 @@ class OnrampRunner(Runner):
         self.feed_stop = False  # the feeder ends once it handed on what it has
         self.syncing: asyncio.Future[None] | None = None  # the buffer's fsync loop
         self.fanout_codec: Codec | None = None  # set by the wiring when ``out`` has several targets
+        self.source_codec: Codec | None = None  # set by the wiring when the codec prepares records in the parent
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         rejected: list[tuple[bytes, str]] = []
@@ -302,6 +303,8 @@ class OnrampRunner(Runner):
                   "buffer and are handed on again at the next start", self.spec.id, entry.events)  # fmt: skip
 
     async def _route(self, batch: Batch) -> None:
+        if self.source_codec is not None and batch.payloads is not None:  # e.g. fetch the schemas the records name, once each
+            await self.source_codec.prepare(batch.payloads)
         if self.fanout_codec is not None:
             batch, err = check(batch, self.fanout_codec)
             if err is not None:

@@ -231,6 +231,8 @@ def commit(e: Engine, b: Build) -> None:
         r.closes = b.routers[cid].inboxes()
         fans_out = len(b.routers[cid].targets.get("out", ())) > 1
         r.fanout_codec = e.codec(g.components[cid].codec, g) if fans_out else None
+        source_codec = e.codec(g.components[cid].codec, g)
+        r.source_codec = source_codec if source_codec.needs_parent() else None
     for runner in b.chains.values():
         runner.closes = closes_for(e.routers, e.inboxes, list(runner.nodes), upstream)
     for cid, r2 in b.offramps.items():

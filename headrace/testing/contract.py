@@ -158,15 +158,18 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def codec_contract(codec_cls: type[Codec], samples: Sequence[Any], garbage: Sequence[bytes] = ()) -> None:
+def codec_contract(codec_cls: type[Codec], samples: Sequence[Any], garbage: Sequence[bytes] = (),
+                   config: dict[str, Any] | None = None, base_dir: Path | None = None) -> None:  # fmt: skip
     """Assert the codec contract: each sample survives encode -> decode (from bytes, and from a
     memoryview when the codec declares ``takes_buffer``), encoding is stable, and each ``garbage`` record raises
-    ``DecodeError`` (not any other exception: that would fail the whole batch)."""
+    ``DecodeError`` (not any other exception: that would fail the whole batch). ``config``: the
+    codec's options (a schema file, ...), settled against ``base_dir`` as the config loader does."""
     what = f"codec {codec_cls.__name__}"
     assert codec_cls.name and codec_cls.summary, f"{what}: name and summary must be set"
-    _rejects_unknown_keys(codec_cls.Config, {}, what)
+    _rejects_unknown_keys(codec_cls.Config, config or {}, what)
     assert samples, f"{what}: give at least one sample value"
-    codec = codec_cls()
+    cfg = codec_cls.settle(codec_cls.Config.model_validate(config or {}), PluginContext("contract", base_dir or Path.cwd()))
+    codec = codec_cls(cfg)
     for sample in samples:
         data = codec.encode(sample)
         assert isinstance(data, bytes), f"{what}: encode({sample!r}) returned {type(data).__name__}, not bytes"

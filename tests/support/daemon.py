@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -172,22 +172,25 @@ def json_lines(path: Path) -> list[Any]:
     return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
-def ids_written(path: Path) -> list[Any]:
-    """The ``id`` of every complete line of an ndjson file a running daemon is writing (a last line
-    without its newline is still being written: left out), [] while the file does not exist."""
+def ids_written(path: Path, key: Callable[[Any], Any] | None = None) -> list[Any]:
+    """The ``id`` (or ``key(event)``) of every complete line of an ndjson file a running daemon is
+    writing (a last line without its newline is still being written: left out), [] while the file
+    does not exist."""
     import json
 
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    return [json.loads(x)["id"] for x in data.split(b"\n")[:-1] if x.strip()]
+    events = [json.loads(x) for x in data.split(b"\n")[:-1] if x.strip()]
+    return [e["id"] for e in events] if key is None else list(map(key, events))
 
 
-def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM a server a test started (by its PID), SIGKILL if it does not exit within 20 s."""
+def stop_server(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Stop a server a test started, by its PID: ``sig`` (SIGTERM; PostgreSQL's fast shutdown is
+    SIGINT), then SIGKILL if it does not exit within 20 s."""
     if proc is not None and proc.poll() is None:
-        proc.terminate()
+        proc.send_signal(sig)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:

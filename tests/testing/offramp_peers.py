@@ -321,6 +321,29 @@ class MqttTopic(OfframpPeer):
             self.client.loop_stop()
 
 
+class PostgresTable(OfframpPeer):
+    """A table of its own (the sample records' fields as columns), read whole; taken down by stopping the server."""
+
+    def __init__(self, server: Any, table: str) -> None:
+        self.server = server
+        self.table = table
+
+    async def prepare(self, config: Any) -> None:
+        await self.server.afetch(f"CREATE TABLE {self.table} (id int, text text, v float8)")
+
+    async def received(self) -> list[bytes] | None:
+        import orjson
+
+        return [orjson.dumps(dict(r)) for r in await self.server.afetch(f"SELECT id, text, v FROM {self.table}")]
+
+    async def fail(self) -> bool:
+        self.server.stop()
+        return True
+
+    async def recover(self) -> None:
+        self.server.start()
+
+
 class S3Bucket(OfframpPeer):
     """A bucket of its own on a moto server, reached through a TCP proxy; taken down by the proxy
     refusing connections (moto keeps its buckets in memory: a restart would lose them)."""

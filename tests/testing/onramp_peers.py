@@ -177,6 +177,33 @@ class HttpClient(OnrampPeer):
         return sent
 
 
+class OtlpClient(OnrampPeer):
+    """POSTs OTLP protobuf log requests one after the other, like an exporter; each answer must say
+    what became of its events: 200 once they were acked, 503 (which exporters retry) once failed."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    async def feed(self, config: Any, cycle: int) -> Expected:
+        from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+        from headrace.plugins.onramps.otlp import PROTOBUF, events
+
+        sent: list[bytes] = []
+        async with aiohttp.ClientSession() as session:
+            for k in range(4):
+                req = ExportLogsServiceRequest()
+                scope_logs = req.resource_logs.add().scope_logs.add()
+                for record in lines(f"post{cycle}.{k}", 10):
+                    scope_logs.log_records.add().body.string_value = record.decode()
+                body = req.SerializeToString()
+                async with session.post(f"http://127.0.0.1:{config.port}/v1/logs", data=body, headers={"Content-Type": PROTOBUF}) as resp:
+                    self.statuses.append(resp.status)
+                sent += events("logs", body, PROTOBUF)
+        assert set(self.statuses) == {200, 503}, f"each request is answered once its events are done (200) or failed (503): {self.statuses}"
+        return sent
+
+
 class KafkaRecords(OnrampPeer):
     """Records in a topic of its own, before the onramp starts and once it is ready again; after the
     last cycle, the consumer group committed everything (nothing was failed)."""

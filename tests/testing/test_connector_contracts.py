@@ -15,6 +15,7 @@ from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_c
 from tests.support.daemon import free_port
 from tests.support.mosquitto import Mosquitto
 from tests.support.nats import NatsServer
+from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
 from tests.support.s3 import KEY_ID, SECRET, MotoServer, Proxy
 from tests.testing import offramp_peers, onramp_peers
@@ -105,6 +106,23 @@ def _redis_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCas
     return [(lambda: {"url": server.url, "key": key}, offramp_peers.RedisStream(server, key), {"timeout": 30.0})]
 
 
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    s = PostgresServer()
+    try:
+        yield s
+    finally:
+        s.remove()
+
+
+def _postgres_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    server = request.getfixturevalue("postgres_server")
+    copy, insert = (f"contract_{uuid.uuid4().hex[:10]}" for _ in range(2))
+    return [(lambda: {"dsn": server.dsn, "table": copy, "connect_timeout": "2s"}, offramp_peers.PostgresTable(server, copy), {"timeout": 30.0}),
+            (lambda: {"dsn": server.dsn, "table": insert, "on_conflict": "nothing", "connect_timeout": "2s"},
+             offramp_peers.PostgresTable(server, insert), {"timeout": 30.0})]  # fmt: skip
+
+
 ONRAMPS: dict[str, Setup] = {
     "file": lambda tmp, _: [
         (lambda: {"path": str(tmp / "in.ndjson")}, onramp_peers.FileLines(tmp / "in.ndjson"), {}),
@@ -123,6 +141,7 @@ ONRAMPS: dict[str, Setup] = {
                             (lambda: {"path": str(tmp / "up.sock"), "mode": "client"}, onramp_peers.StreamServer(tmp / "up.sock"), {})],
     "udp": lambda tmp, _: [(_port, onramp_peers.Datagrams(), {})],
     "http": lambda tmp, _: [(lambda: {"path": "/in", **_port()}, onramp_peers.HttpClient(), {})],
+    "otlp": lambda tmp, _: [(_port, onramp_peers.OtlpClient(), {})],
     "redis": _redis_onramp,
     "nats": _nats_onramp,
     "mqtt": _mqtt_onramp,
@@ -177,6 +196,7 @@ OFFRAMPS: dict[str, Setup] = {
     "redis": _redis_offramp,
     "nats": _nats_offramp,
     "mqtt": _mqtt_offramp,
+    "postgres": _postgres_offramp,
     "s3": _s3_offramp,
 }
 
@@ -197,7 +217,7 @@ def _params(kind: registry.Kind, table: dict[str, Setup]) -> list[Any]:
 
 
 CASES = {("onramps", "file"): 2, ("onramps", "metronome"): 2, ("onramps", "blaster"): 2, ("onramps", "tcp"): 2, ("onramps", "unix"): 2,
-         ("offramps", "file"): 2, ("offramps", "http"): 2, ("offramps", "udp"): 2}  # fmt: skip
+         ("offramps", "file"): 2, ("offramps", "http"): 2, ("offramps", "udp"): 2, ("offramps", "postgres"): 2}  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "case"), _params("onramps", ONRAMPS))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,34 @@ CODECS: dict[str, tuple[list[Any], list[bytes]]] = {  # samples, garbage
                  "message": "ünï ✓"},
                 {"protocol": "rfc3164", "facility": 4, "severity": 2, "timestamp": "Oct 11 22:14:15", "hostname": "h", "appname": "su",
                  "procid": "1", "message": "m"}], [b"no pri", b"<999>1 - - - - - -", b"<13>1 - - - - - [open"]),
+    "avro": ([{"id": 1, "name": "ünï ✓", "raw": b"\x00\xff", "tags": ["a"], "note": None}, {"id": -(2**63), "name": "", "raw": b"", "tags": [],
+              "note": "n"}], [b"", b"\x02", b"\x02\x02a\x00\x00\x00\x00"]),
+    "protobuf": ([{"id": 2**40, "name": "ünï ✓", "raw": b"\x00\xff", "tags": ["a"]}, {"id": 0, "name": "", "raw": b"", "tags": []}],
+                 [b"\xff", b"\x08", b"\x0a\x05ab"]),
 }  # fmt: skip
+AVRO_SCHEMA = {"type": "record", "name": "R", "fields": [{"name": "id", "type": "long"}, {"name": "name", "type": "string"},
+               {"name": "raw", "type": "bytes"}, {"name": "tags", "type": {"type": "array", "items": "string"}},
+               {"name": "note", "type": ["null", "string"]}]}  # fmt: skip
+
+
+def _codec_config(name: str, folder: Path) -> dict[str, Any] | None:
+    """The options of codecs that need a schema, with the schema written into ``folder``."""
+    if name == "avro":
+        (folder / "r.avsc").write_text(json.dumps(AVRO_SCHEMA))
+        return {"schema_file": "r.avsc"}
+    if name == "protobuf":
+        from google.protobuf import descriptor_pb2
+
+        fd = descriptor_pb2.FileDescriptorProto(name="r.proto", package="t", syntax="proto3")
+        msg = fd.message_type.add(name="R")
+        optional, repeated = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL, descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+        t = descriptor_pb2.FieldDescriptorProto
+        for n, (fname, ftype, label) in enumerate([("id", t.TYPE_INT64, optional), ("name", t.TYPE_STRING, optional),
+                                                    ("raw", t.TYPE_BYTES, optional), ("tags", t.TYPE_STRING, repeated)], 1):  # fmt: skip
+            msg.field.add(name=fname, number=n, type=ftype, label=label)
+        (folder / "r.pb").write_bytes(descriptor_pb2.FileDescriptorSet(file=[fd]).SerializeToString())
+        return {"descriptor_set": "r.pb", "message": "t.R"}
+    return None
 
 
 def _cases(table: dict[str, Any], kind: registry.Kind) -> list[Any]:
@@ -91,10 +119,10 @@ def test_operator_contract(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", _cases(CODECS, "codecs"))
-def test_codec_contract(name: str) -> None:
+def test_codec_contract(name: str, tmp_path: Path) -> None:
     cls = _load("codecs", name)
     assert name in CODECS, f"add samples and garbage for the built-in codec '{name}' to CODECS"
-    codec_contract(cls, *CODECS[name])
+    codec_contract(cls, *CODECS[name], config=_codec_config(name, tmp_path), base_dir=tmp_path)
 
 
 # -- the suites catch what they promise to catch --------------------------------------------------

@@ -43,7 +43,7 @@ import binascii
 import hmac
 import logging
 import ssl
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from aiohttp import ClientPayloadError, web
 from pydantic import Field
@@ -122,7 +122,7 @@ class HttpOnramp(Onramp):
     Config = HttpOnrampConfig
     summary = ("HTTP server: POST bodies become records; the response waits for delivery (200/500); bounded connections, bytes "
                "and time (503, 413, 408); cross-origin browser posts refused (403)")  # fmt: skip
-    default_preprocessors = ("lines",)
+    default_preprocessors: ClassVar[tuple[str, ...]] = ("lines",)
     example = "{type: http, codec: json, config: {port: 8080, path: /ingest}}"
 
     def __init__(self, config: HttpOnrampConfig, context: PluginContext) -> None:
@@ -272,7 +272,7 @@ class HttpOnramp(Onramp):
             resp = web.json_response({"error": "unauthorized"}, status=401, headers={"WWW-Authenticate": f'{scheme} realm="headrace"'})
             resp.force_close()  # the body is not read
             raise _Refused(resp)
-        if request.path != self.cfg.path:
+        if not self._serves(request.path):
             raise _Refused(web.json_response({"error": "not found"}, status=404))
         if request.method != "POST":
             raise _Refused(web.json_response({"error": "method not allowed"}, status=405, headers={"Allow": "POST"}))
@@ -300,19 +300,28 @@ class HttpOnramp(Onramp):
             return refusal.response
         try:
             token, rejected = await self._hand_over(body, self._meta(request))
+        except _Refused as refusal:  # the body as a whole is malformed (a subclass that parses it)
+            return refusal.response
         finally:
             self._hold(-len(body))
             del body
         if not token.events:
-            return web.json_response({"events": 0, "rejected": rejected})
+            return self._answer(request, 200, {"events": 0, "rejected": rejected})
         try:
             ok = await asyncio.wait_for(asyncio.shield(token.done), self.cfg.ack_timeout)
         except TimeoutError:
-            return web.json_response({"error": f"events not done within {self.cfg.ack_timeout:g}s; they may still be delivered"},
-                                     status=504)  # fmt: skip
+            return self._answer(request, 504, {"error": f"events not done within {self.cfg.ack_timeout:g}s; they may still be delivered"})
         if not ok:
-            return web.json_response({"error": "delivery failed"}, status=500, headers={"Retry-After": str(self.cfg.retry_after)})
-        return web.json_response({"events": token.events, "rejected": rejected})
+            return self._answer(request, 500, {"error": "delivery failed"}, {"Retry-After": str(self.cfg.retry_after)})
+        return self._answer(request, 200, {"events": token.events, "rejected": rejected})
+
+    def _serves(self, path: str) -> bool:
+        """Whether POSTs to ``path`` are taken (others get 404)."""
+        return path == self.cfg.path
+
+    def _answer(self, request: web.BaseRequest, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+        """The response to a request whose body was read: its events done (200), failed (500) or late (504)."""
+        return web.json_response(body, status=status, headers=headers)
 
     async def _hand_over(self, body: bytes, meta: Meta) -> tuple[_Request, int]:
         """Frame ``body`` a step at a time and hand each to the graph (one body at a time); the token and the rejected count."""

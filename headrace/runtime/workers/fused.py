@@ -102,8 +102,8 @@ class FusedChain:
         caught = plain
         if viewer is not None:  # its parser straight, its recovery only for what that refuses
             decode, caught = viewer.parse, (*viewer.errors, RecursionError)
-        encode = codec.encode
-        fast, refused = codec.fast_encoder() or (encode, ())  # refused: encode decides
+        encode = prog.transit_encoder(req.codec)  # out leaves in the input codec: an exit's codec is never a schema codec's
+        fast, refused = (codec.fast_encoder() if codec.carries_any else None) or (encode, ())  # refused: encode decides
         lens = array("I")
         lens.frombytes(req.lens)
         # simdjson parses a bytes slice with ~3k fewer instructions than a memoryview slice (it pads

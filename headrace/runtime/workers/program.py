@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,12 @@ class SegmentProgram:
             c = self.codecs[name] = registry.make_codec(name, self.spec.codecs)
         return c
 
+    def transit_encoder(self, key: str) -> Callable[[Any], bytes]:
+        """How modified events leave in their input codec ``key`` for more stages: its ``encode``, or,
+        for a codec that does not carry any value (a schema's), a refusal: they go on as values."""
+        codec = self.codec(key)
+        return codec.encode if codec.carries_any else _kept_as_value
+
     def setup(self) -> None:
         for st in self.stages:
             st.setup()
@@ -68,6 +75,9 @@ class SegmentProgram:
             st.teardown()
 
     def execute(self, req: Request) -> Response:
+        if req.shipments:  # e.g. the registry schemas of this job's records, fetched by the parent
+            for key, shipment in req.shipments.items():
+                self.codec(key).receive(shipment)
         if self.fused is not None and self.fused.blind and self._fusable(req):  # no stage names meta: it says itself which metas are as sent
             return self._execute(req)
         if isinstance(req.metas, MetaColumns):  # each record's dict, built once (the stages may change them)
@@ -134,9 +144,10 @@ class SegmentProgram:
 
         def add(node: str, port: str, evs: list[Ev], codec: str | None = None) -> None:
             nonlocal pos
-            target = codec or self.spec.exits.get((node, port)) or req.codec
+            exit_codec = codec or self.spec.exits.get((node, port))
+            target = exit_codec or req.codec
             same = target == req.codec and req.values is None
-            encode = _pickle if target == PICKLED else self.codec(target).encode
+            encode = _pickle if target == PICKLED else self.codec(target).encode if exit_codec else self.transit_encoder(target)
             metas = [ev.meta for ev in evs]
             any_meta = any(metas)
             if same and all(ev.raw is not None for ev in evs):  # nothing to encode: indices only
@@ -197,6 +208,10 @@ class SegmentProgram:
             del unencodable[node]
             add(node, "err", evs, "binary")
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, b"".join(parts))
+
+
+def _kept_as_value(value: Any) -> bytes:
+    raise TypeError("a codec bound to a schema does not carry events between stages: handed on as a value")
 
 
 def _pickle(value: Any) -> bytes:

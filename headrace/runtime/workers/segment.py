@@ -92,6 +92,7 @@ class PooledChainRunner(Runner):
         base = graph.base_dir
         self.segment = self.spec = SegmentSpec(segment_id or chain.id, [NodeDef(s.id, s.name, s.config, base) for s in stages], exit_codecs(chain, stages, graph),
                                 dict(graph.codecs))  # fmt: skip
+        self.exit_codecs = sorted({k for k in self.spec.exits.values() if k is not None})
         self.ns_per_event: float | None = None
         self.slots = asyncio.Semaphore(pool.size * pool.max_inflight * 2)
         self.pending: dict[Hashable, deque[asyncio.Task[Result]]] = {}
@@ -163,9 +164,25 @@ class PooledChainRunner(Runner):
 
     def request(self, chunk: Batch) -> list[Any]:
         msg = self._request(chunk)
+        shipments = self.shipments(chunk)
+        if shipments:
+            msg[0].shipments = shipments
         if self.interior:  # nodes inside the segment are tapped: the worker sends sampled copies of their out
             msg[0].taps = sampling(self.interior)
         return msg
+
+    def shipments(self, chunk: Batch) -> dict[str, Any] | None:
+        """What the codecs of this job (its records', its exits') need in the worker besides their config."""
+        out: dict[str, Any] = {}
+        source = chunk.codec or "json"
+        for key in (source, *self.exit_codecs):
+            codec = self.codecs.get(key)
+            if key in out or codec is None or not codec.needs_parent():
+                continue
+            shipment = codec.shipment(chunk.payloads if key == source and chunk.values is None else None)
+            if shipment is not None:
+                out[key] = shipment
+        return out or None
 
     def _request(self, chunk: Batch) -> list[Any]:
         ingest = chunk.ingest_wire if chunk.ingest_wire is not None else array("q", chunk.ingest).tobytes()

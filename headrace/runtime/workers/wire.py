@@ -34,6 +34,7 @@ class Request:
     values: list[Any] | None = None
     start: int = 0  # the records begin at this offset of ``blob`` (a worker passes the whole message)
     taps: dict[str, int] | None = None  # nodes inside the segment being tapped: node -> every n-th event of its out (``TAP`` outputs)
+    shipments: dict[str, Any] | None = None  # codec key -> what its instance in the worker needs for this job (``Codec.shipment``)
 
 
 @dataclass
