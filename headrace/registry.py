@@ -46,6 +46,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "nats": "headrace.plugins.offramps.nats:NatsOfframp",
         "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
         "postgres": "headrace.plugins.offramps.postgres:PostgresOfframp",
+        "s3": "headrace.plugins.offramps.s3:S3Offramp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",

@@ -9,6 +9,8 @@
 #   - mosquitto (Debian package `mosquitto`, in /usr/sbin) for the mqtt connector's tests
 #   - initdb and postgres (Debian package `postgresql`, in /usr/lib/postgresql/N/bin) for the
 #     postgres offramp's tests: they make a cluster of their own in a temporary folder
+#   - the s3 offramp's tests need no system package: their server, moto (`moto[server]`), comes
+#     from PyPI with the `test` extra
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)

@@ -245,6 +245,8 @@ class OfframpRunner(Runner):
                 # a write starts by handing its records over, before any await: writes reach the sink in inbox order
                 writing.add(asyncio.create_task(self.send(*prepared)))
                 await asyncio.sleep(0)
+            if writing and self.started:  # a sink holding writes until it closes a batch of its own (s3's objects) closes it now
+                await self.plugin.flush()
             while writing:
                 done, writing = await asyncio.wait(writing)
                 for t in done:
@@ -269,6 +271,7 @@ class OfframpRunner(Runner):
             for inbox in self.closes:
                 inbox.close()
             raise
+        self.plugin.max_in_flight = 1  # the writer writes one at a time: a sink that gathers writes (s3) must not wait for more
         syncing = asyncio.create_task(buf.sync_forever())
         writer = asyncio.create_task(self._write_buffered(buf))
         try:

@@ -342,3 +342,29 @@ class PostgresTable(OfframpPeer):
 
     async def recover(self) -> None:
         self.server.start()
+
+
+class S3Bucket(OfframpPeer):
+    """A bucket of its own on a moto server, reached through a TCP proxy; taken down by the proxy
+    refusing connections (moto keeps its buckets in memory: a restart would lose them)."""
+
+    def __init__(self, server: Any, proxy: Any) -> None:
+        self.server = server
+        self.proxy = proxy
+        self.bucket = f"contract-{uuid.uuid4().hex[:10]}"
+
+    async def prepare(self, config: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.server.bucket, self.bucket)
+
+    async def received(self) -> list[bytes] | None:
+        return await asyncio.get_running_loop().run_in_executor(None, self.server.lines, self.bucket)
+
+    async def fail(self) -> bool:
+        self.proxy.down()
+        return True
+
+    async def recover(self) -> None:
+        self.proxy.up()
+
+    async def close(self) -> None:
+        self.proxy.close()

@@ -17,6 +17,7 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.nats import NatsServer
 from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
+from tests.support.s3 import KEY_ID, SECRET, MotoServer, Proxy
 from tests.testing import offramp_peers, onramp_peers
 
 Options = Callable[[], dict[str, Any]]
@@ -147,6 +148,24 @@ ONRAMPS: dict[str, Setup] = {
 }
 
 
+@pytest.fixture
+def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
+    s = MotoServer(tmp_path / "moto")
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _s3_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    server = request.getfixturevalue("moto_server")
+    proxy = Proxy(server.port)
+    peer = offramp_peers.S3Bucket(server, proxy)
+    options = {"bucket": peer.bucket, "endpoint_url": proxy.url, "force_path_style": True, "access_key_id": KEY_ID,
+               "secret_access_key": SECRET, "key": "c/{uuid}.gz", "timeout": "2s", "batch": {"timeout": "200ms"}}  # fmt: skip
+    return [(lambda: options, peer, {"timeout": 30.0})]
+
+
 def _kafka_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
     broker = request.getfixturevalue("kafka_broker")
     peer = offramp_peers.KafkaTopic(broker)
@@ -178,6 +197,7 @@ OFFRAMPS: dict[str, Setup] = {
     "nats": _nats_offramp,
     "mqtt": _mqtt_offramp,
     "postgres": _postgres_offramp,
+    "s3": _s3_offramp,
 }
 
 
