@@ -274,3 +274,32 @@ def _text(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+FOLLOW_RELOAD = """
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
+onramps: {{src: {{type: file, config: {{path: in.ndjson, follow: true, poll_interval: {poll}, checkpoint_interval: 1h}}}}}}
+offramps: {{out: {{type: file, config: {{path: out.ndjson}}}}}}
+links: {{src: [out]}}
+"""
+
+
+def test_a_reload_that_changes_a_followed_file_onramp_reads_no_line_twice(tmp_path: Path, write: Any) -> None:
+    """The new onramp reads the checkpoints after the one it replaces saved them at its stop (not
+    when it was built, before that save): no line delivered before the reload comes again."""
+    write("in.ndjson", "".join(f'{{"id": {i}}}\n' for i in range(1000)))
+    port = free_port()
+    cfg = write("c.yaml", FOLLOW_RELOAD.format(port=port, poll="20ms"))
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: len(ids(tmp_path / "out.ndjson")) == 1000, timeout=30)
+        cfg.write_text(FOLLOW_RELOAD.format(port=port, poll="30ms"))  # the onramp changed: a new one replaces it
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: "reloaded in" in d.stderr(), timeout=30)
+        with open(tmp_path / "in.ndjson", "a") as f:
+            f.write("".join(f'{{"id": {i}}}\n' for i in range(1000, 2000)))
+        d.wait_for(lambda: len(ids(tmp_path / "out.ndjson")) >= 2000, timeout=30)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    assert ids(tmp_path / "out.ndjson") == list(range(2000)), "every line once, in order"
