@@ -30,6 +30,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.onramps.redis:RedisOnramp",
         "nats": "headrace.plugins.onramps.nats:NatsOnramp",
         "mqtt": "headrace.plugins.onramps.mqtt:MqttOnramp",
+        "amqp": "headrace.plugins.onramps.amqp:AmqpOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",
@@ -44,6 +45,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "redis": "headrace.plugins.offramps.redis:RedisOfframp",
         "nats": "headrace.plugins.offramps.nats:NatsOfframp",
         "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
+        "amqp": "headrace.plugins.offramps.amqp:AmqpOfframp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",
