@@ -15,6 +15,7 @@ from headrace.testing import OfframpPeer, OnrampPeer, offramp_contract, onramp_c
 from tests.support.daemon import free_port
 from tests.support.mosquitto import Mosquitto
 from tests.support.nats import NatsServer
+from tests.support.rabbitmq import RabbitMQ
 from tests.support.redis import RedisServer
 from tests.testing import offramp_peers, onramp_peers
 
@@ -91,6 +92,29 @@ def _mqtt_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase
     return [(lambda: {"port": broker.port, "topic": topic, "timeout": "1s"}, offramp_peers.MqttTopic(broker, topic), {"timeout": 30.0})]
 
 
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    b = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))  # boots in seconds: one for the onramp's and the offramp's cases
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def _amqp_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
+    broker = request.getfixturevalue("rabbitmq")
+    peer = onramp_peers.AmqpMessages(broker)
+    options = {"url": broker.url, "queue": peer.queue, "prefetch": 16, "batch": 8}
+    return [(lambda: options, peer, {"fail_every": 0})]  # a failed message comes again only once its channel closes (the restart)
+
+
+def _amqp_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    broker = request.getfixturevalue("rabbitmq")
+    queue, proxy = f"contract-{uuid.uuid4().hex[:10]}", free_port()
+    options = {"url": f"amqp://guest:guest@127.0.0.1:{proxy}/", "routing_key": queue, "timeout": "2s", "connect_timeout": "2s"}
+    return [(lambda: options, offramp_peers.AmqpQueue(broker, queue, proxy), {"timeout": 30.0})]
+
+
 def _redis_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
     server = request.getfixturevalue("redis_server")
     peer = onramp_peers.RedisEntries(server)
@@ -125,6 +149,7 @@ ONRAMPS: dict[str, Setup] = {
     "redis": _redis_onramp,
     "nats": _nats_onramp,
     "mqtt": _mqtt_onramp,
+    "amqp": _amqp_onramp,
 }
 
 
@@ -158,6 +183,7 @@ OFFRAMPS: dict[str, Setup] = {
     "redis": _redis_offramp,
     "nats": _nats_offramp,
     "mqtt": _mqtt_offramp,
+    "amqp": _amqp_offramp,
 }
 
 
