@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 import time
 
-from bench import kafka, kafka_k, metrics, mqtt_bench, nats_streams, redis_streams, workers
+from bench import amqp_bench, kafka, kafka_k, metrics, mqtt_bench, nats_streams, redis_streams, workers
 
 
 def main() -> int:
     only = sys.argv[1:]
     print(f"headrace benchmarks ({time.strftime('%Y-%m-%d %H:%M')})")
-    for fn in [*workers.ALL, kafka.kafka_benches, kafka_k.kafka_k_benches, redis_streams.redis_benches, nats_streams.nats_benches, mqtt_bench.mqtt_benches, metrics.scrape_under_load, metrics.tap_cost]:
+    for fn in [*workers.ALL, kafka.kafka_benches, kafka_k.kafka_k_benches, redis_streams.redis_benches, nats_streams.nats_benches, mqtt_bench.mqtt_benches,
+               amqp_bench.amqp_benches, metrics.scrape_under_load, metrics.tap_cost]:
         if only and fn.__name__ not in only:
             continue
         try:
