@@ -7,6 +7,8 @@
 #     server on a free loopback port
 #   - nats-server (Debian package `nats-server`, in /usr/sbin) for the nats connector's tests
 #   - mosquitto (Debian package `mosquitto`, in /usr/sbin) for the mqtt connector's tests
+#   - rabbitmq-server (Debian package `rabbitmq-server`, 3.10; its start script in /usr/lib/rabbitmq/bin,
+#     epmd from erlang-base) for the amqp connector's tests; the tests start their own node and epmd
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)
@@ -22,12 +24,12 @@ skip=${HEADRACE_SKIP_SYSTEM_DEPS:-0}
 say() { printf 'ensure-system-deps: %s\n' "$*" >&2; }
 
 # tool -> Debian package
-declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [openssl]=openssl)
+declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [rabbitmq-server]=rabbitmq-server [epmd]=rabbitmq-server [openssl]=openssl)
 export PATH="$PATH:/usr/sbin:/sbin"  # nats-server lives in /usr/sbin
 
 missing=()
 packages=()
-for tool in promtool prometheus redis-server nats-server mosquitto openssl; do
+for tool in promtool prometheus redis-server nats-server mosquitto rabbitmq-server epmd openssl; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         missing+=("$tool")
         pkg=${PACKAGE[$tool]}
@@ -42,7 +44,7 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "promtool, prometheus, redis-server, nats-server, mosquitto and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
+    say "promtool, prometheus, redis-server, nats-server, mosquitto, rabbitmq-server and openssl are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
     exit 0
 fi
 
@@ -55,7 +57,7 @@ fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server,"
-    say "nats-server, mosquitto and openssl with your system's package manager and put them on PATH."
+    say "nats-server, mosquitto, rabbitmq-server and openssl with your system's package manager and put them on PATH."
     exit 1
 fi
 
@@ -84,6 +86,9 @@ if [[ " ${packages[*]} " == *" prometheus "* ]]; then
 fi
 if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
     say "note: the package enables mosquitto.service (port 1883); the tests start their own."
+fi
+if [[ " ${packages[*]} " == *" rabbitmq-server "* ]]; then
+    say "note: the package enables rabbitmq-server.service (port 5672); the tests start their own node."
 fi
 if [[ " ${packages[*]} " == *" redis-server "* ]]; then
     say "note: the package enables redis-server.service (port 6379); the tests start their own."

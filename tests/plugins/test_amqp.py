@@ -251,3 +251,36 @@ def test_the_example_config_routes_jobs_by_priority(tmp_path: Path, broker: Rabb
     assert got_normal == [p["id"] for p in want if p["priority"] < 5]
     (letter,) = json_lines(dead)
     assert "invalid JSON" in letter["meta"]["error"]["message"] and letter["meta"]["amqp_routing_key"] == jobs
+
+
+def test_an_exchange_that_does_not_exist_fails_the_write_with_the_reason_and_a_bad_url_is_refused_by_check(tmp_path: Path,
+                                                                                                          broker: RabbitMQ) -> None:  # fmt: skip
+    """Without exchange_type the exchange must exist: a write fails (retried by the runtime, nothing acknowledged)
+    naming it; with exchange_type it is declared and the write goes through. A URL that is not amqp(s):// is a
+    config error before anything starts."""
+    from headrace.contract.context import PluginContext
+    from headrace.plugins.offramps.amqp import AmqpOfframp, AmqpOfframpConfig
+
+    async def attempt(**extra: str) -> None:
+        cfg = AmqpOfframpConfig.model_validate({"url": broker.url, "exchange": "missing-ex", "routing_key": "k", "mandatory": False, **extra})
+        off = AmqpOfframp(cfg, PluginContext("out", tmp_path))
+        await off.start()
+        try:
+            await off.write([b"{}"], 1, [0], None)
+        finally:
+            await off.stop()
+
+    with pytest.raises(ConnectionError, match=r"the exchange 'missing-ex' does not exist .*set exchange_type"):
+        asyncio.run(attempt())
+    asyncio.run(attempt(exchange_type="fanout"))  # declared now: confirmed (mandatory: false, nothing bound)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("""
+version: 1
+onramps: {src: {type: amqp, config: {url: "http://127.0.0.1:5672/", queue: q}}}
+offramps: {out: {type: stdout}}
+links: {src: [out]}
+""")
+    from tests.support.daemon import headrace
+
+    res = headrace("check", str(cfg))
+    assert res.returncode == 78 and b"url" in res.stdout + res.stderr, res

@@ -4,7 +4,8 @@ Each message's body is one record. The onramp consumes ``queue`` (declared durab
 ``declare: true``; else it must exist) and acknowledges a message only once every event made
 from it is done (delivered by every offramp, routed to ``err``, or filtered). The broker
 delivers at most ``prefetch`` unacknowledged messages at a time (``basic.qos``): that is the
-onramp's bound on what it holds in flight. Acknowledgements are sent for the longest run of
+onramp's bound on what it holds in flight. Messages are handed on in batches of up to
+``batch`` (a batch gathers for at most 5 ms). Acknowledgements are sent for the longest run of
 done messages from the oldest on (one ``basic.ack`` with ``multiple`` for a run), so a message
 is never acknowledged before it is done, even when later ones finish first.
 
