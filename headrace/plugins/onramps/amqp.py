@@ -103,7 +103,7 @@ class _Session:
                 for k, (tag, multiple) in enumerate(todo):
                     if multiple and k + 1 < len(todo) and todo[k + 1][1]:
                         continue  # the next one covers it (multiples only come before any single one)
-                    await self.channel.basic_ack(tag, multiple=multiple, wait=False)
+                    await self.channel.basic_ack(tag, multiple=multiple)  # awaits its write: at stop, written before the close
 
 
 class AmqpOnramp(Onramp):
