@@ -103,7 +103,11 @@ class _Session:
                 for k, (tag, multiple) in enumerate(todo):
                     if multiple and k + 1 < len(todo) and todo[k + 1][1]:
                         continue  # the next one covers it (multiples only come before any single one)
-                    await self.channel.basic_ack(tag, multiple=multiple)  # awaits its write: at stop, written before the close
+                    try:
+                        await self.channel.basic_ack(tag, multiple=multiple)  # awaits its write: at stop, written before the close
+                    except BaseException:
+                        self.outbox[:0] = todo[k + 1 :]  # not sent: still to send (a cancelled sender leaves them to the next)
+                        raise
 
 
 class AmqpOnramp(Onramp):
@@ -125,16 +129,16 @@ class AmqpOnramp(Onramp):
     async def stop(self) -> None:
         self.ready = False
         session, self.session = self.session, None
+        if session is not None:
+            try:  # what is done is acknowledged before the channel closes (the broker delivers the rest again)
+                await asyncio.wait_for(session.flush(), 5)  # after the ack loop's own flush, if one is under way (the lock)
+            except Exception as exc:
+                log.warning("amqp onramp %s: cannot acknowledge at stop (%s): those messages are delivered again", self.context.component_id, exc)
+            session.open = False
         if self.acker is not None:
             self.acker.cancel()
             await asyncio.gather(self.acker, return_exceptions=True)
             self.acker = None
-        if session is not None:
-            try:  # what is done is acknowledged before the channel closes (the broker delivers the rest again)
-                await asyncio.wait_for(session.flush(), 5)
-            except Exception as exc:
-                log.warning("amqp onramp %s: cannot acknowledge at stop (%s): those messages are delivered again", self.context.component_id, exc)
-            session.open = False
         await self._close()
 
     async def _close(self) -> None:
