@@ -5,7 +5,9 @@ config file and (empty) plugin list are its own, and so is the ``epmd`` it regis
 (started here on a free port, bound to 127.0.0.1, stopped by its PID). A stop and a start keep
 the node's data (durable queues and persistent messages). RabbitMQ boots in several seconds:
 share one per test module. Ready means: the port answers the AMQP protocol header with
-``connection.start``.
+``connection.start``. The node and its epmd get SIGTERM when the thread that started them ends
+(``PR_SET_PDEATHSIG``): a test process killed without teardown leaves nothing running. Start
+them from the main thread.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def epmd_binary() -> str:
     if exe is None:
         raise RuntimeError("epmd is missing: it comes with rabbitmq-server (Debian package erlang-base)")
     return exe
+
+
+def _dies_with_its_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (a run killed by pytest-timeout leaves no node behind)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def answers_amqp(port: int) -> bool:
@@ -90,12 +99,12 @@ log.file.level = warning
         env = self._env()
         if self.epmd is None:
             self.epmd = subprocess.Popen([self.epmd_exe, "-port", str(self.epmd_port), "-address", "127.0.0.1"], env=env,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_dies_with_its_parent)  # fmt: skip
         (self.folder / "rabbit.pid").unlink(missing_ok=True)
         out = open(self.folder / "server.out", "ab")  # noqa: SIM115 - the server writes it while it runs
         # its own session: the start script runs the Erlang VM as its child and stops it on SIGTERM
         self.proc = subprocess.Popen([self.script], env=env, cwd=self.folder, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)  # fmt: skip
+                                     start_new_session=True, preexec_fn=_dies_with_its_parent)  # fmt: skip
         out.close()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
