@@ -6,6 +6,7 @@ import sys
 import time
 
 from bench import (
+    amqp_bench,
     avro_bench,
     kafka,
     kafka_k,
@@ -23,7 +24,7 @@ from bench import (
 def main() -> int:
     only = sys.argv[1:]
     print(f"headrace benchmarks ({time.strftime('%Y-%m-%d %H:%M')})")
-    for fn in [*workers.ALL, kafka.kafka_benches, kafka_k.kafka_k_benches, redis_streams.redis_benches, nats_streams.nats_benches, mqtt_bench.mqtt_benches, otlp_bench.otlp_benches, postgres_bench.postgres_benches, s3_bench.s3_benches, avro_bench.avro_benches, metrics.scrape_under_load, metrics.tap_cost]:
+    for fn in [*workers.ALL, kafka.kafka_benches, kafka_k.kafka_k_benches, redis_streams.redis_benches, nats_streams.nats_benches, mqtt_bench.mqtt_benches, otlp_bench.otlp_benches, postgres_bench.postgres_benches, s3_bench.s3_benches, avro_bench.avro_benches, amqp_bench.amqp_benches, metrics.scrape_under_load, metrics.tap_cost]:
         if only and fn.__name__ not in only:
             continue
         try:

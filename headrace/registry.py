@@ -31,6 +31,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "nats": "headrace.plugins.onramps.nats:NatsOnramp",
         "mqtt": "headrace.plugins.onramps.mqtt:MqttOnramp",
         "otlp": "headrace.plugins.onramps.otlp:OtlpOnramp",
+        "amqp": "headrace.plugins.onramps.amqp:AmqpOnramp",
     },
     "offramps": {
         "stdout": "headrace.plugins.offramps.stdout:StdoutOfframp",
@@ -47,6 +48,7 @@ BUILTINS: dict[Kind, dict[str, str]] = {
         "mqtt": "headrace.plugins.offramps.mqtt:MqttOfframp",
         "postgres": "headrace.plugins.offramps.postgres:PostgresOfframp",
         "s3": "headrace.plugins.offramps.s3:S3Offramp",
+        "amqp": "headrace.plugins.offramps.amqp:AmqpOfframp",
     },
     "codecs": {
         "json": "headrace.plugins.codecs.json:JsonCodec",

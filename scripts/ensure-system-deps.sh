@@ -11,6 +11,8 @@
 #     postgres offramp's tests: they make a cluster of their own in a temporary folder
 #   - the s3 offramp's tests need no system package: their server, moto (`moto[server]`), comes
 #     from PyPI with the `test` extra
+#   - rabbitmq-server (Debian package `rabbitmq-server`, 3.10; its start script in /usr/lib/rabbitmq/bin,
+#     epmd from erlang-base) for the amqp connector's tests; the tests start their own node and epmd
 #   - openssl (Debian package `openssl`) to make test certificates (tests/plugins/test_tls.py)
 #   - systemd-analyze (package `systemd`) for tests/ops/test_systemd_unit.py
 #     (only reported, never installed by this script)
@@ -26,7 +28,7 @@ skip=${HEADRACE_SKIP_SYSTEM_DEPS:-0}
 say() { printf 'ensure-system-deps: %s\n' "$*" >&2; }
 
 # tool -> Debian package
-declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [openssl]=openssl [initdb]=postgresql)
+declare -A PACKAGE=([promtool]=prometheus [prometheus]=prometheus [redis-server]=redis-server [nats-server]=nats-server [mosquitto]=mosquitto [rabbitmq-server]=rabbitmq-server [epmd]=rabbitmq-server [openssl]=openssl [initdb]=postgresql)
 export PATH="$PATH:/usr/sbin:/sbin"  # nats-server lives in /usr/sbin
 postgres_on_path() {  # Debian keeps initdb and postgres off PATH, in /usr/lib/postgresql/N/bin
     local d
@@ -38,7 +40,7 @@ postgres_on_path
 
 missing=()
 packages=()
-for tool in promtool prometheus redis-server nats-server mosquitto openssl initdb; do
+for tool in promtool prometheus redis-server nats-server mosquitto rabbitmq-server epmd openssl initdb; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         missing+=("$tool")
         pkg=${PACKAGE[$tool]}
@@ -53,7 +55,7 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-    say "promtool, prometheus, redis-server, nats-server, mosquitto, openssl and initdb are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
+    say "promtool, prometheus, redis-server, nats-server, mosquitto, rabbitmq-server, openssl and initdb are installed ($(promtool --version 2>&1 | head -n 1); $(redis-server --version | cut -d' ' -f1-3))."
     exit 0
 fi
 
@@ -66,7 +68,7 @@ fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     say "apt-get not found: install Prometheus 2.x (prometheus and promtool), redis-server,"
-    say "nats-server, mosquitto, openssl and postgresql with your system's package manager and put them on PATH."
+    say "nats-server, mosquitto, rabbitmq-server, openssl and postgresql with your system's package manager and put them on PATH."
     exit 1
 fi
 
@@ -99,6 +101,9 @@ if [[ " ${packages[*]} " == *" mosquitto "* ]]; then
 fi
 if [[ " ${packages[*]} " == *" postgresql "* ]]; then
     say "note: the package may start a cluster (postgresql.service, port 5432); the tests make their own."
+fi
+if [[ " ${packages[*]} " == *" rabbitmq-server "* ]]; then
+    say "note: the package enables rabbitmq-server.service (port 5672); the tests start their own node."
 fi
 if [[ " ${packages[*]} " == *" redis-server "* ]]; then
     say "note: the package enables redis-server.service (port 6379); the tests start their own."

@@ -80,7 +80,7 @@ def test_errors_in_file_order_with_the_path_as_given(tmp_path: Path) -> None:
         "etc/../etc/headrace.yaml:4:35: unknown key 'wehre' in operator 'filter' of node 'main.filter': did you mean 'where'? "
         "(expected one of: id, op, where)",
         "etc/../etc/headrace.yaml:6:15: unknown onramp 'stdn': did you mean 'stdin'? "
-        "(known: blaster, file, http, kafka, metronome, mqtt, nats, otlp, redis, stdin, tcp, udp, unix)",
+        "(known: amqp, blaster, file, http, kafka, metronome, mqtt, nats, otlp, redis, stdin, tcp, udp, unix)",
         "etc/../etc/headrace.yaml:8:29: link to unknown component 'otu': did you mean 'out'?",
     ]  # found by different passes (plugins, their settings, links), printed in the order of the file
 

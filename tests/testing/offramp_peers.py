@@ -368,3 +368,78 @@ class S3Bucket(OfframpPeer):
 
     async def close(self) -> None:
         self.proxy.close()
+
+
+class AmqpQueue(OfframpPeer):
+    """A durable queue of its own, consumed (and acknowledged) as messages come; the offramp reaches the broker
+    through a TCP proxy of the peer's, taken down (listener closed, connections cut) and brought back."""
+
+    def __init__(self, broker: Any, queue: str, proxy_port: int) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.proxy_port = proxy_port
+        self.got: list[bytes] = []
+        self.conn: Any = None
+        self.proxy: asyncio.AbstractServer | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker.port)
+        except OSError:
+            writer.close()
+            return
+        self.links |= {writer, up_writer}
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self.links -= {writer, up_writer}
+
+    async def _listen(self) -> None:
+        self.proxy = await asyncio.start_server(self._link, "127.0.0.1", self.proxy_port, reuse_address=True)
+
+    async def prepare(self, config: Any) -> None:
+        import aio_pika
+
+        self.conn = await aio_pika.connect(self.broker.url)
+        channel = await self.conn.channel()
+        queue = await channel.declare_queue(self.queue, durable=True)
+
+        async def take(message: Any) -> None:
+            self.got.append(message.body)
+            await message.ack()
+
+        await queue.consume(take)
+        await self._listen()
+
+    async def received(self) -> list[bytes] | None:
+        return list(self.got)
+
+    async def fail(self) -> bool:
+        assert self.proxy is not None
+        self.proxy.close()
+        for w in list(self.links):
+            w.transport.abort()
+        await self.proxy.wait_closed()
+        return True
+
+    async def recover(self) -> None:
+        await self._listen()
+
+    async def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+        for w in list(self.links):
+            w.transport.abort()
+        if self.conn is not None:
+            await self.conn.close()

@@ -306,3 +306,24 @@ class MqttMessages(OnrampPeer):
 
     async def feed(self, config: Any, cycle: int) -> Expected:  # ready means subscribed: the session holds what is published now
         return await asyncio.get_running_loop().run_in_executor(None, self._publish, f"ready{cycle}", 10)
+
+
+class AmqpMessages(OnrampPeer):
+    """Persistent messages in a durable queue of its own, before the onramp starts and once it is ready again."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+        self.queue = f"contract-{uuid.uuid4().hex[:10]}"
+
+    async def _publish(self, tag: str, n: int) -> list[bytes]:
+        from tests.support.rabbitmq import preload
+
+        records = lines(tag, n)
+        await asyncio.get_running_loop().run_in_executor(None, preload, self.broker.port, self.queue, records)
+        return records
+
+    async def prepare(self, config: Any) -> Expected:
+        return await self._publish("before", 30)
+
+    async def feed(self, config: Any, cycle: int) -> Expected:
+        return await self._publish(f"ready{cycle}", 10)

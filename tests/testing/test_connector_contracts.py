@@ -16,6 +16,7 @@ from tests.support.daemon import free_port
 from tests.support.mosquitto import Mosquitto
 from tests.support.nats import NatsServer
 from tests.support.postgres import PostgresServer
+from tests.support.rabbitmq import RabbitMQ
 from tests.support.redis import RedisServer
 from tests.support.s3 import KEY_ID, SECRET, MotoServer, Proxy
 from tests.testing import offramp_peers, onramp_peers
@@ -93,6 +94,29 @@ def _mqtt_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase
     return [(lambda: {"port": broker.port, "topic": topic, "timeout": "1s"}, offramp_peers.MqttTopic(broker, topic), {"timeout": 30.0})]
 
 
+@pytest.fixture(scope="module")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    b = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))  # boots in seconds: one for the onramp's and the offramp's cases
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def _amqp_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
+    broker = request.getfixturevalue("rabbitmq")
+    peer = onramp_peers.AmqpMessages(broker)
+    options = {"url": broker.url, "queue": peer.queue, "prefetch": 16, "batch": 8}
+    return [(lambda: options, peer, {"fail_every": 0})]  # a failed message comes again only once its channel closes (the restart)
+
+
+def _amqp_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase]:
+    broker = request.getfixturevalue("rabbitmq")
+    queue, proxy = f"contract-{uuid.uuid4().hex[:10]}", free_port()
+    options = {"url": f"amqp://guest:guest@127.0.0.1:{proxy}/", "routing_key": queue, "timeout": "2s", "connect_timeout": "2s"}
+    return [(lambda: options, offramp_peers.AmqpQueue(broker, queue, proxy), {"timeout": 30.0})]
+
+
 def _redis_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
     server = request.getfixturevalue("redis_server")
     peer = onramp_peers.RedisEntries(server)
@@ -145,6 +169,7 @@ ONRAMPS: dict[str, Setup] = {
     "redis": _redis_onramp,
     "nats": _nats_onramp,
     "mqtt": _mqtt_onramp,
+    "amqp": _amqp_onramp,
 }
 
 
@@ -198,6 +223,7 @@ OFFRAMPS: dict[str, Setup] = {
     "mqtt": _mqtt_offramp,
     "postgres": _postgres_offramp,
     "s3": _s3_offramp,
+    "amqp": _amqp_offramp,
 }
 
 

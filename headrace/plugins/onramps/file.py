@@ -92,6 +92,7 @@ class FileOnramp(Onramp):
         folder = context.state_dir / "file-onramp" if context.state_dir is not None else None
         self.checkpoint_path = folder / f"{context.component_id}.json" if folder is not None and self.checkpoint else None
         self.checkpoints = Checkpoints(None)  # read when ``run`` begins: at a reload, after the onramp it replaces saved its own
+        self.checkpoints_read = False
         self.followers: dict[str, _Follower] = {}  # path -> what follows the file there (a glob: one per match)
         self.finished: dict[tuple[int, int], int] = {}  # (device, inode) -> size of files read to their end (rotated away)
 
@@ -130,7 +131,8 @@ class FileOnramp(Onramp):
                         line = line + found if line is not None and found is not None else None  # the framing counted them
                 await sink.end_of_stream(meta, line)  # a last line without its newline: not joined to the next file's first
             return
-        self.checkpoints = Checkpoints(self.checkpoint_path)
+        if not self.checkpoints_read:  # a source restarted after a failure keeps what it knows (at least what was saved)
+            self.checkpoints, self.checkpoints_read = Checkpoints(self.checkpoint_path), True
         saver = asyncio.create_task(self._save_every()) if self.checkpoint else None
         try:
             if not self.pattern:
