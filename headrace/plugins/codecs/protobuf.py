@@ -206,7 +206,8 @@ class ProtobufCodec(RegistryCodec):
 
     def decode(self, data: bytes) -> Any:
         if self.client is None:
-            assert self.parse is not None
+            if self.parse is None:  # made without a schema (the config needs one: `check` says so)
+                raise DecodeError("no message type to decode with: set descriptor_set and message, or registry")
             return self._parse(self.parse, data)
         compiled: Compiled = self.schema_of(data)
         pos = HEADER
