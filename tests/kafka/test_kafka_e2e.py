@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, json_lines, scrape
+from tests.support.daemon import Daemon, free_port, json_lines, lines_written, scrape
 from tests.support.kafka_broker import KafkaBroker
 
 STAGES = '''
@@ -265,7 +265,7 @@ links: {{in: [main], main: [out]}}
         return [e["id"] for e in json_lines(out)]
 
     d = Daemon(cfg)
-    d.wait_for(lambda: len(delivered()) > 5_000, timeout=60, interval=0.05)
+    d.wait_for(lambda: lines_written(out) > 5_000, timeout=60, interval=0.02)  # cheap: the daemon must still be busy at the SIGTERM
     d.signal(signal.SIGTERM)
     assert d.wait(60) == 0, d.stderr()
     first = delivered()

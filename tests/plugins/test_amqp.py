@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, ids_written, json_lines, metric
+from tests.support.daemon import Daemon, free_port, ids_written, json_lines, lines_written, metric
 from tests.support.rabbitmq import RabbitMQ, preload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +115,7 @@ links: {{src: [out], src/err: [bad]}}
 """)
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: len(_ids(tmp_path / "out.ndjson")) >= n // 4, timeout=60)
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n // 4, timeout=60, interval=0.02)
         d.signal(signal.SIGKILL)
         assert d.wait(10) == -signal.SIGKILL
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, ids_written, json_lines, metric
+from tests.support.daemon import Daemon, free_port, ids_written, json_lines, lines_written, metric
 from tests.support.mosquitto import Mosquitto
 
 
@@ -96,7 +96,7 @@ links: {{src: [out], src/err: [bad]}}
         d.wait_for(lambda: "subscribed" in d.stderr(), timeout=30)  # the broker acknowledged the subscription: the session holds what comes
         publisher = threading.Thread(target=_publish, args=(broker, [json.dumps({"id": i}).encode() for i in range(n)] + [b"{not json"]))
         publisher.start()
-        d.wait_for(lambda: len(_ids(tmp_path / "out.ndjson")) >= n // 4, timeout=60)
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n // 4, timeout=60, interval=0.02)
         d.signal(signal.SIGKILL)
         assert d.wait(10) == -signal.SIGKILL
         publisher.join(60)  # the rest waits in the session

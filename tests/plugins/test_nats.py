@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, ids_written, json_lines, metric
+from tests.support.daemon import Daemon, free_port, ids_written, json_lines, lines_written, metric
 from tests.support.nats import NatsServer
 
 
@@ -96,7 +96,7 @@ links: {{src: [out], src/err: [bad]}}
 """)
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: len(_ids(tmp_path / "out.ndjson")) >= n // 4, timeout=60)
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n // 4, timeout=60, interval=0.02)
         d.signal(signal.SIGKILL)
         assert d.wait(10) == -signal.SIGKILL
     finally:

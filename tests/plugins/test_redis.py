@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, free_port, ids_written, json_lines, metric
+from tests.support.daemon import Daemon, free_port, ids_written, json_lines, lines_written, metric
 from tests.support.redis import RedisServer
 
 
@@ -68,7 +68,7 @@ def test_a_sigkill_in_the_middle_loses_no_entry_and_a_malformed_one_goes_to_err(
     cfg = _config(tmp_path, server, port, sink="{type: file, codec: json, config: {path: out.ndjson}}")
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: len(_ids(tmp_path / "out.ndjson")) >= n // 4, timeout=60)
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n // 4, timeout=60, interval=0.02)
         d.signal(signal.SIGKILL)
         assert d.wait(10) == -signal.SIGKILL
     finally:

@@ -172,6 +172,16 @@ def json_lines(path: Path) -> list[Any]:
     return [json.loads(x) for x in text[: text.rfind("\n") + 1].splitlines() if x.strip()]
 
 
+def lines_written(path: Path) -> int:
+    """How many complete lines a file a daemon is writing has, without parsing them: cheap enough to
+    poll often when a test must act (SIGKILL, SIGTERM) while the daemon is still busy."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
 def ids_written(path: Path, key: Callable[[Any], Any] | None = None) -> list[Any]:
     """The ``id`` (or ``key(event)``) of every complete line of an ndjson file a running daemon is
     writing (a last line without its newline is still being written: left out), [] while the file
