@@ -150,6 +150,8 @@ class RetryConfig(Strict):
     max_attempts: int | None = Field(None, ge=1, description="writes of a batch before its records go to the offramp's err port (none: no limit)")
     max_elapsed: Duration | None = Field(None, gt=0, description="time from a batch's first failed write after which its records go to err "
                                                                    "(checked after each failed write; none: no limit)")
+    max_backoff: Duration = Field(30.0, gt=0, description="longest wait between two writes of a failing batch (the wait starts at 0.1 s "
+                                  "and doubles; a shorter cap finds a recovered peer sooner, at the cost of more attempts while it is down)")
 
 
 class OfframpConfig(Strict):

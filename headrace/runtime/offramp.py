@@ -360,7 +360,7 @@ class OfframpRunner(Runner):
     async def send(self, batch: Batch, records: list[bytes]) -> None:
         """Write until the peer confirmed (retries with backoff, within the offramp's ``retry``
         bounds, after which the records go to err), then count and ack."""
-        backoff = Backoff()
+        backoff = Backoff(maximum=self.spec.retry.max_backoff if self.spec.retry is not None else 30.0)
         attempts = 0
         first_failure: float | None = None
         gave_up: dict[str, Any] | None = None

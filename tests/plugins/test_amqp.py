@@ -173,7 +173,7 @@ onramps:
   file: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 20ms}}}}
   queue: {{type: amqp, codec: json, config: {{url: "{broker.url}", queue: {in_q}}}}}
 offramps:
-  out: {{type: amqp, codec: json, config: {{url: "{broker.url}", routing_key: {out_q}, timeout: 2s, connect_timeout: 2s}}}}
+  out: {{type: amqp, codec: json, retry: {{max_backoff: 1s}}, config: {{url: "{broker.url}", routing_key: {out_q}, timeout: 2s, connect_timeout: 2s}}}}
   got: {{type: file, codec: json, config: {{path: got.ndjson}}}}
 links: {{file: [out], queue: [got]}}
 """)

@@ -126,7 +126,7 @@ def test_a_qos1_sink_delivers_everything_and_loses_nothing_while_the_broker_is_d
 version: 1
 daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
 onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 20ms}}}}}}
-offramps: {{out: {{type: mqtt, codec: json, config: {{port: {broker.port}, topic: out, timeout: 2s}}}}}}
+offramps: {{out: {{type: mqtt, codec: json, retry: {{max_backoff: 1s}}, config: {{port: {broker.port}, topic: out, timeout: 2s}}}}}}
 links: {{src: [out]}}
 """)
     d = Daemon(cfg)

@@ -135,7 +135,7 @@ def test_a_jetstream_sink_stores_what_was_sent_and_loses_nothing_while_the_serve
 version: 1
 daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
 onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 20ms}}}}}}
-offramps: {{out: {{type: nats, codec: json, config: {{servers: ["{server.url}"], subject: out, timeout: 2s}}}}}}
+offramps: {{out: {{type: nats, codec: json, retry: {{max_backoff: 1s}}, config: {{servers: ["{server.url}"], subject: out, timeout: 2s}}}}}}
 links: {{src: [out]}}
 """)
     d = Daemon(cfg)

@@ -264,7 +264,7 @@ def test_nothing_is_lost_while_the_server_is_down_for_10s(tmp_path: Path, server
     n = 20_000
     port = free_port()
     cfg = _file_source(tmp_path, [{"id": i} for i in range(2000)],
-                       f'  out: {{type: postgres, codec: json, config: {{dsn: "{server.dsn_with("PG_PASSWORD")}", table: outage}}}}',
+                       f'  out: {{type: postgres, codec: json, retry: {{max_backoff: 1s}}, config: {{dsn: "{server.dsn_with("PG_PASSWORD")}", table: outage}}}}',
                        "{src: [out]}", port)  # fmt: skip
     count = "SELECT count(*) FROM outage"
     d = Daemon(cfg, env=ENV)

@@ -125,7 +125,7 @@ links: {{src: [out]}}
 def test_a_stream_sink_writes_what_was_sent_and_loses_nothing_while_redis_is_down_for_10s(tmp_path: Path, server: RedisServer) -> None:
     port = free_port()
     n = 20_000
-    cfg = _file_source(tmp_path, 2000, f'{{type: redis, codec: json, config: {{url: "{server.url}", key: out}}}}', port)
+    cfg = _file_source(tmp_path, 2000, f'{{type: redis, codec: json, retry: {{max_backoff: 1s}}, config: {{url: "{server.url}", key: out}}}}', port)
     d = Daemon(cfg)
     r = server.client()
     try:

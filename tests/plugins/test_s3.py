@@ -43,7 +43,7 @@ def _records(n: int, start: int = 0, **extra: Any) -> str:
     return "".join(json.dumps({"id": i, "app": "ab"[i % 2], **extra}) + "\n" for i in range(start, start + n))
 
 
-def _config(tmp_path: Path, url: str, bucket: str, port: int, s3: str, *, follow: bool = False, pipeline: str = "") -> Path:
+def _config(tmp_path: Path, url: str, bucket: str, port: int, s3: str, *, follow: bool = False, pipeline: str = "", retry: str = "") -> Path:
     cfg = tmp_path / "c.yaml"
     follow_cfg = ", follow: true, poll_interval: 20ms" if follow else ""
     links = "{src: [p], p: [out], p/err: [bad], out/err: [bad]}" if pipeline else "{src: [out], out/err: [bad]}"
@@ -54,7 +54,7 @@ daemon: {{workers: 0, shutdown_timeout: 30s, metrics: {{listen: "127.0.0.1:{port
 onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson{follow_cfg}}}}}}}
 {pipelines}
 offramps:
-  out: {{type: s3, codec: json, config: {{bucket: {bucket}, endpoint_url: "{url}", force_path_style: true, access_key_id: "${{AWS_ACCESS_KEY_ID}}",
+  out: {{type: s3, codec: json, {retry}config: {{bucket: {bucket}, endpoint_url: "{url}", force_path_style: true, access_key_id: "${{AWS_ACCESS_KEY_ID}}",
                                         secret_access_key: "${{AWS_SECRET_ACCESS_KEY}}", {s3}}}}}
   bad: {{type: file, codec: json, with_meta: true, config: {{path: err.ndjson}}}}
 links: {links}
@@ -221,7 +221,8 @@ def test_an_outage_of_10s_loses_nothing_and_the_state_metric_shows_it(tmp_path: 
     port = free_port()
     src = tmp_path / "in.ndjson"
     src.write_text(_records(2000))
-    cfg = _config(tmp_path, proxy.url, bucket, port, "key: '{uuid}.gz', timeout: 2s, batch: {max_events: 500, timeout: 200ms}", follow=True)
+    cfg = _config(tmp_path, proxy.url, bucket, port, "key: '{uuid}.gz', timeout: 2s, batch: {max_events: 500, timeout: 200ms}", follow=True,
+                  retry="retry: {max_backoff: 1s}, ")
     d = Daemon(cfg, env=CREDS)
     try:
         d.wait_for(lambda: len(_ids(moto.objects(bucket))) == 2000, timeout=30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,17 @@ def test_a_write_that_keeps_failing_goes_to_err_within_the_bound(tmp_path: Path,
         assert e["stage"] == "out" and e["type"] == "GaveUp" and says in e["message"], e
         assert e["attempts"] >= (3 if "attempts" in retry else 2) and "refused" in e["last_error"].lower(), e
     assert "to err" in err
+
+
+def test_max_backoff_caps_the_wait_between_attempts(tmp_path: Path, write: Any) -> None:
+    """9 attempts wait 0.1 + 0.2 + ... + 12.8 s (about 25 s) with the default cap of 30 s; capped at
+    100 ms they take about a second."""
+    started = time.monotonic()
+    code, dead, err = _run(tmp_path, write, "{max_attempts: 9, max_backoff: 100ms}")
+    assert code == 0, err
+    assert sorted(d["event"]["id"] for d in dead) == list(range(20)), err
+    assert all(d["meta"]["error"]["attempts"] == 9 for d in dead)
+    assert time.monotonic() - started < 10, "the waits were capped at max_backoff"
 
 
 def test_a_bad_retry_bound_is_a_config_error(tmp_path: Path, write: Any) -> None:
