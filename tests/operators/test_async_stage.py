@@ -5,6 +5,7 @@ failing only its event."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ def test_async_stage_bounds_concurrency_isolates_events_and_fails_only_the_bad_o
     assert op.is_async
     evs = [Ev({"id": i}, {}, i, b'{"id": %d}' % i, 0) for i in range(40)]
     errs: list[tuple[str, Any]] = []
+    started = time.monotonic()
     out = asyncio.run(op.process_async(evs, lambda port, ev: errs.append((port, ev))))
+    assert time.monotonic() - started < 2, "the event past its timeout was cancelled, not waited for (5 s)"
     import asyncstages  # type: ignore[import-not-found]
 
     assert asyncstages.state["peak"] == 4, "at most (and up to) concurrency events in flight"
@@ -53,3 +56,25 @@ def test_async_stage_bounds_concurrency_isolates_events_and_fails_only_the_bad_o
     failures = {ev.value["id"]: str(ev.meta["error"]["message"]) for port, ev in errs if port == "err"}
     assert set(failures) == {7, 11}
     assert "seven" in failures[7] and "timeout (0.3s)" in failures[11]
+
+
+def test_cancelling_an_async_batch_cancels_it_and_its_events(tmp_path: Path) -> None:
+    """A stop (the batch's task cancelled) is not an event's timeout: it propagates, no event goes to err."""
+    (tmp_path / "asyncstages2.py").write_text("import asyncio\n\nasync def wait(event, meta):\n    await asyncio.sleep(10)\n    return event\n")
+    cfg = PythonOperator.Config.model_validate({"fn": "asyncstages2:wait", "concurrency": 3, "timeout": "20s"})
+    op = PythonOperator("s", cfg, PluginContext("s", tmp_path))
+    op.setup()
+    errs: list[Any] = []
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(op.process_async([Ev({"id": i}, {}, i, None, 0) for i in range(5)], lambda *a: errs.append(a)))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("the batch was cancelled: its task must end cancelled")
+
+    asyncio.run(scenario())
+    assert errs == []

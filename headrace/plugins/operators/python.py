@@ -291,9 +291,10 @@ class PythonOperator(Operator):
 
     async def process_async(self, evs: list[Ev], emit: Emit) -> list[Ev]:
         """``concurrency`` runners take the events in turn; each event runs in a task of its own (its
-        own context, as ``asyncio.gather`` would give it) made only when a runner takes it, its
-        timeout inside it: no semaphore and no second task per event (``wait_for``), which cost more
-        than a short await (28 -> 18 us of CPU per event for a stage awaiting 2 ms, uvloop)."""
+        own context, as ``asyncio.gather`` would give it) made only when a runner takes it. One
+        watchdog per batch cancels an event past its timeout (within a quarter of the timeout, at
+        most 250 ms late): no semaphore, no second task (``wait_for``) and no timer per event, which
+        cost more than a short await (28 -> about 11 us of CPU per event for a stage awaiting 2 ms)."""
         fn = self.fn
         assert fn is not None, "setup() was not called"
         timeout = self.cfg.timeout
@@ -301,28 +302,54 @@ class PythonOperator(Operator):
         failed: list[BaseException | None] = [None] * len(evs)
         stage_id = self.id
         guard = self.guard
+        loop = asyncio.get_running_loop()
         todo = iter(range(len(evs)))  # shared by the runners: each takes the next event
+        running: dict[int, tuple[float, asyncio.Future[None]]] = {}  # event -> (its deadline, its task)
+        expired: set[int] = set()
 
         async def one(i: int) -> None:
             ev = evs[i]
             token = _emit.bind(emit, stage_id)
             _emit.current_event.set(ev)
             try:
-                async with asyncio.timeout(timeout):
-                    coro = fn(ev.value, ev.meta)
-                    results[i] = await (guard.timed(stage_id, coro) if guard is not None else coro)
-            except TimeoutError:
+                coro = fn(ev.value, ev.meta)
+                results[i] = await (guard.timed(stage_id, coro) if guard is not None else coro)
+            except asyncio.CancelledError:
+                if i not in expired:  # a cancellation of the batch is not the record's fault: it propagates
+                    raise
                 failed[i] = TimeoutError(f"the stage did not finish this event within its timeout ({timeout:g}s)")
-            except STAGE_ERRORS as exc:  # a cancellation of this task is not the record's fault: it propagates
+            except STAGE_ERRORS as exc:
                 failed[i] = exc
             finally:
                 _emit.unbind(token)
 
         async def runner() -> None:
             for i in todo:
-                await asyncio.ensure_future(one(i))
+                task = asyncio.ensure_future(one(i))
+                running[i] = (loop.time() + timeout, task)
+                try:
+                    await task
+                finally:
+                    del running[i]
 
-        await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(evs)))))
+        step = min(timeout / 4, 0.25)
+        watchdog: asyncio.TimerHandle | None = None
+
+        def watch() -> None:
+            nonlocal watchdog
+            now = loop.time()
+            for i, (deadline, task) in list(running.items()):
+                if deadline <= now and not task.done():
+                    expired.add(i)
+                    task.cancel()
+            watchdog = loop.call_later(step, watch)
+
+        watchdog = loop.call_later(step, watch)
+        try:
+            await asyncio.gather(*(runner() for _ in range(min(self.concurrency, len(evs)))))
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         out: list[Ev] = []
         self.dropped = 0
         for i, ev in enumerate(evs):
