@@ -165,7 +165,7 @@ def _file_to(tmp_path: Path, n: int, offramp: str) -> Path:
     port = free_port()
     cfg.write_text(f"""
 version: 1
-daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
+daemon: {{workers: 0, shutdown_timeout: 2s, metrics: {{listen: "127.0.0.1:{port}"}}}}
 onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson}}}}}}
 offramps: {{out: {offramp}}}
 links: {{src: [out]}}
