@@ -280,3 +280,24 @@ def test_a_worker_setting_up_for_longer_than_stage_timeout_makes_the_pool_not_re
             await until(lambda: pool.ready and pool.down() == [], what="ready again")
 
     asyncio.run(main())
+
+
+def test_a_job_sent_to_a_worker_whose_socket_just_closed_runs_on_its_successor(tmp_path: Path) -> None:
+    """CI found it: a worker's socket closed (it died) while the pool still listed it as ready;
+    under uvloop the write raised RuntimeError, which failed the whole segment and stopped the
+    daemon. The job must instead wait for the respawned worker, like any job of a dead worker."""
+    import uvloop
+
+    async def main() -> None:
+        async with running_pool(tmp_path) as pool:
+            (first,) = pool.pids()
+            w = pool.workers[0]
+            assert w.state == "ready" and w.writer is not None
+            w.writer.transport.abort()  # closed now; its supervisor sees it only on a later loop turn
+            resp = await asyncio.wait_for(pool.execute("seg", job({"id": 7})), 20)
+            (pid,) = out_pids(resp)
+            assert pid != first and pid in pool.pids(), "the successor ran it"
+            assert counter(pool, "headrace_worker_restarts_total", "0") == 1
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

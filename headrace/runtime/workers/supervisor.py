@@ -192,11 +192,19 @@ class WorkerSupervisor:
         return await fut  # type: ignore[return-value]
 
     async def send(self, parts: list[Any]) -> None:
-        assert self.writer is not None
+        """Frame and write one message. ``ConnectionResetError`` when the socket is closed already:
+        the worker died a moment ago and its supervisor has not buried it yet (uvloop raises
+        RuntimeError on a write to a closed transport; asyncio only logs it)."""
+        writer = self.writer
+        if writer is None or writer.is_closing():
+            raise ConnectionResetError(f"worker {self.index}'s socket is closed")
         n = sum(len(p) for p in parts)
-        self.writer.write(_I.pack(n) if n < 0x7FFFFFFF else _I.pack(-1) + _Q.pack(n))
-        self.writer.writelines(parts)
-        await self.writer.drain()
+        try:
+            writer.write(_I.pack(n) if n < 0x7FFFFFFF else _I.pack(-1) + _Q.pack(n))
+            writer.writelines(parts)
+        except RuntimeError as exc:
+            raise ConnectionResetError(f"worker {self.index}'s socket is closed: {exc}") from None
+        await writer.drain()
 
     async def _read(self) -> None:
         assert self.reader is not None
