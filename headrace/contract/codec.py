@@ -21,6 +21,7 @@ class ViewLoader(Protocol):
 
     errors: tuple[type[Exception], ...]
     parse: Callable[[bytes], Any]
+    object_type: type  # what ``parse`` gives for a record that is an object (a map)
 
     def recover(self, raw: bytes, exc: BaseException) -> Any: ...
 

@@ -114,6 +114,7 @@ class SimdjsonViews:
         assert simdjson is not None
         self.parser = simdjson.Parser()
         self.parse: Callable[[bytes], Any] = self.parser.parse
+        self.object_type = simdjson.Object
 
     def recover(self, raw: bytes, exc: BaseException) -> Any:
         if isinstance(exc, RuntimeError) and _REUSE in str(exc):  # a stage kept a view of an earlier record: that parser stays with it

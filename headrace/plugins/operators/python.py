@@ -220,7 +220,8 @@ class PythonOperator(Operator):
         proof = prove(self.fn) if self.tracks and not self.cfg.readonly else None  # track_writes: false asks for plain dicts
         reads_only = self.cfg.readonly or (proof is not None and proof.reads_only)
         meta_views = proof is None or proof.meta_views
-        return PerRecord(self.fn, self.cfg.readonly, reads_only and self.cfg.lazy, names_meta(self.fn), self.tracks, meta_views)
+        patch = proof is not None and proof.appends and self.cfg.lazy
+        return PerRecord(self.fn, self.cfg.readonly, (reads_only or patch) and self.cfg.lazy, names_meta(self.fn), self.tracks, meta_views, patch)
 
     @property
     def tracks(self) -> bool:

@@ -15,6 +15,14 @@ with no hint. The proof accepts only code that cannot tell a view from a dict:
   ``event["n"] + 1``, an f-string), an attribute, a store into it, returning a part of it, a
   closure over it, ``try`` blocks, code reaching its own frame, and any instruction not listed.
 
+A stage that also sets top-level fields of its event with constant string keys
+(``event["seen"] = True``, ``event["h"] = event.get("a")``) and does nothing else to it is
+proven an *appender* (``Proof.appends``): on workers it gets the view wrapped in
+``headrace.contract.patch.Patch``, which keeps those fields aside, and its record leaves as its
+original bytes with the new fields spliced in before the closing brace (a field the record had
+already, or a value the codec cannot write alone, makes the worker decode and encode the record
+whole, as for any writer). The event must not escape into meta then (it would be the wrapper).
+
 Refusal is not an error: the stage then gets tracked dicts (``headrace.contract.tracked``).
 Only CPython 3.11 bytecode is read; on another version nothing is proven.
 """
@@ -50,11 +58,12 @@ class _Refused(Exception):
 class Proof:
     """The result: whether the stage only reads, and whether it stores read values into meta."""
 
-    __slots__ = ("meta_views", "reads_only")
+    __slots__ = ("appends", "meta_views", "reads_only")
 
-    def __init__(self, reads_only: bool, meta_views: bool = False) -> None:
+    def __init__(self, reads_only: bool, meta_views: bool = False, appends: bool = False) -> None:
         self.reads_only = reads_only
         self.meta_views = meta_views
+        self.appends = appends  # reads, and sets top-level fields with constant string keys (then reads_only is False)
 
 
 def prove(fn: Any) -> Proof:
@@ -87,12 +96,17 @@ class _Checker:
         self.event, self.meta = event, meta
         self.tainted: set[str] = set()  # locals that may hold a value read from the event
         self.meta_views = False
+        self.appends = False  # a top-level field set with a constant string key
+        self.root_escapes = False  # the event itself stored into meta (fine for a view, not for a Patch)
+        self.prev: Any = None  # the instruction before the one being stepped
 
     def run(self) -> Proof:
         for _ in range(20):  # until the tainted locals (and whether meta holds read values) stop growing
             before = (set(self.tainted), self.meta_views)
             self._scan()
             if (self.tainted, self.meta_views) == before:
+                if self.appends:
+                    return Proof(False) if self.root_escapes else Proof(False, self.meta_views, appends=True)
                 return Proof(True, self.meta_views)
         return Proof(False)
 
@@ -105,8 +119,10 @@ class _Checker:
                 if ins.offset in states:
                     stack = list(states[ins.offset]) if stack is None else _merge(stack, states[ins.offset])
                 if stack is None:
+                    self.prev = ins
                     continue  # unreachable (after a return or a jump, and no jump lands here)
                 stack = self._step(ins, stack, states)
+                self.prev = ins
 
     def _jump(self, states: dict[int, list[str]], target: int, stack: list[str]) -> None:
         states[target] = list(stack) if target not in states else _merge(states[target], stack)
@@ -160,8 +176,16 @@ class _Checker:
             stack.append(DERIVED if container in _TAINTED or (container == META and self.meta_views) else CLEAN)
         elif op == "STORE_SUBSCR":
             key, container, value = pop(), pop(), pop()
+            if container == ROOT and key == CONST and value not in (ROOT, ROOTISH):
+                prev = self.prev  # the key: a string constant loaded right before
+                if prev is None or prev.opname != "LOAD_CONST" or type(prev.argval) is not str:
+                    raise _Refused
+                self.appends = True
+                return stack
             if key in _TAINTED or container in _TAINTED:
                 raise _Refused
+            if value in (ROOT, ROOTISH):
+                self.root_escapes = True
             if value in _TAINTED:
                 if container != META:
                     raise _Refused
@@ -217,6 +241,8 @@ class _Checker:
                     raise _Refused
                 stack.append(DERIVED)
             elif below == "m:meta" and callee == SELF and (tainted_args or self.meta_views):
+                if ROOT in args or ROOTISH in args:
+                    self.root_escapes = True
                 if tainted_args:  # meta.update(x=event["a"]), meta.setdefault(k, event["a"]): a read value into meta
                     self.meta_views = True
                 stack.append(DERIVED)

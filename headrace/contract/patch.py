@@ -1,0 +1,129 @@
+"""The event an *appender* stage gets on workers: a read-only view of the record plus the
+top-level fields the stage set, kept aside (see ``headrace.plugins.operators.readproof``).
+
+Only the operations the proof lets such a stage use exist: ``event[k]``, ``event.get(k[, d])``,
+``k in event``, ``len(event)``, truth, iteration (keys, in a dict's order: the record's, then
+the new ones) and ``event["const"] = value``. Each behaves as on the dict the record would
+decode to, with the fields set so far applied.
+
+Where the record leaves, ``splice`` writes it as its original bytes with the new fields added
+before the closing brace, encoded alone; None when that would not be what encoding the whole
+dict gives after parsing (a field the record has already: a dict keeps its place, and JSON
+readers differ on repeated names) or when the codec cannot write a value alone: the worker then
+decodes the record whole, applies the fields (``materialize``) and encodes it as for any writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+class Patch:
+    __slots__ = ("adds", "view")
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self.adds: dict[str, Any] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        adds = self.adds
+        if adds and key in adds:
+            return adds[key]
+        return self.view[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        adds = self.adds
+        if adds and key in adds:
+            return adds[key]
+        return self.view.get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self.adds or key in self.view
+
+    def __len__(self) -> int:
+        view = self.view
+        return len(view) + sum(1 for k in self.adds if k not in view)
+
+    def __bool__(self) -> bool:
+        return bool(self.adds) or len(self.view) > 0
+
+    def __iter__(self) -> Iterator[Any]:
+        view = self.view
+        yield from view
+        for k in self.adds:
+            if k not in view:
+                yield k
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.adds[key] = value
+
+    def __repr__(self) -> str:
+        return f"Patch({self.view!r}, adds={self.adds!r})"
+
+
+_WS = frozenset(b" \t\r\n")
+_CACHED = (bool, int, str, type(None))  # values whose encoding is remembered per (name, value)
+_FIELDS: dict[tuple[str, type, Any], bytes] = {}
+
+
+def splice(raw: bytes, patch: Patch, plain: Callable[[Any], Any], encode: Callable[[Any], bytes | None], escapes: bool = True) -> bytes | None:
+    """``raw`` with ``patch``'s fields added before its closing brace (``encode`` writes one field as
+    an object; ``plain`` turns views into values), or None when that cannot stand for the whole
+    record encoded (see the module doc). ``escapes=False``: the caller knows ``raw`` has no backslash."""
+    if not patch.adds:
+        return raw
+    view = patch.view
+    fields = []
+    for key, value in patch.adds.items():
+        # a record without a backslash spells every name it has as its UTF-8 between quotes: a
+        # name not found so is not there (a lookup in the view that misses costs more than a parse)
+        needle = _NEEDLES.get(key)
+        if needle is None:
+            needle = _needle(key)
+        if (escapes or needle in raw) and key in view:
+            return None
+        cls = value.__class__
+        field = _FIELDS.get((key, cls, value)) if cls in _CACHED else None
+        if field is None:
+            try:
+                data = encode({key: plain(value)})
+            except Exception:  # the whole record's encoding decides what happens to it
+                return None
+            if data is None:
+                return None
+            data = data.strip()
+            if data[:1] != b"{" or data[-1:] != b"}":
+                return None
+            field = data[1:-1].strip()
+            if cls in _CACHED and len(_FIELDS) < 4096 and (cls is not str or len(value) <= 64):
+                _FIELDS[(key, cls, value)] = field
+        fields.append(field)
+    end = len(raw) - 1
+    while end > 0 and raw[end] in _WS:
+        end -= 1
+    if end <= 0 or raw[end] != 0x7D:  # "}"
+        return None
+    j = end - 1
+    while j > 0 and raw[j] in _WS:
+        j -= 1
+    inner = fields[0] if len(fields) == 1 else b",".join(fields)
+    return b"".join((memoryview(raw)[: j + 1], b"" if raw[j] == 0x7B else b",", inner, b"}"))  # "{": the record is {}
+
+
+_NEEDLES: dict[str, bytes] = {}
+
+
+def _needle(key: str) -> bytes:
+    needle = b'"' + key.encode("utf-8", "surrogatepass") + b'"'
+    if len(_NEEDLES) < 4096:
+        _NEEDLES[key] = needle
+    return needle
+
+
+def materialize(decoded: dict[str, Any], patch: Patch, plain: Callable[[Any], Any]) -> dict[str, Any]:
+    """The record decoded whole, with ``patch``'s fields set on it in order (a dict keeps the place
+    of a field it had)."""
+    for k, v in patch.adds.items():
+        decoded[k] = plain(v)
+    return decoded

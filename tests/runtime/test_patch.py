@@ -1,0 +1,246 @@
+"""Appender stages (they set top-level fields with constant names, and otherwise only read):
+on workers they get a view of the record in a ``Patch``, and the record leaves as its bytes
+with the new fields spliced in (``headrace.contract.patch``). Whatever they read, and what
+leaves, must be what the same stage gives on a plain dict."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+import simdjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from headrace.contract.patch import Patch, materialize, splice
+from headrace.plugins.codecs.json import SimdjsonViews, loads_exact
+from headrace.plugins.operators.readproof import prove
+
+scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=4), kids, max_size=3), max_leaves=8)
+names = st.sampled_from(["a", "b", "seen", "é", 'q"uote', "back\\slash", "", "\n"]) | st.text(max_size=4)
+documents = st.dictionaries(names, values, max_size=6)
+# how the record was written: compact, spaced, every non-ASCII character escaped, trailing blanks
+spellings = st.sampled_from(["orjson", "spaced", "ascii", "trailing"])
+OPS = ["set", "set_existing", "get", "getitem", "in", "len", "iter", "bool"]
+steps = st.lists(st.tuples(st.sampled_from(OPS), names, values, st.integers(0, 20)), max_size=8)
+
+
+def spell(doc: dict[str, Any], how: str) -> bytes:
+    if how == "orjson":
+        return orjson.dumps(doc)
+    if how == "spaced":
+        return json.dumps(doc, ensure_ascii=False, separators=(" , ", " : ")).encode()
+    if how == "ascii":
+        return json.dumps(doc, ensure_ascii=True).encode()
+    return orjson.dumps(doc) + b" \t "
+
+
+def run(event: Any, script: list[tuple[str, str, Any, int]], plain: Any) -> list[Any]:
+    """The script's reads (views made plain), and its writes done on ``event``."""
+    seen: list[Any] = []
+    for op, name, value, n in script:
+        keys = list(event)
+        if op == "set":
+            event[name] = value
+        elif op == "set_existing" and keys:
+            event[keys[n % len(keys)]] = value
+        elif op == "get":
+            seen.append(plain(event.get(name, "missing")))
+        elif op == "getitem":
+            key = keys[n % len(keys)] if keys and n % 2 else name
+            try:
+                seen.append(plain(event[key]))
+            except KeyError:
+                seen.append("KeyError")
+        elif op == "in":
+            seen.append(name in event)
+        elif op == "len":
+            seen.append(len(event))
+        elif op == "iter":
+            seen.append(list(event))
+        elif op == "bool":
+            seen.append(bool(event))
+    return seen
+
+
+def leave(raw: bytes, patch: Patch, plain: Any) -> tuple[bytes, bool]:
+    """What leaves a worker for ``patch``: (bytes, spliced or not)."""
+    out = splice(raw, patch, plain, orjson.dumps, escapes=b"\\" in raw)
+    if out is not None:
+        return out, True
+    return orjson.dumps(materialize(loads_exact(raw), patch, plain)), False
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=documents, how=spellings, script=steps)
+def test_an_appender_on_a_patch_reads_and_writes_what_it_would_on_a_dict(doc: dict[str, Any], how: str, script: Any) -> None:
+    raw = spell(doc, how)
+    views = SimdjsonViews()
+    plain_seen = run(expected := orjson.loads(raw), script, lambda v: v)
+    patch = Patch(views.parse(raw))
+    assert run(patch, script, views.plain) == plain_seen
+    out, spliced = leave(raw, patch, views.plain)
+    got = orjson.loads(out)
+    assert got == expected and list(got) == list(expected), (raw, out)
+    if spliced:  # the record's own bytes come first, as they were, and each name appears once
+        assert out.startswith(raw.rstrip()[:-1].rstrip())
+        assert len(orjson.loads(out)) == len(json.loads(out, object_pairs_hook=lambda pairs: pairs))
+
+
+def test_splicing_keeps_the_record_and_adds_after_it() -> None:
+    views = SimdjsonViews()
+    for raw, want in [
+        (b'{"a":1}', b'{"a":1,"seen":true}'),
+        (b"{}", b'{"seen":true}'),
+        (b"{ }  ", b'{"seen":true}'),
+        (b'{ "x" : [1, 2] }\n', b'{ "x" : [1, 2],"seen":true}'),
+    ]:
+        p = Patch(views.parse(raw))
+        p["seen"] = True
+        assert splice(raw, p, views.plain, orjson.dumps) == want
+        del p
+
+
+@pytest.mark.parametrize("raw", [b'{"seen":false,"b":2}', b'{"se\\u0065n":false,"b":2}'])
+def test_a_field_the_record_has_is_not_spliced_twice(raw: bytes) -> None:
+    """A dict keeps the place of a name it had; JSON readers differ on repeated names: decoded whole."""
+    views = SimdjsonViews()
+    p = Patch(views.parse(raw))
+    p["seen"] = True
+    assert splice(raw, p, views.plain, orjson.dumps, escapes=b"\\" in raw) is None
+    out, spliced = leave(raw, p, views.plain)
+    assert not spliced and out == b'{"seen":true,"b":2}'
+
+
+def test_a_value_the_codec_cannot_write_alone_is_left_to_the_whole_record() -> None:
+    views = SimdjsonViews()
+    raw = b'{"a":1}'
+    p = Patch(views.parse(raw))
+    p["s"] = {1, 2}
+    assert splice(raw, p, views.plain, orjson.dumps) is None
+
+
+def test_the_proof_accepts_appenders_and_refuses_the_rest() -> None:
+    def set_one(event, meta):  # type: ignore[no-untyped-def]
+        event["seen"] = True
+        return event
+
+    def tag(event, meta):  # type: ignore[no-untyped-def]
+        if event.get("kind") == "a":
+            event["tagged"] = event.get("x")
+            event["n"] = len(event)
+        meta["k"] = event.get("kind")
+        return event
+
+    def variable_name(event, meta):  # type: ignore[no-untyped-def]
+        k = "a"
+        event[k] = 1
+        return event
+
+    def nested(event, meta):  # type: ignore[no-untyped-def]
+        event["a"]["b"] = 1
+        return event
+
+    def into_itself(event, meta):  # type: ignore[no-untyped-def]
+        event["me"] = event
+        return event
+
+    def escapes_into_meta(event, meta):  # type: ignore[no-untyped-def]
+        event["a"] = 1
+        meta["e"] = event
+        return event
+
+    def deletes(event, meta):  # type: ignore[no-untyped-def]
+        event["a"] = 1
+        del event["b"]
+        return event
+
+    def int_name(event, meta):  # type: ignore[no-untyped-def]
+        event[1] = 1
+        return event
+
+    for fn in (set_one, tag):
+        proof = prove(fn)
+        assert proof.appends and not proof.reads_only, fn.__name__
+    for fn in (variable_name, nested, into_itself, escapes_into_meta, deletes, int_name):
+        proof = prove(fn)
+        assert not proof.appends and not proof.reads_only, fn.__name__
+
+
+APPENDERS = '''
+def tag(event, meta):
+    if event.get("kind") == "a":
+        event["tagged"] = True
+        event["n"] = len(event)
+    elif event.get("kind") == "s":
+        event["s"] = {1, 2}
+    return event
+'''
+
+
+def test_an_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, write: Any) -> None:
+    """Workers splice; the loop runs the stage on tracked dicts: the same records leave (parsed), the
+    same go to err, untouched ones byte for byte, spliced ones starting with their own bytes."""
+    from tests.support.daemon import Daemon
+
+    records = []
+    for i in range(300):
+        kind = "a" if i % 3 == 0 else "b"
+        records.append(f'{{"id": {i},  "kind" : "{kind}", "x":[1, 2]}}')
+    records += [
+        '{"id": 1000, "kind": "a", "tagged": false, "z": 1}',  # has the field: it keeps its place
+        '{"id": 1001, "kind": "a", "t\\u0061gged": 0}',  # has it, spelled with an escape
+        '{"id": 1002, "kind": "s"}',  # a value JSON cannot hold: err
+        "[1, 2]",  # not an object: .get raises, err
+        '{"id": 1003, "kind": "a"',  # invalid: err
+        '{"id": 1004, "kind": "a", "big": 123456789012345678901234567890}',  # exact beyond 64 bits
+    ]
+    write("in.ndjson", "".join(r + "\n" for r in records))
+    got: dict[int, tuple[list[str], Counter[str]]] = {}
+    for workers in (0, 2):
+        folder = tmp_path / f"w{workers}"
+        folder.mkdir()
+        cfg = write(f"w{workers}/c.yaml", f"""
+version: 1
+daemon: {{workers: {workers}, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, codec: json, config: {{path: ../in.ndjson}}}}}}
+pipelines:
+  main: [{{op: python, fn: "stages:tag"}}]
+offramps:
+  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{src: [main], src/err: [dlq], main: [out], main/err: [dlq], out/err: [dlq]}}
+""")
+        write(f"w{workers}/stages.py", APPENDERS)
+        d = Daemon(cfg)
+        assert d.wait(60) == 0, d.stderr()
+        out = (folder / "out.ndjson").read_text().splitlines()
+        dlq = [orjson.loads(x) for x in (folder / "dlq.ndjson").read_text().splitlines()]
+        got[workers] = (out, Counter(e["meta"]["error"]["type"] for e in dlq))
+    loop_out, loop_err = got[0]
+    work_out, work_err = got[2]
+    assert work_err == loop_err and sum(loop_err.values()) == 3, (work_err, loop_err)
+    assert len(work_out) == len(loop_out) == len(records) - 3
+    by_id = {orjson.loads(line)["id"]: line for line in loop_out}
+    for line in work_out:
+        value = orjson.loads(line)
+        want = by_id[value["id"]]
+        assert value == orjson.loads(want) and list(value) == list(orjson.loads(want)), (line, want)
+        i = value["id"]
+        if i < 300:
+            if i % 3:
+                assert line == records[i], "an untouched record leaves as its bytes"
+            else:
+                assert line.startswith(records[i][:-1]) and value["n"] == 4, "spliced: its own bytes, then the fields"
+    assert orjson.loads(by_id[1000]) == {"id": 1000, "kind": "a", "tagged": True, "z": 1, "n": 4}
+    assert list(json.loads(next(x for x in work_out if '"id": 1001' in x or '"id":1001' in x), object_pairs_hook=lambda p: p)) == [
+        ("id", 1001), ("kind", "a"), ("tagged", True), ("n", 3)]  # fmt: skip
+    assert "123456789012345678901234567890" in next(x for x in work_out if "1004" in x)
+
+
+def test_simdjson_is_the_view_type() -> None:
+    assert SimdjsonViews().object_type is simdjson.Object
