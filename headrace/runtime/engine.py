@@ -95,6 +95,15 @@ class Engine:
             self.codecs[name] = registry.make_codec(name, (graph or self.graph).codecs)
         return self.codecs[name]
 
+    def _prune_codecs(self, graph: Graph) -> None:
+        """Forget the codec instances of keys the running graph no longer names (a codec's options
+        are part of its key: every reload that changes them made a new one). Runners still draining
+        hold their own."""
+        used = {"json", "binary", "string", *(c.codec for c in graph.components.values())}
+        for key in [k for k in self.codecs if k not in used]:
+            del self.codecs[key]
+            self.opened.discard(key)
+
     def runners(self) -> list[Runner]:
         return [*self.onramps.values(), *self.chains.values(), *self.offramps.values()]
 
@@ -415,6 +424,7 @@ class Engine:
             old_routers[cid].stats.forget()
         self.signatures = dict(self._signatures_new)
         self.provenance["config"] = config_digest(self.signatures)
+        self._prune_codecs(new)
         try:
             await self._launch(b.fresh)
         except StartFailed as exc:  # a changed onramp: its predecessor is gone, so put the old graph back

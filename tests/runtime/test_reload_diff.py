@@ -1,5 +1,6 @@
 """The engine's reload diff: which components a new config keeps running, changes, adds or removes.
-Pure logic: two configs are loaded and compared by their signatures, nothing runs."""
+Mostly pure logic: two configs are loaded and compared by their signatures, nothing runs (the
+last test runs an engine in this process through reloads)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,34 @@ def test_daemon_settings_are_not_part_of_any_component(tmp_path: Path) -> None:
     no component. (Kept components keep the batch size and queue bounds they were built with: the reload's
     answer names these settings in restart_required, tests/daemon/test_reload.py.)"""
     assert diff(tmp_path, BASE.replace("batch_size: 256", "batch_size: 64, queue_events: 100")) == {"unchanged": ALL}
+
+
+def test_reloads_that_change_a_codecs_options_do_not_pile_up_codec_instances(tmp_path: Path) -> None:
+    """A codec's options are part of its key, so each such reload makes a new instance; the engine
+    forgets the ones the running graph no longer names (it kept every one for its life)."""
+    import asyncio
+
+    text = """
+version: 1
+onramps: {src: {type: file, codec: {name: csv, delimiter: "DELIM", header: [a, b]}, config: {path: in.csv, follow: true}}}
+pipelines: {main: [{op: python, fn: "diffstages:tag"}]}
+offramps: {out: {type: file, codec: json, config: {path: out.ndjson}}}
+links: {src: [main], main: [out]}
+"""
+    (tmp_path / "in.csv").write_text("")
+
+    async def main() -> None:
+        engine = Engine(graph(tmp_path, text.replace("DELIM", ";")), Metrics(), LoopGuard(1.0), lambda: None)
+        await engine.start(timeout=10)
+        try:
+            first = set(engine.codecs)
+            for delim in ["|", ",", "\\t", ":", ";", "|"]:
+                await engine.reload(graph(tmp_path, text.replace("DELIM", delim)), timeout=10)
+            csv_keys = [k for k in engine.codecs if k.startswith("csv")]
+            assert len(csv_keys) == 1, csv_keys
+            assert len(engine.codecs) <= len(first), (sorted(first), sorted(engine.codecs))
+        finally:
+            engine.stop_intake()
+            await asyncio.wait_for(engine.wait(), 10)
+
+    asyncio.run(main())
