@@ -146,3 +146,39 @@ links: {{src: [out]}}
         assert d.stop() == 0, d.stderr()
         collector.close()
     assert sorted(set(collector.ids())) == list(range(n)), "the subscriber got every record"
+
+
+@pytest.mark.slow
+def test_a_reload_that_changes_the_onramp_sends_nothing_twice(tmp_path: Path, broker: Mosquitto) -> None:
+    """The changed onramp's acks for what it handed on reach the broker before its client stops
+    (they came after the stop, so the broker sent every message in flight again to the new
+    session: duplicates at every such reload)."""
+    n = 20_000
+    port = free_port()
+    (tmp_path / "slowstage.py").write_text("import time\n\ndef slow(event, meta):\n    time.sleep(0.0002)\n    return event\n")
+    cfg = tmp_path / "c.yaml"
+    text = """
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
+onramps: {{src: {{type: mqtt, codec: json, config: {{port: {mqtt}, topics: ["in/#"], client_id: hr-reload, batch: {batch}}}}}}}
+pipelines: {{main: [{{op: python, fn: "slowstage:slow"}}]}}
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{src: [main], main: [out]}}
+"""
+    cfg.write_text(text.format(port=port, mqtt=broker.port, batch=64))
+    d = Daemon(cfg)
+    try:
+        d.wait_for(lambda: "subscribed" in d.stderr(), timeout=30)
+        publisher = threading.Thread(target=_publish, args=(broker, [json.dumps({"id": i}).encode() for i in range(n)]))
+        publisher.start()
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n // 5, timeout=60, interval=0.02)
+        cfg.write_text(text.format(port=port, mqtt=broker.port, batch=128))
+        d.signal(signal.SIGHUP)
+        d.wait_for(lambda: "reloaded in" in d.stderr(), timeout=30)
+        publisher.join(60)
+        d.wait_for(lambda: set(_ids(tmp_path / "out.ndjson")) == set(range(n)), timeout=120)
+    finally:
+        assert d.stop() == 0, d.stderr()
+    ids = _ids(tmp_path / "out.ndjson")
+    assert sorted(set(ids)) == list(range(n)), "every message delivered"
+    assert len(ids) == n, f"{len(ids) - n} message(s) delivered twice"
