@@ -30,16 +30,27 @@ class Patch:
         adds = self.adds
         if adds and key in adds:
             return adds[key]
-        return self.view[key]
+        if type(key) is not str:  # a record's names are text: a dict has no other key (the view takes bytes, refuses ints)
+            hash(key)
+            raise KeyError(key)
+        try:
+            return self.view[key]
+        except KeyError:
+            raise KeyError(key) from None  # a dict's message (the view's names its parser's error)
 
     def get(self, key: Any, default: Any = None) -> Any:
         adds = self.adds
         if adds and key in adds:
             return adds[key]
+        if type(key) is not str:
+            hash(key)
+            return default
         return self.view.get(key, default)
 
     def __contains__(self, key: Any) -> bool:
-        return key in self.adds or key in self.view
+        if key in self.adds:
+            return True
+        return type(key) is str and key in self.view
 
     def __len__(self) -> int:
         view = self.view
@@ -65,6 +76,39 @@ class Patch:
 _WS = frozenset(b" \t\r\n")
 _CACHED = (bool, int, str, type(None))  # values whose encoding is remembered per (name, value)
 _FIELDS: dict[tuple[str, type, Any], bytes] = {}
+
+
+class PlainPatch(Patch):
+    """A Patch whose reads hand out plain copies (dicts, lists) instead of views: for a stage
+    proven only in the proof's relaxed mode, which passes what it reads to pure code (``str``,
+    ``.lower()``, arithmetic, f-strings) that must see what a dict would give."""
+
+    __slots__ = ("plain",)
+
+    def __init__(self, view: Any, plain: Callable[[Any], Any]) -> None:
+        super().__init__(view)
+        self.plain = plain
+
+    def __getitem__(self, key: Any) -> Any:
+        adds = self.adds
+        if adds and key in adds:
+            return adds[key]
+        if type(key) is not str:
+            hash(key)
+            raise KeyError(key)
+        try:
+            return self.plain(self.view[key])
+        except KeyError:
+            raise KeyError(key) from None
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        adds = self.adds
+        if adds and key in adds:
+            return adds[key]
+        if type(key) is not str:
+            hash(key)
+            return default
+        return self.plain(self.view.get(key, default))
 
 
 def splice(raw: bytes, patch: Patch, plain: Callable[[Any], Any], encode: Callable[[Any], bytes | None], escapes: bool = True) -> bytes | None:

@@ -6,6 +6,7 @@ leaves, must be what the same stage gives on a plain dict."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -15,7 +16,7 @@ import simdjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headrace.contract.patch import Patch, materialize, splice
+from headrace.contract.patch import Patch, PlainPatch, materialize, splice
 from headrace.plugins.codecs.json import SimdjsonViews, loads_exact
 from headrace.plugins.operators.readproof import prove
 
@@ -76,13 +77,13 @@ def leave(raw: bytes, patch: Patch, plain: Any) -> tuple[bytes, bool]:
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(doc=documents, how=spellings, script=steps)
-def test_an_appender_on_a_patch_reads_and_writes_what_it_would_on_a_dict(doc: dict[str, Any], how: str, script: Any) -> None:
+@given(doc=documents, how=spellings, script=steps, plain_reads=st.booleans())
+def test_an_appender_on_a_patch_reads_and_writes_what_it_would_on_a_dict(doc: dict[str, Any], how: str, script: Any, plain_reads: bool) -> None:
     raw = spell(doc, how)
     views = SimdjsonViews()
     plain_seen = run(expected := orjson.loads(raw), script, lambda v: v)
-    patch = Patch(views.parse(raw))
-    assert run(patch, script, views.plain) == plain_seen
+    patch = PlainPatch(views.parse(raw), views.plain) if plain_reads else Patch(views.parse(raw))
+    assert run(patch, script, (lambda v: v) if plain_reads else views.plain) == plain_seen
     out, spliced = leave(raw, patch, views.plain)
     got = orjson.loads(out)
     assert got == expected and list(got) == list(expected), (raw, out)
@@ -114,6 +115,21 @@ def test_a_field_the_record_has_is_not_spliced_twice(raw: bytes) -> None:
     assert splice(raw, p, views.plain, orjson.dumps, escapes=b"\\" in raw) is None
     out, spliced = leave(raw, p, views.plain)
     assert not spliced and out == b'{"seen":true,"b":2}'
+
+
+@pytest.mark.parametrize("plain_reads", [False, True])
+def test_keys_that_are_not_text_behave_as_on_a_dict(plain_reads: bool) -> None:
+    """A record's names are text: a dict has no bytes or int key (the view takes b"a" for "a")."""
+    views = SimdjsonViews()
+    raw = b'{"a":1,"0":2}'
+    d = orjson.loads(raw)
+    p = PlainPatch(views.parse(raw), views.plain) if plain_reads else Patch(views.parse(raw))
+    for key in (b"a", 0, None, 1.5):
+        assert (key in p) == (key in d) and p.get(key, "dflt") == d.get(key, "dflt")
+        with pytest.raises(KeyError):
+            p[key]
+    with pytest.raises(TypeError):
+        p.get([1])
 
 
 def test_a_value_the_codec_cannot_write_alone_is_left_to_the_whole_record() -> None:
@@ -169,6 +185,108 @@ def test_the_proof_accepts_appenders_and_refuses_the_rest() -> None:
     for fn in (variable_name, nested, into_itself, escapes_into_meta, deletes, int_name):
         proof = prove(fn)
         assert not proof.appends and not proof.reads_only, fn.__name__
+
+
+def test_relaxed_proofs_take_pure_code_on_plain_copies_and_refuse_what_could_tell_or_change_them() -> None:
+    def enrich(event, meta):  # type: ignore[no-untyped-def]
+        event["host_lower"] = event["host"].lower()
+        event["size_kb"] = event["size"] / 1024
+        event["label"] = f"{event['a']}-{event.get('b')}"
+        event["n"] = str(len(event["tags"]))
+        event["j"] = ",".join(event["tags"])
+        event["t"] = time.time()
+        return event
+
+    def reads_through_a_method(event, meta):  # type: ignore[no-untyped-def]
+        if event["host"].startswith("web"):
+            meta["web"] = True
+        return event
+
+    def mutates_a_read_list(event, meta):  # type: ignore[no-untyped-def]
+        t = event["tags"]
+        t.append(1)
+        return event
+
+    def adds_in_place(event, meta):  # type: ignore[no-untyped-def]
+        t = event["tags"]
+        t += [1]
+        return event
+
+    def aliases_into_its_own_list(event, meta):  # type: ignore[no-untyped-def]
+        acc = []
+        acc.append(event["tags"])
+        return event
+
+    def asks_identity(event, meta):  # type: ignore[no-untyped-def]
+        if event["a"] is event["b"]:
+            meta["same"] = True
+        return event
+
+    def formats_the_event(event, meta):  # type: ignore[no-untyped-def]
+        event["s"] = f"{event}"
+        return event
+
+    def builds_a_list_of_reads(event, meta):  # type: ignore[no-untyped-def]
+        event["pair"] = [event["a"], event["b"]]
+        return event
+
+    def returns_a_part(event, meta):  # type: ignore[no-untyped-def]
+        return event["inner"]
+
+    def hands_a_read_to_other_code(event, meta):  # type: ignore[no-untyped-def]
+        event["h"] = json.dumps(event["a"])
+        return event
+
+    for fn in (enrich, reads_through_a_method):
+        proof = prove(fn)
+        assert proof.appends and proof.plain and not proof.reads_only, fn.__name__
+    for fn in (mutates_a_read_list, adds_in_place, aliases_into_its_own_list, asks_identity, formats_the_event, builds_a_list_of_reads,
+               returns_a_part, hands_a_read_to_other_code):  # fmt: skip
+        proof = prove(fn)
+        assert not proof.appends and not proof.reads_only, fn.__name__
+
+
+ENRICH = '''
+def enrich(event, meta):
+    event["host_lower"] = event["host"].lower()
+    event["kb"] = event["size"] / 1024
+    event["label"] = f"{event['host']}:{len(event['tags'])}"
+    if "web" in event["tags"]:
+        meta["web"] = True
+    return event
+'''
+
+
+def test_a_relaxed_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, write: Any) -> None:
+    """Its reads are plain copies on workers (PlainPatch), tracked dicts on the loop: the same out, the same errors."""
+    from tests.support.daemon import Daemon
+
+    records = [f'{{"id": {i}, "host": "Web-{i % 7}", "size": {i * 100}, "tags": ["a", "{"web" if i % 2 else "db"}"]}}' for i in range(200)]
+    records += ['{"id": 1000, "host": "x", "tags": []}', '{"id": 1001, "host": 5, "size": 1, "tags": []}', '{"id": 1002, "host": "y", "size": "big", "tags": []}']
+    write("in.ndjson", "".join(r + "\n" for r in records))
+    got = {}
+    for workers in (0, 2):
+        write(f"w{workers}/stages.py", ENRICH)
+        cfg = write(f"w{workers}/c.yaml", f"""
+version: 1
+daemon: {{workers: {workers}, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, codec: json, config: {{path: ../in.ndjson}}}}}}
+pipelines:
+  main: [{{op: python, fn: "stages:enrich"}}]
+offramps:
+  out: {{type: file, codec: json, with_meta: true, config: {{path: out.ndjson}}}}
+  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
+links: {{src: [main], main: [out], main/err: [dlq]}}
+""")
+        d = Daemon(cfg)
+        assert d.wait(60) == 0, d.stderr()
+        out = sorted((orjson.loads(x) for x in (tmp_path / f"w{workers}/out.ndjson").read_text().splitlines()), key=lambda e: e["event"]["id"])
+        dlq = sorted((orjson.loads(x) for x in (tmp_path / f"w{workers}/dlq.ndjson").read_text().splitlines()), key=lambda e: e["event"]["id"])
+        got[workers] = ([(e["event"], list(e["event"]), e["meta"].get("web")) for e in out],
+                        [(e["event"]["id"], e["meta"]["error"]["type"], e["meta"]["error"]["message"]) for e in dlq])  # fmt: skip
+    assert got[2] == got[0]
+    assert len(got[2][0]) == 200 and [x[:2] for x in got[2][1]] == [(1000, "KeyError"), (1001, "AttributeError"), (1002, "TypeError")]
+    assert got[2][0][3][0]["label"] == "Web-3:2" and got[2][0][3][2] is True
 
 
 APPENDERS = '''

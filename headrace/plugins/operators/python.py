@@ -221,7 +221,8 @@ class PythonOperator(Operator):
         reads_only = self.cfg.readonly or (proof is not None and proof.reads_only)
         meta_views = proof is None or proof.meta_views
         patch = proof is not None and proof.appends and self.cfg.lazy
-        return PerRecord(self.fn, self.cfg.readonly, (reads_only or patch) and self.cfg.lazy, names_meta(self.fn), self.tracks, meta_views, patch)
+        return PerRecord(self.fn, self.cfg.readonly, (reads_only or patch) and self.cfg.lazy, names_meta(self.fn), self.tracks, meta_views, patch,
+                         patch and proof is not None and proof.plain)  # fmt: skip
 
     @property
     def tracks(self) -> bool:

@@ -42,6 +42,16 @@ _TAINTED = (DERIVED, ROOT, ROOTISH)
 _SCALARS = (str, int, float, bool, type(None), bytes)
 _READ_METHODS = frozenset({"get"})
 _READ_BUILTINS = frozenset({"len", "bool"})
+# relaxed mode: builtins and methods that read their arguments and make new values, never changing them
+_PURE_BUILTINS = frozenset({"str", "int", "float", "abs", "round", "min", "max", "sorted", "sum", "any", "all", "tuple", "list", "dict",
+                            "set", "frozenset", "repr", "hash", "isinstance", "ord", "chr", "hex", "oct", "bin", "divmod", "pow", "ascii",
+                            "format"})  # fmt: skip
+_PURE_METHODS = frozenset({"lower", "upper", "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "startswith", "endswith",
+                           "replace", "find", "rfind", "index", "rindex", "count", "join", "format", "encode", "decode", "title",
+                           "capitalize", "casefold", "isdigit", "isalpha", "isalnum", "isspace", "islower", "isupper", "isnumeric",
+                           "isdecimal", "zfill", "center", "ljust", "rjust", "partition", "rpartition", "removeprefix", "removesuffix",
+                           "swapcase", "expandtabs", "keys", "values", "items", "get", "copy", "hex", "bit_length", "is_integer"})  # fmt: skip
+_INPLACE = 13  # BINARY_OP's in-place operators (NB_INPLACE_ADD and after) in CPython 3.11
 _FRAME_ACCESS = frozenset({"locals", "vars", "eval", "exec", "_getframe", "currentframe", "stack", "f_locals", "getframeinfo", "globals"})
 _NO_STACK = frozenset({"RESUME", "NOP", "PRECALL", "KW_NAMES", "EXTENDED_ARG", "CACHE"})
 _COND_JUMPS = frozenset({"POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_FORWARD_IF_TRUE", "POP_JUMP_BACKWARD_IF_FALSE", "POP_JUMP_BACKWARD_IF_TRUE",
@@ -58,12 +68,13 @@ class _Refused(Exception):
 class Proof:
     """The result: whether the stage only reads, and whether it stores read values into meta."""
 
-    __slots__ = ("appends", "meta_views", "reads_only")
+    __slots__ = ("appends", "meta_views", "plain", "reads_only")
 
-    def __init__(self, reads_only: bool, meta_views: bool = False, appends: bool = False) -> None:
+    def __init__(self, reads_only: bool, meta_views: bool = False, appends: bool = False, plain: bool = False) -> None:
         self.reads_only = reads_only
         self.meta_views = meta_views
         self.appends = appends  # reads, and sets top-level fields with constant string keys (then reads_only is False)
+        self.plain = plain  # proven only if what it reads are plain copies (a Patch that converts views): implies appends
 
 
 def prove(fn: Any) -> Proof:
@@ -86,11 +97,20 @@ def prove(fn: Any) -> Proof:
     try:
         return _Checker(fn, code, event, meta).run()
     except _Refused:
+        pass
+    try:  # values read as plain copies: more code is provable (an appender's Patch reads them so)
+        return _Checker(fn, code, event, meta, relaxed=True).run()
+    except _Refused:
         return Proof(False)
 
 
 class _Checker:
-    def __init__(self, fn: Any, code: Any, event: str, meta: str) -> None:
+    def __init__(self, fn: Any, code: Any, event: str, meta: str, relaxed: bool = False) -> None:
+        # relaxed: values read from the event are plain copies (dicts, lists, scalars), so pure
+        # operations may take them (calls of pure builtins and methods, arithmetic, f-strings,
+        # comparisons); anything that could mutate one, alias it into the stage's own containers,
+        # or tell a copy from the original (``is``) is still refused
+        self.relaxed = relaxed
         self.globals = fn.__globals__
         self.ins = list(dis.get_instructions(code))
         self.event, self.meta = event, meta
@@ -105,6 +125,8 @@ class _Checker:
             before = (set(self.tainted), self.meta_views)
             self._scan()
             if (self.tainted, self.meta_views) == before:
+                if self.relaxed:
+                    return Proof(False) if self.root_escapes else Proof(False, self.meta_views, appends=True, plain=True)
                 if self.appends:
                     return Proof(False) if self.root_escapes else Proof(False, self.meta_views, appends=True)
                 return Proof(True, self.meta_views)
@@ -170,7 +192,7 @@ class _Checker:
             stack.append(stack[-arg])
         elif op == "BINARY_SUBSCR":
             key, container = pop(), pop()
-            if key in _TAINTED:
+            if key in (ROOT, ROOTISH) or (key == DERIVED and not self.relaxed):
                 raise _Refused
             # once a read value is stored into meta, what is read back from meta may be one too
             stack.append(DERIVED if container in _TAINTED or (container == META and self.meta_views) else CLEAN)
@@ -192,12 +214,14 @@ class _Checker:
                 self.meta_views = True
         elif op == "COMPARE_OP" or op == "IS_OP":
             b, a = pop(), pop()
-            if (a in _TAINTED and b != CONST) or (b in _TAINTED and a != CONST):
+            # relaxed: copies compare equal as the originals do, but are never the same object
+            if ((a in _TAINTED and b != CONST) or (b in _TAINTED and a != CONST)) and (not self.relaxed or op == "IS_OP" or {a, b} & {ROOT, ROOTISH}):
                 raise _Refused
             stack.append(CLEAN)
         elif op == "CONTAINS_OP":
             container, item = pop(), pop()
-            if item in _TAINTED and container != CTUPLE:  # a view is in a tuple of scalars exactly when a list would be: never
+            # a view is in a tuple of scalars exactly when a list would be: never (relaxed: copies are what dicts hold)
+            if item in _TAINTED and container != CTUPLE and (not self.relaxed or item != DERIVED):
                 raise _Refused
             stack.append(CLEAN)
         elif op == "UNARY_NOT":
@@ -219,9 +243,14 @@ class _Checker:
         elif op == "LOAD_METHOD":
             receiver = pop()
             if receiver in _TAINTED:
-                if ins.argval not in _READ_METHODS:
+                if ins.argval in _READ_METHODS:
+                    stack.extend(("m:read", SELF))
+                elif self.relaxed and receiver == DERIVED and ins.argval in _PURE_METHODS:
+                    stack.extend(("m:pure", SELF))
+                else:
                     raise _Refused
-                stack.extend(("m:read", SELF))
+            elif receiver == CONST and self.relaxed and ins.argval in _PURE_METHODS:  # ",".join(event["tags"])
+                stack.extend(("m:pure", SELF))
             elif receiver == META:
                 stack.extend(("m:meta", SELF))  # its result counts as read from the event once meta holds such values
             else:
@@ -237,7 +266,11 @@ class _Checker:
             if self.meta_views and META in args:  # meta holding read values, handed to code that may write them
                 raise _Refused
             if below == "m:read" and callee == SELF:
-                if tainted_args:
+                if any(a in (ROOT, ROOTISH) for a in args) or (tainted_args and not self.relaxed):
+                    raise _Refused
+                stack.append(DERIVED)
+            elif below == "m:pure" and callee == SELF:  # relaxed: a method that reads its receiver and arguments only
+                if any(a in (ROOT, ROOTISH) for a in args):
                     raise _Refused
                 stack.append(DERIVED)
             elif below == "m:meta" and callee == SELF and (tainted_args or self.meta_views):
@@ -248,9 +281,14 @@ class _Checker:
                 stack.append(DERIVED)
             elif tainted_args:
                 name = callee[2:] if callee.startswith("g:") else None
-                if below != NULL or name not in _READ_BUILTINS or name in self.globals or getattr(builtins, name, None) is None:
+                if below != NULL or name in self.globals or getattr(builtins, name or "", None) is None:
                     raise _Refused
-                stack.append(CLEAN)
+                if name in _READ_BUILTINS:
+                    stack.append(CLEAN)
+                elif self.relaxed and name in _PURE_BUILTINS and not any(a in (ROOT, ROOTISH) for a in args):
+                    stack.append(DERIVED)  # may hold parts of the copies (sorted, tuple, min...)
+                else:
+                    raise _Refused
             else:
                 stack.append(CLEAN)
         elif op == "GET_ITER":
@@ -263,9 +301,22 @@ class _Checker:
             self._jump(states, ins.argval, exhausted)
             stack.append(DERIVED if it[2:] in _TAINTED else CLEAN)
         elif op == "UNPACK_SEQUENCE":
-            if pop() in _TAINTED:
+            v = pop()
+            if v in (ROOT, ROOTISH) or (v == DERIVED and not self.relaxed):
                 raise _Refused
-            stack.extend([CLEAN] * arg)
+            stack.extend([v if v == DERIVED else CLEAN] * arg)
+        elif op == "FORMAT_VALUE" and self.relaxed:
+            if arg & 0x04 and pop() in _TAINTED:  # a format spec on the stack
+                raise _Refused
+            v = pop()
+            if v in (ROOT, ROOTISH):  # the wrapper's text is not a dict's
+                raise _Refused
+            stack.append(DERIVED if v == DERIVED else CLEAN)
+        elif op == "BUILD_STRING" and self.relaxed:
+            parts = [pop() for _ in range(arg)]
+            if any(x in (ROOT, ROOTISH) for x in parts):
+                raise _Refused
+            stack.append(DERIVED if DERIVED in parts else CLEAN)
         elif op in _BUILDS:
             for _ in range(arg * _BUILDS[op]):
                 if pop() in _TAINTED:
@@ -274,8 +325,12 @@ class _Checker:
         elif op == "BINARY_OP":
             b, a = pop(), pop()
             if a in _TAINTED or b in _TAINTED:
-                raise _Refused
-            stack.append(CLEAN)
+                # relaxed: a new value from copies; never in place (``x += [1]`` on a list read from the event)
+                if not self.relaxed or {a, b} & {ROOT, ROOTISH} or (arg >= _INPLACE and a == DERIVED):
+                    raise _Refused
+                stack.append(DERIVED)
+            else:
+                stack.append(CLEAN)
         else:
             raise _Refused  # not listed: not proven
         return stack
