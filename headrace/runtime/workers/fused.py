@@ -138,7 +138,7 @@ class FusedChain:
                 mv, pos = bytes(memoryview(mv)[pos:]), 0
         elif pos:
             mv, pos = memoryview(mv)[pos:], 0
-        escapes = patch0 and b"\\" in mv  # a backslash anywhere in the job: names may be spelled with escapes
+        escapes = patch0 and (not isinstance(mv, bytes) or b"\\" in mv)  # a backslash anywhere in the job: names may be spelled with escapes
         blind = self.blind
         if blind:
             self.metas, metas = req.metas, None
@@ -227,7 +227,11 @@ class FusedChain:
                                 out_src.append(i)
                                 out_metas.append(meta)
                                 continue
-                            result = materialize(whole(raw), p, to_plain)  # a field it had, or a value alone unwritable
+                            try:  # a field it had, or a value alone unwritable: the record whole, the fields set on it
+                                result = materialize(whole(raw), p, to_plain)
+                            except caught as exc:  # the full decoder refuses what the view's parser took: the record fails
+                                failures.append((i, codec.reason(exc)))
+                                continue
                     else:  # not an object (a list, a scalar, a record only orjson reads): plain, and encoded again
                         value = to_plain(value)
                         try:
