@@ -212,6 +212,13 @@ def test_relaxed_proofs_take_pure_code_on_plain_copies_and_refuse_what_could_tel
         t += [1]
         return event
 
+    def extends_its_own_list_in_place(event, meta):  # type: ignore[no-untyped-def]
+        acc = []
+        alias = acc
+        acc += event["items"]  # acc holds parts read from the event: every name bound to it counts as such
+        alias[0]["x"] = 1
+        return event
+
     def aliases_into_its_own_list(event, meta):  # type: ignore[no-untyped-def]
         acc = []
         acc.append(event["tags"])
@@ -240,7 +247,7 @@ def test_relaxed_proofs_take_pure_code_on_plain_copies_and_refuse_what_could_tel
     for fn in (enrich, reads_through_a_method):
         proof = prove(fn)
         assert proof.appends and proof.plain and not proof.reads_only, fn.__name__
-    for fn in (mutates_a_read_list, adds_in_place, aliases_into_its_own_list, asks_identity, formats_the_event, builds_a_list_of_reads,
+    for fn in (mutates_a_read_list, adds_in_place, extends_its_own_list_in_place, aliases_into_its_own_list, asks_identity, formats_the_event, builds_a_list_of_reads,
                returns_a_part, hands_a_read_to_other_code):  # fmt: skip
         proof = prove(fn)
         assert not proof.appends and not proof.reads_only, fn.__name__
