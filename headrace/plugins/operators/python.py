@@ -53,7 +53,8 @@ class PythonConfig(PluginConfig):
                                                  "bytes (no encode). false: plain dicts, every record encoded again (for a stage that "
                                                  "writes around the dict methods; see the stage guide)")
     lazy: bool = Field(True, description="stages that only read (declared readonly, or proven so from their code: see the stage "
-                                         "guide) read JSON on workers through a lazy read-only view; false: a dict")
+                                         "guide) read JSON on workers through a lazy read-only view, and stages proven to only add "
+                                         "top-level fields get it with their fields spliced into the record's bytes; false: a dict")
     ports: list[str] = Field(default_factory=list, description="extra ports reachable with headrace.emit(port, event)")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a class stage's constructor")
     timeout: Duration = Field(30.0, gt=0, description="async stages: time one event may take; then it is cancelled and goes to err "
