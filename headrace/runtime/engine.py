@@ -38,6 +38,8 @@ from headrace.runtime.tap import Tap
 from headrace.runtime.wiring import Build, ReloadDiff, build, commit, component_signature
 
 log = logging.getLogger("headrace.engine")
+# a changed onramp waits at most this long at a reload for the acks of what it handed on, before it stops
+SETTLE_TIMEOUT = 5.0
 
 
 class Engine:
@@ -413,6 +415,8 @@ class Engine:
             task = self.tasks.pop(id(r), None)
             if task is not None:
                 await asyncio.wait({task})  # not gather: a cancelled reload must not cancel a drain
+            if isinstance(r, OnrampRunner) and r.unsettled:  # its acks reach it before it stops (a broker would resend)
+                await r.settle(SETTLE_TIMEOUT)
             try:
                 await r.release()
             except Exception:

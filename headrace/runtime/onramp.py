@@ -80,6 +80,7 @@ class OnrampRunner(Runner):
         self.syncing: asyncio.Future[None] | None = None  # the buffer's fsync loop
         self.fanout_codec: Codec | None = None  # set by the wiring when ``out`` has several targets
         self.source_codec: Codec | None = None  # set by the wiring when the codec prepares records in the parent
+        self.unsettled = 0  # ack tokens handed on and not yet acked or failed (``settle``)
 
     def _frame(self, data: bytes) -> tuple[list[bytes], list[tuple[bytes, str]]]:
         rejected: list[tuple[bytes, str]] = []
@@ -130,7 +131,7 @@ class OnrampRunner(Runner):
 
     async def chunk(self, data: bytes, meta: dict[str, Any] | None = None, ack: Any = None, line: int | None = None) -> int | None:
         self.stats.received_bytes.inc(len(data))
-        ref = AckRef(1, ack, self.plugin.ack, self.plugin.fail) if ack is not None else None  # its own share until all is framed
+        ref = self._ref(1, ack) if ack is not None else None  # its own share until all is framed
         lines_pre = self.pre[0] if self._plain_lines() else None
         before = lines_pre.separators if lines_pre is not None else 0  # type: ignore[attr-defined]
         numbered = line is not None and lines_pre is not None and not lines_pre.discarding  # type: ignore[attr-defined]  # (an over-long line)
@@ -232,7 +233,7 @@ class OnrampRunner(Runner):
         if ref is not None:  # a share of a chunk's ref per record framed from it
             ref.pending += len(payloads)
         elif ack is not None:
-            ref = AckRef(len(payloads), ack, self.plugin.ack, self.plugin.fail)
+            ref = self._ref(len(payloads), ack)
         return Batch.source(payloads, codec=self.codec, origin=self.spec.id, group=(self.group, group) if group is not None else self.group,
                             ack=ref, metas=metas, nbytes=nbytes, wire=wire)  # fmt: skip
 
@@ -416,6 +417,35 @@ class OnrampRunner(Runner):
                 await asyncio.gather(self.syncing, return_exceptions=True)
                 self.syncing = None
             await self.buffer.close()
+
+    def _ref(self, pending: int, token: Any) -> AckRef:
+        """An ack ref for the source's ``token``, counted in ``unsettled`` until it is acked or failed."""
+        self.unsettled += 1
+        return AckRef(pending, token, self._acked, self._nacked)
+
+    def _acked(self, token: Any) -> None:
+        self.unsettled -= 1
+        self.plugin.ack(token)
+
+    def _nacked(self, token: Any) -> None:
+        self.unsettled -= 1
+        self.plugin.fail(token)
+
+    async def settle(self, timeout: float) -> bool:
+        """Before a reload stops this (changed) source: wait, at most ``timeout``, until everything it
+        handed on was acked or failed, so that those acks still reach it (a broker whose acks a
+        stopped client never sent hands the messages again to the next session: duplicates).
+        Whether all settled (a stage holding events until its input closes, a window, makes it
+        time out: those acks then come after the stop, as before)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.unsettled > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.unsettled > 0:
+            log.warning("onramp %s: %d delivery(ies) still open after %.1fs; stopping it for the reload (its source sees them "
+                        "unacknowledged)", self.spec.id, self.unsettled, timeout)  # fmt: skip
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop intake: the source's task is cancelled, framing is flushed, targets close."""

@@ -153,13 +153,14 @@ def test_a_reload_that_changes_the_onramp_sends_nothing_twice(tmp_path: Path, br
     """The changed onramp's acks for what it handed on reach the broker before its client stops
     (they came after the stop, so the broker sent every message in flight again to the new
     session: duplicates at every such reload)."""
-    n = 20_000
+    n = 6_000
     port = free_port()
-    (tmp_path / "slowstage.py").write_text("import time\n\ndef slow(event, meta):\n    time.sleep(0.0002)\n    return event\n")
+    # on workers, slow enough that hundreds of messages are in flight at the reload (the broker sends up to 1000 unacknowledged)
+    (tmp_path / "slowstage.py").write_text("import time\n\ndef slow(event, meta):\n    time.sleep(0.001)\n    return event\n")
     cfg = tmp_path / "c.yaml"
     text = """
 version: 1
-daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{port}"}}}}
+daemon: {{workers: 2, metrics: {{listen: "127.0.0.1:{port}"}}}}
 onramps: {{src: {{type: mqtt, codec: json, config: {{port: {mqtt}, topics: ["in/#"], client_id: hr-reload, batch: {batch}}}}}}}
 pipelines: {{main: [{{op: python, fn: "slowstage:slow"}}]}}
 offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}

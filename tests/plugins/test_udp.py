@@ -13,9 +13,7 @@ from tests.support.daemon import Daemon, free_port
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port(udp=True)
 
 
 def test_udp_in_and_out(tmp_path: Path, write: Any) -> None:

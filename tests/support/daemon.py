@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,6 @@ HEADRACE = [sys.executable, "-m", "headrace"]
 RELOAD_HEADERS = {"Content-Type": "application/json"}  # what POST /reload needs (a cross-site form cannot send it)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def headrace(*args: str, cwd: Path | None = None, input: bytes | None = None, timeout: float = 60,

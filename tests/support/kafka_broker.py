@@ -59,6 +59,8 @@ from aiokafka.errors import (  # type: ignore[import-untyped, unused-ignore]
     for_code,
 )
 
+from tests.support.ports import free_port
+
 __all__ = [
     "HOST",
     "ConsumedRecord",
@@ -131,12 +133,6 @@ def tansu_path() -> str:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
