@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from tests.support.ports import free_port as free_port  # re-exported: tests import it from here
+
 HEADRACE = [sys.executable, "-m", "headrace"]
 RELOAD_HEADERS = {"Content-Type": "application/json"}  # what POST /reload needs (a cross-site form cannot send it)
 
