@@ -119,14 +119,20 @@ def splice(raw: bytes, patch: Patch, plain: Callable[[Any], Any], encode: Callab
         return raw
     view = patch.view
     fields = []
+    escaped = escapes and b"\\" in raw
+    names = None
     for key, value in patch.adds.items():
         # a record without a backslash spells every name it has as its UTF-8 between quotes: a
-        # name not found so is not there (a lookup in the view that misses costs more than a parse)
+        # name not found so is not there (a lookup in the view that misses costs more than a
+        # parse; its list of names, a third of that)
         needle = _NEEDLES.get(key)
         if needle is None:
             needle = _needle(key)
-        if (escapes or needle in raw) and key in view:
-            return None
+        if escaped or needle in raw:
+            if names is None:
+                names = set(view.keys())  # a generator: taken once
+            if key in names:
+                return None
         cls = value.__class__
         field = _FIELDS.get((key, cls, value)) if cls in _CACHED else None
         if field is None:
