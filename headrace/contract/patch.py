@@ -89,26 +89,12 @@ class PlainPatch(Patch):
         super().__init__(view)
         self.plain = plain
 
+    # ``plain`` leaves what is not a view as it is: the fields set and a default come back unchanged
     def __getitem__(self, key: Any) -> Any:
-        adds = self.adds
-        if adds and key in adds:
-            return adds[key]
-        if type(key) is not str:
-            hash(key)
-            raise KeyError(key)
-        try:
-            return self.plain(self.view[key])
-        except KeyError:
-            raise KeyError(key) from None
+        return self.plain(Patch.__getitem__(self, key))
 
     def get(self, key: Any, default: Any = None) -> Any:
-        adds = self.adds
-        if adds and key in adds:
-            return adds[key]
-        if type(key) is not str:
-            hash(key)
-            return default
-        return self.plain(self.view.get(key, default))
+        return self.plain(Patch.get(self, key, default))
 
 
 def splice(raw: bytes, patch: Patch, plain: Callable[[Any], Any], encode: Callable[[Any], bytes | None], escapes: bool = True) -> bytes | None:

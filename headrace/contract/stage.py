@@ -48,7 +48,6 @@ class PerRecord:
     tracks: bool = False
     meta_views: bool = False  # may store values read from a view into meta (converted before a next stage reads them)
     patch: bool = False  # an appender (sets top-level fields with constant keys): alone in its chain, it gets a view in a Patch
-    patch_plain: bool = False  # ... whose reads are plain copies (PlainPatch: proven only so)
 
 
 class Ev:

@@ -35,7 +35,7 @@ from headrace.runtime.router import Router, config_digest
 from headrace.runtime.runner import Runner
 from headrace.runtime.starting import StartFailed, describe, start_all, start_one
 from headrace.runtime.tap import Tap
-from headrace.runtime.wiring import Build, ReloadDiff, build, commit, component_signature
+from headrace.runtime.wiring import Build, ReloadDiff, build, codecs_used, commit, component_signature
 
 log = logging.getLogger("headrace.engine")
 # a changed onramp waits at most this long at a reload for the acks of what it handed on, before it stops
@@ -101,7 +101,7 @@ class Engine:
         """Forget the codec instances of keys the running graph no longer names (a codec's options
         are part of its key: every reload that changes them made a new one). Runners still draining
         hold their own."""
-        used = {"json", "binary", "string", *(c.codec for c in graph.components.values())}
+        used = codecs_used(graph)
         for key in [k for k in self.codecs if k not in used]:
             del self.codecs[key]
             self.opened.discard(key)

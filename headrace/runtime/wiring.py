@@ -128,6 +128,11 @@ def _disk_buffer(e: Engine, c: ComponentSpec, state: Path) -> DiskBuffer | None:
     return DiskBuffer(state / "buffers" / c.id, b.max_bytes, b.when_full, b.sync_interval, e.metrics, c.id)
 
 
+def codecs_used(g: Graph) -> set[str]:
+    """The codec keys ``g`` uses: the built-ins and those of its onramps and offramps."""
+    return {"json", "binary", "string", *(c.codec for c in g.components.values() if c.kind != "node")}
+
+
 def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
     """The runtime for ``g``, reusing what ``diff`` says is unchanged; nothing running changes
     until ``_commit``. A plugin that cannot even be constructed raises ``StartFailed``."""
@@ -137,7 +142,7 @@ def build(e: Engine, g: Graph, diff: ReloadDiff) -> Build:
     if e.last_resort.state != folder:  # a reload moved the state dir
         e.last_resort.close()
         e.last_resort = LastResort(folder)
-    for name in {"json", "binary", "string", *(c.codec for c in g.components.values() if c.kind != "node")}:
+    for name in codecs_used(g):
         e.codec(name, g)
     operators: dict[str, Operator] = {}
     for c in g.of_kind("node"):

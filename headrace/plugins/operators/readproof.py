@@ -77,8 +77,9 @@ class Proof:
         self.plain = plain  # proven only if what it reads are plain copies (a Patch that converts views): implies appends
 
 
-def prove(fn: Any) -> Proof:
-    """Whether ``fn(event, meta)`` provably only reads ``event`` (see the module doc)."""
+def prove(fn: Any, relaxed: bool = False) -> Proof:
+    """Whether ``fn(event, meta)`` provably only reads ``event`` (see the module doc); ``relaxed``:
+    failing that, whether it does if its reads are plain copies (``Proof.plain``: a PlainPatch)."""
     if sys.version_info[:2] != (3, 11):
         return Proof(False)
     index = 0
@@ -97,8 +98,9 @@ def prove(fn: Any) -> Proof:
     try:
         return _Checker(fn, code, event, meta).run()
     except _Refused:
-        pass
-    try:  # values read as plain copies: more code is provable (an appender's Patch reads them so)
+        if not relaxed:
+            return Proof(False)
+    try:  # values read as plain copies: more code is provable (a PlainPatch reads them so)
         return _Checker(fn, code, event, meta, relaxed=True).run()
     except _Refused:
         return Proof(False)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from headrace.contract import tracked
 from headrace.contract.codec import ViewLoader
-from headrace.contract.patch import Patch, PlainPatch, materialize, splice
+from headrace.contract.patch import Patch, materialize, splice
 from headrace.contract.stage import STAGE_ERRORS, Ev
 from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, TrackedDict, TrackedList
 from headrace.runtime.batch import share_equal, unshare
@@ -33,14 +33,13 @@ class FusedChain:
     the same routes as in the batch-wise path, with the same counts.
     """
 
-    __slots__ = ("adapt", "blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "patch", "patch_plain", "plain_meta", "prog", "rests", "src", "stage", "viewers", "views")
+    __slots__ = ("adapt", "blind", "fns", "ids", "ingest", "meta", "metas", "outputs", "patch", "plain_meta", "prog", "rests", "src", "stage", "viewers", "views")
 
     def __init__(self, prog: SegmentProgram, fns: list[tuple[Any, bool, bool]], views: bool = False, blind: bool = False) -> None:
         self.prog = prog
         self.fns = fns
         self.views = views  # every stage is readonly and accepts a lazy view of the record
         self.patch = False  # the chain is one appender stage: it gets the view in a Patch (headrace.contract.patch)
-        self.patch_plain = False  # ... a PlainPatch (its reads are plain copies)
         # no stage names its meta: none is built per record (only for an event that leaves by err, emit or
         # fan-out), and the events leave with the metas the parent sent (which stay in the parent)
         self.blind = blind
@@ -77,7 +76,6 @@ class FusedChain:
             views = False
         chain = cls(prog, fns, views, not any(o.meta for o in offers if o is not None))
         chain.patch = patch and views
-        chain.patch_plain = chain.patch and any(o.patch_plain for o in offers if o is not None)
         chain.plain_meta = frozenset(k for k, o in enumerate(offers[:-1]) if o is not None and o.meta_views)
         return chain
 
@@ -114,7 +112,6 @@ class FusedChain:
         encode = prog.transit_encoder(req.codec)  # out leaves in the input codec: an exit's codec is never a schema codec's
         fast, refused = (codec.fast_encoder() if codec.carries_any else None) or (encode, ())  # refused: encode decides
         patch0 = self.patch and viewer is not None
-        patch_plain = self.patch_plain
         if patch0:
             assert viewer is not None
             to_plain = viewer.plain
@@ -206,40 +203,33 @@ class FusedChain:
                 self.src = i
                 if patch0:  # one appender stage: its fields spliced into the record's bytes (headrace.contract.patch)
                     if type(value) is obj_view:
-                        p = PlainPatch(value, to_plain) if patch_plain else Patch(value)
-                        try:
-                            result = fn0(p, meta)
-                        except STAGE_ERRORS as exc:
-                            errs[0] += 1
-                            ev = Ev(value, self.meta_of(meta, i), i, raw, ingest[i])  # type: ignore[arg-type]
-                            outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
-                            continue
-                        if result is p:
-                            if not p.adds:  # nothing set: the record leaves as its bytes
-                                out_src.append(i)
-                                out_metas.append(meta)
-                                continue
-                            enc = splice(raw, p, to_plain, encode_alone, escapes)  # type: ignore[arg-type]
-                            if enc is not None:
-                                parts.append(enc)
-                                changed_pos.append(len(out_src))
-                                changed_len.append(len(enc))
-                                out_src.append(i)
-                                out_metas.append(meta)
-                                continue
-                            try:  # a field it had, or a value alone unwritable: the record whole, the fields set on it
-                                result = materialize(whole(raw), p, to_plain)
-                            except caught as exc:  # the full decoder refuses what the view's parser took: the record fails
-                                failures.append((i, codec.reason(exc)))
-                                continue
+                        p = Patch(value)
                     else:  # not an object (a list, a scalar, a record only orjson reads): plain, and encoded again
                         value = to_plain(value)
-                        try:
-                            result = fn0(value, meta)
-                        except STAGE_ERRORS as exc:
-                            errs[0] += 1
-                            ev = Ev(value, self.meta_of(meta, i), i, raw, ingest[i])  # type: ignore[arg-type]
-                            outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
+                    try:
+                        result = fn0(value if p is None else p, meta)
+                    except STAGE_ERRORS as exc:
+                        errs[0] += 1
+                        ev = Ev(value, self.meta_of(meta, i), i, raw, ingest[i])  # type: ignore[arg-type]
+                        outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
+                        continue
+                    if p is not None and result is p:
+                        if not p.adds:  # nothing set: the record leaves as its bytes
+                            out_src.append(i)
+                            out_metas.append(meta)
+                            continue
+                        enc = splice(raw, p, to_plain, encode_alone, escapes)  # type: ignore[arg-type]
+                        if enc is not None:
+                            parts.append(enc)
+                            changed_pos.append(len(out_src))
+                            changed_len.append(len(enc))
+                            out_src.append(i)
+                            out_metas.append(meta)
+                            continue
+                        try:  # a field it had, or a value alone unwritable: the record whole, the fields set on it
+                            result = materialize(whole(raw), p, to_plain)
+                        except caught as exc:  # the full decoder refuses what the view's parser took: the record fails
+                            failures.append((i, codec.reason(exc)))
                             continue
                     changed = True
                     k = 0
