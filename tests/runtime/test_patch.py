@@ -16,7 +16,7 @@ import simdjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headrace.contract.patch import Patch, PlainPatch, materialize, splice
+from headrace.contract.patch import JobNames, Patch, PlainPatch, materialize, splice
 from headrace.plugins.codecs.json import SimdjsonViews, loads_exact
 from headrace.plugins.operators.readproof import prove
 
@@ -71,6 +71,8 @@ def run(event: Any, script: list[tuple[str, str, Any, int]], plain: Any) -> list
 def leave(raw: bytes, patch: Patch, plain: Any) -> tuple[bytes, bool]:
     """What leaves a worker for ``patch``: (bytes, spliced or not)."""
     out = splice(raw, patch, plain, orjson.dumps, escapes=b"\\" in raw)
+    # the same when the names are searched in the job the record is part of (a worker's way)
+    assert splice(raw, patch, plain, orjson.dumps, b"\\" in raw, JobNames(b"[" + raw + b"]", b"\\" in raw)) == out
     if out is not None:
         return out, True
     return orjson.dumps(materialize(loads_exact(raw), patch, plain)), False
@@ -365,6 +367,82 @@ links: {{src: [main], src/err: [dlq], main: [out], main/err: [dlq], out/err: [dl
     assert list(json.loads(next(x for x in work_out if '"id": 1001' in x or '"id":1001' in x), object_pairs_hook=lambda p: p)) == [
         ("id", 1001), ("kind", "a"), ("tagged", True), ("n", 3)]  # fmt: skip
     assert "123456789012345678901234567890" in next(x for x in work_out if "1004" in x)
+
+
+ONE_FIELD = '''
+def one(event, meta):
+    k = event.get("k", 0)
+    if k == 0:
+        event["v"] = True
+    elif k == 1:
+        event["v"] = False
+    elif k == 2:
+        event["v"] = None
+    elif k == 3:
+        event["v"] = "s"
+    elif k == 4:
+        event["v"] = [1, 2]
+    elif k == 5:
+        event["v"] = 1.5
+    elif k == 6:
+        event["v"] = 1
+    elif k == 8:
+        event["v"] = event.get("id")
+    return event
+'''
+
+
+def test_a_one_field_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, write: Any) -> None:
+    """The workers' shortest way (one field, no backslash in the job): values that repeat (the
+    same object, its bytes remembered) and that do not, True beside 1, records that have the field
+    already in jobs where most do not, records ending in blanks or empty: as on the loop."""
+    from tests.support.daemon import Daemon
+
+    records = []
+    for i in range(900):
+        rec = f'{{"id": {i}, "k": {i // 4 % 9}}}'  # runs of the same value
+        if i % 50 == 10:
+            rec = f'{{"v": "old", "id": {i}, "k": {i // 4 % 9}}}'  # has it: the field keeps its place
+        elif i % 50 == 20:
+            rec = f'{{"id": {i}, "k": {i // 4 % 9}, "note": "v"}}  '  # blanks after it; "v" only as a value
+        records.append(rec)
+    records += ["{}", '{"k": 1}', '{"id": 901,"k":0,"x":{"v":1}}']  # empty; nested "v" is another field
+    write("in.ndjson", "".join(r + "\n" for r in records))
+    got: dict[int, list[str]] = {}
+    for workers in (0, 2):
+        folder = tmp_path / f"w{workers}"
+        folder.mkdir()
+        cfg = write(f"w{workers}/c.yaml", f"""
+version: 1
+daemon: {{workers: {workers}, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, codec: json, config: {{path: ../in.ndjson}}}}}}
+pipelines:
+  main: [{{op: python, fn: "stages:one"}}]
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{src: [main], main: [out]}}
+""")
+        write(f"w{workers}/stages.py", ONE_FIELD)
+        d = Daemon(cfg)
+        assert d.wait(60) == 0, d.stderr()
+        got[workers] = (folder / "out.ndjson").read_text().splitlines()
+    loop_out, work_out = got[0], got[2]
+    assert len(work_out) == len(loop_out) == len(records)
+    pairs = lambda line: json.loads(line, object_pairs_hook=lambda p: p)  # noqa: E731 (repeated names would show)
+    assert sorted(map(pairs, work_out), key=repr) == sorted(map(pairs, loop_out), key=repr)
+    from headrace.plugins.operators.readproof import prove
+
+    ns: dict[str, Any] = {}
+    exec(ONE_FIELD, ns)
+    assert prove(ns["one"]).appends, "the stage is an appender: workers splice"
+    spliced = 0
+    for line in work_out:
+        value = orjson.loads(line)
+        if value.get("id", 10**9) < 900 and "v" in value and not line.startswith('{"v"'):
+            i = value["id"]
+            assert line.startswith(records[i].rstrip()[:-1]), (line, records[i])
+            assert value["v"] == (i if i // 4 % 9 == 8 else [True, False, None, "s", [1, 2], 1.5, 1][i // 4 % 9])
+            spliced += 1
+    assert spliced > 700
 
 
 def test_simdjson_is_the_view_type() -> None:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from headrace.contract import tracked
 from headrace.contract.codec import ViewLoader
-from headrace.contract.patch import Patch, materialize, splice
+from headrace.contract.patch import OPEN_OR_WS as _OPEN_OR_WS
+from headrace.contract.patch import JobNames, Patch, materialize, needle, splice_at
 from headrace.contract.stage import STAGE_ERRORS, Ev
 from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, TrackedDict, TrackedList
 from headrace.runtime.batch import share_equal, unshare
@@ -136,6 +137,15 @@ class FusedChain:
         elif pos:
             mv, pos = memoryview(mv)[pos:], 0
         escapes = patch0 and (not isinstance(mv, bytes) or b"\\" in mv)  # a backslash anywhere in the job: names may be spelled with escapes
+        job = JobNames(mv, escapes) if patch0 else None  # each new field's name searched once in the whole job
+        # the appender's Patch, one for the job (the proof keeps the stage from holding on to it), and the
+        # tail of the last record spliced: a stage setting the same immutable value (True, a constant)
+        # again gets the same bytes without encoding or looking them up
+        keep = Patch(None)
+        present = job.present if job is not None and not escapes else None
+        last_key: Any = _FAILED
+        last_val: Any = _FAILED
+        last_tail = b""
         blind = self.blind
         if blind:
             self.metas, metas = req.metas, None
@@ -175,7 +185,7 @@ class FusedChain:
                 end = pos + n
                 raw = mv[pos:end]
                 pos = end
-                value = result = p = None  # the previous record's view dies first (a Patch holds one too): its parser is reused
+                value = result = p = keep.view = None  # the previous record's view dies first (a Patch holds one too): its parser is reused
                 try:
                     value = decode(raw)
                 except caught as exc:
@@ -203,7 +213,9 @@ class FusedChain:
                 self.src = i
                 if patch0:  # one appender stage: its fields spliced into the record's bytes (headrace.contract.patch)
                     if type(value) is obj_view:
-                        p = Patch(value)
+                        p = keep
+                        p.view = value
+                        p.adds = {}
                     else:  # not an object (a list, a scalar, a record only orjson reads): plain, and encoded again
                         value = to_plain(value)
                     try:
@@ -214,11 +226,32 @@ class FusedChain:
                         outputs.setdefault((ids[0], "err"), []).append(ev.fail(ids[0], exc))
                         continue
                     if p is not None and result is p:
-                        if not p.adds:  # nothing set: the record leaves as its bytes
+                        adds = p.adds
+                        if not adds:  # nothing set: the record leaves as its bytes
                             out_src.append(i)
                             out_metas.append(meta)
                             continue
-                        enc = splice(raw, p, to_plain, encode_alone, escapes)  # type: ignore[arg-type]
+                        enc = None
+                        if present is not None and len(adds) == 1 and raw[-1] == 0x7D and raw[-2] not in _OPEN_OR_WS:
+                            # splice_at's common case inline: one field, no backslash in the job, a record ending ...x}
+                            for fkey, fval in adds.items():
+                                hit = present.get(fkey)
+                                if hit is None:
+                                    hit = job.has(fkey)  # type: ignore[union-attr]
+                                if hit and needle(fkey) in raw and fkey in set(value.keys()):  # type: ignore[union-attr]
+                                    break  # a field the record has: decoded whole, below
+                                if fkey is last_key and fval is last_val:
+                                    enc = raw[:-1] + last_tail  # type: ignore[operator]
+                                else:
+                                    cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
+                                    if cut is not None:
+                                        enc = raw[: cut[0]] + cut[1]  # type: ignore[operator]
+                                        if fval.__class__ in _IMMUTABLE:
+                                            last_key, last_val, last_tail = fkey, fval, cut[1]
+                        else:
+                            cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
+                            if cut is not None:
+                                enc = raw[: cut[0]] + cut[1]  # type: ignore[operator]
                         if enc is not None:
                             parts.append(enc)
                             changed_pos.append(len(out_src))
@@ -416,3 +449,4 @@ class FusedChain:
 
 
 _FAILED = object()
+_IMMUTABLE = (bool, int, str, type(None))  # a value of these is the same bytes whenever it is the same object
