@@ -285,25 +285,30 @@ class PooledChainRunner(Runner):
             return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
         pos = out.start
         mv = memoryview(blob)
+        whole = blob if type(blob) is bytes else None  # slices of bytes are bytes: no view of each, no copy of the region first
         if out.codec == PICKLED:  # values the job's codec could not hold (e.g. bytes for json): downstream decides
             values = []
             for ln in lens:
                 values.append(pickle.loads(mv[pos : pos + ln]))
                 pos += ln
             return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values, share=share)  # type: ignore[arg-type]
-        if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): one copy of the region, a slice each
-            ends = list(accumulate(lens, initial=0))
-            region = bytes(mv[pos : pos + ends[-1]])
+        if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): a slice each
+            if whole is not None:
+                region, ends = whole, list(accumulate(lens, initial=pos))
+            else:  # a view: the region copied once
+                ends = list(accumulate(lens, initial=0))
+                region = bytes(mv[pos : pos + ends[-1]])
             payloads = list(map(region.__getitem__, map(slice, ends[:-1], ends[1:])))  # no Python step per record
+            nbytes = ends[-1] - ends[0]
             if in_order:
-                return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec, share=share)
-            return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec, share=share)
+                return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec, nbytes=nbytes, share=share)
+            return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec, nbytes=nbytes, share=share)
         mixed: list[bytes | None] = []
         for i, ln in zip(src, lens, strict=True):
             if ln == UNCHANGED:
                 mixed.append(orig[i] if orig is not None else None)
             else:
-                mixed.append(bytes(mv[pos : pos + ln]))
+                mixed.append(whole[pos : pos + ln] if whole is not None else bytes(mv[pos : pos + ln]))
                 pos += ln
         return chunk.remade(src.tolist(), mixed, _metas(chunk, out, src), out.codec, share=share)
 

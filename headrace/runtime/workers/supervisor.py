@@ -31,7 +31,7 @@ from headrace.errors import describe_exception
 from headrace.runtime.workers.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
 from headrace.runtime.workers.proc import EXIT_GRACE, death, kill, reap, shutdown_transport
 from headrace.runtime.workers.program import SegmentSpec
-from headrace.runtime.workers.wire import Response, pack, unpack
+from headrace.runtime.workers.wire import Response, pack, unpack_header
 from headrace.runtime.workers.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ class WorkerSupervisor:
         if self.inflight:  # the worker starts on the next job now: stage_timeout counts from here, not from its dispatch
             self.inflight[0].started = time.monotonic()
         try:
-            header, blob = unpack(msg)
+            header, start = unpack_header(msg)
         except BaseException as exc:  # a value a stage made: unpickling it here failed (or ran its code, which raised)
             why = f"the worker's answer cannot be read in the parent: {describe_exception(exc)}"
             if job.id == CONFIGURE_JOB:
@@ -240,7 +240,10 @@ class WorkerSupervisor:
         if job.id == CONFIGURE_JOB:  # ("configured", errors)
             job.future.set_result(header[1])
             return
-        header.blob = blob
+        header.blob = msg  # the whole message: outputs start where its blobs begin (records are sliced from it, not copied first)
+        if start:
+            for o in header.outputs:
+                o.start += start
         self.busy_ns += header.cpu_ns
         records = self._count_job(job)
         if header.recycle:
