@@ -64,6 +64,26 @@ def bare_loop_mib_s(seconds: float = 3.0, set_field: bool = False) -> tuple[floa
     return nbytes / elapsed / 1048576, n / elapsed
 
 
+def _bare_in_child(set_field: bool, conn: Any) -> None:
+    conn.send(bare_loop_mib_s(set_field=set_field)[0])
+
+
+def two_bare_loops_mib_s(set_field: bool = False) -> float:
+    """Two bare loops at once, in two processes: their MiB/s together. What two workers could do
+    at best on this machine, whose two cores do not give twice one (measured in the same run)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    procs = [ctx.Process(target=_bare_in_child, args=(set_field, w)) for _, w in pipes]
+    for p in procs:
+        p.start()
+    total = sum(r.recv() for r, _ in pipes)
+    for p in procs:
+        p.join()
+    return float(total)
+
+
 def run_daemon(config: str, folder: Path, timeout: float = 120) -> dict[str, Any]:
     """Run ``headrace run`` on ``config``; returns the blackhole's report (if any) and timings."""
     cfg = folder / "bench.yaml"

@@ -113,8 +113,31 @@ class JobNames:
     def has(self, key: str) -> bool:
         hit = self.present.get(key)
         if hit is None:
-            hit = self.present[key] = self.escapes or needle(key) in self.blob
+            blob = self.blob
+            hit = self.present[key] = self.escapes or (_contains(blob, needle(key)) if type(blob) is bytes else needle(key) in blob)
         return hit
+
+
+def _memmem() -> Callable[[bytes, bytes], bool]:
+    """``needle in haystack`` for bytes, by the C library's ``memmem`` when there is one: CPython's
+    search tests the needle's last byte at each place, and a name's closing quote is everywhere in
+    JSON (measured on Tremor's records: 397 against 89 ns a record for ``"seen"``)."""
+    try:
+        import ctypes
+
+        memmem = ctypes.CDLL(None).memmem
+    except (OSError, AttributeError):  # no C library symbols to look up here
+        return bytes.__contains__
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
+
+    def contains(haystack: bytes, needle: bytes) -> bool:
+        return memmem(haystack, len(haystack), needle, len(needle)) is not None
+
+    return contains
+
+
+_contains = _memmem()
 
 
 def splice(raw: bytes, patch: Patch, plain: Callable[[Any], Any], encode: Callable[[Any], bytes | None], escapes: bool = True,

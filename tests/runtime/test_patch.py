@@ -447,3 +447,13 @@ links: {{src: [main], main: [out]}}
 
 def test_simdjson_is_the_view_type() -> None:
     assert SimdjsonViews().object_type is simdjson.Object
+
+
+@settings(max_examples=300, deadline=None)
+@given(haystack=st.binary(max_size=64), needle=st.binary(max_size=6), cut=st.integers(0, 64))
+def test_the_job_search_finds_what_in_finds(haystack: bytes, needle: bytes, cut: int) -> None:
+    from headrace.contract.patch import _contains
+
+    placed = haystack[:cut] + needle + haystack[cut:]  # present at least once
+    assert _contains(placed, needle)
+    assert _contains(haystack, needle) == (needle in haystack)
