@@ -158,7 +158,7 @@ def splice_at(raw: bytes, patch: Patch, plain: Callable[[Any], Any], encode: Cal
     """``splice`` as (where the record's bytes are cut, what follows them): the record spliced is
     ``raw[:at] + tail``."""
     adds = patch.adds
-    if len(adds) == 1 and job is not None and not job.escapes and raw[-1] == 0x7D and raw[-2] not in OPEN_OR_WS:
+    if len(adds) == 1 and job is not None and not job.escapes and len(raw) > 1 and raw[-1] == 0x7D and raw[-2] not in OPEN_OR_WS:
         # the common case, in the fewest steps: one field, a record ending in ...x} (no blank, not {})
         for key, value in adds.items():
             hit = job.present.get(key)

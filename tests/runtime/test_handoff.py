@@ -73,3 +73,50 @@ def test_a_value_the_codec_refuses_crosses_exactly(tmp_path: Any, write: Any, wo
     assert work[7]["seen"] == ["NoneType", "NoneType", "bytes", "NoneType"]
     assert work[9]["seen"] == ["NoneType", "NoneType", "NoneType", "int"] and work[9]["big"] == 2**70
     assert work[8]["m"] == 16 and work[8]["t"] == [8, "x"]
+
+
+TRACKED = '''
+def touch(event, meta):
+    if event["id"] % 2 == 0:
+        event["m"] = 1
+    return event
+
+def keep(event, meta):
+    if event.get("m") == 1 and event["id"] % 4 == 0:
+        return None
+    return event
+'''
+
+
+def test_a_loop_stage_that_changes_some_records_hands_the_others_over_as_their_bytes(tmp_path: Any, write: Any) -> None:
+    """A def stage placed on the loop notices writes: the records it left alone cross (and leave) as
+    the bytes they came in, the written ones as encoded, and the worker stage after it sees both."""
+    lines = [f'{{"id": {i},  "pad" : "{"y" * (i % 3)}"}}' for i in range(60)]
+    got = {}
+    for workers in (0, 2):
+        folder = tmp_path / f"w{workers}"
+        folder.mkdir()
+        write(f"w{workers}/in.ndjson", "".join(x + "\n" for x in lines))
+        write(f"w{workers}/stages.py", TRACKED)
+        cfg = write(f"w{workers}/c.yaml", f"""
+version: 1
+daemon: {{workers: {workers}, metrics: {{listen: null}}}}
+onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson}}}}}}
+pipelines:
+  main:
+    - {{op: python, fn: "stages:touch", placement: loop}}
+    - {{op: python, fn: "stages:keep"}}
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{src: [main], main: [out]}}
+""")
+        d = Daemon(cfg)
+        assert d.wait(60) == 0, d.stderr()
+        got[workers] = (folder / "out.ndjson").read_text().splitlines()
+    assert sorted(got[2]) == sorted(got[0])
+    by_id = {orjson.loads(x)["id"]: x for x in got[2]}
+    assert sorted(by_id) == [i for i in range(60) if i % 4 != 0]
+    for i, line in by_id.items():
+        if i % 2:
+            assert line == lines[i], "a record no stage wrote leaves as its bytes"
+        else:
+            assert orjson.loads(line) == {"id": i, "pad": "y" * (i % 3), "m": 1}
