@@ -59,6 +59,22 @@ def wait_connectable(port: int | None = None, path: Path | None = None, timeout:
     wait_until(ok, timeout, f"a listener on {path or port}")
 
 
+def wait_ready(metrics_port: int, timeout: float = 15) -> None:
+    """Until the daemon answers ``/ready`` (its socket onramps accept connections), without
+    connecting to them: a probe connection would hold one of their ``max_connections`` until the
+    onramp has read its end, which a test counting slots races with."""
+    import urllib.error
+    import urllib.request
+
+    def ok() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/ready", timeout=2).status == 200  # type: ignore[no-any-return]
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_until(ok, timeout, f"/ready on {metrics_port}")
+
+
 class LineServer:
     """A newline-framed TCP or unix stream server collecting what it receives; stop/start keep the address."""
 

@@ -16,7 +16,7 @@ from headrace.contract.context import PluginContext
 from headrace.metrics.defs import Metrics
 from headrace.plugins.onramps.tcp import TcpOnramp, TcpOnrampConfig
 from headrace.plugins.processors.lines import LinesPreprocessor
-from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_until
+from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_ready, wait_until
 from tests.support.daemon import Daemon, free_port, scrape
 
 
@@ -196,7 +196,7 @@ links: {{src: [out]}}
     out = tmp_path / "out.ndjson"
     d = Daemon(cfg)
     try:
-        wait_connectable(port)
+        wait_ready(mport)  # not a probe connection: it could hold one of the two slots a moment
         idle, busy = connect(port), connect(port)  # every slot taken: one says nothing, one keeps talking
         idle_since = time.monotonic()
         busy.sendall(b'{"id": 1}\n')

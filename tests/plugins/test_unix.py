@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_until
+from tests.plugins.peers import LineServer, LoopThread, json_lines, wait_connectable, wait_ready, wait_until
 from tests.support.daemon import Daemon, free_port, headrace, metric
 
 
@@ -95,7 +95,7 @@ links: {{src: [out]}}
     path = str(tmp_path / "in.sock")
     d = Daemon(cfg)
     try:
-        wait_connectable(path=tmp_path / "in.sock")
+        wait_ready(mport)  # not a probe connection: it could hold the one slot (max_connections: 1) a moment
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
             idle.connect(path)
             idle.settimeout(5)
