@@ -39,7 +39,7 @@ from headrace.runtime.stats import ComponentStats
 from headrace.runtime.workers.pool import JobFailed, WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import SegmentSpec
 from headrace.runtime.workers.segment import PooledChainRunner
-from headrace.runtime.workers.wire import Request, Response, pack, unpack, unpack_header
+from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
 from headrace.runtime.workers.worker import JOB, _answer, _configure, _execute
 from headrace.testing.harness import CaptureInbox, snapshot
 
@@ -88,8 +88,9 @@ class InProcessPool:
         if isinstance(verdict, BaseException):
             raise verdict
         await asyncio.sleep(verdict or 0)
-        header, blob = unpack(_answer(_execute(self.programs, req)))
-        header.blob = blob
+        answer = _answer(_execute(self.programs, req))
+        header, start = unpack_header(answer)
+        header.attach(answer, start)  # as the supervisor does
         if header.fatal is not None:
             raise JobFailed(header.fatal)
         if self.cpu_ns is not None:

@@ -285,7 +285,7 @@ class PooledChainRunner(Runner):
         for node, port, b in sends:
             await self.routers[node].send(port, b)
 
-    def _feed_interior(self, chunk: Batch, out: Any, blob: memoryview | bytes, counts: Any) -> None:
+    def _feed_interior(self, chunk: Batch, out: Any, blob: bytes, counts: Any) -> None:
         taps = self.interior.get(out.node)
         if not taps:
             return
@@ -293,8 +293,9 @@ class PooledChainRunner(Runner):
         offer_sampled(taps, copies, counts[out.node].out if out.node in counts else len(copies))
 
     @staticmethod
-    def rebuild(chunk: Batch, out: Any, blob: memoryview | bytes, share: bool = True) -> Batch:
-        """The events of one output of a worker's answer, as a batch (the original bytes where unchanged)."""
+    def rebuild(chunk: Batch, out: Any, blob: bytes, share: bool = True) -> Batch:
+        """The events of one output of a worker's answer, as a batch (the original bytes where unchanged);
+        ``blob``: the answer's message (``Response.attach``), re-encoded records sliced from it."""
         if out.identity and out.codec == chunk.codec and chunk.payloads is not None:
             # every input, in order, untouched: the original bytes as they are
             return chunk.remade(None, chunk.payloads, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
@@ -310,7 +311,6 @@ class PooledChainRunner(Runner):
             return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
         pos = out.start
         mv = memoryview(blob)
-        whole = blob if type(blob) is bytes else None  # slices of bytes are bytes: no view of each, no copy of the region first
         if out.codec == PICKLED:  # values the job's codec could not hold (e.g. bytes for json): downstream decides
             values = []
             for ln in lens:
@@ -318,12 +318,8 @@ class PooledChainRunner(Runner):
                 pos += ln
             return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values, share=share)  # type: ignore[arg-type]
         if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): a slice each
-            if whole is not None:
-                region, ends = whole, list(accumulate(lens, initial=pos))
-            else:  # a view: the region copied once
-                ends = list(accumulate(lens, initial=0))
-                region = bytes(mv[pos : pos + ends[-1]])
-            payloads = list(map(region.__getitem__, map(slice, ends[:-1], ends[1:])))  # no Python step per record
+            ends = list(accumulate(lens, initial=pos))
+            payloads = list(map(blob.__getitem__, map(slice, ends[:-1], ends[1:])))  # no Python step per record
             nbytes = ends[-1] - ends[0]
             if in_order:
                 return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec, nbytes=nbytes, share=share)
@@ -333,7 +329,7 @@ class PooledChainRunner(Runner):
             if ln == UNCHANGED:
                 mixed.append(orig[i] if orig is not None else None)
             else:
-                mixed.append(whole[pos : pos + ln] if whole is not None else bytes(mv[pos : pos + ln]))
+                mixed.append(blob[pos : pos + ln])
                 pos += ln
         return chunk.remade(src.tolist(), mixed, _metas(chunk, out, src), out.codec, share=share)
 

@@ -240,10 +240,7 @@ class WorkerSupervisor:
         if job.id == CONFIGURE_JOB:  # ("configured", errors)
             job.future.set_result(header[1])
             return
-        header.blob = msg  # the whole message: outputs start where its blobs begin (records are sliced from it, not copied first)
-        if start:
-            for o in header.outputs:
-                o.start += start
+        header.attach(msg, start)
         self.busy_ns += header.cpu_ns
         records = self._count_job(job)
         if header.recycle:

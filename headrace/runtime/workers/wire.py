@@ -57,21 +57,25 @@ class Response:
     outputs: list[Output]
     failures: list[tuple[int, str]]  # decode failures: input index, reason
     counts: Counts  # per node: what it did with this job
-    blob: bytes | memoryview = b""
+    blob: bytes = b""
     fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
     recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
     stage_metrics: dict[str, Any] | None = None  # what the stages' headrace.metric updates were since the last answer
+
+    def attach(self, msg: bytes, start: int) -> None:
+        """Take the message this answer came in (its blobs begin at ``start``) as the blob, the
+        outputs' offsets moved past the header: records are sliced from the message itself, not
+        from a copy of their region."""
+        self.blob = msg
+        if start:
+            for o in self.outputs:
+                o.start += start
 
 
 def pack(header: Any, *blobs: bytes | memoryview) -> list[bytes | memoryview]:
     """A message: the pickled header, then the blobs (the reader sees them as one)."""
     head = pickle.dumps(header, protocol=5)
     return [_LEN.pack(len(head)), head, *blobs]
-
-
-def unpack(msg: bytes | memoryview) -> tuple[Any, memoryview]:
-    header, start = unpack_header(msg)
-    return header, memoryview(msg)[start:]
 
 
 def unpack_header(msg: bytes | memoryview) -> tuple[Any, int]:
