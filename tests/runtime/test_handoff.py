@@ -30,33 +30,42 @@ def see(event, meta):
 '''
 
 
-def _run(tmp_path: Any, write: Any, name: str, workers: int, records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+LOOP_THEN_WORKERS = """
+    - {op: python, fn: "stages:mark"}
+    - {op: python, fn: "stages:see"}"""
+
+
+def _run(tmp_path: Any, write: Any, name: str, workers: int, lines: list[str], stages: str = STAGES,
+         pipeline: str = LOOP_THEN_WORKERS) -> list[str]:  # fmt: skip
+    """The lines ``lines`` through ``pipeline`` (of the functions in ``stages``), as they leave."""
     folder = tmp_path / name
     folder.mkdir()
-    write(f"{name}/in.ndjson", "".join(orjson.dumps(r).decode() + "\n" for r in records))
-    write(f"{name}/stages.py", STAGES)
+    write(f"{name}/in.ndjson", "".join(x + "\n" for x in lines))
+    write(f"{name}/stages.py", stages)
     cfg = write(f"{name}/c.yaml", f"""
 version: 1
 daemon: {{workers: {workers}, metrics: {{listen: null}}}}
 onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson}}}}}}
 pipelines:
-  main:
-    - {{op: python, fn: "stages:mark"}}
-    - {{op: python, fn: "stages:see"}}
+  main:{pipeline}
 offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
 links: {{src: [main], main: [out]}}
 """)
     d = Daemon(cfg)
     assert d.wait(60) == 0, d.stderr()
-    out = [orjson.loads(x) for x in (folder / "out.ndjson").read_text().splitlines()]
+    return (folder / "out.ndjson").read_text().splitlines()
+
+
+def _by_id(tmp_path: Any, write: Any, name: str, workers: int, records: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    out = [orjson.loads(x) for x in _run(tmp_path, write, name, workers, [orjson.dumps(r).decode() for r in records])]
     assert len(out) == len(records)
     return {e["id"]: e for e in out}
 
 
 def test_decoded_events_reach_a_worker_as_their_codec_writes_them(tmp_path: Any, write: Any) -> None:
     records = [{"id": i, "pad": "y" * (i % 5)} for i in range(40)]
-    loop = _run(tmp_path, write, "loop", 0, records)
-    work = _run(tmp_path, write, "work", 2, records)
+    loop = _by_id(tmp_path, write, "loop", 0, records)
+    work = _by_id(tmp_path, write, "work", 2, records)
     for i in range(40):
         seen_loop, seen_work = loop[i].pop("seen"), work[i].pop("seen")
         assert work[i] == loop[i], i  # what leaves is the same
@@ -69,7 +78,7 @@ def test_decoded_events_reach_a_worker_as_their_codec_writes_them(tmp_path: Any,
 @pytest.mark.parametrize("workers", [2])
 def test_a_value_the_codec_refuses_crosses_exactly(tmp_path: Any, write: Any, workers: int) -> None:
     records = [{"id": i, "bytes": True} for i in range(12)]
-    work = _run(tmp_path, write, "work", workers, records)
+    work = _by_id(tmp_path, write, "work", workers, records)
     assert work[7]["seen"] == ["NoneType", "NoneType", "bytes", "NoneType"]
     assert work[9]["seen"] == ["NoneType", "NoneType", "NoneType", "int"] and work[9]["big"] == 2**70
     assert work[8]["m"] == 16 and work[8]["t"] == [8, "x"]
@@ -92,26 +101,10 @@ def test_a_loop_stage_that_changes_some_records_hands_the_others_over_as_their_b
     """A def stage placed on the loop notices writes: the records it left alone cross (and leave) as
     the bytes they came in, the written ones as encoded, and the worker stage after it sees both."""
     lines = [f'{{"id": {i},  "pad" : "{"y" * (i % 3)}"}}' for i in range(60)]
-    got = {}
-    for workers in (0, 2):
-        folder = tmp_path / f"w{workers}"
-        folder.mkdir()
-        write(f"w{workers}/in.ndjson", "".join(x + "\n" for x in lines))
-        write(f"w{workers}/stages.py", TRACKED)
-        cfg = write(f"w{workers}/c.yaml", f"""
-version: 1
-daemon: {{workers: {workers}, metrics: {{listen: null}}}}
-onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson}}}}}}
-pipelines:
-  main:
-    - {{op: python, fn: "stages:touch", placement: loop}}
-    - {{op: python, fn: "stages:keep"}}
-offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
-links: {{src: [main], main: [out]}}
-""")
-        d = Daemon(cfg)
-        assert d.wait(60) == 0, d.stderr()
-        got[workers] = (folder / "out.ndjson").read_text().splitlines()
+    pipeline = """
+    - {op: python, fn: "stages:touch", placement: loop}
+    - {op: python, fn: "stages:keep"}"""
+    got = {workers: _run(tmp_path, write, f"w{workers}", workers, lines, TRACKED, pipeline) for workers in (0, 2)}
     assert sorted(got[2]) == sorted(got[0])
     by_id = {orjson.loads(x)["id"]: x for x in got[2]}
     assert sorted(by_id) == [i for i in range(60) if i % 4 != 0]

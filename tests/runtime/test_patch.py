@@ -266,31 +266,41 @@ def enrich(event, meta):
 '''
 
 
-def test_a_relaxed_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, write: Any) -> None:
-    """Its reads are plain copies on workers (PlainPatch), tracked dicts on the loop: the same out, the same errors."""
+def _on_loop_and_workers(tmp_path: Any, write: Any, stages: str, fn: str, outputs: str) -> dict[int, Any]:
+    """``stages:fn`` over ``in.ndjson``, once on the loop (workers: 0) and once on 2 workers;
+    ``outputs``: the config's offramps and links. The folder of each run, by its workers."""
     from tests.support.daemon import Daemon
 
-    records = [f'{{"id": {i}, "host": "Web-{i % 7}", "size": {i * 100}, "tags": ["a", "{"web" if i % 2 else "db"}"]}}' for i in range(200)]
-    records += ['{"id": 1000, "host": "x", "tags": []}', '{"id": 1001, "host": 5, "size": 1, "tags": []}', '{"id": 1002, "host": "y", "size": "big", "tags": []}']
-    write("in.ndjson", "".join(r + "\n" for r in records))
-    got = {}
+    folders = {}
     for workers in (0, 2):
-        write(f"w{workers}/stages.py", ENRICH)
+        write(f"w{workers}/stages.py", stages)
         cfg = write(f"w{workers}/c.yaml", f"""
 version: 1
 daemon: {{workers: {workers}, metrics: {{listen: null}}}}
 onramps: {{src: {{type: file, codec: json, config: {{path: ../in.ndjson}}}}}}
 pipelines:
-  main: [{{op: python, fn: "stages:enrich"}}]
-offramps:
-  out: {{type: file, codec: json, with_meta: true, config: {{path: out.ndjson}}}}
-  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
-links: {{src: [main], main: [out], main/err: [dlq]}}
+  main: [{{op: python, fn: "stages:{fn}"}}]
+{outputs}
 """)
         d = Daemon(cfg)
         assert d.wait(60) == 0, d.stderr()
-        out = sorted((orjson.loads(x) for x in (tmp_path / f"w{workers}/out.ndjson").read_text().splitlines()), key=lambda e: e["event"]["id"])
-        dlq = sorted((orjson.loads(x) for x in (tmp_path / f"w{workers}/dlq.ndjson").read_text().splitlines()), key=lambda e: e["event"]["id"])
+        folders[workers] = tmp_path / f"w{workers}"
+    return folders
+
+
+def test_a_relaxed_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, write: Any) -> None:
+    """Its reads are plain copies on workers (PlainPatch), tracked dicts on the loop: the same out, the same errors."""
+    records = [f'{{"id": {i}, "host": "Web-{i % 7}", "size": {i * 100}, "tags": ["a", "{"web" if i % 2 else "db"}"]}}' for i in range(200)]
+    records += ['{"id": 1000, "host": "x", "tags": []}', '{"id": 1001, "host": 5, "size": 1, "tags": []}', '{"id": 1002, "host": "y", "size": "big", "tags": []}']
+    write("in.ndjson", "".join(r + "\n" for r in records))
+    folders = _on_loop_and_workers(tmp_path, write, ENRICH, "enrich", """offramps:
+  out: {type: file, codec: json, with_meta: true, config: {path: out.ndjson}}
+  dlq: {type: file, codec: json, with_meta: true, config: {path: dlq.ndjson}}
+links: {src: [main], main: [out], main/err: [dlq]}""")
+    got = {}
+    for workers, folder in folders.items():
+        out = sorted((orjson.loads(x) for x in (folder / "out.ndjson").read_text().splitlines()), key=lambda e: e["event"]["id"])
+        dlq = sorted((orjson.loads(x) for x in (folder / "dlq.ndjson").read_text().splitlines()), key=lambda e: e["event"]["id"])
         got[workers] = ([(e["event"], list(e["event"]), e["meta"].get("web")) for e in out],
                         [(e["event"]["id"], e["meta"]["error"]["type"], e["meta"]["error"]["message"]) for e in dlq])  # fmt: skip
     assert got[2] == got[0]
@@ -312,8 +322,6 @@ def tag(event, meta):
 def test_an_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, write: Any) -> None:
     """Workers splice; the loop runs the stage on tracked dicts: the same records leave (parsed), the
     same go to err, untouched ones byte for byte, spliced ones starting with their own bytes."""
-    from tests.support.daemon import Daemon
-
     records = []
     for i in range(300):
         kind = "a" if i % 3 == 0 else "b"
@@ -327,24 +335,12 @@ def test_an_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_path: Any, w
         '{"id": 1004, "kind": "a", "big": 123456789012345678901234567890}',  # exact beyond 64 bits
     ]
     write("in.ndjson", "".join(r + "\n" for r in records))
+    folders = _on_loop_and_workers(tmp_path, write, APPENDERS, "tag", """offramps:
+  out: {type: file, codec: json, config: {path: out.ndjson}}
+  dlq: {type: file, codec: json, with_meta: true, config: {path: dlq.ndjson}}
+links: {src: [main], src/err: [dlq], main: [out], main/err: [dlq], out/err: [dlq]}""")
     got: dict[int, tuple[list[str], Counter[str]]] = {}
-    for workers in (0, 2):
-        folder = tmp_path / f"w{workers}"
-        folder.mkdir()
-        cfg = write(f"w{workers}/c.yaml", f"""
-version: 1
-daemon: {{workers: {workers}, metrics: {{listen: null}}}}
-onramps: {{src: {{type: file, codec: json, config: {{path: ../in.ndjson}}}}}}
-pipelines:
-  main: [{{op: python, fn: "stages:tag"}}]
-offramps:
-  out: {{type: file, codec: json, config: {{path: out.ndjson}}}}
-  dlq: {{type: file, codec: json, with_meta: true, config: {{path: dlq.ndjson}}}}
-links: {{src: [main], src/err: [dlq], main: [out], main/err: [dlq], out/err: [dlq]}}
-""")
-        write(f"w{workers}/stages.py", APPENDERS)
-        d = Daemon(cfg)
-        assert d.wait(60) == 0, d.stderr()
+    for workers, folder in folders.items():
         out = (folder / "out.ndjson").read_text().splitlines()
         dlq = [orjson.loads(x) for x in (folder / "dlq.ndjson").read_text().splitlines()]
         got[workers] = (out, Counter(e["meta"]["error"]["type"] for e in dlq))
@@ -396,8 +392,6 @@ def test_a_one_field_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_pat
     """The workers' shortest way (one field, no backslash in the job): values that repeat (the
     same object, its bytes remembered) and that do not, True beside 1, records that have the field
     already in jobs where most do not, records ending in blanks or empty: as on the loop."""
-    from tests.support.daemon import Daemon
-
     records = []
     for i in range(900):
         rec = f'{{"id": {i}, "k": {i // 4 % 9}}}'  # runs of the same value
@@ -408,23 +402,9 @@ def test_a_one_field_appender_on_workers_gives_what_it_gives_on_the_loop(tmp_pat
         records.append(rec)
     records += ["{}", '{"k": 1}', '{"id": 901,"k":0,"x":{"v":1}}']  # empty; nested "v" is another field
     write("in.ndjson", "".join(r + "\n" for r in records))
-    got: dict[int, list[str]] = {}
-    for workers in (0, 2):
-        folder = tmp_path / f"w{workers}"
-        folder.mkdir()
-        cfg = write(f"w{workers}/c.yaml", f"""
-version: 1
-daemon: {{workers: {workers}, metrics: {{listen: null}}}}
-onramps: {{src: {{type: file, codec: json, config: {{path: ../in.ndjson}}}}}}
-pipelines:
-  main: [{{op: python, fn: "stages:one"}}]
-offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
-links: {{src: [main], main: [out]}}
-""")
-        write(f"w{workers}/stages.py", ONE_FIELD)
-        d = Daemon(cfg)
-        assert d.wait(60) == 0, d.stderr()
-        got[workers] = (folder / "out.ndjson").read_text().splitlines()
+    folders = _on_loop_and_workers(tmp_path, write, ONE_FIELD, "one", """offramps: {out: {type: file, codec: json, config: {path: out.ndjson}}}
+links: {src: [main], main: [out]}""")
+    got = {workers: (folder / "out.ndjson").read_text().splitlines() for workers, folder in folders.items()}
     loop_out, work_out = got[0], got[2]
     assert len(work_out) == len(loop_out) == len(records)
     pairs = lambda line: json.loads(line, object_pairs_hook=lambda p: p)  # noqa: E731 (repeated names would show)
