@@ -101,7 +101,7 @@ class Operator:
     summary: ClassVar[str] = ""
     example: ClassVar[str] = ""
     default_placement: ClassVar[Placement] = "any"
-    needs_values: ClassVar[bool] = True  # False: the stage reads only meta, so events need not be decoded
+    needs_values: bool = True  # False: the stage reads only meta, so events need not be decoded (a python stage: per instance)
     uses_out: ClassVar[bool] = True  # False: events leave only by named ports (``route``): a link from ``out`` carries nothing
 
     def __init__(self, node_id: str, config: Any, context: PluginContext) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from headrace.contract.acks import AckRef, done_each
 from headrace.contract.codec import Codec
@@ -50,6 +51,8 @@ class ChainRunner(Runner):
             s.guard = guard
             s.context.downstream_full = self.downstream_full
         self.needs_values = any(s.needs_values for s in stages)
+        self.unread: list[Any] = []  # python stages that never look at their event (known once set up)
+        self.tap_codec: str | None = None  # the codec of the batch being run (taps decode copies a chain did not)
         self.ticking = [k for k, s in enumerate(stages) if type(s).tick is not Operator.tick]
         self.executor = ChainExecutor(stages, guard.report)
         self.holding = self.executor.holding
@@ -78,6 +81,10 @@ class ChainRunner(Runner):
                     await self.emit_routed(batch, routed)
                     return
             codec = self.codecs.get(batch.codec or "") if batch.values is None and self.needs_values else None
+            decoded = codec is not None or batch.values is not None
+            self.tap_codec = batch.codec
+            for st in self.unread:  # stages that never look at their event: given a stand-in for records not decoded
+                st.undecoded = not decoded
             evs, failures = to_events(batch, codec)
             if failures:
                 self.routers[batch.origin].stats.error("decode", len(failures))
@@ -85,7 +92,7 @@ class ChainRunner(Runner):
             outputs: Outputs = {}
             refs = PassRefs(batch.acks, len(batch))
             await self.run_stages(0, evs, outputs, refs)
-            await self.emit_outputs(batch, outputs, codec is not None or batch.values is not None, refs.refs)
+            await self.emit_outputs(batch, outputs, decoded, refs.refs)
 
     async def run_stages(self, start: int, cur: list[Ev], outputs: Outputs, refs: PassRefs, produce: Produce | None = None) -> None:
         """Stages ``start..`` on ``cur``; with ``produce`` (a tick or flush), stage ``start`` makes its input itself."""
@@ -99,6 +106,9 @@ class ChainRunner(Runner):
             for node, copies in tapped.items():
                 taps = self.interior.get(node)
                 if taps:
+                    codec = self.codecs.get(self.tap_codec or "")
+                    if codec is not None and any(ev.value is None and ev.raw is not None for ev in copies):  # a chain that decoded nothing
+                        self.decode_copies(copies, codec)
                     batch = Batch.decoded([ev.value for ev in copies], [ev.meta for ev in copies], codec="json", origin=node, group=node)
                     offer_sampled(taps, batch, counts[node].out if node in counts else len(copies))
 
@@ -106,6 +116,8 @@ class ChainRunner(Runner):
         """Run what stage ``k`` produces on its own (tick, flush) through the rest of the chain."""
         outputs: Outputs = {}
         refs = PassRefs(None, 0)
+        for st in self.unread:  # what a stage makes holds values
+            st.undecoded = False
         await self.run_stages(k, [], outputs, refs, fn)
         await self.emit_outputs(self.template, outputs, True, refs.refs)
 
@@ -139,10 +151,44 @@ class ChainRunner(Runner):
             await self.routers[sid].send(port, part)
 
     async def emit_outputs(self, batch: Batch, outputs: Outputs, decoded: bool, refs: list[AckRef] | None) -> None:
-        out_batches = [(sid, port, Batch.of_events(evs, batch, refs, decoded)) for (sid, port), evs in outputs.items() if evs]
+        if not decoded:  # records not decoded; an output holding a value a stage made (returned, emitted) carries values
+            self.decode_beside_made(batch, outputs)
+        out_batches = [(sid, port, Batch.of_events(evs, batch, refs, decoded or any(ev.raw is None for ev in evs)))
+                       for (sid, port), evs in outputs.items() if evs]  # fmt: skip
         done_each(refs)  # every output added its own pending count above
         for sid, port, b in out_batches:
             await self.routers[sid].send(port, b)
+
+    @staticmethod
+    def decode_copies(copies: list[Ev], codec: Codec) -> None:
+        """Tapped copies of records a chain did not decode, decoded for the tap (one its codec refuses shows as null)."""
+        for ev in copies:
+            if ev.value is None and ev.raw is not None:
+                try:
+                    ev._value = codec.decode(ev.raw)
+                except Exception:  # a tap shows what it can; the record itself goes on as its bytes
+                    pass
+
+    def decode_beside_made(self, batch: Batch, outputs: Outputs) -> None:
+        """In an output of a chain that decoded nothing, where a stage made a value (a record without
+        bytes), the records beside it are decoded: a batch holds values for all of its events or none.
+        One that fails (its codec refuses it now) goes to the stage's err port instead."""
+        codec = self.codecs.get(batch.codec or "")
+        for (sid, port), evs in list(outputs.items()):
+            if all(ev.raw is not None for ev in evs):
+                continue
+            keep: list[Ev] = []
+            for ev in evs:
+                if ev.raw is not None and ev.value is None:
+                    try:
+                        if codec is None:
+                            raise ValueError(f"no codec {batch.codec!r} to decode the record with")
+                        ev._value = codec.decode(ev.raw)  # its bytes still say what it holds
+                    except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                        outputs.setdefault((sid, "err"), []).append(ev.fail(sid, exc))
+                        continue
+                keep.append(ev)
+            outputs[(sid, port)] = keep
 
     def retire(self, routers: dict[str, Router]) -> None:
         super().retire(routers)
@@ -152,6 +198,9 @@ class ChainRunner(Runner):
         """Set up the stages (once, before the first batch); what ``setup`` raises fails the start."""
         for st in self.stages:
             st.setup()
+        # what setup found (a python stage proven never to look at its event needs no decoded value)
+        self.needs_values = any(s.needs_values for s in self.stages)
+        self.unread = [s for s in self.stages if getattr(s, "untouched", False)]
         self.set_up = True
 
     async def run(self) -> None:

@@ -118,3 +118,62 @@ links: {src: [main], main: [out, metas]}
     assert (tmp_path / "out.ndjson").read_text().splitlines() == records, "unwritten records leave as their bytes"
     metas = [json.loads(x)["meta"] for x in (tmp_path / "metas.ndjson").read_text().splitlines()]
     assert len(metas) == 300 and all(m["tags"] == ["a", "b"] and m["is_list"] is True and m["n"] == 2 for m in metas)
+
+
+ASYNC_PROVEN = '''
+import asyncio
+
+async def waits(event, meta):
+    await asyncio.sleep(0)
+    meta["n"] = 1
+    return event
+
+async def reads(event, meta):
+    x = await asyncio.sleep(0, "r")
+    meta["x"] = x
+    return event if event.get("a") == "r" else None
+'''
+
+ASYNC_REFUSED = {
+    "awaits a part of it": "await event['a']\n    return event",
+    "hands it to a coroutine": "await asyncio.sleep(0, event)\n    return event",
+    "writes after an await": "await asyncio.sleep(0)\n    event['x'] = 1\n    return event",
+    "a try block": "try:\n        await asyncio.sleep(0)\n    except ValueError:\n        pass\n    return event",
+    "async for": "async for x in event:\n        pass\n    return event",
+}
+
+
+def test_async_stages_are_proven_like_def_stages() -> None:
+    scope: dict[str, Any] = {}
+    exec(ASYNC_PROVEN, scope)
+    assert prove(scope["waits"]).reads_only and prove(scope["reads"]).reads_only
+    for what, body in ASYNC_REFUSED.items():
+        exec(f"import asyncio\nasync def stage(event, meta):\n    {body}\n", scope)
+        assert not prove(scope["stage"]).reads_only, what
+
+    async def agen(event, meta):  # type: ignore[no-untyped-def]
+        yield event
+
+    assert not prove(agen).reads_only
+
+
+UNTOUCHED = {  # never looks at the event: only returns it (or not)
+    "returns it": ("return event", True),
+    "meta only": ("meta['k'] = meta.get('j', 1)\n    return event", True),
+    "chosen by meta": ("return event if meta.get('keep') else None", True),
+    "a new value": ("return {'a': 1}", True),
+    "tests it": ("return event if event else None", False),
+    "reads a field": ("meta['a'] = event.get('a')\n    return event", False),
+    "keeps it in a local": ("e = event\n    return e", False),
+    "len": ("meta['n'] = len(event)\n    return event", False),
+}
+
+
+@pytest.mark.parametrize("what", sorted(UNTOUCHED))
+def test_a_stage_that_never_looks_at_its_event_is_told_apart(what: str) -> None:
+    body, untouched = UNTOUCHED[what]
+    scope: dict[str, Any] = {}
+    exec(f"def stage(event, meta):\n    {body}\n", scope)
+    proof = prove(scope["stage"])
+    assert proof.untouched is untouched, what
+    assert proof.reads_only or not untouched, "untouched implies reads only"

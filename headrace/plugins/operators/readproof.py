@@ -23,6 +23,10 @@ original bytes with the new fields spliced in before the closing brace (a field 
 already, or a value the codec cannot write alone, makes the worker decode and encode the record
 whole, as for any writer). The event must not escape into meta then (it would be the wrapper).
 
+An ``async def`` stage is read the same way (``await`` of anything but the event or a value from
+it); a proof that it only reads lets what it returns keep its bytes. A stage that never touches
+the event at all (``Proof.untouched``: it is only returned) needs no decoded value on the loop.
+
 Refusal is not an error: the stage then gets tracked dicts (``headrace.contract.tracked``).
 Only CPython 3.11 bytecode is read; on another version nothing is proven.
 """
@@ -68,13 +72,15 @@ class _Refused(Exception):
 class Proof:
     """The result: whether the stage only reads, and whether it stores read values into meta."""
 
-    __slots__ = ("appends", "meta_views", "plain", "reads_only")
+    __slots__ = ("appends", "meta_views", "plain", "reads_only", "untouched")
 
-    def __init__(self, reads_only: bool, meta_views: bool = False, appends: bool = False, plain: bool = False) -> None:
+    def __init__(self, reads_only: bool, meta_views: bool = False, appends: bool = False, plain: bool = False, untouched: bool = False) -> None:
         self.reads_only = reads_only
         self.meta_views = meta_views
         self.appends = appends  # reads, and sets top-level fields with constant string keys (then reads_only is False)
         self.plain = plain  # proven only if what it reads are plain copies (a Patch that converts views): implies appends
+        # never looks at the event at all: only returns it (or something else); it needs no decoded value (implies reads_only)
+        self.untouched = untouched
 
 
 def prove(fn: Any, relaxed: bool = False) -> Proof:
@@ -88,7 +94,8 @@ def prove(fn: Any, relaxed: bool = False) -> Proof:
     if not inspect.isfunction(fn):
         return Proof(False)
     code = fn.__code__
-    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS | inspect.CO_GENERATOR | inspect.CO_COROUTINE):
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS | inspect.CO_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+                        | inspect.CO_ASYNC_GENERATOR):  # fmt: skip
         return Proof(False)
     if code.co_argcount < index + 2 or code.co_exceptiontable or code.co_cellvars or code.co_freevars:
         return Proof(False)
@@ -120,6 +127,7 @@ class _Checker:
         self.meta_views = False
         self.appends = False  # a top-level field set with a constant string key
         self.root_escapes = False  # the event itself stored into meta (fine for a view, not for a Patch)
+        self.touched = False  # the event (or a local holding it) taken by anything but ``return``
         self.prev: Any = None  # the instruction before the one being stepped
 
     def run(self) -> Proof:
@@ -131,7 +139,7 @@ class _Checker:
                     return Proof(False) if self.root_escapes else Proof(False, self.meta_views, appends=True, plain=True)
                 if self.appends:
                     return Proof(False) if self.root_escapes else Proof(False, self.meta_views, appends=True)
-                return Proof(True, self.meta_views)
+                return Proof(True, self.meta_views, untouched=not self.touched)
         return Proof(False)
 
     def _scan(self) -> None:
@@ -157,7 +165,10 @@ class _Checker:
         def pop() -> str:
             if not stack:
                 raise _Refused
-            return stack.pop()
+            v = stack.pop()
+            if v in _TAINTED:
+                self.touched = True
+            return v
 
         if op in _NO_STACK:
             return stack
@@ -239,9 +250,28 @@ class _Checker:
             self._jump(states, ins.argval, stack)
             return None
         elif op == "RETURN_VALUE":
-            if pop() not in (ROOT, ROOTISH, CLEAN, CONST, CTUPLE):
+            if not stack:
+                raise _Refused
+            # the event returned as it is does not touch it (nor does the event or a value not read from it:
+            # a condition choosing between them was popped, and counted, where it was tested)
+            if stack.pop() not in (ROOT, ROOTISH, CLEAN, CONST, CTUPLE):
                 raise _Refused
             return None
+        elif op == "RETURN_GENERATOR":  # an async def's start: its coroutine object, popped next
+            stack.append(CLEAN)
+        elif op == "GET_AWAITABLE":  # ``await x``: x must not be the event or a part of it
+            if pop() in _TAINTED:
+                raise _Refused
+            stack.append(CLEAN)
+        elif op == "SEND":  # the await loop: done -> the result replaces the awaitable (at the target)
+            pop()
+            if not stack:
+                raise _Refused
+            self._jump(states, ins.argval, [*stack[:-1], CLEAN])
+            stack.append(CLEAN)  # not done: what it yields, then YIELD_VALUE hands it out and takes what is sent
+        elif op == "YIELD_VALUE":
+            pop()
+            stack.append(CLEAN)
         elif op == "LOAD_METHOD":
             receiver = pop()
             if receiver in _TAINTED:
