@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from bench.common import line, records, run_daemon_async, tmpdir
+from tests.support.daemon import scrape
 from tests.support.kafka_broker import KafkaBroker, free_port
 
 RUNS = 3  # each side's rate is the median of RUNS runs
@@ -100,7 +101,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _watch(bootstrap: str, topic: str, partitions: int, n: int, pid: Any, conn: Connection) -> dict[str, Any]:
+async def _watch(bootstrap: str, topic: str, partitions: int, n: int, pid: Any, seen: Any, conn: Connection) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -125,6 +126,7 @@ async def _watch(bootstrap: str, topic: str, partitions: int, n: int, pid: Any, 
             for msgs in data.values():
                 count += len(msgs)
                 keyed += sum(m.key is not None for m in msgs)
+            seen.value = count
             while len(marks) < 2 and count >= n * (1 + 8 * len(marks)) // 10:
                 marks.append((now, count, _cpu_s(pid.value)))
         (t0, n0, c0), (t1, n1, c1) = marks
@@ -133,9 +135,9 @@ async def _watch(bootstrap: str, topic: str, partitions: int, n: int, pid: Any, 
         await consumer.stop()
 
 
-def _watch_main(bootstrap: str, topic: str, partitions: int, n: int, pid: Any, conn: Connection) -> None:
+def _watch_main(bootstrap: str, topic: str, partitions: int, n: int, pid: Any, seen: Any, conn: Connection) -> None:
     try:
-        conn.send(asyncio.run(_watch(bootstrap, topic, partitions, n, pid, conn)))
+        conn.send(asyncio.run(_watch(bootstrap, topic, partitions, n, pid, seen, conn)))
     except Exception as exc:
         conn.send(f"{type(exc).__name__}: {exc}")
 
@@ -146,8 +148,9 @@ class _Watcher:
     def __init__(self, broker: KafkaBroker, topic: str, partitions: int, n: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.pid = ctx.Value("i", 0)
+        self.seen = ctx.Value("q", 0)  # records read so far
         self.conn, child = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_watch_main, args=(broker.bootstrap, topic, partitions, n, self.pid, child), daemon=True)
+        self.proc = ctx.Process(target=_watch_main, args=(broker.bootstrap, topic, partitions, n, self.pid, self.seen, child), daemon=True)
         self.proc.start()
         child.close()
         msg = self.conn.recv() if self.conn.poll(60) else "no answer in 60 s"
@@ -255,9 +258,10 @@ def _bare_run(broker: KafkaBroker, b: _Bench, dst: str) -> dict[str, Any]:
 def _headrace_run(broker: KafkaBroker, b: _Bench, dst: str) -> dict[str, Any]:
     broker.create_topic(dst, b.partitions)
     # the offramp's key defaults to meta['kafka_key'], the input record's key: keys are kept (the watcher checks)
+    port = free_port()
     cfg = f"""
 version: 1
-daemon: {{workers: 2, metrics: {{listen: "127.0.0.1:{free_port()}"}}}}
+daemon: {{workers: 2, metrics: {{listen: "127.0.0.1:{port}"}}}}
 onramps: {{in: {{type: kafka, codec: json, config: {{brokers: "{broker.bootstrap}", topics: [{b.src}], group_id: bench-{dst},
   session_timeout: 2s, heartbeat_interval: 200ms}}}}}}
 pipelines: {{main: [{", ".join(b.pipeline)}]}}
@@ -265,13 +269,31 @@ offramps: {{out: {{type: kafka, codec: json, config: {{brokers: "{broker.bootstr
 links: {{in: [main], main: [out]}}
 """
     watcher = _Watcher(broker, dst, b.partitions, b.n)
+    busy: list[list[float]] = []  # each worker's busy ratio (its CPU over wall time), sampled in the steady window
+    last = [0.0]
+
+    def until() -> bool:
+        now = time.monotonic()
+        if 0.2 * b.n <= watcher.seen.value <= 0.8 * b.n and now - last[0] >= 0.5:
+            last[0] = now
+            try:
+                series = scrape(port)
+            except OSError:
+                series = {}
+            ratios = [v for k, v in sorted(series.items()) if k.startswith("headrace_worker_busy_ratio{")]
+            if ratios:
+                busy.append(ratios)
+        return watcher.done()
+
     try:
 
         def started(proc: Any) -> None:
             watcher.pid.value = proc.pid
 
-        run_daemon_async(cfg, tmpdir(), watcher.done, on_start=started)
-        return watcher.result()
+        run_daemon_async(cfg, tmpdir(), until, on_start=started)
+        res = watcher.result()
+        res["busy"] = [statistics.median(col) for col in zip(*busy, strict=True)] if busy else []
+        return res
     finally:
         watcher.close()
         broker.delete_topic(dst)
@@ -284,6 +306,7 @@ class _Result:
     bare_cpu_us: float
     hr_cpu_us: float
     runs: str  # every run's rate, to judge the noise
+    busy: list[float]  # headrace's workers' median busy ratio in the steady window (median run)
 
     @property
     def ratio(self) -> float:
@@ -291,6 +314,9 @@ class _Result:
 
     def value(self) -> str:
         return f"{self.hr:,.0f} events/s = {self.ratio:.2f}x bare"
+
+    def busy_text(self) -> str:
+        return "workers busy " + ", ".join(f"{b * 100:.0f} %" for b in self.busy) if self.busy else "workers busy: not sampled"
 
 
 def _compare(broker: KafkaBroker, b: _Bench, runs: int = RUNS) -> _Result:
@@ -307,8 +333,9 @@ def _compare(broker: KafkaBroker, b: _Bench, runs: int = RUNS) -> _Result:
     def rates(results: list[dict[str, Any]]) -> str:
         return " ".join(f"{x['rate']:,.0f}" for x in results)
 
+    mid = sorted(hr, key=lambda x: x["rate"])[len(hr) // 2]
     return _Result(median(bare, "rate"), median(hr, "rate"), median(bare, "cpu_us"), median(hr, "cpu_us"),
-                   f"bare {rates(bare)}, headrace {rates(hr)}")  # fmt: skip
+                   f"bare {rates(bare)}, headrace {rates(hr)}", mid.get("busy", []))  # fmt: skip
 
 
 def _untargeted(name: str, r: _Result) -> str:
@@ -333,11 +360,15 @@ def kafka_k_benches() -> list[str]:
         k2 = _compare(broker, _Bench("k2", "k-cpu-src", PARTITIONS, N_CPU, burn_200us, [STAGE_BURN], bare_batch=BARE_BATCH_CPU))
         out.append(f"  baseline: bare aiokafka loop with the 200 us stage: {k2.bare:,.0f} events/s ({N_CPU:,} records)")
         out.append(line("K2. Kafka -> 200 us def stage on 2 workers -> Kafka", k2.value(), ">=1.8x", k2.ratio >= 1.8))
-        out.append(f"  K2 runs (events/s): {k2.runs}")
+        out.append(f"  K2 runs (events/s): {k2.runs}; {k2.busy_text()} (CPU over wall time: time a worker waits for the CPU counts as idle)")
         k3 = _compare(broker, _Bench("k3", "k-cpu-src", PARTITIONS, N_CPU, burn_200us, [STAGE_WAIT, STAGE_BURN], bare_batch=BARE_BATCH_CPU))
         out.append(f"  baseline: bare aiokafka loop with the 200 us stage alone: {k3.bare:,.0f} events/s")
         out.append(line("K3. Kafka -> 2 ms async + 200 us def -> Kafka", k3.value(), ">=1.7x", k3.ratio >= 1.7))
-        out.append(f"  K3 runs (events/s): {k3.runs}")
+        out.append(f"  K3 runs (events/s): {k3.runs}; {k3.busy_text()}")
+        for parts in (1, 16):  # the workers kept busy whatever the partition count (one run each)
+            _fill(broker, f"k-cpu-src-{parts}", N_CPU, parts)
+            r = _compare(broker, _Bench(f"k2-p{parts}", f"k-cpu-src-{parts}", parts, N_CPU, burn_200us, [STAGE_BURN], bare_batch=BARE_BATCH_CPU), runs=1)
+            out.append(f"{_untargeted(f'K2 with {parts} partition' + ('s' if parts > 1 else ''), r)}; {r.busy_text()}")
 
         # K1 variants: one run each, against a bare loop with the same settings
         acks_all = _compare(broker, _Bench("k1-acks-all", "k-src", PARTITIONS, N_K1, add_field, [STAGE_FIELD], acks="all"), runs=1)
