@@ -51,7 +51,7 @@ links: {{in: [main], main: [out]}}
 
 
 def check_output(broker: KafkaBroker, topic: str, n: int, allow_dups: int = 0) -> list[Any]:
-    records = broker.consume_all(topic, n, timeout=60, settle=1.0)
+    records = broker.consume_all(topic, n, timeout=60, to_end=True)  # the writers stopped: every record, extras included
     events = [json.loads(r.value) for r in records]
     ids = [e["id"] for e in events]
     assert set(ids) == set(range(n)), f"lost: {sorted(set(range(n)) - set(ids))[:20]}"
@@ -118,7 +118,7 @@ links: {{src: [out], out/err: [dlq]}}
 """)
     d = Daemon(cfg)
     assert d.wait(60) == 0, d.stderr()
-    got = sorted(json.loads(r.value)["id"] for r in kafka_broker.consume_all(topic, 200, timeout=30, settle=0.5))
+    got = sorted(json.loads(r.value)["id"] for r in kafka_broker.consume_all(topic, 200, timeout=30, to_end=True))
     assert got == list(range(200))
     dlq = [json.loads(x) for x in (tmp_path / "dlq.ndjson").read_text().splitlines()]
     assert len(dlq) == 1 and dlq[0]["event"]["id"] == 999

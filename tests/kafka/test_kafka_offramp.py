@@ -45,7 +45,7 @@ links: {{src: [main], main: [out], out/err: [dlq]}}
         assert d.wait(30) == 0, d.stderr()
     finally:
         d.stop()
-    got = sorted(json.loads(r.value)["id"] for r in kafka_broker.consume_all(good, 5, timeout=30, settle=0.5))
+    got = sorted(json.loads(r.value)["id"] for r in kafka_broker.consume_all(good, 5, timeout=30, to_end=True))
     assert got == [0, 2, 4, 6, 8]
     dead = {json.loads(x)["event"]["id"]: json.loads(x)["meta"]["error"]["message"] for x in (tmp_path / "dlq.ndjson").read_text().splitlines()}
     assert sorted(dead) == sorted(bad), dead

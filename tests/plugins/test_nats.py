@@ -51,8 +51,10 @@ async def _stream_payloads(url: str, stream: str) -> list[bytes]:
     out: list[bytes] = []
     if not info.state.messages:
         return out
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        out.append((await js.get_msg(stream, seq)).data)
+    seqs = range(info.state.first_seq, info.state.last_seq + 1)
+    for start in range(0, len(seqs), 1000):  # a thousand requests in flight at a time: one at a time, 20,000 took 8 s
+        got = await asyncio.gather(*(js.get_msg(stream, seq) for seq in seqs[start : start + 1000]))
+        out.extend(m.data for m in got)  # gather keeps the order of the sequence numbers
     await nc.close()
     return out
 
@@ -104,7 +106,7 @@ links: {{src: [out], src/err: [bad]}}
     assert len(_ids(tmp_path / "out.ndjson")) < n
     d = Daemon(cfg)
     try:
-        d.wait_for(lambda: set(_ids(tmp_path / "out.ndjson")) == set(range(n)), timeout=120)
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n and set(_ids(tmp_path / "out.ndjson")) == set(range(n)), timeout=120)  # a line count first: cheap
         d.wait_for(lambda: asyncio.run(_num_ack_pending(server.url, "EVENTS", "hr")) == 0, timeout=30)
     finally:
         assert d.stop() == 0, d.stderr()

@@ -169,9 +169,10 @@ class OffsetWatcher:
         self.loop.close()
 
 
-def kafka_ids(broker: KafkaBroker, topic: str, at_least: int, timeout: float = 60, settle: float = 1.0) -> list[Any]:
-    """Ids of every record in ``topic`` (each copy), read from the beginning without a group."""
-    return [json.loads(r.value)["id"] for r in broker.consume_all(topic, at_least, timeout=timeout, settle=settle)]
+def kafka_ids(broker: KafkaBroker, topic: str, at_least: int, timeout: float = 60) -> list[Any]:
+    """Ids of every record in ``topic`` (each copy), read from the beginning without a group up to the end of
+    every partition (call it once the daemon that writes there stopped)."""
+    return [json.loads(r.value)["id"] for r in broker.consume_all(topic, at_least, timeout=timeout, to_end=True)]
 
 
 # -- outputs -------------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ Use from a conftest with ``from tests.support.fixtures import *``.
 * ``kafka_topic`` (function): factory ``kafka_topic(partitions=1, prefix="t")``
   creating a uniquely named topic on ``kafka_broker`` and returning its name;
   topics are deleted after the test.
+* ``rabbitmq`` (function, over one node for the run): a RabbitMQ node
+  (:class:`tests.support.rabbitmq.RabbitMQ`), running. It boots in 5-8 s, so the
+  modules that need one (the amqp plugin's tests, the connector contracts) share
+  it; each test names its own queues. A test may stop and start it (an outage);
+  one that left it stopped (it failed meanwhile) gets it started again for the next.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Protocol
 import pytest
 
 from tests.support.kafka_broker import KafkaBroker
+from tests.support.rabbitmq import RabbitMQ
 
-__all__ = ["KafkaTopicFactory", "fresh_kafka_broker", "kafka_broker", "kafka_topic"]
+__all__ = ["KafkaTopicFactory", "fresh_kafka_broker", "kafka_broker", "kafka_topic", "rabbitmq", "rabbitmq_node"]
 
 
 class KafkaTopicFactory(Protocol):
@@ -81,3 +87,21 @@ def kafka_topic(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> It
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """The one RabbitMQ node of the run, started at its first use; tests take it through ``rabbitmq``."""
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def rabbitmq(rabbitmq_node: RabbitMQ) -> RabbitMQ:
+    if rabbitmq_node.proc is None or rabbitmq_node.proc.poll() is not None:  # a test stopped it and failed before starting it again
+        rabbitmq_node.stop()
+        rabbitmq_node.start()
+    return rabbitmq_node

@@ -14,7 +14,8 @@ Facts about tansu that shape this module (details in docs/dev/tansu-notes.md):
 * memory storage (``--storage-engine memory://tansu/``) is lost when the
   process ends; every broker starts empty;
 * reported end offsets are unreliable (``last batch base offset + 1``), so
-  :meth:`KafkaBroker.consume_all` counts records instead of trusting them;
+  :meth:`KafkaBroker.consume_all` counts records instead of trusting them
+  (``to_end`` reads up to the high watermarks of fetch answers, which are right);
 * an OffsetFetch request without an explicit partition list breaks the
   connection, so :meth:`KafkaBroker.committed` always names the partitions;
 * SIGTERM waits up to ~5 s for open client connections to drain, so
@@ -396,15 +397,23 @@ class KafkaBroker:
         """
         return run_sync(self.aproduce(topic, records, partition, timeout))
 
-    def consume_all(self, topic: str, expected_count: int, timeout: float = 10.0, settle: float = 0.0) -> list[ConsumedRecord]:
+    def consume_all(self, topic: str, expected_count: int, timeout: float = 10.0, settle: float = 0.0,
+                    to_end: bool = False) -> list[ConsumedRecord]:  # fmt: skip
         """Read ``topic`` from the beginning of every partition, without a group.
 
         Returns as soon as ``expected_count`` records were read (then keeps
         reading ``settle`` more seconds to catch extra records), sorted by
         ``(partition, offset)``.  Raises :class:`TimeoutError` if fewer than
         ``expected_count`` arrive within ``timeout`` seconds.
+
+        ``to_end``: once ``expected_count`` records were read, also read every
+        partition up to its high watermark (from the broker's fetch answers,
+        which tansu reports right, unlike its end offsets): every record the
+        topic holds, extras included, once nothing writes to it any more (a
+        stopped daemon), without waiting ``settle`` seconds for them.  Raises
+        :class:`TimeoutError` if the ends are not reached within ``timeout``.
         """
-        return run_sync(self.aconsume_all(topic, expected_count, timeout, settle))
+        return run_sync(self.aconsume_all(topic, expected_count, timeout, settle, to_end))
 
     def committed(self, group_id: str, topic: str) -> dict[int, int]:
         """Committed offsets of ``group_id`` on ``topic``: ``{partition: offset}``.
@@ -485,7 +494,8 @@ class KafkaBroker:
         finally:
             await producer.stop()
 
-    async def aconsume_all(self, topic: str, expected_count: int, timeout: float = 10.0, settle: float = 0.0) -> list[ConsumedRecord]:
+    async def aconsume_all(self, topic: str, expected_count: int, timeout: float = 10.0, settle: float = 0.0,
+                           to_end: bool = False) -> list[ConsumedRecord]:  # fmt: skip
         partitions = await self.apartitions_for(topic)
         if not partitions:
             raise RuntimeError(f"topic {topic!r} does not exist")
@@ -504,14 +514,25 @@ class KafkaBroker:
             await consumer.seek_to_beginning(*tps)
             start = time.monotonic()
             reached: float | None = None
+
+            async def at_end() -> bool:  # every partition read up to the high watermark of its last fetch answer
+                for tp in tps:
+                    hw = consumer.highwater(tp)
+                    if hw is None or await consumer.position(tp) < hw:
+                        return False
+                return True
+
             while True:
                 now = time.monotonic()
                 if reached is None and len(out) >= expected_count:
                     reached = now
-                if reached is not None and now - reached >= settle:
+                if reached is not None and now - reached >= settle and (not to_end or await at_end()):
                     break
                 if reached is None and now - start > timeout:
                     raise TimeoutError(f"consumed {len(out)} of {expected_count} records from {topic!r} within {timeout} s")
+                if reached is not None and now - reached > timeout:
+                    ends = {tp.partition: (await consumer.position(tp), consumer.highwater(tp)) for tp in tps}
+                    raise TimeoutError(f"{topic!r} not read to its end within {timeout} s: (position, high watermark) {ends}")
                 batches = await consumer.getmany(timeout_ms=100)
                 for tp, messages in batches.items():
                     out.extend(ConsumedRecord(tp.partition, m.offset, m.key, m.value) for m in messages)

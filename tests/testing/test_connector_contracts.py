@@ -16,7 +16,6 @@ from tests.support.daemon import free_port
 from tests.support.mosquitto import Mosquitto
 from tests.support.nats import NatsServer
 from tests.support.postgres import PostgresServer
-from tests.support.rabbitmq import RabbitMQ
 from tests.support.redis import RedisServer
 from tests.support.s3 import KEY_ID, SECRET, MotoServer, Proxy
 from tests.testing import offramp_peers, onramp_peers
@@ -94,17 +93,8 @@ def _mqtt_offramp(tmp: Path, request: pytest.FixtureRequest) -> list[OfframpCase
     return [(lambda: {"port": broker.port, "topic": topic, "timeout": "1s"}, offramp_peers.MqttTopic(broker, topic), {"timeout": 30.0})]
 
 
-@pytest.fixture(scope="module")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    b = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))  # boots in seconds: one for the onramp's and the offramp's cases
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
 def _amqp_onramp(tmp: Path, request: pytest.FixtureRequest) -> list[OnrampCase]:
-    broker = request.getfixturevalue("rabbitmq")
+    broker = request.getfixturevalue("rabbitmq")  # the run's node (tests/support/fixtures.py): it boots in seconds
     peer = onramp_peers.AmqpMessages(broker)
     options = {"url": broker.url, "queue": peer.queue, "prefetch": 16, "batch": 8}
     return [(lambda: options, peer, {"fail_every": 0})]  # a failed message comes again only once its channel closes (the restart)
