@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -105,10 +107,35 @@ class UnknownPlugin(LookupError):
         super().__init__(f"unknown {kind[:-1]} '{name}'{did_you_mean(name, known)} (known: {', '.join(known)})")
 
 
+_TABLES: dict[tuple[str, tuple[tuple[str, int, int], ...]], dict[str, str]] = {}
+
+
+def _path_state() -> tuple[tuple[str, int, int], ...]:
+    """``sys.path`` with each folder's modification time and link count: installing or removing a
+    distribution (its ``*.dist-info`` folder: one link more or less, whatever the clock's grain; a
+    ``.pth`` file) changes them, and a folder added to the path is a new entry."""
+    state = []
+    for entry in sys.path:
+        try:
+            st = os.stat(entry or ".")
+            state.append((entry, st.st_mtime_ns, st.st_nlink))
+        except OSError:
+            state.append((entry, -1, -1))
+    return tuple(state)
+
+
 def _table(kind: Kind) -> dict[str, str]:
-    table = dict(BUILTINS[kind])
-    for ep in entry_points(group=f"headrace.{kind}"):
-        table[ep.name] = ep.value
+    """Built-ins and installed plugins of ``kind`` (read only): ``importlib.metadata`` scans every
+    installed distribution (about 3 ms); the table is read again only when the path changed."""
+    key = (kind, _path_state())
+    table = _TABLES.get(key)
+    if table is None:
+        table = dict(BUILTINS[kind])
+        for ep in entry_points(group=f"headrace.{kind}"):
+            table[ep.name] = ep.value
+        if len(_TABLES) >= 64:  # paths that keep changing: bounded
+            _TABLES.clear()
+        _TABLES[key] = table
     return table
 
 

@@ -11,7 +11,6 @@ from hypothesis import settings
 
 from tests.support.daemon import LIVE, kill_leftovers
 from tests.support.fixtures import *  # noqa: F403
-from tests.support.registry_cache import entry_points_read_once
 
 # Property tests draw the same examples on every run ("ci", the default: a CI run that passes today
 # passes tomorrow); HEADRACE_HYPOTHESIS=explore draws new ones each run, to look for new failures
@@ -46,12 +45,3 @@ def _no_daemon_outlives_its_test() -> Iterator[None]:
     owned = frozenset(id(d) for d in LIVE)  # started by module or session fixtures: theirs to stop
     yield
     kill_leftovers(keep=owned)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _entry_points_read_once() -> Iterator[None]:
-    """headrace.registry scans every installed distribution on each plugin lookup (about 3 ms); the tests that
-    load configs in this process make tens of thousands of lookups (55 s of the run): each entry-point group
-    is read once per state of ``sys.path`` instead (tests/support/registry_cache.py). Daemons are not affected."""
-    with entry_points_read_once():
-        yield
