@@ -172,3 +172,16 @@ links: {{src: [main], main: [out]}}
         assert len(got) == 5 and all(e["event"] == orjson.loads(LINES[e["event"]["id"]]) and e["meta"] == {"seen": True} for e in got), got
     finally:
         d.stop()
+
+
+def test_code_the_proof_cannot_read_is_not_proven_and_the_stage_still_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from headrace.plugins.operators import python
+
+    def broken(fn: Any) -> Any:
+        raise IndexError("an instruction the checker did not expect")
+
+    monkeypatch.setattr(python, "prove", broken)
+    op = _op(tmp_path, "wait")
+    assert not op.untouched and not op.proven_reads_only and op.needs_values
+    out = asyncio.run(op.process_async([Ev({"i": 1}, {}, 0, b'{"i": 1}', 0)], lambda *a: None))
+    assert [ev.value for ev in out] == [{"i": 1}] and out[0].raw is None, "decoded, and encoded again as before"

@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import inspect
+import logging
 import site
 import sys
 import threading
@@ -59,6 +60,9 @@ class PythonConfig(PluginConfig):
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a class stage's constructor")
     timeout: Duration = Field(30.0, gt=0, description="async stages: time one event may take; then it is cancelled and goes to err "
                                                        "(TimeoutError), so one hung await cannot hold the chain")
+
+
+log = logging.getLogger("headrace.stages")
 
 
 class _Unread:
@@ -230,7 +234,11 @@ class PythonOperator(Operator):
         else:
             self.fn = self.target
         # track_writes: false asks for plain dicts, always encoded again (a stage writing around the dict methods)
-        proof = prove(self.fn) if self.cfg.track_writes else None
+        try:
+            proof = prove(self.fn) if self.cfg.track_writes else None
+        except Exception:  # a proof is an optimisation: code it cannot read is simply not proven
+            log.exception("python stage %s: its code could not be read for a proof; it gets decoded values", self.id)
+            proof = None
         self.proven_reads_only = proof is not None and proof.reads_only
         self.untouched = proof is not None and proof.untouched and self.cfg.lazy
         self.needs_values = not self.untouched  # a loop chain of such stages (and meta-only ones) decodes nothing
