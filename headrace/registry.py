@@ -125,18 +125,16 @@ def _path_state() -> tuple[tuple[str, int, int], ...]:
 
 
 def _table(kind: Kind) -> dict[str, str]:
-    """Built-ins and installed plugins of ``kind`` (read only): ``importlib.metadata`` scans every
-    installed distribution (about 3 ms); the table is read again only when the path changed."""
+    """Built-ins and installed plugins of ``kind``: ``importlib.metadata`` scans every installed
+    distribution (about 3 ms), so the installed ones are read again only when the path changed."""
     key = (kind, _path_state())
-    table = _TABLES.get(key)
-    if table is None:
-        table = dict(BUILTINS[kind])
-        for ep in entry_points(group=f"headrace.{kind}"):
-            table[ep.name] = ep.value
+    installed = _TABLES.get(key)
+    if installed is None:
+        installed = {ep.name: ep.value for ep in entry_points(group=f"headrace.{kind}")}
         if len(_TABLES) >= 64:  # paths that keep changing: bounded
             _TABLES.clear()
-        _TABLES[key] = table
-    return table
+        _TABLES[key] = installed
+    return {**BUILTINS[kind], **installed}
 
 
 def names(kind: Kind) -> list[str]:
