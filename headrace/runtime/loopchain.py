@@ -107,8 +107,8 @@ class ChainRunner(Runner):
                 taps = self.interior.get(node)
                 if taps:
                     codec = self.codecs.get(self.tap_codec or "")
-                    if codec is not None and any(ev.value is None and ev.raw is not None for ev in copies):  # a chain that decoded nothing
-                        self.decode_copies(copies, codec)
+                    if codec is not None:  # copies a chain did not decode, decoded for the tap (one its codec refuses shows as null)
+                        self.decode_missing(copies, codec, self.tap_codec)
                     batch = Batch.decoded([ev.value for ev in copies], [ev.meta for ev in copies], codec="json", origin=node, group=node)
                     offer_sampled(taps, batch, counts[node].out if node in counts else len(copies))
 
@@ -160,14 +160,19 @@ class ChainRunner(Runner):
             await self.routers[sid].send(port, b)
 
     @staticmethod
-    def decode_copies(copies: list[Ev], codec: Codec) -> None:
-        """Tapped copies of records a chain did not decode, decoded for the tap (one its codec refuses shows as null)."""
-        for ev in copies:
+    def decode_missing(evs: list[Ev], codec: Codec | None, name: str | None) -> dict[int, Exception]:
+        """Decode the records among ``evs`` a chain did not decode (no value, their bytes kept: the bytes
+        still say what they hold); the position and the error of each the codec (``name``) refuses."""
+        failed: dict[int, Exception] = {}
+        for k, ev in enumerate(evs):
             if ev.value is None and ev.raw is not None:
                 try:
+                    if codec is None:
+                        raise ValueError(f"no codec {name!r} to decode the record with")
                     ev._value = codec.decode(ev.raw)
-                except Exception:  # a tap shows what it can; the record itself goes on as its bytes
-                    pass
+                except Exception as exc:  # whatever a codec raises for one record concerns that record only
+                    failed[k] = exc
+        return failed
 
     def decode_beside_made(self, batch: Batch, outputs: Outputs) -> None:
         """In an output of a chain that decoded nothing, where a stage made a value (a record without
@@ -177,18 +182,10 @@ class ChainRunner(Runner):
         for (sid, port), evs in list(outputs.items()):
             if all(ev.raw is not None for ev in evs):
                 continue
-            keep: list[Ev] = []
-            for ev in evs:
-                if ev.raw is not None and ev.value is None:
-                    try:
-                        if codec is None:
-                            raise ValueError(f"no codec {batch.codec!r} to decode the record with")
-                        ev._value = codec.decode(ev.raw)  # its bytes still say what it holds
-                    except Exception as exc:  # whatever a codec raises for one record concerns that record only
-                        outputs.setdefault((sid, "err"), []).append(ev.fail(sid, exc))
-                        continue
-                keep.append(ev)
-            outputs[(sid, port)] = keep
+            failed = self.decode_missing(evs, codec, batch.codec)
+            if failed:
+                outputs.setdefault((sid, "err"), []).extend(evs[k].fail(sid, exc) for k, exc in failed.items())
+                outputs[(sid, port)] = [ev for k, ev in enumerate(evs) if k not in failed]
 
     def retire(self, routers: dict[str, Router]) -> None:
         super().retire(routers)

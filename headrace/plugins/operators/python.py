@@ -284,12 +284,13 @@ class PythonOperator(Operator):
         assert fn is not None, "setup() was not called"
         if self.is_async:  # placement: workers on an async def: run it to completion here
             return asyncio.run(self.process_async(evs, emit))
-        if self.undecoded:
-            return self._process_unread(evs, emit)
         out: list[Ev] = []
         append = out.append
         readonly = self.cfg.readonly
-        tracks = self.tracks and (readonly or self.adapt.track_next())
+        # records not decoded, for a stage that never looks at its event: it gets UNREAD, and the record
+        # leaves as its bytes when that comes back (nothing to track)
+        unread = self.undecoded
+        tracks = not unread and self.tracks and (readonly or self.adapt.track_next())
         kept = 0
         self.dropped = 0
         stage_id = self.id
@@ -298,7 +299,7 @@ class PythonOperator(Operator):
         try:
             for ev in evs:
                 sync.ev = ev
-                value = ev.value
+                value = UNREAD if unread else ev.value
                 if tracks:
                     if ev.raw is not None:  # a record as decoded (a dict or list): given tracked, its bytes kept
                         ev._value = value = track(value)
@@ -312,7 +313,7 @@ class PythonOperator(Operator):
                 if wrote and readonly:
                     emit("err", ev.fail(stage_id, ReadonlyViolation(READONLY_WROTE)))
                     continue
-                if result is value and (readonly or tracks) and not wrote:
+                if result is value and (readonly or tracks or unread) and not wrote:
                     append(ev)
                     kept += 1
                 else:
@@ -322,33 +323,6 @@ class PythonOperator(Operator):
             _emit.unbind(token)
         if tracks and not readonly:
             self.adapt.saw(len(evs), kept)
-        return out
-
-    def _process_unread(self, evs: list[Ev], emit: Emit) -> list[Ev]:
-        """Records not decoded, for a stage that never looks at its event: it gets ``UNREAD``, and the
-        record leaves as its bytes when that comes back."""
-        fn = self.fn
-        assert fn is not None
-        out: list[Ev] = []
-        self.dropped = 0
-        stage_id = self.id
-        token = _emit.bind(emit, stage_id)
-        sync = _emit.sync
-        try:
-            for ev in evs:
-                sync.ev = ev
-                try:
-                    result = fn(UNREAD, ev.meta)
-                except STAGE_ERRORS as exc:
-                    emit("err", ev.fail(stage_id, exc))
-                    continue
-                if result is UNREAD:
-                    out.append(ev)
-                else:
-                    self._collect(ev, result, out, False)
-        finally:
-            sync.ev = None
-            _emit.unbind(token)
         return out
 
     async def process_async(self, evs: list[Ev], emit: Emit) -> list[Ev]:
