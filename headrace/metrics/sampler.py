@@ -2,6 +2,9 @@
 
 - ``headrace_worker_busy_ratio{worker}``: the CPU time a worker reported for its jobs
   over the last interval, divided by the wall time of that interval.
+- ``headrace_worker_occupied_ratio{worker}``: the same with the wall time each job was in
+  the worker's hands (read to answered): what it lacks of 1 is the time the worker waited
+  for work; what it has above the busy ratio, the time it waited for a core.
 - the totals sample behind the per-component rates of ``/status`` (``rates.py``).
 
 Both read what the runtime already keeps (``WorkerPool.busy()``, the registry); nothing
@@ -51,6 +54,7 @@ class BusyRatio:
 async def run_sampler(daemon: DaemonView, interval: float = 1.0) -> None:
     """Runs until cancelled; a failing sample is logged (once) and never stops the daemon."""
     busy = BusyRatio(daemon.metrics["headrace_worker_busy_ratio"])
+    occupied = BusyRatio(daemon.metrics["headrace_worker_occupied_ratio"])
     rates = tracker_for(daemon)
     rates.interval = interval
     failed = False
@@ -58,6 +62,7 @@ async def run_sampler(daemon: DaemonView, interval: float = 1.0) -> None:
         try:
             pool = daemon.workers
             busy.sample(pool.busy() if pool is not None else None)
+            occupied.sample(pool.occupied() if pool is not None else None)
             rates.sample(daemon.metrics)
         except Exception:
             if not failed:

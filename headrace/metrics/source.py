@@ -25,6 +25,8 @@ class PoolView(Protocol):
 
     def busy(self) -> list[int]: ...
 
+    def occupied(self) -> list[int]: ...
+
 
 class DaemonView(Protocol):
     """A running daemon, as observed."""

@@ -56,6 +56,7 @@ def build_status(daemon: DaemonView) -> dict[str, Any]:
         "worker_states": {str(i): v for i, v in pool.states().items()} if pool else {},  # state, pid, error per worker
         "worker_restarts": pool.restarts if pool else 0,
         "worker_busy": {w: v for (w,), v in sorted(series(metrics, "headrace_worker_busy_ratio").items())},
+        "worker_occupied": {w: v for (w,), v in sorted(series(metrics, "headrace_worker_occupied_ratio").items())},
         "loop_lag_p99_ms": daemon.loop_lag_p99() * 1000,
         "kafka": _kafka(series(metrics, "headrace_kafka_consumer_lag"), series(metrics, "headrace_kafka_committed_offset")),
         "stage_metrics": STAGE_TOTALS.listing(),  # what stages declared with headrace.metric

@@ -92,4 +92,4 @@ def test_status_totals_agree_with_the_scrape(counted: Counted) -> None:
     assert comps["out"]["totals"]["events_out"] == len(counted.good)
     assert comps["dlq"]["totals"]["events_in"] == len(counted.malformed) + len(counted.raising)
     assert st["chains"] == [{"nodes": ["main.check", "main.filter"], "placement": "workers"}]
-    assert st["workers"] == 2 and set(st["worker_busy"]) == {"0", "1"}
+    assert st["workers"] == 2 and set(st["worker_busy"]) == set(st["worker_occupied"]) == {"0", "1"}

@@ -38,6 +38,7 @@ CORE_METRICS = [
     "headrace_event_loop_lag_seconds",
     "headrace_loop_blocked_seconds_total",
     "headrace_worker_busy_ratio",
+    "headrace_worker_occupied_ratio",
     "headrace_worker_restarts_total",
     "headrace_kafka_consumer_lag",
     "headrace_kafka_committed_offset",

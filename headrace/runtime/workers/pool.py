@@ -195,6 +195,9 @@ class WorkerPool:
     def busy(self) -> list[int]:
         return [w.busy_ns for w in self.workers]
 
+    def occupied(self) -> list[int]:
+        return [w.occupied_ns for w in self.workers]
+
     def pids(self) -> list[int]:
         """PIDs of the live workers only."""
         return [w.proc.pid for w in self.workers if w.alive and w.proc is not None]

@@ -61,7 +61,8 @@ class WorkerSupervisor:
         self.state: State = "down"
         self.alive = False  # the process runs (as far as the parent knows)
         self.error: str | None = None  # why the last start failed; None once it became ready
-        self.busy_ns = 0
+        self.busy_ns = 0  # CPU time of the jobs answered
+        self.occupied_ns = 0  # wall time they were in hand (``Response.wall_ns``)
         self.kill_reason: str | None = None
         self.recycling: str | None = None
         self.spawned = 0.0  # when the current process was started (monotonic)
@@ -242,6 +243,7 @@ class WorkerSupervisor:
             return
         header.attach(msg, start)
         self.busy_ns += header.cpu_ns
+        self.occupied_ns += header.wall_ns
         records = self._count_job(job)
         if header.recycle:
             self._recycle(header.recycle)

@@ -61,6 +61,7 @@ class Response:
     fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
     recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
     stage_metrics: dict[str, Any] | None = None  # what the stages' headrace.metric updates were since the last answer
+    wall_ns: int = 0  # wall time from the job read to its answer made (``cpu_ns`` and the time the worker waited for a core)
 
     def attach(self, msg: bytes, start: int) -> None:
         """Take the message this answer came in (its blobs begin at ``start``) as the blob, the

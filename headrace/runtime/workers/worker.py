@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -72,6 +73,7 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
             msg = conn.recv_bytes()
         except (EOFError, OSError):
             break
+        got = time.monotonic_ns()
         (kind, payload), start = unpack_header(msg)
         if kind == JOB:
             req: Request = payload
@@ -85,6 +87,7 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
                 resp.recycle = MEMORY_ERROR
             elif rss is not None and rss() > max_rss:
                 resp.recycle = MAX_RSS
+            resp.wall_ns = time.monotonic_ns() - got
             send(_answer(resp))
             if resp.recycle:
                 break
