@@ -269,22 +269,23 @@ offramps: {{out: {{type: kafka, codec: json, config: {{brokers: "{broker.bootstr
 links: {{in: [main], main: [out]}}
 """
     watcher = _Watcher(broker, dst, b.partitions, b.n)
-    # each worker's busy ratio (its CPU over wall time) and occupied ratio (the wall time it had a job in hand), sampled in the steady window
-    samples: dict[str, list[list[float]]] = {"busy": [], "occupied": []}
+    # each worker's busy ratio (its CPU over wall time) and occupied ratio (the wall time it had a job in hand) over the
+    # steady window: their counters read at its first and last scrape (the gauges cover one second each, in lumps of jobs)
+    samples: list[tuple[float, dict[str, list[float]]]] = []
     last = [0.0]
 
     def until() -> bool:
         now = time.monotonic()
-        if 0.2 * b.n <= watcher.seen.value <= 0.8 * b.n and now - last[0] >= 0.5:
+        if 0.2 * b.n <= watcher.seen.value <= 0.8 * b.n and now - last[0] >= 0.25:
             last[0] = now
             try:
                 series = scrape(port)
             except OSError:
                 series = {}
-            for name, got in samples.items():
-                ratios = [v for k, v in sorted(series.items()) if k.startswith(f"headrace_worker_{name}_ratio{{")]
-                if ratios:
-                    got.append(ratios)
+            totals = {name: [v for k, v in sorted(series.items()) if k.startswith(f"headrace_worker_{name}_seconds_total{{")]
+                      for name in ("busy", "occupied")}  # fmt: skip
+            if all(totals.values()):
+                samples.append((time.monotonic(), totals))
         return watcher.done()
 
     try:
@@ -294,8 +295,10 @@ links: {{in: [main], main: [out]}}
 
         run_daemon_async(cfg, tmpdir(), until, on_start=started)
         res = watcher.result()
-        for name, got in samples.items():
-            res[name] = [statistics.median(col) for col in zip(*got, strict=True)] if got else []
+        if len(samples) >= 2:
+            (t0, first), (t1, end) = samples[0], samples[-1]
+            for name in ("busy", "occupied"):
+                res[name] = [(b - a) / (t1 - t0) for a, b in zip(first[name], end[name], strict=True)]
         return res
     finally:
         watcher.close()
@@ -309,8 +312,8 @@ class _Result:
     bare_cpu_us: float
     hr_cpu_us: float
     runs: str  # every run's rate, to judge the noise
-    busy: list[float]  # headrace's workers' median busy ratio in the steady window (median run)
-    occupied: list[float]  # ... and their median occupied ratio
+    busy: list[float]  # headrace's workers' busy ratio over the steady window (median run)
+    occupied: list[float]  # ... and their occupied ratio
 
     @property
     def ratio(self) -> float:

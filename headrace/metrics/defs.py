@@ -56,6 +56,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("headrace_loop_blocked_seconds_total", "counter", "Time stages on the event loop held it beyond the threshold.", ("component_id",)),
     MetricDef("headrace_worker_busy_ratio", "gauge", "Share of the last second a worker spent running jobs (their CPU time over wall time).", ("worker",)),
     MetricDef("headrace_worker_occupied_ratio", "gauge", "Share of the last second a worker had a job in hand (wall time from reading a job to answering it).", ("worker",)),
+    MetricDef("headrace_worker_busy_seconds_total", "counter", "CPU time a worker spent on the jobs it answered (the busy ratio's numerator).", ("worker",)),
+    MetricDef("headrace_worker_occupied_seconds_total", "counter", "Wall time a worker had the jobs it answered in hand (the occupied ratio's numerator).", ("worker",)),
     MetricDef("headrace_worker_restarts_total", "counter", "Worker processes respawned after dying or being killed.", ("worker",)),
     MetricDef("headrace_worker_jobs_total", "counter", "Jobs (chunks of events) a worker completed.", ("worker",)),
     MetricDef("headrace_worker_job_events_total", "counter", "Events in the jobs a worker completed (over jobs: the mean job size).", ("worker",)),

@@ -57,5 +57,12 @@ links: {{src: [main], main: [out]}}
     try:
         d.wait_for(sampled, timeout=60, interval=0.2)
         assert any(min(o.values()) >= 0.8 and max(b.values()) <= 0.5 for o, b in seen), seen[-10:]
+        # the counters behind them: every job's wall and CPU time, summed (what a dashboard rates over any interval)
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= n, timeout=60, interval=0.1)
+        series = scrape(port)
+        occupied = sum(_ratios(series, "headrace_worker_occupied_seconds_total").values())
+        busy = sum(_ratios(series, "headrace_worker_busy_seconds_total").values())
+        assert occupied >= n * 0.0014  # each event: 0.2 ms on a core, then 1.2 ms asleep
+        assert n * 0.0002 <= busy < occupied / 2
     finally:
         d.stop()

@@ -71,6 +71,7 @@ class WorkerSupervisor:
         self._sentinel: int | None = None
         self._jobs: Any = None  # metric children, resolved once
         self._job_events: Any = None
+        self._job_secs: Any = None
 
     # -- the supervising task ------------------------------------------------------------------
     async def run(self) -> None:
@@ -244,7 +245,7 @@ class WorkerSupervisor:
         header.attach(msg, start)
         self.busy_ns += header.cpu_ns
         self.occupied_ns += header.wall_ns
-        records = self._count_job(job)
+        records = self._count_job(job, header)
         if header.recycle:
             self._recycle(header.recycle)
         if job.future.done():
@@ -259,16 +260,20 @@ class WorkerSupervisor:
         else:
             job.future.set_exception(JobFailed(header.fatal))
 
-    def _count_job(self, job: Job) -> int:
-        """Count the job done; its number of records."""
+    def _count_job(self, job: Job, header: Response) -> int:
+        """Count the job done (its events, its CPU and wall time); its number of records."""
         req = job.parts[0]
         records = len(req.lens) // 4 if req.lens else len(req.values or ())
         if self.pool.metrics is not None:
             if self._jobs is None:
                 self._jobs = self.pool.metrics["headrace_worker_jobs_total"].labels(str(self.index))
                 self._job_events = self.pool.metrics["headrace_worker_job_events_total"].labels(str(self.index))
+                self._job_secs = (self.pool.metrics["headrace_worker_busy_seconds_total"].labels(str(self.index)),
+                                  self.pool.metrics["headrace_worker_occupied_seconds_total"].labels(str(self.index)))  # fmt: skip
             self._jobs.inc()
             self._job_events.inc(records)
+            self._job_secs[0].inc(header.cpu_ns / 1e9)
+            self._job_secs[1].inc(header.wall_ns / 1e9)
         return records
 
     def _recycle(self, reason: str) -> None:

@@ -68,6 +68,7 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
     sock.close()
     rss = RssProbe() if max_rss else None
     send = conn.send_bytes
+    answering = 0  # the wall time the last answer took to make and send: counted with the next job's
     while True:
         try:
             msg = conn.recv_bytes()
@@ -87,8 +88,10 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
                 resp.recycle = MEMORY_ERROR
             elif rss is not None and rss() > max_rss:
                 resp.recycle = MAX_RSS
-            resp.wall_ns = time.monotonic_ns() - got
+            done = time.monotonic_ns()
+            resp.wall_ns = done - got + answering
             send(_answer(resp))
+            answering = time.monotonic_ns() - done
             if resp.recycle:
                 break
         elif kind == CONFIGURE:
