@@ -322,3 +322,48 @@ def test_http_refuses_posts_from_foreign_browser_pages(tmp_path: Path, write: An
     finally:
         assert d.stop() == 0, d.stderr()
     assert sorted(e["id"] for e in json_lines(tmp_path / "out.ndjson")) == [3, 4]
+
+
+def test_http_stop_closes_idle_keepalive_connections_at_once_and_answers_the_request_in_flight(tmp_path: Path, write: Any) -> None:
+    """SIGTERM while one client holds an idle keep-alive connection and another waits for its
+    answer: the idle connection is closed at once (it held the stop for the whole 5 s grace),
+    the request in flight is answered 200 once its record is delivered, and nothing is lost."""
+    import http.client
+    import signal
+
+    port, admin = free_port(), free_port()
+    (tmp_path / "stages.py").write_text("import asyncio\n\nasync def slow(event, meta):\n    await asyncio.sleep(1.0)\n    return event\n")
+    cfg = write("c.yaml", f"""
+version: 1
+daemon: {{workers: 0, metrics: {{listen: "127.0.0.1:{admin}"}}}}
+onramps: {{web: {{type: http, codec: json, config: {{port: {port}}}}}}}
+pipelines: {{main: [{{op: python, fn: "stages:slow"}}]}}
+offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
+links: {{web: [main], main: [out]}}
+""")
+    out = tmp_path / "out.ndjson"
+    d = Daemon(cfg)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        wait_connectable(port)
+        idle.request("POST", "/", body=b'{"id": 1}')  # answered, then kept open and idle
+        resp = idle.getresponse()
+        assert resp.status == 200 and resp.getheader("Connection", "keep-alive").lower() != "close"
+        resp.read()
+        answers: list[Any] = []
+        client = threading.Thread(target=lambda: answers.append(post(f"http://127.0.0.1:{port}/", b'{"id": 2}')))
+        client.start()
+        received = 'headrace_component_sent_events_total{component_id="web",component_kind="onramp",port="out"}'
+        wait_until(lambda: metric(admin, received) == 2, timeout=10)  # the second record is in the stage, its request unanswered
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0, d.stderr()
+        took = time.monotonic() - t0
+        client.join(15)
+        assert answers and answers[0][0] == 200 and answers[0][2] == {"events": 1, "rejected": 0}
+        assert sorted(e["id"] for e in json_lines(out)) == [1, 2]
+        assert took < 4.0, f"the stop took {took:.1f} s"  # the second record's 1 s stage, not the 5 s grace
+    finally:
+        idle.close()
+        if d.proc.poll() is None:
+            d.stop()

@@ -22,6 +22,10 @@ Memory, connections and time are bounded, whatever the clients do:
 Each refusal is counted in ``headrace_onramp_refused_total`` by reason and logged (at most
 one line per 10 s).
 
+Stopping (shutdown, or a reload that removes or changes the onramp): no new connection is
+accepted, idle keep-alive connections are closed at once, and a request in flight is
+answered when its events are done (up to 5 s), then its connection is closed.
+
 Browsers: a web page's script can POST to any address the browser reaches, including
 this onramp on 127.0.0.1, and browsers send ``Origin`` with every cross-origin POST (tools
 such as curl and client libraries do not). A request with an ``Origin`` header is refused
@@ -188,6 +192,8 @@ class HttpOnramp(Onramp):
             listener.close()  # stop accepting
         server, self.server = self.server, None
         if server is not None:
+            for conn in list(server.connections):  # idle keep-alive connections close now, the others after their request
+                conn.close()
             await server.shutdown(5.0)  # in-flight requests get up to 5 s for their acks
 
     async def stop(self) -> None:
