@@ -437,3 +437,29 @@ def test_the_job_search_finds_what_in_finds(haystack: bytes, needle: bytes, cut:
     placed = haystack[:cut] + needle + haystack[cut:]  # present at least once
     assert _contains(placed, needle)
     assert _contains(haystack, needle) == (needle in haystack)
+
+
+SEEN = '''
+def seen(event, meta):
+    event["seen"] = True
+    return event
+'''
+
+
+def test_whole_jobs_spliced_in_the_parent_give_what_the_loop_gives(tmp_path: Any, write: Any) -> None:
+    """A constant field set on every record (jobs answered as cuts and one tail, the parent splicing
+    them: tests/runtime/test_spliced.py), with decode failures and stage errors among them:
+    the same records, in the same order, and the same dead letters as on the loop."""
+    records = [f'{{"id":{i},"pad":"{"x" * (i % 13)}"}}' for i in range(20000)]
+    records[777] = '{"id": 777, "broken"'
+    records[9000] = "[9000]"  # not an object: the stage raises
+    write("in.ndjson", "".join(r + "\n" for r in records))
+    folders = _on_loop_and_workers(tmp_path, write, SEEN, "seen", """offramps:
+  out: {type: file, codec: json, config: {path: out.ndjson}}
+  dlq: {type: file, codec: json, with_meta: true, config: {path: dlq.ndjson}}
+links: {src: [main], main: [out], main/err: [dlq], src/err: [dlq]}""")
+    loop_out, work_out = ((folders[w] / "out.ndjson").read_bytes().splitlines() for w in (0, 2))
+    assert work_out == loop_out
+    assert len(work_out) == 19998 and work_out[0] == b'{"id":0,"pad":"","seen":true}'
+    dead = {w: sorted(json.loads(x)["meta"]["error"]["type"] for x in (folders[w] / "dlq.ndjson").read_text().splitlines()) for w in (0, 2)}
+    assert dead[0] == dead[2] and len(dead[2]) == 2

@@ -143,6 +143,11 @@ class FusedChain:
         # again gets the same bytes without encoding or looking them up
         keep = Patch(None)
         present = job.present if job is not None and not escapes else None
+        # while every out event so far is a record spliced with the same tail, only where each is cut is kept
+        # (the parent, which holds the records, splices them); the first other out event ends that (_unsplice)
+        spliced: array[int] | None = array("i") if patch0 and req.keeps_records else None
+        common = b""
+        base = pos
         last_key: Any = _FAILED
         last_val: Any = _FAILED
         last_tail = b""
@@ -228,10 +233,14 @@ class FusedChain:
                     if p is not None and result is p:
                         adds = p.adds
                         if not adds:  # nothing set: the record leaves as its bytes
+                            if spliced is not None:
+                                _unsplice(spliced, common, out_src, mv, lens, base, parts, changed_pos, changed_len)
+                                spliced = None
                             out_src.append(i)
                             out_metas.append(meta)
                             continue
-                        enc = None
+                        at = -1
+                        tail = b""
                         if present is not None and len(adds) == 1 and raw[-1] == 0x7D and raw[-2] not in _OPEN_OR_WS:
                             # splice_at's common case inline: one field, no backslash in the job, a record ending ...x}
                             for fkey, fval in adds.items():
@@ -241,18 +250,29 @@ class FusedChain:
                                 if hit and needle(fkey) in raw and fkey in set(value.keys()):  # type: ignore[union-attr]
                                     break  # a field the record has: decoded whole, below
                                 if fkey is last_key and fval is last_val:
-                                    enc = raw[:-1] + last_tail  # type: ignore[operator]
+                                    at, tail = len(raw) - 1, last_tail
                                 else:
                                     cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
                                     if cut is not None:
-                                        enc = raw[: cut[0]] + cut[1]  # type: ignore[operator]
+                                        at, tail = cut
                                         if fval.__class__ in _IMMUTABLE:
-                                            last_key, last_val, last_tail = fkey, fval, cut[1]
+                                            last_key, last_val, last_tail = fkey, fval, tail
                         else:
                             cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
                             if cut is not None:
-                                enc = raw[: cut[0]] + cut[1]  # type: ignore[operator]
-                        if enc is not None:
+                                at, tail = cut
+                        if at >= 0:
+                            if spliced is not None:
+                                if not spliced:
+                                    common = tail
+                                if tail is common or tail == common:
+                                    spliced.append(at)
+                                    out_src.append(i)
+                                    out_metas.append(meta)
+                                    continue
+                                _unsplice(spliced, common, out_src, mv, lens, base, parts, changed_pos, changed_len)
+                                spliced = None
+                            enc = raw[:at] + tail  # type: ignore[operator]
                             parts.append(enc)
                             changed_pos.append(len(out_src))
                             changed_len.append(len(enc))
@@ -264,6 +284,9 @@ class FusedChain:
                         except caught as exc:  # the full decoder refuses what the view's parser took: the record fails
                             failures.append((i, codec.reason(exc)))
                             continue
+                    if spliced is not None and result is not None:  # an out event of another kind follows
+                        _unsplice(spliced, common, out_src, mv, lens, base, parts, changed_pos, changed_len)
+                        spliced = None
                     changed = True
                     k = 0
                 elif single:  # one function: the loop below, unrolled (its received count is taken at the end)
@@ -381,7 +404,9 @@ class FusedChain:
         if single:
             entered[0] += len(lens) - len(failures)
         out_lens: array[int] | None = None
-        if len(changed_len) == len(out_src) and changed_len:  # every out event encoded anew (a writer): in order
+        if spliced:  # every out event spliced with one tail: the parent splices them (``Output.cuts``)
+            out_lens = spliced
+        elif len(changed_len) == len(out_src) and changed_len:  # every out event encoded anew (a writer): in order
             out_lens = changed_len
         elif changed_len or len(out_src) != len(lens):  # else each input came out once, in order, unchanged
             out_lens = array("i", [UNCHANGED]) * len(out_src)
@@ -389,7 +414,7 @@ class FusedChain:
                 out_lens[at] = ln
         resp = self._respond(req, t0, outputs, entered, errs, dropped, failures,
                              (out_src, out_lens, share_equal(sent_back) if sent_back is not None and any(sent_back) else None),
-                             parts, unencodable)  # fmt: skip
+                             parts, unencodable, common if spliced else None)  # fmt: skip
         if blind and sent_back is None:
             for o in resp.outputs:
                 if o.port == "out" and o.node == ids[-1] and o.metas is None and o.codec == req.codec:
@@ -406,7 +431,8 @@ class FusedChain:
 
     def _respond(self, req: Request, t0: int, outputs: dict[tuple[str, str], list[Ev]], entered: list[int], errs: list[int],
                  dropped: list[int], failures: list[tuple[int, str]], out: tuple[array[int], array[int] | None, list[dict[str, Any]] | None],
-                 parts: list[bytes], unencodable: list[tuple[int, Ev]]) -> Response:  # fmt: skip
+                 parts: list[bytes], unencodable: list[tuple[int, Ev]], tail: bytes | None = None) -> Response:  # fmt: skip
+        """``tail``: every out event is spliced with it, ``out``'s lens being where each is cut."""
         ids = self.ids
         last = ids[-1]
         out_src, out_lens, out_metas = out
@@ -424,7 +450,10 @@ class FusedChain:
             blob += resp.blob
             return resp.outputs
 
-        if out_lens is None:  # the whole job passed through untouched
+        if tail is not None:
+            assert out_lens is not None and not unencodable
+            outs.append(Output(last, "out", out_src.tobytes(), b"", out_metas, req.codec, 0, cuts=out_lens.tobytes(), tail=tail))
+        elif out_lens is None:  # the whole job passed through untouched
             outs.append(Output(last, "out", b"", b"", out_metas, req.codec, 0, identity=True))
         elif not unencodable:
             if len(out_src):
@@ -446,6 +475,17 @@ class FusedChain:
         if outputs:  # err and emitted ports
             outs.extend(more(outputs))
         return Response(req.job_id, time.process_time_ns() - t0, outs, failures, counts, blob)
+
+
+def _unsplice(cuts: array[int], tail: bytes, out_src: array[int], mv: bytes | memoryview, lens: array[int], base: int, parts: list[bytes],
+              changed_pos: array[int], changed_len: array[int]) -> None:  # fmt: skip
+    """The out events so far (all spliced with ``tail``) as encodings, in ``parts``: the job goes on another way."""
+    starts = list(itertools.accumulate(lens, initial=base))
+    for j, (s, cut) in enumerate(zip(out_src, cuts, strict=True)):
+        enc = mv[starts[s] : starts[s] + cut] + tail  # type: ignore[operator]
+        parts.append(enc)
+        changed_pos.append(j)
+        changed_len.append(len(enc))
 
 
 _FAILED = object()

@@ -14,17 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 import pickle
 from array import array
 from collections import deque
 from collections.abc import Hashable
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Any
 
 from headrace.config.graph import Graph
 from headrace.contract.acks import done_each
 from headrace.contract.codec import Codec
-from headrace.contract.metas import Metas, take_metas
+from headrace.contract.metas import Metas, take, take_metas
 from headrace.contract.stage import Operator
 from headrace.metrics.defs import Metrics
 from headrace.metrics.stagemetrics import TOTALS as STAGE_TOTALS
@@ -168,6 +169,7 @@ class PooledChainRunner(Runner):
             if encoded is not None:  # from here the chunk is these records (what comes back is read against them)
                 chunk.payloads, chunk.values, chunk.wire = encoded, None, None  # type: ignore[assignment]
         msg = self._request(chunk)
+        msg[0].keeps_records = chunk.payloads is not None and chunk.values is None
         shipments = self.shipments(chunk)
         if shipments:
             msg[0].shipments = shipments
@@ -301,11 +303,21 @@ class PooledChainRunner(Runner):
             return chunk.remade(None, chunk.payloads, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
         src = array("I")
         src.frombytes(out.src)
-        lens = array("i")
-        lens.frombytes(out.lens)
         orig = chunk.payloads
         n = len(src)
         in_order = n == len(chunk) and src == array("I", range(n))  # each input once, in order (compared in C)
+        if out.cuts:  # spliced: each input's own bytes cut, then the one tail (no Python step per record)
+            assert orig is not None, "a spliced answer to a job whose records the parent does not hold"
+            cuts = array("i")
+            cuts.frombytes(out.cuts)
+            base = orig if in_order else take(orig, src.tolist())
+            payloads = _spliced(base, cuts, out.tail)  # type: ignore[arg-type]
+            nbytes = sum(cuts) + n * len(out.tail)
+            if in_order:
+                return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec, nbytes=nbytes, share=share)
+            return chunk.remade(src.tolist(), payloads, _metas(chunk, out, src), out.codec, nbytes=nbytes, share=share)
+        lens = array("i")
+        lens.frombytes(out.lens)
         if orig is not None and in_order and out.codec == chunk.codec and lens.count(UNCHANGED) == n:
             # untouched, in order: the original bytes as they are
             return chunk.remade(None, orig, _metas(chunk, out, None), out.codec, nbytes=chunk.nbytes, share=share)
@@ -332,6 +344,14 @@ class PooledChainRunner(Runner):
                 mixed.append(blob[pos : pos + ln])
                 pos += ln
         return chunk.remade(src.tolist(), mixed, _metas(chunk, out, src), out.codec, share=share)
+
+
+def _spliced(records: list[bytes], cuts: array[int], tail: bytes) -> list[bytes]:
+    """``records[j][:cuts[j]] + tail`` for each j."""
+    try:
+        return list(map(operator.add, map(operator.getitem, records, map(slice, repeat(None), cuts)), repeat(tail)))
+    except TypeError:  # a record held as another buffer type (a memoryview cannot be added to)
+        return [bytes(r[:c]) + tail for r, c in zip(records, cuts, strict=True)]
 
 
 def _metas(chunk: Batch, out: Any, src: array[int] | None) -> Metas | None:

@@ -35,6 +35,7 @@ class Request:
     start: int = 0  # the records begin at this offset of ``blob`` (a worker passes the whole message)
     taps: dict[str, int] | None = None  # nodes inside the segment being tapped: node -> every n-th event of its out (``TAP`` outputs)
     shipments: dict[str, Any] | None = None  # codec key -> what its instance in the worker needs for this job (``Codec.shipment``)
+    keeps_records: bool = False  # the parent holds the records as bytes: an answer may name a record's cut and tail instead of its bytes
 
 
 @dataclass
@@ -48,6 +49,9 @@ class Output:
     start: int  # offset of this output's encodings in the response blob
     identity: bool = False  # every input, in order, unchanged: src and lens are left empty
     metas_as_sent: bool = False  # each event's meta is the one its input had (metas is None): the parent keeps its own
+    # spliced: event j is its input's bytes cut at cuts[j] (array('i')), then ``tail`` (lens and the blob unused)
+    cuts: bytes = b""
+    tail: bytes = b""
 
 
 @dataclass
