@@ -298,7 +298,8 @@ links: {{in: [main], main: [out]}}
         if len(samples) >= 2:
             (t0, first), (t1, end) = samples[0], samples[-1]
             for name in ("busy", "occupied"):
-                res[name] = [(b - a) / (t1 - t0) for a, b in zip(first[name], end[name], strict=True)]
+                # at most 1 (as the gauges): a job answered just inside the window brings wall time from before it
+                res[name] = [min((b - a) / (t1 - t0), 1.0) for a, b in zip(first[name], end[name], strict=True)]
         return res
     finally:
         watcher.close()
