@@ -18,7 +18,7 @@ import pickle
 from array import array
 from collections import deque
 from collections.abc import Hashable
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Any
 
 from headrace.config.graph import Graph
@@ -330,7 +330,7 @@ class PooledChainRunner(Runner):
             return chunk.remade(src.tolist(), [None] * n, _metas(chunk, out, src), chunk.codec, values=values, share=share)  # type: ignore[arg-type]
         if UNCHANGED not in lens:  # every record re-encoded (a stage that writes): a slice each
             ends = list(accumulate(lens, initial=pos))
-            payloads = list(map(blob.__getitem__, map(slice, ends[:-1], ends[1:])))  # no Python step per record
+            payloads = [blob[a:b] for a, b in pairwise(ends)]  # faster than map(blob.__getitem__, map(slice, ...))
             nbytes = ends[-1] - ends[0]
             if in_order:
                 return chunk.remade(None, payloads, _metas(chunk, out, None), out.codec, nbytes=nbytes, share=share)
