@@ -23,6 +23,7 @@ from headrace.errors import EX_CONFIG, EX_FAIL, EX_OK
 from headrace.metrics.defs import Metrics
 from headrace.metrics.stagemetrics import StageCollector
 from headrace.runtime.engine import Engine, RollbackFailed
+from headrace.runtime.heap import keep_freed_buffers
 from headrace.runtime.loopguard import LoopGuard
 from headrace.runtime.starting import StartFailed, describe
 
@@ -89,6 +90,7 @@ class Daemon:
         # far, every 100 of those) cost about a quarter of the parent's time under an async stage (K3)
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
+        keep_freed_buffers()  # batches, worker jobs and answers, Kafka fetches of MiBs: no page faults for each (runtime/heap.py)
         try:
             try:
                 import uvloop

@@ -21,6 +21,7 @@ from typing import Any
 from headrace.contract.stage import Ev
 from headrace.errors import describe_exception
 from headrace.metric import updates as metric_updates
+from headrace.runtime.heap import keep_freed_buffers
 from headrace.runtime.workers.lifeline import die_with_parent, release_forkserver
 from headrace.runtime.workers.program import SegmentProgram, SegmentSpec
 from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
@@ -62,6 +63,7 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
     # young generation every 700 of them cost a quarter of a worker's time (bench 1)
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    keep_freed_buffers()  # jobs and answers of a few MiB each, many a second: no page faults for each (runtime/heap.py)
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
