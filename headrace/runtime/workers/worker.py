@@ -53,7 +53,7 @@ class RssProbe:
         return int(os.pread(self.fd, 64, 0).split()[1]) * self.page
 
 
-def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rss: int = 0) -> None:
+def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rss: int = 0, keep_heap: bool = False) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -63,7 +63,8 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
     # young generation every 700 of them cost a quarter of a worker's time (bench 1)
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
-    keep_freed_buffers()  # jobs and answers of a few MiB each, many a second: no page faults for each (runtime/heap.py)
+    if keep_heap:  # jobs and answers of a few MiB each, many a second: no page faults for each (runtime/heap.py)
+        keep_freed_buffers()
     sock = socket.socket(fileno=os.dup(conn.fileno()))
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
