@@ -90,7 +90,8 @@ class Daemon:
         # far, every 100 of those) cost about a quarter of the parent's time under an async stage (K3)
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        keep_freed_buffers()  # batches, worker jobs and answers, Kafka fetches of MiBs: no page faults for each (runtime/heap.py)
+        if self.graph.daemon.memory is None:  # under a budget the resident size is what it holds (runtime/heap.py)
+            keep_freed_buffers()  # batches, worker jobs and answers, Kafka fetches of MiBs: no page faults for each
         try:
             try:
                 import uvloop

@@ -10,8 +10,7 @@ and bench 1 (JSON passthrough, 2 workers) 677-696 against 764-851 MiB/s with the
 Buffers under ``MMAP_THRESHOLD`` come from the heap, and up to ``TRIM_THRESHOLD`` of free memory at
 its top stays mapped for the next ones: a process holds on to at most that much memory it does not
 use. It counts in the resident size, so workers under a memory limit (``worker_max_rss``,
-``daemon.memory``) do not call this (the pool decides); the parent does, and trims over the budget's
-``high`` (daemon/memory.py). Set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the
+``daemon.memory``) do not call this (the pool decides), nor does the parent under a budget. Set ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the
 environment (glibc's own knobs) and they are left as they are. Not glibc (musl, macOS): nothing is done.
 """
 
