@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from headrace.config.model import memory_bound as bound
+from headrace.runtime.heap import malloc_trim
 
 log = logging.getLogger("headrace.memory")
 
@@ -32,27 +33,6 @@ INTERVAL = 0.5  # without daemon.memory: only the gauges
 BUDGET_INTERVAL = 0.05  # with it, at most this long between reads (one /proc read: ~20 us a process)
 MIN_INTERVAL = 0.005  # and at least this long: growing fast toward max, the reads come sooner
 TRIM_EVERY = 1.0  # over high, the parent hands freed heap back to the system at most this often
-
-
-def malloc_trim() -> None:
-    """glibc's ``malloc_trim(0)``: give the heap's free pages back to the system. Freed Python
-    objects stay in the process's heap otherwise, and the resident size would stay over ``high``
-    after the queues drained: the sources would never read again. Nothing where there is no glibc."""
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc.malloc_trim  # noqa: B018 - musl has none
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc.malloc_trim(0)
-
-
-_libc: Any = None
 SHRINK = 0.25  # queue bounds and reads ahead above ``high``
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -115,6 +95,7 @@ class MemoryWatch:
         self.seen: set[str] = set()
         self.interval = BUDGET_INTERVAL if config is not None else INTERVAL  # until the next sample
         self.last: tuple[float, int] | None = None  # (monotonic time, total) of the last sample
+        # freed heap stays resident otherwise: the sum would stay over high after the queues drained, and the sources never read again
         self.trim = malloc_trim
         self.trimmed = 0.0  # when the parent's heap was last trimmed
         metrics["headrace_memory_limit_bytes"].set(self.limit)
