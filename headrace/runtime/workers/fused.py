@@ -151,10 +151,6 @@ class FusedChain:
         last_key: Any = _FAILED
         last_val: Any = _FAILED
         last_tail = b""
-        # last_key and last_val again, set when no record of the job spells that name: a record given
-        # the same field alone takes last_tail without a look at the job's names (most jobs of a constant field)
-        quick_key: Any = _FAILED
-        quick_val: Any = _FAILED
         blind = self.blind
         if blind:
             self.metas, metas = req.metas, None
@@ -245,26 +241,26 @@ class FusedChain:
                             continue
                         at = -1
                         tail = b""
-                        if adds.get(quick_key, _ABSENT) is quick_val and len(adds) == 1 and raw[-1] == 0x7D and raw[-2] not in _OPEN_OR_WS:
-                            at, tail = len(raw) - 1, last_tail
-                        elif present is not None and len(adds) == 1 and raw[-1] == 0x7D and raw[-2] not in _OPEN_OR_WS:
+                        if present is not None and len(adds) == 1 and raw[-1] == 0x7D and raw[-2] not in _OPEN_OR_WS:
                             # splice_at's common case inline: one field, no backslash in the job, a record ending ...x}
-                            for fkey, fval in adds.items():
-                                hit = present.get(fkey)
-                                if hit is None:
-                                    hit = job.has(fkey)  # type: ignore[union-attr]
-                                if hit and needle(fkey) in raw and fkey in set(value.keys()):  # type: ignore[union-attr]
-                                    break  # a field the record has: decoded whole, below
-                                if fkey is last_key and fval is last_val:
-                                    at, tail = len(raw) - 1, last_tail
-                                else:
-                                    cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
-                                    if cut is not None:
-                                        at, tail = cut
-                                        if fval.__class__ in _IMMUTABLE:
-                                            last_key, last_val, last_tail = fkey, fval, tail
-                                            if not hit:
-                                                quick_key, quick_val = fkey, fval
+                            if adds.get(last_key, _ABSENT) is last_val and not present.get(last_key, True):
+                                # the last record's field again, a name no record of the job spells: its tail again
+                                at, tail = len(raw) - 1, last_tail
+                            else:
+                                for fkey, fval in adds.items():
+                                    hit = present.get(fkey)
+                                    if hit is None:
+                                        hit = job.has(fkey)  # type: ignore[union-attr]
+                                    if hit and needle(fkey) in raw and fkey in set(value.keys()):  # type: ignore[union-attr]
+                                        break  # a field the record has: decoded whole, below
+                                    if fkey is last_key and fval is last_val:
+                                        at, tail = len(raw) - 1, last_tail
+                                    else:
+                                        cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
+                                        if cut is not None:
+                                            at, tail = cut
+                                            if fval.__class__ in _IMMUTABLE:
+                                                last_key, last_val, last_tail = fkey, fval, tail
                         else:
                             cut = splice_at(raw, p, to_plain, encode_alone, escapes, job)  # type: ignore[arg-type]
                             if cut is not None:
@@ -497,5 +493,5 @@ def _unsplice(cuts: array[int], tail: bytes, out_src: array[int], mv: bytes | me
 
 
 _FAILED = object()
-_ABSENT = object()  # not _FAILED: a field missing from the adds is never the quick value unset
+_ABSENT = object()  # not _FAILED: a field missing from the adds is never the last value unset
 _IMMUTABLE = (bool, int, str, type(None))  # a value of these is the same bytes whenever it is the same object
