@@ -29,6 +29,7 @@ class Inbox:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        self.listener: asyncio.Event | None = None  # set on every put (a reader that waits for the queue to grow)
 
     def scale(self, factor: float) -> None:
         """Bounds of ``factor`` times the configured ones (memory pressure); 1.0 restores them."""
@@ -52,6 +53,8 @@ class Inbox:
         self.events += len(batch)
         self.bytes += batch.nbytes
         self._readable.set()
+        if self.listener is not None:
+            self.listener.set()
         if self.gauges is not None:
             self.gauges[0].set(self.events)
             self.gauges[1].set(self.bytes)

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from headrace.runtime import inbox as inbox_module
+from headrace.runtime.batch import Batch
 from headrace.runtime.onramp import OnrampRunner
+from headrace.runtime.workers import segment
 from headrace.runtime.workers.segment import LONG_JOB_NS, MIN_JOB_EVENTS, POISON_ATTEMPTS, TARGET_JOB_NS, PooledChainRunner
 from tests.runtime.inprocess import InProcessPool, JobFailed, Rig, WorkerCrashed
 
@@ -98,6 +101,109 @@ def test_queued_batches_of_one_group_are_joined_into_one_job(tmp_path: Path) -> 
     assert [len(j) for j in pool.jobs] == [50, 10]
     assert ids(r.got(NODE, "out")) == list(range(60))
     assert sorted(r.source.acked) == list(range(6))
+
+
+def _held(starts: list[float]) -> Any:
+    """A hook: notes when each job starts; a job of records marked ``hold`` takes that many seconds."""
+
+    def hook(recs: list[Any]) -> float | None:
+        starts.append(asyncio.get_running_loop().time())
+        return max((rec.get("hold", 0) for rec in recs), default=0) or None
+
+    return hook
+
+
+async def _two_held_jobs(onramp: OnrampRunner, pool: InProcessPool, hold: float) -> None:
+    """One worker (size 1), and two jobs that take ``hold`` seconds on it: it has one running and one queued."""
+    for k in range(2):
+        await onramp.records([json.dumps({"id": -1 - k, "hold": hold}).encode()], ack=f"h{k}")
+        while len(pool.jobs) < k + 1:
+            await asyncio.sleep(0.001)
+
+
+def test_while_every_worker_has_two_jobs_small_batches_wait_to_be_one_whole_job(tmp_path: Path) -> None:
+    """A busy pipeline's source hands over small batches: one job each would spend the parent's cost
+    per job on every batch, and leave a worker with a queue of little jobs (bench 1b)."""
+    starts: list[float] = []
+    pool = InProcessPool(size=1, hook=_held(starts))
+    r = rig(tmp_path, pool)
+    runner = runner_of(r)
+    runner.ns_per_event = TARGET_JOB_NS / 50  # a whole job: 50 events
+
+    async def feed(onramp: OnrampRunner) -> None:
+        await _two_held_jobs(onramp, pool, 0.3)
+        for k in range(5):
+            await onramp.records(records(range(10 * k, 10 * k + 10)), ack=k)
+            await asyncio.sleep(0.002)  # the runner looks at the queue between batches
+
+    asyncio.run(r.run(feed))
+    assert [len(j) for j in pool.jobs] == [1, 1, 50], "the five batches: one job"
+    assert ids(r.got(NODE, "out")) == [-1, -2, *range(50)]
+    assert sorted(map(str, r.source.acked)) == ["0", "1", "2", "3", "4", "h0", "h1"]
+
+
+def test_a_short_queue_waits_fill_seconds_at_most(tmp_path: Path) -> None:
+    starts: list[float] = []
+    pool = InProcessPool(size=1, hook=_held(starts))
+    r = rig(tmp_path, pool)
+    runner_of(r).ns_per_event = TARGET_JOB_NS / 50
+    fed: list[float] = []
+
+    async def feed(onramp: OnrampRunner) -> None:
+        await _two_held_jobs(onramp, pool, 1.0)
+        fed.append(asyncio.get_running_loop().time())
+        await onramp.records(records(range(10)), ack="x")  # never a whole job
+        while len(pool.jobs) < 3:  # the input stays open (a closed one is cut at once)
+            await asyncio.sleep(0.001)
+
+    asyncio.run(r.run(feed))
+    assert [len(j) for j in pool.jobs] == [1, 1, 10]
+    waited = starts[2] - fed[0]
+    assert segment.FILL_SECONDS * 0.9 <= waited < 0.5, f"cut after {waited:.3f} s, not when the held jobs ended (1 s)"
+
+
+def test_a_job_answered_ends_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker about to run dry gets the queue as it is, however short."""
+    monkeypatch.setattr(segment, "FILL_SECONDS", 30.0)
+    starts: list[float] = []
+    pool = InProcessPool(size=1, hook=_held(starts))
+    r = rig(tmp_path, pool)
+    runner_of(r).ns_per_event = TARGET_JOB_NS / 50
+    fed: list[float] = []
+
+    async def feed(onramp: OnrampRunner) -> None:
+        await _two_held_jobs(onramp, pool, 0.2)
+        fed.append(asyncio.get_running_loop().time())
+        await onramp.records(records(range(10)), ack="x")
+        while len(pool.jobs) < 3:
+            await asyncio.sleep(0.001)
+
+    asyncio.run(asyncio.wait_for(r.run(feed), 10))
+    assert [len(j) for j in pool.jobs] == [1, 1, 10]
+    assert starts[2] - fed[0] < 5, "cut when a held job was answered, not after FILL_SECONDS"
+
+
+@pytest.mark.parametrize("case", ["full", "closed", "idle worker", "whole job"])
+def test_the_wait_ends_at_once_when_waiting_cannot_help(case: str) -> None:
+    """An inbox bounded below a whole job is full before it holds one; a closed one grows no more;
+    with fewer than two jobs per worker a worker would run dry; a whole job is there."""
+
+    async def go() -> float:
+        box = inbox_module.Inbox("x", 5 if case == "full" else 1000, 2**30)
+        fake = type("Fake", (), {})()
+        fake.inbox, fake.progress = box, asyncio.Event()
+        fake.running = 1 if case == "idle worker" else 2
+        fake.pool = type("P", (), {"size": 1})()
+        fake.chunk_size = lambda n: 50
+        for _ in range(5 if case != "whole job" else 50):
+            await box.put(Batch.source([b"{}"], codec="json", origin="src", group=0))
+        if case == "closed":
+            box.close()
+        t0 = asyncio.get_running_loop().time()
+        await PooledChainRunner.fill(fake)  # type: ignore[arg-type]
+        return asyncio.get_running_loop().time() - t0
+
+    assert asyncio.run(go()) < segment.FILL_SECONDS / 2
 
 
 def _slow_first_half(recs: list[Any]) -> float | None:

@@ -48,6 +48,12 @@ TARGET_JOB_NS = 5_000_000  # CPU time per job the chunk size aims for (per-job p
 MIN_JOB_EVENTS = 100
 LONG_JOB_NS = 20_000_000
 MAX_JOB_EVENTS = 4096  # a job never holds more events than this (bounded memory per job)
+# while every worker has a job running and one queued, a job is not cut from a short queue: the
+# queue gets up to FILL_SECONDS to grow to a whole job first. Cut at once, the jobs of a busy
+# pipeline shrink to the source's batches (the queue holds one each time a job is released): the
+# parent's cost per job is paid many times over, and a worker's queue of small jobs runs dry while
+# the parent delivers a large one
+FILL_SECONDS = 0.02
 
 
 class Poisoned:
@@ -97,6 +103,8 @@ class PooledChainRunner(Runner):
         self.slots = asyncio.Semaphore(pool.size * pool.max_inflight * 2)
         self.pending: dict[Hashable, deque[asyncio.Task[Result]]] = {}
         self.wake = asyncio.Event()
+        self.running = 0  # jobs dispatched and not answered yet
+        self.progress = asyncio.Event()  # a job answered, or the inbox grew
         self.unordered = {c.id for c in graph.of_kind("onramp") if not c.ordered}
         self._seq = 0
 
@@ -130,7 +138,11 @@ class PooledChainRunner(Runner):
 
     async def intake(self) -> None:
         """Cut queued batches into jobs and dispatch them; ends when the inbox is closed and every job released."""
-        while (batch := await self.inbox.get()) is not None:
+        while True:
+            await self.fill()
+            batch = await self.inbox.get()
+            if batch is None:
+                break
             batch = self.merge(batch)
             n = len(batch)
             size = self.chunk_size(n)
@@ -142,12 +154,38 @@ class PooledChainRunner(Runner):
                     self._seq += 1
                     group = ("unordered", self._seq)
                 task = asyncio.create_task(self.run_job(chunk, 0))
-                task.add_done_callback(lambda _t: self.wake.set())
+                self.running += 1
+                task.add_done_callback(self._job_done)
                 self.pending.setdefault(group, deque()).append(task)
         self.wake.set()
         while self.pending:
             await asyncio.sleep(0.005)
             self.wake.set()
+
+    def _job_done(self, _task: asyncio.Task[Result]) -> None:
+        self.running -= 1
+        self.wake.set()
+        self.progress.set()
+
+    async def fill(self) -> None:
+        """While every worker has a job running and one queued, wait (``FILL_SECONDS`` at most) for
+        the inbox to hold a whole job; at once when a worker is about to run dry."""
+        inbox = self.inbox
+        target = self.chunk_size(MAX_JOB_EVENTS)
+        if self.running < 2 * self.pool.size or inbox.events >= target:
+            return
+        progress = self.progress
+        inbox.listener = progress
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FILL_SECONDS
+        timer = loop.call_at(deadline, progress.set)
+        try:
+            while self.running >= 2 * self.pool.size and inbox.events < target and not inbox.full() and inbox.producers > 0 and loop.time() < deadline:
+                progress.clear()
+                await progress.wait()
+        finally:
+            timer.cancel()
+            inbox.listener = None
 
     def merge(self, batch: Batch) -> Batch:
         """Cheap events: join queued batches of the same kind into one job, up to the target size."""
