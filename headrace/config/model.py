@@ -105,6 +105,10 @@ class DaemonConfig(Strict):
     worker_max_rss: Size | None = Field(None, description="a worker whose resident memory grew past this size (e.g. 2GiB) after a job is "
                                                        "replaced by a fresh one, blaming no record; null: never. A worker that hit a "
                                                        "MemoryError is always replaced")
+    worker_nice: int = Field(5, ge=0, le=19, description="how much lower than the daemon's the workers' scheduling priority is (added to "
+                                                       "their nice value). The daemon's own process reads the sources, hands the workers "
+                                                       "their jobs and delivers their answers: when it waits for a core, the workers run "
+                                                       "out of jobs. 0: the same priority")
 
     @field_validator("workers", mode="before")
     @classmethod

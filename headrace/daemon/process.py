@@ -83,7 +83,8 @@ class Daemon:
 
             # before the loop: the fork server is started from a quiet process
             self.pool = WorkerPool(workers, self.metrics, stage_timeout=self.graph.daemon.stage_timeout,
-                                   max_rss=self.graph.daemon.worker_max_rss or 0, keep_heap=self.graph.daemon.memory is None)  # fmt: skip
+                                   max_rss=self.graph.daemon.worker_max_rss or 0, keep_heap=self.graph.daemon.memory is None,
+                                   nice=self.graph.daemon.worker_nice)  # fmt: skip
             self.pool.start()
         # decoded events on the loop are many small containers that die within their batch: collecting
         # the young generation every 700 allocations (and the old ones, with everything imported so
@@ -412,7 +413,8 @@ class Daemon:
                 from headrace.runtime.workers.pool import WorkerPool
 
                 self.pool = WorkerPool(worker_count(new.daemon.workers), self.metrics, stage_timeout=new.daemon.stage_timeout,
-                                       max_rss=new.daemon.worker_max_rss or 0, keep_heap=new.daemon.memory is None)  # fmt: skip
+                                       max_rss=new.daemon.worker_max_rss or 0, keep_heap=new.daemon.memory is None,
+                                       nice=new.daemon.worker_nice)  # fmt: skip
                 self.pool.start()
                 await self.pool.attach()
                 self.engine.pool = self.pool

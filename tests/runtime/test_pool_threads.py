@@ -57,7 +57,7 @@ class ThreadWorker:
     that says ``"die"`` (the connection closed, no answer, exit code -9)."""
 
     def __init__(self, target: Any, args: tuple[Any, ...], name: str, daemon: bool) -> None:
-        self.conn, self.index, _daemon_pid, self.slot, _max_rss, _keep_heap = args
+        self.conn, self.index, _daemon_pid, self.slot, _max_rss, _keep_heap, _nice = args
         self.name = name
         self.pid = next(FAKE_PIDS)
         self.exitcode: int | None = None

@@ -35,7 +35,7 @@ FORKSERVER_PRELOAD = ["headrace.runtime.workers.forkserver_init", "headrace.runt
 
 class WorkerPool:
     def __init__(self, size: int, metrics: Metrics | None = None, max_inflight: int = 3, stage_timeout: float = 60.0,
-                 max_rss: int = 0, context: Any = None, keep_heap: bool = True) -> None:  # fmt: skip
+                 max_rss: int = 0, context: Any = None, keep_heap: bool = True, nice: int = 0) -> None:  # fmt: skip
         self.size = size
         self.metrics = metrics
         self.max_inflight = max_inflight
@@ -44,6 +44,7 @@ class WorkerPool:
         # workers keep freed buffers for the next ones (runtime/heap.py): not under a memory limit, where
         # the free memory they would hold counts in their resident size (a recycle after every job, a budget never met)
         self.keep_heap = keep_heap and not max_rss
+        self.nice = nice  # added to each worker's nice value (daemon.worker_nice)
         # processes come from ``context`` (multiprocess's API: Process, Pipe, RawArray); tests pass one of threads
         self.ctx = context if context is not None else multiprocess.get_context("forkserver")
         self.workers = [WorkerSupervisor(self, i) for i in range(size)]

@@ -122,7 +122,7 @@ class WorkerSupervisor:
         ctx = self.pool.ctx
         parent, child = ctx.Pipe(duplex=True)
         try:
-            proc = ctx.Process(target=worker_main, args=(child, self.index, os.getpid(), self.slot, self.pool.max_rss, self.pool.keep_heap),
+            proc = ctx.Process(target=worker_main, args=(child, self.index, os.getpid(), self.slot, self.pool.max_rss, self.pool.keep_heap, self.pool.nice),
                                name=f"headrace-worker-{self.index}", daemon=True)  # fmt: skip
             proc.start()
         except BaseException:

@@ -53,11 +53,13 @@ class RssProbe:
         return int(os.pread(self.fd, 64, 0).split()[1]) * self.page
 
 
-def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rss: int = 0, keep_heap: bool = False) -> None:
+def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rss: int = 0, keep_heap: bool = False, nice: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _alone_or_gone(daemon_pid)
+    if nice:  # below the parent's priority: it feeds every worker, and a parent waiting for a core starves them (daemon.worker_nice)
+        os.nice(nice)
     programs: dict[str, SegmentProgram] = {}
     # decoded records are many small containers that die within their job: collecting the
     # young generation every 700 of them cost a quarter of a worker's time (bench 1)
