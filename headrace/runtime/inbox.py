@@ -29,7 +29,7 @@ class Inbox:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
-        self.listener: asyncio.Event | None = None  # set on every put (a reader that waits for the queue to grow)
+        self.listener: asyncio.Event | None = None  # set on every put, close and change of bounds (a reader waiting for the queue to grow)
 
     def scale(self, factor: float) -> None:
         """Bounds of ``factor`` times the configured ones (memory pressure); 1.0 restores them."""
@@ -37,6 +37,7 @@ class Inbox:
         self.max_bytes = max(1, int(self.bounds[1] * factor))
         if not self.full():
             self._writable.set()
+        self._listened()
 
     def full(self) -> bool:
         return bool(self.items) and (self.events >= self.max_events or self.bytes >= self.max_bytes)
@@ -53,8 +54,7 @@ class Inbox:
         self.events += len(batch)
         self.bytes += batch.nbytes
         self._readable.set()
-        if self.listener is not None:
-            self.listener.set()
+        self._listened()
         if self.gauges is not None:
             self.gauges[0].set(self.events)
             self.gauges[1].set(self.bytes)
@@ -87,9 +87,16 @@ class Inbox:
         """One producer is finished."""
         self.producers -= 1
         self._readable.set()
+        self._listened()
 
     def retire(self) -> None:
         """No producer will write again (reload): the reader drains and ends."""
         self.retired = True
         self.producers = 0
         self._readable.set()
+        self._listened()
+
+    def _listened(self) -> None:
+        """A put, a close, new bounds: the reader waiting for the queue to grow looks again."""
+        if self.listener is not None:
+            self.listener.set()

@@ -183,27 +183,85 @@ def test_a_job_answered_ends_the_wait(tmp_path: Path, monkeypatch: pytest.Monkey
     assert starts[2] - fed[0] < 5, "cut when a held job was answered, not after FILL_SECONDS"
 
 
+def _fake_runner(box: inbox_module.Inbox, running: int = 2) -> Any:
+    """What ``fill`` reads of a runner: one worker, ``running`` jobs, whole jobs of 50 events."""
+    fake = type("Fake", (), {})()
+    fake.inbox, fake.progress, fake.running = box, asyncio.Event(), running
+    fake.pool = type("P", (), {"size": 1})()
+    fake.chunk_size = lambda n: 50
+    return fake
+
+
+async def _put(box: inbox_module.Inbox, n: int) -> None:
+    for _ in range(n):
+        await box.put(Batch.source([b"{}"], codec="json", origin="src", group=0))
+
+
+def _run(coro: Any, loop: str) -> Any:
+    """On asyncio's loop or on uvloop's, which the daemon runs (its clock counts whole milliseconds)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
+        return runner.run(coro)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("case", ["full", "closed", "idle worker", "whole job"])
-def test_the_wait_ends_at_once_when_waiting_cannot_help(case: str) -> None:
+def test_the_wait_ends_at_once_when_waiting_cannot_help(case: str, loop: str) -> None:
     """An inbox bounded below a whole job is full before it holds one; a closed one grows no more;
     with fewer than two jobs per worker a worker would run dry; a whole job is there."""
 
     async def go() -> float:
         box = inbox_module.Inbox("x", 5 if case == "full" else 1000, 2**30)
-        fake = type("Fake", (), {})()
-        fake.inbox, fake.progress = box, asyncio.Event()
-        fake.running = 1 if case == "idle worker" else 2
-        fake.pool = type("P", (), {"size": 1})()
-        fake.chunk_size = lambda n: 50
-        for _ in range(5 if case != "whole job" else 50):
-            await box.put(Batch.source([b"{}"], codec="json", origin="src", group=0))
+        fake = _fake_runner(box, 1 if case == "idle worker" else 2)
+        await _put(box, 5 if case != "whole job" else 50)
         if case == "closed":
             box.close()
         t0 = asyncio.get_running_loop().time()
-        await PooledChainRunner.fill(fake)  # type: ignore[arg-type]
+        await PooledChainRunner.fill(fake)
         return asyncio.get_running_loop().time() - t0
 
-    assert asyncio.run(go()) < segment.FILL_SECONDS / 2
+    assert _run(go(), loop) < segment.FILL_SECONDS / 2
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("event", ["close", "retire", "scale"])
+def test_the_wait_ends_when_the_inbox_closes_or_shrinks_meanwhile(event: str, loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last producer closing, a reload retiring the edge, memory pressure shrinking its bounds
+    below what it holds: nothing more is coming, or nothing more fits; the queue is cut as it is."""
+    monkeypatch.setattr(segment, "FILL_SECONDS", 30.0)
+
+    async def go() -> float:
+        box = inbox_module.Inbox("x", 1000, 2**30)
+        fake = _fake_runner(box)
+        await _put(box, 5)
+        loop_ = asyncio.get_running_loop()
+        loop_.call_later(0.05, {"close": box.close, "retire": box.retire, "scale": lambda: box.scale(0.001)}[event])
+        t0 = loop_.time()
+        await asyncio.wait_for(PooledChainRunner.fill(fake), 10)
+        return loop_.time() - t0
+
+    assert _run(go(), loop) < 2.0
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_every_wait_ends_by_fill_seconds(loop: str) -> None:
+    """Nothing comes: each wait ends when its time is up. (On uvloop the clock reads whole
+    milliseconds: compared with a float deadline when the timer fired, it could read just short
+    of it, and the wait went on with no timer left, in about one wait in five.)"""
+
+    async def go() -> float:
+        box = inbox_module.Inbox("x", 1000, 2**30)
+        fake = _fake_runner(box)
+        await _put(box, 5)
+        longest = 0.0
+        for _ in range(40):
+            t0 = asyncio.get_running_loop().time()
+            await asyncio.wait_for(PooledChainRunner.fill(fake), 5)
+            longest = max(longest, asyncio.get_running_loop().time() - t0)
+        return longest
+
+    assert _run(go(), loop) < 0.5
 
 
 def _slow_first_half(recs: list[Any]) -> float | None:

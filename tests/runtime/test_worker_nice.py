@@ -4,6 +4,7 @@ started again after a crash gets the same priority."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from pathlib import Path
@@ -24,19 +25,23 @@ def _nice(pid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, pid)
 
 
-@pytest.mark.parametrize(("setting", "below"), [("", 5), (", worker_nice: 11", 11), (", worker_nice: 0", 0)])
-def test_workers_run_below_the_daemons_priority(tmp_path: Path, setting: str, below: int) -> None:
-    (tmp_path / "in.ndjson").write_text("")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"""
+CONFIG = """
 version: 1
 daemon: {{workers: 1, metrics: {{listen: null}}{setting}}}
 onramps: {{src: {{type: file, codec: json, config: {{path: in.ndjson, follow: true, poll_interval: 50ms}}}}}}
 pipelines: {{main: [{{op: python, fn: "stages:touch"}}]}}
 offramps: {{out: {{type: file, codec: json, config: {{path: out.ndjson}}}}}}
 links: {{src: [main], main: [out]}}
-""")
-    (tmp_path / "stages.py").write_text("def touch(event, meta):\n    event['seen'] = True\n    return event\n")
+"""
+STAGES = "def touch(event, meta):\n    event['seen'] = True\n    return event\n"
+
+
+@pytest.mark.parametrize(("setting", "below"), [("", 5), (", worker_nice: 11", 11), (", worker_nice: 0", 0)])
+def test_workers_run_below_the_daemons_priority(tmp_path: Path, setting: str, below: int) -> None:
+    (tmp_path / "in.ndjson").write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.format(setting=setting))
+    (tmp_path / "stages.py").write_text(STAGES)
     d = Daemon(cfg)
     try:
 
@@ -55,3 +60,38 @@ links: {{src: [main], main: [out]}}
                 d.wait_for(lambda old=pid: (w := worker()) is not None and w != old, timeout=30)
     finally:
         assert d.stop() == 0
+
+
+def _refuse_setpriority() -> None:
+    """In the child before exec: setpriority fails with EPERM from here on, in every process after
+    (what the systemd unit's ``SystemCallFilter=~@resources`` with ``SystemCallErrorNumber=EPERM``
+    does when setpriority is not given back)."""
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    ctx = ctypes.c_void_p(lib.seccomp_init(ctypes.c_uint32(0x7FFF0000)))  # SCMP_ACT_ALLOW
+    nr = lib.seccomp_syscall_resolve_name(b"setpriority")
+    assert lib.seccomp_rule_add(ctx, ctypes.c_uint32(0x00050000 | 1), nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
+    assert lib.seccomp_load(ctx) == 0
+
+
+def test_a_worker_that_may_not_lower_its_priority_runs_at_the_daemons(tmp_path: Path) -> None:
+    """A system call filter that refuses setpriority (an older copy of the unit, a container's
+    profile): the worker says so and works; it does not die at start, over and over."""
+    try:
+        ctypes.CDLL("libseccomp.so.2")
+    except OSError:
+        pytest.skip("libseccomp is not installed")
+    (tmp_path / "in.ndjson").write_text('{"id":0}\n{"id":1}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.format(setting=""))
+    (tmp_path / "stages.py").write_text(STAGES)
+    d = Daemon(cfg, preexec=_refuse_setpriority)
+    try:
+        d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= 2, timeout=30)
+    finally:
+        code = d.stop()
+    err = d.stderr_path.read_text()
+    assert code == 0, err
+    assert "cannot lower its priority (daemon.worker_nice: 5)" in err
+    assert "respawning" not in err and "Traceback" not in err, err

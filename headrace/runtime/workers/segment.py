@@ -176,11 +176,15 @@ class PooledChainRunner(Runner):
             return
         progress = self.progress
         inbox.listener = progress
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + FILL_SECONDS
-        timer = loop.call_at(deadline, progress.set)
+        expired: list[bool] = []  # the timer's own mark: uvloop's clock (whole ms) can read just short of a float deadline when it fires
+
+        def expire() -> None:
+            expired.append(True)
+            progress.set()
+
+        timer = asyncio.get_running_loop().call_later(FILL_SECONDS, expire)
         try:
-            while self.running >= 2 * self.pool.size and inbox.events < target and not inbox.full() and inbox.producers > 0 and loop.time() < deadline:
+            while self.running >= 2 * self.pool.size and inbox.events < target and not inbox.full() and inbox.producers > 0 and not expired:
                 progress.clear()
                 await progress.wait()
         finally:

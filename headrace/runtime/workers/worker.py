@@ -59,7 +59,10 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _alone_or_gone(daemon_pid)
     if nice:  # below the parent's priority: it feeds every worker, and a parent waiting for a core starves them (daemon.worker_nice)
-        os.nice(nice)
+        try:
+            os.nice(nice)
+        except OSError as exc:  # a system call filter refuses it (a unit without setpriority): the worker runs as it is
+            print(f"headrace worker {index}: cannot lower its priority (daemon.worker_nice: {nice}): {exc}; running at the daemon's", file=sys.stderr)
     programs: dict[str, SegmentProgram] = {}
     # decoded records are many small containers that die within their job: collecting the
     # young generation every 700 of them cost a quarter of a worker's time (bench 1)
