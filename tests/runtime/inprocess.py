@@ -73,6 +73,7 @@ class InProcessPool:
         self.programs: dict[str, Any] = {}
         self.jobs: list[list[Any]] = []  # the records of every job, in the order they were submitted
         self.cpu_ns: Callable[[int], int] | None = None  # job size -> the CPU time the answer reports
+        self.wall_ns: Callable[[int], int] | None = None  # job size -> the wall time the answer reports
 
     def configure(self, specs: list[SegmentSpec]) -> None:
         errors = _configure(self.programs, specs, [])
@@ -95,6 +96,8 @@ class InProcessPool:
             raise JobFailed(header.fatal)
         if self.cpu_ns is not None:
             header.cpu_ns = self.cpu_ns(len(records))
+        if self.wall_ns is not None:
+            header.wall_ns = self.wall_ns(len(records))
         return header  # type: ignore[no-any-return]
 
 

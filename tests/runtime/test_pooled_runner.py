@@ -64,6 +64,28 @@ def test_a_job_is_sized_to_the_cpu_time_workers_report(tmp_path: Path) -> None:
     assert r.source.acked == [1, 2]
 
 
+def test_a_stage_that_sleeps_gets_jobs_sized_to_the_wall_time(tmp_path: Path) -> None:
+    """1 us of CPU but 1 ms of wall time per event (a stage sleeping, or blocking on I/O): sized by
+    CPU time, a job would hold 4096 events and a worker for 4 s, and every job in flight would hold
+    back a drain or a reload as long."""
+    pool = InProcessPool(size=2)
+    pool.cpu_ns = lambda n: n * 1_000
+    pool.wall_ns = lambda n: n * 1_000_000
+    r = rig(tmp_path, pool)
+    runner = runner_of(r)
+
+    async def feed(onramp: OnrampRunner) -> None:
+        await onramp.records(records(range(100)), ack=1)
+        while runner.ns_per_event is None or len(pool.jobs) < 2:
+            await asyncio.sleep(0.001)
+        await onramp.records(records(range(100, 1100)), ack=2)
+
+    asyncio.run(r.run(feed))
+    per_job = min(MIN_JOB_EVENTS, LONG_JOB_NS // 1_000_000)
+    assert [len(j) for j in pool.jobs] == [50, 50] + [per_job] * (1000 // per_job)
+    assert ids(r.got(NODE, "out")) == list(range(1100))
+
+
 @pytest.mark.parametrize(("ns", "n", "size"), [(TARGET_JOB_NS / 200, 300, 200), (200_000.0, 300, MIN_JOB_EVENTS), (TARGET_JOB_NS / 4, 300, int(LONG_JOB_NS / (TARGET_JOB_NS / 4))),
                                                 (LONG_JOB_NS / 2, 100, 2), (1.0, 100, 100), (1e10, 100, 1), (1000.0, 3, 3)])
 def test_chunk_size_follows_the_cost_per_event(tmp_path: Path, ns: float, n: int, size: int) -> None:

@@ -41,7 +41,10 @@ from headrace.runtime.workers.wire import PICKLED, TAP, UNCHANGED, Request, Resp
 
 log = logging.getLogger("headrace.runtime")
 POISON_ATTEMPTS = 3
-TARGET_JOB_NS = 5_000_000  # CPU time per job the chunk size aims for (per-job parent cost ~150 us)
+# a worker's time per job the chunk size aims for (per-job parent cost ~150 us): its wall time, or
+# its CPU time when more (a job's CPU time alone sized jobs of a stage that sleeps or blocks in
+# seconds: 4096 events of 200 us, each job in flight holding a drain or a reload for 0.8 s)
+TARGET_JOB_NS = 5_000_000
 # costly events (a 200 us stage: 25 per 5 ms job) make the parent's cost per job (its worker round trip,
 # its release, its small offramp write) a share of every event: such jobs get up to MIN_JOB_EVENTS
 # events, as long as they stay within LONG_JOB_NS of CPU
@@ -281,8 +284,9 @@ class PooledChainRunner(Runner):
             log.error("a record killed a worker %d times; sending it to err: %s", POISON_ATTEMPTS, exc)
             return [(chunk, Poisoned(f"record killed the worker {POISON_ATTEMPTS} times: {exc}"))]
         n = len(chunk)
-        if n and resp.cpu_ns:
-            per = resp.cpu_ns / n
+        spent = max(resp.cpu_ns, resp.wall_ns)
+        if n and spent:
+            per = spent / n
             self.ns_per_event = per if self.ns_per_event is None else 0.8 * self.ns_per_event + 0.2 * per
         return [(chunk, resp)]
 
