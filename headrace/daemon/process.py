@@ -79,12 +79,7 @@ class Daemon:
             log.warning("config: %s: warning: %s", issue.position, issue.message)
         workers = worker_count(self.graph.daemon.workers)
         if workers > 0 and _needs_pool(self.graph):
-            from headrace.runtime.workers.pool import WorkerPool
-
-            # before the loop: the fork server is started from a quiet process
-            self.pool = WorkerPool(workers, self.metrics, stage_timeout=self.graph.daemon.stage_timeout,
-                                   max_rss=self.graph.daemon.worker_max_rss or 0, keep_heap=self.graph.daemon.memory is None,
-                                   nice=self.graph.daemon.worker_nice)  # fmt: skip
+            self.pool = _worker_pool(self.graph, self.metrics)  # before the loop: the fork server is started from a quiet process
             self.pool.start()
         # decoded events on the loop are many small containers that die within their batch: collecting
         # the young generation every 700 allocations (and the old ones, with everything imported so
@@ -410,11 +405,7 @@ class Daemon:
             return self._reload_failed("reload failed; running the previous config", [describe(exc)])
         try:
             if self.pool is None and _needs_pool(new) and worker_count(new.daemon.workers) > 0:
-                from headrace.runtime.workers.pool import WorkerPool
-
-                self.pool = WorkerPool(worker_count(new.daemon.workers), self.metrics, stage_timeout=new.daemon.stage_timeout,
-                                       max_rss=new.daemon.worker_max_rss or 0, keep_heap=new.daemon.memory is None,
-                                       nice=new.daemon.worker_nice)  # fmt: skip
+                self.pool = _worker_pool(new, self.metrics)
                 self.pool.start()
                 await self.pool.attach()
                 self.engine.pool = self.pool
@@ -533,6 +524,15 @@ class Daemon:
                 self.notifier.status(f"paused: {self.memory_paused}")
             else:
                 self.notifier.status(f"{rate:,.0f} events/s in; {self.pool.size if self.pool else 0} worker(s)")
+
+def _worker_pool(graph: Graph, metrics: Metrics) -> WorkerPool:
+    """The worker pool the config's ``daemon:`` settings ask for (at start, or at a reload that first needs one)."""
+    from headrace.runtime.workers.pool import WorkerPool
+
+    d = graph.daemon
+    return WorkerPool(worker_count(d.workers), metrics, stage_timeout=d.stage_timeout, max_rss=d.worker_max_rss or 0,
+                      keep_heap=d.memory is None, nice=d.worker_nice)  # fmt: skip
+
 
 def _needs_pool(graph: Graph) -> bool:
     """True when some stage would run on workers (imports stage modules, as the engine will)."""

@@ -143,15 +143,37 @@ async def _two_held_jobs(onramp: OnrampRunner, pool: InProcessPool, hold: float)
             await asyncio.sleep(0.001)
 
 
+def _held_rig(tmp_path: Path) -> tuple[InProcessPool, Rig, list[float]]:
+    """One worker whose jobs note when they start (``_held``), whole jobs of 50 events."""
+    starts: list[float] = []
+    pool = InProcessPool(size=1, hook=_held(starts))
+    r = rig(tmp_path, pool)
+    runner_of(r).ns_per_event = TARGET_JOB_NS / 50
+    return pool, r, starts
+
+
+def _short_queue_after_two_held_jobs(tmp_path: Path, hold: float) -> tuple[list[int], float]:
+    """Two jobs held ``hold`` seconds, then 10 records (never a whole job) with the input left open:
+    the sizes of the jobs, and how long after the 10 records came their job started."""
+    pool, r, starts = _held_rig(tmp_path)
+    fed: list[float] = []
+
+    async def feed(onramp: OnrampRunner) -> None:
+        await _two_held_jobs(onramp, pool, hold)
+        fed.append(asyncio.get_running_loop().time())
+        await onramp.records(records(range(10)), ack="x")
+        while len(pool.jobs) < 3:  # the input stays open (a closed one is cut at once)
+            await asyncio.sleep(0.001)
+
+    asyncio.run(asyncio.wait_for(r.run(feed), 10))
+    return [len(j) for j in pool.jobs], starts[2] - fed[0]
+
+
 def test_while_every_worker_has_two_jobs_small_batches_wait_to_be_one_whole_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A busy pipeline's source hands over small batches: one job each would spend the parent's cost
     per job on every batch, and leave a worker with a queue of little jobs (bench 1b)."""
     monkeypatch.setattr(segment, "FILL_SECONDS", 5.0)  # however slowly this machine hands the batches over
-    starts: list[float] = []
-    pool = InProcessPool(size=1, hook=_held(starts))
-    r = rig(tmp_path, pool)
-    runner = runner_of(r)
-    runner.ns_per_event = TARGET_JOB_NS / 50  # a whole job: 50 events
+    pool, r, _ = _held_rig(tmp_path)
 
     async def feed(onramp: OnrampRunner) -> None:
         await _two_held_jobs(onramp, pool, 1.0)
@@ -167,44 +189,17 @@ def test_while_every_worker_has_two_jobs_small_batches_wait_to_be_one_whole_job(
 
 def test_a_short_queue_waits_fill_seconds_at_most(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(segment, "FILL_SECONDS", 0.3)  # long beside the few ms between the wait's start and the batch
-    starts: list[float] = []
-    pool = InProcessPool(size=1, hook=_held(starts))
-    r = rig(tmp_path, pool)
-    runner_of(r).ns_per_event = TARGET_JOB_NS / 50
-    fed: list[float] = []
-
-    async def feed(onramp: OnrampRunner) -> None:
-        await _two_held_jobs(onramp, pool, 1.5)
-        fed.append(asyncio.get_running_loop().time())
-        await onramp.records(records(range(10)), ack="x")  # never a whole job
-        while len(pool.jobs) < 3:  # the input stays open (a closed one is cut at once)
-            await asyncio.sleep(0.001)
-
-    asyncio.run(r.run(feed))
-    assert [len(j) for j in pool.jobs] == [1, 1, 10]
-    waited = starts[2] - fed[0]
+    sizes, waited = _short_queue_after_two_held_jobs(tmp_path, 1.5)
+    assert sizes == [1, 1, 10]
     assert 0.2 <= waited < 1.2, f"cut after {waited:.3f} s: not after FILL_SECONDS (0.3 s), nor when the held jobs ended (1.5 s)"
 
 
 def test_a_job_answered_ends_the_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker about to run dry gets the queue as it is, however short."""
     monkeypatch.setattr(segment, "FILL_SECONDS", 30.0)
-    starts: list[float] = []
-    pool = InProcessPool(size=1, hook=_held(starts))
-    r = rig(tmp_path, pool)
-    runner_of(r).ns_per_event = TARGET_JOB_NS / 50
-    fed: list[float] = []
-
-    async def feed(onramp: OnrampRunner) -> None:
-        await _two_held_jobs(onramp, pool, 0.2)
-        fed.append(asyncio.get_running_loop().time())
-        await onramp.records(records(range(10)), ack="x")
-        while len(pool.jobs) < 3:
-            await asyncio.sleep(0.001)
-
-    asyncio.run(asyncio.wait_for(r.run(feed), 10))
-    assert [len(j) for j in pool.jobs] == [1, 1, 10]
-    assert starts[2] - fed[0] < 5, "cut when a held job was answered, not after FILL_SECONDS"
+    sizes, waited = _short_queue_after_two_held_jobs(tmp_path, 0.2)
+    assert sizes == [1, 1, 10]
+    assert waited < 5, "cut when a held job was answered, not after FILL_SECONDS"
 
 
 def _fake_runner(box: inbox_module.Inbox, running: int = 2) -> Any:

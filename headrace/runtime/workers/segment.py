@@ -175,7 +175,11 @@ class PooledChainRunner(Runner):
         the inbox to hold a whole job; at once when a worker is about to run dry."""
         inbox = self.inbox
         target = self.chunk_size(MAX_JOB_EVENTS)
-        if self.running < 2 * self.pool.size or inbox.events >= target:
+
+        def worth_waiting() -> bool:  # every worker has two jobs, and the queue is short, open and can still grow
+            return self.running >= 2 * self.pool.size and inbox.events < target and not inbox.full() and inbox.producers > 0
+
+        if not worth_waiting():
             return
         progress = self.progress
         inbox.listener = progress
@@ -187,7 +191,7 @@ class PooledChainRunner(Runner):
 
         timer = asyncio.get_running_loop().call_later(FILL_SECONDS, expire)
         try:
-            while self.running >= 2 * self.pool.size and inbox.events < target and not inbox.full() and inbox.producers > 0 and not expired:
+            while worth_waiting() and not expired:
                 progress.clear()
                 await progress.wait()
         finally:
