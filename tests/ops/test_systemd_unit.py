@@ -198,13 +198,13 @@ def allowed_syscalls(filters: list[str], groups: dict[str, set[str]]) -> set[str
     allowed: set[str] = set()
     for i, line in enumerate(filters):
         deny = line.startswith("~")
+        assert i > 0 or not deny, "the first line is an allow list (deny-list-first units are not used here)"
         names: set[str] = set()
         for item in line.lstrip("~").split():
             names |= groups[item] if item.startswith("@") else {item}
         if deny:
             allowed -= names
-        else:  # the first line is an allow list (deny-list-first units are not used here); later ones add to it
-            assert i > 0 or not deny
+        else:  # later allow lines add to the first
             allowed |= names
     return allowed
 

@@ -14,13 +14,6 @@ import pytest
 from tests.support.daemon import Daemon, lines_written
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return None
-
-
 def _nice(pid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, pid)
 
@@ -44,20 +37,16 @@ def test_workers_run_below_the_daemons_priority(tmp_path: Path, setting: str, be
     (tmp_path / "stages.py").write_text(STAGES)
     d = Daemon(cfg)
     try:
-
-        def worker() -> int | None:  # the fork server's child
-            return next((p for p in d.children() if _parent(p) not in (d.pid, None)), None)
-
         for round_ in range(2):  # the worker, then the one started after it was killed
             with (tmp_path / "in.ndjson").open("a") as f:
                 f.write(f'{{"id":{round_}}}\n')
             d.wait_for(lambda r=round_: lines_written(tmp_path / "out.ndjson") >= r + 1, timeout=30)  # it ran a job: set up
-            pid = d.wait_for(worker, timeout=10)
+            pid = d.wait_for(d.worker, timeout=10)
             assert _nice(pid) == min(_nice(d.pid) + below, 19), f"worker {round_}"
             assert _nice(d.pid) == os.getpriority(os.PRIO_PROCESS, 0), "the daemon keeps the priority it was started with"
             if round_ == 0:
                 os.kill(pid, signal.SIGKILL)
-                d.wait_for(lambda old=pid: (w := worker()) is not None and w != old, timeout=30)
+                d.wait_for(lambda old=pid: (w := d.worker()) is not None and w != old, timeout=30)
     finally:
         assert d.stop() == 0
 

@@ -121,6 +121,10 @@ class Daemon:
                 kids.extend(p for p in _all_pids() if _ppid(p) == pid)
         return kids
 
+    def worker(self) -> int | None:
+        """The PID of a worker (a child of the fork server, not of the daemon itself), or None."""
+        return next((p for p in self.children() if _ppid(p) not in (self.pid, -1)), None)
+
     def wait_for(self, predicate: Any, timeout: float = 20, interval: float = 0.05) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
