@@ -109,6 +109,10 @@ class DaemonConfig(Strict):
                                                        "their nice value). The daemon's own process reads the sources, hands the workers "
                                                        "their jobs and delivers their answers: when it waits for a core, the workers run "
                                                        "out of jobs. 0: the same priority")
+    job_transport: Literal["memory", "socket"] = Field("memory", description="how a job's records reach a worker. memory: the worker "
+                                                       "copies them out of the daemon's memory (Linux's process_vm_readv; a worker the "
+                                                       "kernel does not let do that says so in the log and uses the socket); socket: "
+                                                       "through the worker's socket, copied by the kernel on both sides")
 
     @field_validator("workers", mode="before")
     @classmethod

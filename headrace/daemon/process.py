@@ -531,7 +531,7 @@ def _worker_pool(graph: Graph, metrics: Metrics) -> WorkerPool:
 
     d = graph.daemon
     return WorkerPool(worker_count(d.workers), metrics, stage_timeout=d.stage_timeout, max_rss=d.worker_max_rss or 0,
-                      keep_heap=d.memory is None, nice=d.worker_nice)  # fmt: skip
+                      keep_heap=d.memory is None, nice=d.worker_nice, job_transport=d.job_transport)  # fmt: skip
 
 
 def _needs_pool(graph: Graph) -> bool:

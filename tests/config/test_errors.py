@@ -139,7 +139,7 @@ offramps: {out: {type: stdout}}
 links: {src: [main], main: [out]}
 """,
         [
-            "3:3: unknown key 'worker' in daemon: did you mean 'workers'? (expected one of: batch_size, error_budget, loop_block_threshold, memory, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, unready_after, worker_max_rss, worker_nice, workers)",
+            "3:3: unknown key 'worker' in daemon: did you mean 'workers'? (expected one of: batch_size, error_budget, job_transport, loop_block_threshold, memory, metrics, queue_bytes, queue_events, shutdown_timeout, stage_timeout, start_timeout, state_dir, unready_after, worker_max_rss, worker_nice, workers)",
         ],
         id="unknown_daemon",
     ),

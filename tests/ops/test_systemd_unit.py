@@ -231,6 +231,8 @@ PYTHON_DAEMON_SYSCALLS = """
     nanosleep sched_yield getrusage uname setsid setpgid umask flock
 
     getpriority setpriority
+
+    process_vm_readv
 """.split()  # noqa: SIM905 - easier to read and extend than a list literal
 
 

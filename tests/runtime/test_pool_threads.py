@@ -27,6 +27,7 @@ from multiprocess.connection import Connection
 
 from headrace.metrics.defs import Metrics
 from headrace.plugins.operators.python import PythonOperator
+from headrace.runtime.workers import memread
 from headrace.runtime.workers.pool import WorkerCrashed, WorkerPool
 from headrace.runtime.workers.program import NodeDef, SegmentSpec
 from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
@@ -83,11 +84,15 @@ class ThreadWorker:
                 except (EOFError, OSError):
                     break
                 (kind, payload), start = unpack_header(msg)
-                if kind == CONFIGURE:
-                    conn.send_bytes(b"".join(pack(("configured", _configure(programs, payload[0], payload[1])))))
+                if kind == CONFIGURE:  # a thread reads its own process's memory: its jobs come by reference, as a worker's
+                    reads = memread.probe(os.getpid(), *payload[2]) if payload[2] is not None else "not asked to"
+                    conn.send_bytes(b"".join(pack(("configured", _configure(programs, payload[0], payload[1]), reads))))
                 elif kind == JOB:
                     req: Request = payload
                     req.blob, req.start = msg, start
+                    if req.remote:
+                        req.blob, req.start = memread.read(os.getpid(), req.remote), 0
+                        msg, start = req.blob, 0
                     self.slot[0] = req.job_id
                     if b'"die"' in bytes(memoryview(msg)[start:]):
                         code = -9

@@ -36,3 +36,5 @@ class Job:
     future: asyncio.Future[Response]
     started: float = 0.0
     wire: list[Any] = field(default_factory=list)  # the job message, pickled once
+    located: bytes | None = None  # where its records' blobs are in this process (memread.locate), when all are bytes
+    by_reference: bool = False  # ``wire`` names where the blobs are (for a worker that reads our memory) instead of holding them

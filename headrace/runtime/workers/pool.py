@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ import multiprocess
 
 from headrace.errors import describe_exception
 from headrace.metrics.defs import Metrics
+from headrace.runtime.workers import memread
 from headrace.runtime.workers.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
 from headrace.runtime.workers.program import SegmentSpec
 from headrace.runtime.workers.supervisor import WorkerSupervisor
@@ -35,7 +37,7 @@ FORKSERVER_PRELOAD = ["headrace.runtime.workers.forkserver_init", "headrace.runt
 
 class WorkerPool:
     def __init__(self, size: int, metrics: Metrics | None = None, max_inflight: int = 3, stage_timeout: float = 60.0,
-                 max_rss: int = 0, context: Any = None, keep_heap: bool = True, nice: int = 0) -> None:  # fmt: skip
+                 max_rss: int = 0, context: Any = None, keep_heap: bool = True, nice: int = 0, job_transport: str = "memory") -> None:  # fmt: skip
         self.size = size
         self.metrics = metrics
         self.max_inflight = max_inflight
@@ -45,6 +47,10 @@ class WorkerPool:
         # the free memory they would hold counts in their resident size (a recycle after every job, a budget never met)
         self.keep_heap = keep_heap and not max_rss
         self.nice = nice  # added to each worker's nice value (daemon.worker_nice)
+        # daemon.job_transport: "memory", workers read jobs' records out of this process (memread) when the kernel lets them
+        self.job_transport = job_transport
+        self._probe = os.urandom(32)  # what a worker reads back at its set-up to show it can
+        self._unread: str | None = None  # why the last worker that could not read our memory could not (logged once each reason)
         # processes come from ``context`` (multiprocess's API: Process, Pipe, RawArray); tests pass one of threads
         self.ctx = context if context is not None else multiprocess.get_context("forkserver")
         self.workers = [WorkerSupervisor(self, i) for i in range(size)]
@@ -126,12 +132,44 @@ class WorkerPool:
         self._next_id += 1
         job = Job(self._next_id, segment, parts, asyncio.get_running_loop().create_future())
         parts[0].job_id = job.id  # the worker shows it in its slot while it executes the job
+        if self.job_transport == "memory":
+            job.located = memread.locate(parts[1:])
         try:
-            job.wire = pack((JOB, parts[0]), *parts[1:])  # the records' blobs follow the header as they are
+            job.wire = self._wire(job, any(w.reads_memory for w in self.workers))
         except BaseException as exc:  # a value an upstream stage made (in a meta, or the event itself)
             raise JobFailed(f"a value cannot be pickled to go to a worker: {describe_exception(exc)}") from None
         await self._dispatch(job)
         return await job.future
+
+    @staticmethod
+    def _wire(job: Job, by_reference: bool) -> list[Any]:
+        """The job's message: its records' blobs after the header, or (``by_reference``, when they
+        are all ``bytes``) only where they are, for a worker that reads them from our memory."""
+        req = job.parts[0]
+        job.by_reference = by_reference and job.located is not None
+        if job.by_reference:
+            req.remote = job.located
+            return pack((JOB, req))  # the blobs stay referenced by job.parts until the job is answered or failed
+        req.remote = b""
+        return pack((JOB, req), *job.parts[1:])  # the records' blobs follow the header as they are
+
+    def memory_probe(self) -> tuple[bytes, bytes] | None:
+        """What a worker's set-up carries to try reading our memory: (where, what is there), or None
+        (``job_transport: socket``, or this process cannot say where its bytes are)."""
+        if self.job_transport != "memory":
+            return None
+        located = memread.locate([self._probe])
+        return (located, self._probe) if located is not None else None
+
+    def memory_read_by(self, index: int, unread: str | None) -> bool:
+        """Worker ``index`` said whether it reads our memory (``unread``: why not, None: it does)."""
+        if unread is None:
+            return True
+        if self.job_transport == "memory" and unread != self._unread:  # each new reason once, not once per worker and reload
+            self._unread = unread
+            log.warning("worker %d gets its jobs through its socket (daemon.job_transport: memory asks it to read them from the "
+                        "daemon's memory, but %s); this costs the daemon a copy of every job", index, unread)  # fmt: skip
+        return False
 
     def redispatch(self, job: Job) -> None:
         task = asyncio.create_task(self._dispatch(job))
@@ -148,6 +186,8 @@ class WorkerPool:
                     w = min(live, key=lambda x: len(x.inflight))
                     break
                 await self._capacity.wait()
+        if (job.located is not None and w.reads_memory) != job.by_reference:  # pickled the same a moment ago: cannot fail now
+            job.wire = self._wire(job, w.reads_memory)
         job.started = time.monotonic()
         w.inflight.append(job)
         try:

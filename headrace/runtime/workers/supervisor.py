@@ -64,6 +64,7 @@ class WorkerSupervisor:
         self.busy_ns = 0  # CPU time of the jobs answered
         self.occupied_ns = 0  # wall time they were in hand (``Response.wall_ns``)
         self.kill_reason: str | None = None
+        self.reads_memory = False  # its jobs' records are read from our memory (memread), not sent (said at its set-up)
         self.recycling: str | None = None
         self.spawned = 0.0  # when the current process was started (monotonic)
         self.first_try = asyncio.Event()  # set once the first start finished or failed
@@ -133,6 +134,7 @@ class WorkerSupervisor:
         self.slot[0] = IDLE
         self.spawned = time.monotonic()
         self.proc, self.conn, self.alive, self.kill_reason, self.recycling = proc, parent, True, None, None
+        self.reads_memory = False  # until its set-up says otherwise
         self._set_state("starting")
 
     async def _serve(self, backoff: Backoff) -> None:
@@ -188,7 +190,7 @@ class WorkerSupervisor:
     async def configure(self, specs: list[SegmentSpec], drop: list[str] | None = None) -> list[str]:
         """Set up ``specs`` and tear down ``drop`` in the worker; its errors ([] when it died meanwhile)."""
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        job = Job(CONFIGURE_JOB, "", pack((CONFIGURE, (specs, drop or []))), fut)
+        job = Job(CONFIGURE_JOB, "", pack((CONFIGURE, (specs, drop or [], self.pool.memory_probe()))), fut)
         self.inflight.append(job)
         await self.send(job.parts)
         return await fut  # type: ignore[return-value]
@@ -239,8 +241,13 @@ class WorkerSupervisor:
             elif not job.future.done():
                 job.future.set_exception(JobFailed(why))
             return
-        if job.id == CONFIGURE_JOB:  # ("configured", errors)
+        if job.id == CONFIGURE_JOB:  # ("configured", errors, why it cannot read our memory or None)
+            self.reads_memory = self.pool.memory_read_by(self.index, header[2])
             job.future.set_result(header[1])
+            return
+        if header.unread is not None:  # nothing ran: the job goes again, through the socket from now on
+            self.reads_memory = self.pool.memory_read_by(self.index, header.unread)
+            self._requeue(job)
             return
         header.attach(msg, start)
         self.busy_ns += header.cpu_ns

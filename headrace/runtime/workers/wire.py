@@ -36,6 +36,7 @@ class Request:
     taps: dict[str, int] | None = None  # nodes inside the segment being tapped: node -> every n-th event of its out (``TAP`` outputs)
     shipments: dict[str, Any] | None = None  # codec key -> what its instance in the worker needs for this job (``Codec.shipment``)
     keeps_records: bool = False  # the parent holds the records as bytes: an answer may name a record's cut and tail instead of its bytes
+    remote: bytes = b""  # the blobs are not in the message: the worker reads them from the daemon's memory, here (memread.locate)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Response:
     fatal: str | None = None  # why the job failed as a whole: the segment raised outside any record, or the answer cannot be pickled
     recycle: str | None = None  # the worker exits after this answer and is replaced: worker.MEMORY_ERROR or worker.MAX_RSS
     stage_metrics: dict[str, Any] | None = None  # what the stages' headrace.metric updates were since the last answer
+    unread: str | None = None  # the worker could not read the job from the daemon's memory (why): nothing was run, send it again
     wall_ns: int = 0  # wall time from the job read to its answer made (``cpu_ns`` and the time the worker waited for a core)
 
     def attach(self, msg: bytes, start: int) -> None:
