@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from headrace.contract.bytesearch import contains
 from headrace.contract.codec import Codec, DecodeError, ViewLoader
 
 simdjson: Any
@@ -45,8 +46,8 @@ _BIG_INT = "64-bit range"  # in orjson's refusal to write an integer it cannot h
 
 
 def may_hold_big_ints(data: bytes | bytearray | memoryview) -> bool:
-    """Whether ``data`` has a run of 19+ digits (one C pass; a string or long fraction also counts)."""
-    return bytes(data).translate(_DIGITS).find(_LONG_RUN) >= 0
+    """Whether ``data`` has a run of 19+ digits (two C passes; a string or long fraction also counts)."""
+    return contains(bytes(data).translate(_DIGITS), _LONG_RUN)
 
 
 def loads_exact(data: bytes | bytearray | memoryview) -> Any:
