@@ -432,11 +432,11 @@ def test_simdjson_is_the_view_type() -> None:
 @settings(max_examples=300, deadline=None)
 @given(haystack=st.binary(max_size=64), needle=st.binary(max_size=6), cut=st.integers(0, 64))
 def test_the_job_search_finds_what_in_finds(haystack: bytes, needle: bytes, cut: int) -> None:
-    from headrace.contract.patch import _contains
+    from headrace.contract.bytesearch import contains
 
     placed = haystack[:cut] + needle + haystack[cut:]  # present at least once
-    assert _contains(placed, needle)
-    assert _contains(haystack, needle) == (needle in haystack)
+    assert contains(placed, needle)
+    assert contains(haystack, needle) == (needle in haystack)
 
 
 SEEN = '''
