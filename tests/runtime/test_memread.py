@@ -32,6 +32,24 @@ def test_more_blobs_than_one_call_takes() -> None:
     assert got == b"".join(blobs)
 
 
+@pytest.mark.parametrize(("iov_max", "call_bytes"), [(2, 1 << 30), (1024, 1000), (3, 700)])
+def test_calls_are_cut_by_count_and_by_bytes(monkeypatch: pytest.MonkeyPatch, iov_max: int, call_bytes: int) -> None:
+    """The kernel reads at most MAX_RW_COUNT bytes (2 GiB less a page) a call, whatever was asked:
+    a larger job is read in several calls, a blob larger than a call cut across two (shown here
+    with small limits)."""
+    monkeypatch.setattr(memread, "IOV_MAX", iov_max)
+    monkeypatch.setattr(memread, "MAX_CALL_BYTES", call_bytes)
+    blobs = [os.urandom(n) for n in (2500, 1, 999, 1000, 3, 4001, 7)]
+    where = memread.locate(blobs)
+    assert where is not None
+    pairs = array("Q")
+    pairs.frombytes(where)
+    calls = memread._calls(pairs)
+    assert all(len(c) // 2 <= iov_max and sum(c[1::2]) <= call_bytes for c in calls)
+    assert sum(sum(c[1::2]) for c in calls) == sum(map(len, blobs))
+    assert memread.read(os.getpid(), where) == b"".join(blobs)
+
+
 def test_only_bytes_are_read_by_reference() -> None:
     assert memread.locate([b"a", memoryview(b"bc")]) is None
     assert memread.locate([bytearray(b"a")]) is None
@@ -174,4 +192,5 @@ def test_a_job_the_worker_cannot_read_any_more_goes_again_through_the_socket(tmp
     assert ids == list(range(N))
     assert wrote > 1.6 * N * (len(PAD) + 30), wrote  # after the first jobs, the records went through the socket
     assert "cannot read the job from the daemon's memory" in err, err
+    assert err.count("gets its jobs through its socket") == 1, err  # the same reason for every job: said once
     assert "Traceback" not in err and "respawn" not in err and "crash" not in err.lower(), err

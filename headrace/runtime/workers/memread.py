@@ -11,7 +11,8 @@ answered (the job holds them, and a job leaves a worker's in-flight list only wi
 or with the worker's death).
 
 Whether a worker can read the daemon's memory is up to the kernel (ptrace access rules: same
-user; Yama's ptrace_scope; a seccomp filter; a container's profile): each worker tries once,
+user; Yama's ptrace_scope, 1 allowing it thanks to ``allow_descendants``; a seccomp filter; a
+container's profile): each worker tries once,
 on a probe the daemon sends with its set-up, and says whether it worked. A worker that cannot
 gets its jobs through the socket as before (``daemon.job_transport: socket`` asks for that
 always). CPython's ``bytes`` keep their data inline at a fixed offset from the object's
@@ -26,6 +27,8 @@ from array import array
 from typing import Any
 
 IOV_MAX = 1024  # the kernel's limit of iovecs per call
+MAX_CALL_BYTES = 1 << 30  # bytes asked of one call: the kernel moves at most MAX_RW_COUNT (2 GiB less a page) per call
+PR_SET_PTRACER = 0x59616D61  # prctl: which process (and its descendants) may ptrace the caller, under Yama
 
 
 def _setup() -> tuple[int, Any, Any] | str:
@@ -34,15 +37,14 @@ def _setup() -> tuple[int, Any, Any] | str:
     if not hasattr(os, "sched_getaffinity"):  # not Linux (the call is Linux's)
         return "not Linux"
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # an instance of our own: its function objects are not shared
         readv = libc.process_vm_readv
-        make = ctypes.pythonapi.PyBytes_FromStringAndSize
+        # a prototype of our own, not ctypes.pythonapi's shared function object, whose restype any library may set
+        make = ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t)(("PyBytes_FromStringAndSize", ctypes.pythonapi))
     except (OSError, AttributeError) as exc:
         return f"no process_vm_readv here ({exc})"
     readv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     readv.restype = ctypes.c_ssize_t
-    make.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-    make.restype = ctypes.py_object
     probe = b"headrace: where a bytes object keeps its data"
     addr = ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value  # c_char_p points at the data itself
     offset = (addr or 0) - id(probe)
@@ -78,27 +80,63 @@ def read(pid: int, located: bytes) -> bytes:
     if _SETUP is None:
         raise OSError(UNAVAILABLE)
     offset, readv, make = _SETUP
-    remote = array("Q")
-    remote.frombytes(located)
-    total = sum(remote[1::2])
+    pairs = array("Q")
+    pairs.frombytes(located)
+    total = sum(pairs[1::2])
     out = make(None, total)  # filled here, before anyone else sees it
+    if type(out) is not bytes or len(out) != total:
+        raise OSError(f"could not make a bytes of {total} to read into")
     if not total:
-        return out  # type: ignore[no-any-return]
+        return out
     base = id(out) + offset
-    pairs = len(remote) // 2
     done = 0
-    first = 0
-    while first < pairs:
-        last = min(first + IOV_MAX, pairs)
-        want = sum(remote[2 * first + 1 : 2 * last : 2])
+    for call in _calls(pairs):
+        want = sum(call[1::2])
         local = array("Q", (base + done, want))
-        got = readv(pid, local.buffer_info()[0], 1, remote.buffer_info()[0] + 16 * first, last - first, 0)
+        got = readv(pid, local.buffer_info()[0], 1, call.buffer_info()[0], len(call) // 2, 0)
         if got != want:  # -1 (errno says why), or short: a page of the daemon's not there any more
             err = ctypes.get_errno() if got < 0 else 0
             raise OSError(err, f"process_vm_readv read {got} of {want} bytes from process {pid}" + (f": {os.strerror(err)}" if err else ""))
         done += want
-        first = last
-    return out  # type: ignore[no-any-return]
+    return out
+
+
+def _calls(located: array[int]) -> list[array[int]]:
+    """``located``'s (address, length) pairs as the calls that read them: at most IOV_MAX pairs and
+    MAX_CALL_BYTES bytes each (a longer blob is cut across calls)."""
+    calls: list[array[int]] = []
+    call = array("Q")
+    size = 0
+    for k in range(0, len(located), 2):
+        addr, left = located[k], located[k + 1]
+        while left:
+            if len(call) // 2 == IOV_MAX or size == MAX_CALL_BYTES:
+                calls.append(call)
+                call, size = array("Q"), 0
+            take = min(left, MAX_CALL_BYTES - size)
+            call.append(addr)
+            call.append(take)
+            addr += take
+            left -= take
+            size += take
+    if call:
+        calls.append(call)
+    return calls
+
+
+def allow_descendants() -> str | None:
+    """Under Yama's ``ptrace_scope`` 1 (Ubuntu's default), let this process's descendants (the
+    workers, through the fork server) read its memory: Yama otherwise allows it only to ancestors.
+    None when done, or why not (no Yama: nothing to do, EINVAL)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError) as exc:
+        return str(exc)
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    if prctl(PR_SET_PTRACER, os.getpid(), 0, 0, 0) != 0:
+        return os.strerror(ctypes.get_errno())
+    return None
 
 
 def probe(pid: int, located: bytes | None, expected: bytes) -> str | None:

@@ -73,6 +73,8 @@ class WorkerPool:
     def start(self) -> None:
         """Start the fork server and the workers; call before the event loop starts."""
         self.ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+        if self.job_transport == "memory":
+            memread.allow_descendants()  # Yama's ptrace_scope 1 lets only ancestors read a process; without Yama a no-op
         for w in self.workers:
             w.spawn()
 
@@ -171,11 +173,12 @@ class WorkerPool:
                         "daemon's memory, but %s); this costs the daemon a copy of every job", index, unread)  # fmt: skip
         return False
 
-    def redispatch(self, job: Job) -> None:
+    def redispatch(self, job: Job, counted: bool = True) -> None:
         task = asyncio.create_task(self._dispatch(job))
         self._redispatch.add(task)
         task.add_done_callback(self._redispatch.discard)
-        self.count("headrace_worker_redispatched_batches_total")
+        if counted:
+            self.count("headrace_worker_redispatched_batches_total")
 
     async def _dispatch(self, job: Job) -> None:
         assert self._capacity is not None

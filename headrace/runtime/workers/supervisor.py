@@ -247,7 +247,8 @@ class WorkerSupervisor:
             return
         if header.unread is not None:  # nothing ran: the job goes again, through the socket from now on
             self.reads_memory = self.pool.memory_read_by(self.index, header.unread)
-            self._requeue(job)
+            if not job.future.done():
+                self.pool.redispatch(job, counted=False)  # not a worker's death: not headrace_worker_redispatched_batches_total
             return
         header.attach(msg, start)
         self.busy_ns += header.cpu_ns

@@ -94,7 +94,8 @@ def worker_main(conn: Any, index: int, daemon_pid: int, slot: Any = None, max_rs
                 try:
                     req.blob, req.start = memread.read(daemon_pid, req.remote), 0
                 except OSError as exc:  # the kernel refuses now what it allowed at set-up: the daemon sends it again
-                    send(_answer(Response(req.job_id, 0, [], [], {}, b"", unread=f"cannot read the job from the daemon's memory: {exc}")))
+                    why = os.strerror(exc.errno) if exc.errno else "a short read"  # the same words for every job: logged once
+                    send(_answer(Response(req.job_id, 0, [], [], {}, b"", unread=f"cannot read the job from the daemon's memory: {why}")))
                     continue
             if slot is not None:
                 slot[0] = req.job_id
