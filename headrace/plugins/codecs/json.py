@@ -1,8 +1,9 @@
 """JSON through orjson. Nesting deeper than orjson's limit (1024) or ``max_event_depth`` is rejected.
 
 Integers beyond 64 bits are kept exact: orjson would read them as floats, so a record whose
-bytes hold a run of 19 or more digits is read again with the standard library's parser
-(slower, and rare), and a value holding such an integer is written with it. A stage thus
+bytes hold a run of 20 or more digits, or a minus sign and 19, is read again with the standard
+library's parser (7x slower, and rare: a nanosecond timestamp has 19 digits and fits), and a
+value holding such an integer is written with it. A stage thus
 sees, and a modified record carries, the integer that came in. Duplicate keys in an object:
 the last one wins, as in JavaScript's ``JSON.parse``, Python and Go; a record nobody modified
 leaves as its original bytes, duplicates included.
@@ -41,13 +42,19 @@ except ImportError:  # optional: readonly stages then get dicts
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _REUSE = "re-use a parser"
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")
-_LONG_RUN = b"0" * 19  # 19 digits may exceed int64; 20 may exceed uint64: orjson's float territory
+# orjson reads integers in int64 and uint64 exactly, others as floats: a positive integer of 19 digits
+# always fits (uint64 holds 20), so only 20 digits, or a minus sign and 19, may not (a nanosecond
+# timestamp, 19 digits, stays on orjson: read exactly by the standard library instead, 7x slower)
+_LONG_RUN = b"0" * 20
+_LONG_NEGATIVE = b"-" + b"0" * 19
 _BIG_INT = "64-bit range"  # in orjson's refusal to write an integer it cannot hold
 
 
 def may_hold_big_ints(data: bytes | bytearray | memoryview) -> bool:
-    """Whether ``data`` has a run of 19+ digits (two C passes; a string or long fraction also counts)."""
-    return contains(bytes(data).translate(_DIGITS), _LONG_RUN)
+    """Whether ``data`` has a run of 20+ digits, or a minus sign and 19 (C passes only; in a string or
+    a long fraction it counts too: the careful reading is then only slower)."""
+    digits = bytes(data).translate(_DIGITS)
+    return contains(digits, _LONG_RUN) or contains(digits, _LONG_NEGATIVE)
 
 
 def loads_exact(data: bytes | bytearray | memoryview) -> Any:
