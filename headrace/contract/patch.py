@@ -15,6 +15,7 @@ decodes the record whole, applies the fields (``materialize``) and encodes it as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -98,6 +99,20 @@ class PlainPatch(Patch):
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self.plain(Patch.get(self, key, default))
+
+
+_ESCAPED_NAME = re.compile(rb'\\.[^"\\]*"[ \t\r\n]*:', re.S)
+
+
+def names_may_be_escaped(blob: bytes) -> bool:
+    """Whether a name (an object's key) in ``blob`` may be spelled with a backslash escape, which a
+    byte search for the name would miss. A backslash in a value (an escaped quote, ``\\n``) is not
+    enough: the search tries each backslash as the last escape of a string, the rest of which
+    then holds no backslash, and wants ``":`` at its end. Every escaped name has such a last
+    escape; a value's last escape is followed by its closing quote and then ``,`` ``}`` or ``]``.
+    Each try ends at the next backslash or quote: one pass over the blob (0.27 us a record of
+    bench 1b's with two escaped quotes each, against 0.75 us for listing each record's names)."""
+    return b"\\" in blob and _ESCAPED_NAME.search(blob) is not None
 
 
 class JobNames:

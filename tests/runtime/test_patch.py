@@ -16,7 +16,7 @@ import simdjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headrace.contract.patch import JobNames, Patch, PlainPatch, materialize, splice
+from headrace.contract.patch import JobNames, Patch, PlainPatch, materialize, names_may_be_escaped, splice
 from headrace.plugins.codecs.json import SimdjsonViews, loads_exact
 from headrace.plugins.operators.readproof import prove
 
@@ -71,8 +71,11 @@ def run(event: Any, script: list[tuple[str, str, Any, int]], plain: Any) -> list
 def leave(raw: bytes, patch: Patch, plain: Any) -> tuple[bytes, bool]:
     """What leaves a worker for ``patch``: (bytes, spliced or not)."""
     out = splice(raw, patch, plain, orjson.dumps, escapes=b"\\" in raw)
-    # the same when the names are searched in the job the record is part of (a worker's way)
+    # the same when the names are searched in the job the record is part of (a worker's way), with a
+    # backslash anywhere taken as a name spelled with escapes, or only one that can end an escaped name
     assert splice(raw, patch, plain, orjson.dumps, b"\\" in raw, JobNames(b"[" + raw + b"]", b"\\" in raw)) == out
+    escaped = names_may_be_escaped(b"[" + raw + b"]")
+    assert splice(raw, patch, plain, orjson.dumps, escaped, JobNames(b"[" + raw + b"]", escaped)) == out
     if out is not None:
         return out, True
     return orjson.dumps(materialize(loads_exact(raw), patch, plain)), False
@@ -463,3 +466,22 @@ links: {src: [main], main: [out], main/err: [dlq], src/err: [dlq]}""")
     assert len(work_out) == 19998 and work_out[0] == b'{"id":0,"pad":"","seen":true}'
     dead = {w: sorted(json.loads(x)["meta"]["error"]["type"] for x in (folders[w] / "dlq.ndjson").read_text().splitlines()) for w in (0, 2)}
     assert dead[0] == dead[2] and len(dead[2]) == 2
+
+
+@pytest.mark.parametrize(("blob", "escaped"), [
+    (b'{"a\\"b":1}', True),  # an escaped quote in a name
+    (b'{"se\\u0065n" : 1}', True),  # a name spelled with a unicode escape, blanks before the colon
+    (b'{"a\\\\":1}', True),  # a name ending in an escaped backslash
+    (b'[{"m":"x"},{"k":{"t\\tab":2}}]', True),  # nested, in a later record
+    (b'{"m":"x \\"q\\" y","k":1}', False),  # escaped quotes in a value
+    (b'{"j":"{\\"a\\":1}"}', False),  # JSON inside a string: its names are a value's text
+    (b'{"m":"a\\nb","k":1}', False),
+    (b'{"m":"tail\\\\","k":2}', False),  # a value ending in an escaped backslash, a name after it
+    (b'{"m":["\\u00e9"]}', False),
+    (b'{"plain":1}', False),
+])  # fmt: skip
+def test_names_spelled_with_escapes_are_told_from_escapes_in_values(blob: bytes, escaped: bool) -> None:
+    """Records whose values hold escapes (log lines: quotes, newlines) keep the job-wide name search;
+    any name spelled with an escape turns it off (the differential test above covers random names)."""
+    assert names_may_be_escaped(blob) is escaped
+    assert json.loads(blob) is not None  # every case is valid JSON

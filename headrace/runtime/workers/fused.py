@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from headrace.contract import tracked
 from headrace.contract.codec import ViewLoader
 from headrace.contract.patch import OPEN_OR_WS as _OPEN_OR_WS
-from headrace.contract.patch import JobNames, Patch, materialize, needle, splice_at
+from headrace.contract.patch import JobNames, Patch, materialize, names_may_be_escaped, needle, splice_at
 from headrace.contract.stage import STAGE_ERRORS, Ev
 from headrace.contract.tracked import READONLY_WROTE, ReadonlyViolation, TrackedDict, TrackedList
 from headrace.runtime.batch import share_equal, unshare
@@ -136,7 +136,8 @@ class FusedChain:
                 mv, pos = bytes(memoryview(mv)[pos:]), 0
         elif pos:
             mv, pos = memoryview(mv)[pos:], 0
-        escapes = patch0 and (not isinstance(mv, bytes) or b"\\" in mv)  # a backslash anywhere in the job: names may be spelled with escapes
+        # a name with a backslash escape in the job: names may be spelled so, a byte search misses them
+        escapes = patch0 and (not isinstance(mv, bytes) or names_may_be_escaped(mv))
         job = JobNames(mv, escapes) if patch0 else None  # each new field's name searched once in the whole job
         # the appender's Patch, one for the job (the proof keeps the stage from holding on to it), and the
         # tail of the last record spliced: a stage setting the same immutable value (True, a constant)
