@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import socket
-import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,15 +30,13 @@ from headrace.errors import describe_exception
 from headrace.runtime.workers.jobs import CONFIGURE_JOB, Job, JobFailed, WorkerCrashed
 from headrace.runtime.workers.proc import EXIT_GRACE, death, kill, reap, shutdown_transport
 from headrace.runtime.workers.program import SegmentSpec
-from headrace.runtime.workers.wire import Response, pack, unpack_header
+from headrace.runtime.workers.wire import FRAME, FRAME64, Response, pack, unpack_header
 from headrace.runtime.workers.worker import CONFIGURE, IDLE, MEMORY_ERROR, worker_main
 
 if TYPE_CHECKING:
     from headrace.runtime.workers.pool import WorkerPool
 
 log = logging.getLogger("headrace.pool")
-_I = struct.Struct("!i")
-_Q = struct.Struct("!Q")
 SOCKET_BUFFER = 4 << 20  # a few batches fit, so a job is one write and one read
 State = Literal["down", "starting", "ready", "retiring"]
 
@@ -204,7 +201,7 @@ class WorkerSupervisor:
             raise ConnectionResetError(f"worker {self.index}'s socket is closed")
         n = sum(len(p) for p in parts)
         try:
-            writer.write(_I.pack(n) if n < 0x7FFFFFFF else _I.pack(-1) + _Q.pack(n))
+            writer.write(FRAME.pack(n) if n < 0x7FFFFFFF else FRAME.pack(-1) + FRAME64.pack(n))
             writer.writelines(parts)
         except RuntimeError as exc:
             raise ConnectionResetError(f"worker {self.index}'s socket is closed: {exc}") from None
@@ -214,9 +211,9 @@ class WorkerSupervisor:
         assert self.reader is not None
         try:
             while True:
-                (n,) = _I.unpack(await self.reader.readexactly(4))
+                (n,) = FRAME.unpack(await self.reader.readexactly(FRAME.size))
                 if n == -1:
-                    (n,) = _Q.unpack(await self.reader.readexactly(8))
+                    (n,) = FRAME64.unpack(await self.reader.readexactly(FRAME64.size))
                 self._answered(await self.reader.readexactly(n))
                 await self.pool.wake()
         except (asyncio.IncompleteReadError, ConnectionError, OSError):

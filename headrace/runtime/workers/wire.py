@@ -17,6 +17,10 @@ from headrace.contract.metas import Metas
 from headrace.runtime.chain import Counts
 
 _LEN = struct.Struct("<I")
+# how each message on a worker's socket is framed (as multiprocess's Connection.send_bytes does): its
+# length, or -1 and then a 64-bit length; the supervisor writes and reads it, the worker too
+FRAME = struct.Struct("!i")
+FRAME64 = struct.Struct("!Q")
 UNCHANGED = -1
 TAP = "(tap)"  # an output's port: sampled copies of what a node inside the segment sent to the next one (never routed)
 PICKLED = "(pickled)"  # an output's codec: values the job's codec could not hold, handed back as values

@@ -13,7 +13,6 @@ import gc
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 import traceback
@@ -27,7 +26,7 @@ from headrace.runtime.heap import keep_freed_buffers
 from headrace.runtime.workers import memread
 from headrace.runtime.workers.lifeline import die_with_parent, release_forkserver
 from headrace.runtime.workers.program import SegmentProgram, SegmentSpec
-from headrace.runtime.workers.wire import Request, Response, pack, unpack_header
+from headrace.runtime.workers.wire import FRAME, FRAME64, Request, Response, pack, unpack_header
 
 CONFIGURE, JOB, STOP = "configure", "job", "stop"
 IDLE = 0  # the slot's value between jobs
@@ -151,16 +150,12 @@ def receiver(sock: socket.socket) -> Callable[[], bytes]:
         return b"".join(parts)
 
     def receive() -> bytes:
-        (n,) = _LEN.unpack(exactly(4))
+        (n,) = FRAME.unpack(exactly(FRAME.size))
         if n == -1:
-            (n,) = _LEN64.unpack(exactly(8))
+            (n,) = FRAME64.unpack(exactly(FRAME64.size))
         return exactly(n) if n else b""
 
     return receive
-
-
-_LEN = struct.Struct("!i")
-_LEN64 = struct.Struct("!Q")
 
 
 def _execute(programs: dict[str, SegmentProgram], req: Request) -> Response:
