@@ -4,14 +4,16 @@ them through its socket, at its set-up or at any job later, and nothing is lost 
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from headrace.runtime.workers import memread
+from tests.support import seccomp
 from tests.support.daemon import Daemon, ids_written, lines_written
 
 # -- the reads themselves, in this process ----------------------------------------------------------
@@ -90,14 +92,8 @@ FILTERED = []
 def refuse_after_first_job(event, meta):
     """Installs, in this worker (each, at its first job), a filter that makes process_vm_readv fail with EPERM from now on."""
     if not FILTERED:
-        import ctypes
-        lib = ctypes.CDLL("libseccomp.so.2")
-        lib.seccomp_init.restype = ctypes.c_void_p
-        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-        ctx = ctypes.c_void_p(lib.seccomp_init(ctypes.c_uint32(0x7FFF0000)))
-        nr = lib.seccomp_syscall_resolve_name(b"process_vm_readv")
-        assert lib.seccomp_rule_add(ctx, ctypes.c_uint32(0x00050000 | 1), nr, 0) == 0
-        assert lib.seccomp_load(ctx) == 0
+        import seccomp_refusal  # tests/support/seccomp.py, copied beside this module
+        seccomp_refusal.refuse("process_vm_readv")
         FILTERED.append(True)
     event["seen"] = True
     return event
@@ -118,14 +114,15 @@ def _written_by(pid: int) -> int:
     raise AssertionError("no wchar in /proc/PID/io")
 
 
-def _run(tmp_path: Path, setting: str, stage: str = "touch", preexec: object = None) -> tuple[int, list[object], str]:
+def _run(tmp_path: Path, setting: str, stage: str = "touch", preexec: Callable[[], None] | None = None) -> tuple[int, list[object], str]:
     """(bytes the daemon wrote while moving the records, the ids written, its stderr)."""
     tmp_path.mkdir(exist_ok=True)
     (tmp_path / "in.ndjson").write_text("")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG.format(setting=setting, stage=stage))
     (tmp_path / "stages.py").write_text(STAGES)
-    d = Daemon(cfg, preexec=preexec) if preexec is not None else Daemon(cfg)
+    shutil.copy(seccomp.__file__, tmp_path / "seccomp_refusal.py")
+    d = Daemon(cfg, preexec=preexec)
     try:
         with (tmp_path / "in.ndjson").open("a") as f:  # a first record: the workers are set up once it is out
             f.write(_records(0, 1))
@@ -156,27 +153,14 @@ def test_jobs_read_from_memory_spare_the_daemon_a_copy(tmp_path: Path) -> None:
 
 
 def _libseccomp() -> None:
-    try:
-        ctypes.CDLL("libseccomp.so.2")
-    except OSError:
+    if not seccomp.available():
         pytest.skip("libseccomp is not installed")
-
-
-def _refuse_process_vm_readv() -> None:
-    """In the child before exec: process_vm_readv fails with EPERM in the daemon and its workers
-    (a container profile or a unit whose filter leaves @ipc out)."""
-    lib = ctypes.CDLL("libseccomp.so.2")
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    ctx = ctypes.c_void_p(lib.seccomp_init(ctypes.c_uint32(0x7FFF0000)))  # SCMP_ACT_ALLOW
-    nr = lib.seccomp_syscall_resolve_name(b"process_vm_readv")
-    assert lib.seccomp_rule_add(ctx, ctypes.c_uint32(0x00050000 | 1), nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
-    assert lib.seccomp_load(ctx) == 0
 
 
 def test_workers_the_kernel_refuses_get_their_jobs_through_the_socket(tmp_path: Path) -> None:
     _libseccomp()
-    wrote, ids, err = _run(tmp_path, "", preexec=_refuse_process_vm_readv)
+    # in the daemon and its workers: a container profile, or a unit whose filter leaves @ipc out
+    wrote, ids, err = _run(tmp_path, "", preexec=seccomp.refusing("process_vm_readv"))
     assert ids == list(range(N))
     assert wrote > 1.8 * N * (len(PAD) + 30)  # the records went through the sockets
     assert err.count("gets its jobs through its socket") == 1, err  # said once, not once per worker

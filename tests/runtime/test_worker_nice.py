@@ -4,13 +4,13 @@ started again after a crash gets the same priority."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from tests.support import seccomp
 from tests.support.daemon import Daemon, lines_written
 
 
@@ -51,31 +51,16 @@ def test_workers_run_below_the_daemons_priority(tmp_path: Path, setting: str, be
         assert d.stop() == 0
 
 
-def _refuse_setpriority() -> None:
-    """In the child before exec: setpriority fails with EPERM from here on, in every process after
-    (what the systemd unit's ``SystemCallFilter=~@resources`` with ``SystemCallErrorNumber=EPERM``
-    does when setpriority is not given back)."""
-    lib = ctypes.CDLL("libseccomp.so.2")
-    lib.seccomp_init.restype = ctypes.c_void_p
-    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
-    ctx = ctypes.c_void_p(lib.seccomp_init(ctypes.c_uint32(0x7FFF0000)))  # SCMP_ACT_ALLOW
-    nr = lib.seccomp_syscall_resolve_name(b"setpriority")
-    assert lib.seccomp_rule_add(ctx, ctypes.c_uint32(0x00050000 | 1), nr, 0) == 0  # SCMP_ACT_ERRNO(EPERM)
-    assert lib.seccomp_load(ctx) == 0
-
-
 def test_a_worker_that_may_not_lower_its_priority_runs_at_the_daemons(tmp_path: Path) -> None:
     """A system call filter that refuses setpriority (an older copy of the unit, a container's
     profile): the worker says so and works; it does not die at start, over and over."""
-    try:
-        ctypes.CDLL("libseccomp.so.2")
-    except OSError:
+    if not seccomp.available():
         pytest.skip("libseccomp is not installed")
     (tmp_path / "in.ndjson").write_text('{"id":0}\n{"id":1}\n')
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG.format(setting=""))
     (tmp_path / "stages.py").write_text(STAGES)
-    d = Daemon(cfg, preexec=_refuse_setpriority)
+    d = Daemon(cfg, preexec=seccomp.refusing("setpriority"))  # the systemd unit's @resources filter without setpriority given back
     try:
         d.wait_for(lambda: lines_written(tmp_path / "out.ndjson") >= 2, timeout=30)
     finally:
